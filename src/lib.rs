@@ -6,3 +6,9 @@
 
 #[cfg(feature = "python")]
 pub mod python;
+
+pub mod dead_letter;
+pub mod dispatch;
+pub mod retry;
+pub mod stats;
+pub mod topic;

@@ -1,0 +1,1074 @@
+//! The dispatch engine: routes published events into per-consumer lanes and
+//! hands them to executors in jobs, with priority order, batching, retries with
+//! backoff, timeouts, a dead-letter queue and an idle signal for `join()`.
+//!
+//! The engine knows nothing about Python. An [`Executor`] runs jobs (a Python
+//! event loop, a worker thread, a Rust sink) and reports each item's
+//! [`Outcome`] back through the [`Job`].
+//!
+//! Life of an event: `publish` routes it (through the [`Router`]) to the lanes of
+//! the consumers whose topics match and counts it *queued* until every lane has
+//! handed it out, and *outstanding* until every lane has finished with it
+//! (delivered, filtered out, or dead-lettered). A lane hands out one job at a
+//! time, so each consumer sees its events in priority order, and a failed item
+//! waits for its retry on a timer without holding the lane back.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
+
+use crate::dead_letter::{DeadLetter, DeadLetterQueue};
+use crate::retry::RetryPolicy;
+use crate::stats::ConsumerStats;
+use crate::topic::{Pattern, Router};
+
+/// Number of event priority levels (1 = CRITICAL .. 4 = LOW).
+pub const PRIORITY_LEVELS: usize = 4;
+
+/// What the engine needs to know about, and tell, an event.
+pub trait EventLike: Send + Sync + 'static {
+    /// The event's topic.
+    fn topic(&self) -> &str;
+    /// Priority, 1 (CRITICAL) to 4 (LOW).
+    fn priority(&self) -> u8;
+    /// Called before retry attempt `attempt` (1-based) is handed out.
+    fn on_retry(&self, attempt: u32);
+    /// Called when `consumer` handled the event.
+    fn on_success(&self, consumer: &Arc<str>);
+    /// Called when an attempt by `consumer` failed with `error`.
+    fn on_failure(&self, consumer: &Arc<str>, error: &str);
+}
+
+/// An accepted event and its bookkeeping.
+pub struct Entry<E> {
+    /// The event.
+    pub event: Arc<E>,
+    /// Lanes that have not yet handed the event out.
+    unstarted: AtomicU32,
+    /// Lanes that have not yet finished with the event.
+    unfinished: AtomicU32,
+    /// When it was accepted.
+    pub accepted: Instant,
+}
+
+/// One event waiting in, or handed out by, one lane.
+pub struct Delivery<E> {
+    /// The event.
+    pub entry: Arc<Entry<E>>,
+    /// 0 for the first attempt, n for the n-th retry.
+    pub attempt: u32,
+    /// Errors of earlier attempts.
+    pub errors: Vec<String>,
+}
+
+/// The result of one item of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Handled.
+    Success,
+    /// Skipped by the consumer's filter (counts as handled).
+    Filtered,
+    /// Failed with this message; retried if attempts remain.
+    Failure(String),
+}
+
+/// How an executor wants the engine to treat a lane.
+#[derive(Debug, Clone)]
+pub struct LaneConfig {
+    /// The consumer's name.
+    pub name: Arc<str>,
+    /// Consumer priority, 1 (CRITICAL) to 5 (DEFERRED).
+    pub priority: u8,
+    /// Items per `consume_batch` call; 1 means single `consume` calls.
+    pub batch_size: usize,
+    /// How long a partial batch may wait for more items.
+    pub batch_timeout: Duration,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// Per-call timeout.
+    pub timeout: Duration,
+    /// When true the engine enforces `timeout` itself (for executors that cannot
+    /// interrupt a call, such as a worker thread).
+    pub engine_timeout: bool,
+    /// Most items in one job when `batch_size == 1`.
+    pub chunk: usize,
+}
+
+/// Runs jobs for one lane. `execute` must not block: it hands the job over.
+pub trait Executor<E: EventLike>: Send + Sync {
+    /// Takes a job; each item's outcome is reported with [`Job::record`] and the
+    /// job closed with [`Job::finish`].
+    fn execute(&self, job: Arc<Job<E>>);
+    /// The engine gave up on a job that overran its timeout; the executor should
+    /// not let it hold the lane's next jobs back.
+    fn abandon(&self) {}
+    /// The lane was removed; release resources.
+    fn close(&self) {}
+}
+
+struct Progress {
+    outcomes: Vec<Outcome>,
+    finished: bool,
+    last_progress: Instant,
+}
+
+/// Items handed to an executor in one go.
+pub struct Job<E: EventLike> {
+    lane: Arc<Lane<E>>,
+    token: u64,
+    /// The items, in delivery order.
+    pub items: Vec<Delivery<E>>,
+    progress: Mutex<Progress>,
+}
+
+impl<E: EventLike> Job<E> {
+    /// The lane's configuration.
+    pub fn config(&self) -> &LaneConfig {
+        &self.lane.config
+    }
+
+    /// The lane this job belongs to.
+    pub fn lane(&self) -> &Arc<Lane<E>> {
+        &self.lane
+    }
+
+    /// How many items have an outcome.
+    pub fn recorded(&self) -> usize {
+        self.progress.lock().outcomes.len()
+    }
+
+    /// Records the outcome of the next item. Returns false if the job was
+    /// already finished (for example abandoned after a timeout).
+    pub fn record(&self, outcome: Outcome) -> bool {
+        let mut p = self.progress.lock();
+        if p.finished || p.outcomes.len() >= self.items.len() {
+            return false;
+        }
+        p.outcomes.push(outcome);
+        p.last_progress = Instant::now();
+        true
+    }
+
+    /// Records outcomes for several consecutive items.
+    pub fn record_all(&self, outcomes: impl IntoIterator<Item = Outcome>) -> bool {
+        let mut p = self.progress.lock();
+        if p.finished {
+            return false;
+        }
+        for o in outcomes {
+            if p.outcomes.len() >= self.items.len() {
+                break;
+            }
+            p.outcomes.push(o);
+        }
+        p.last_progress = Instant::now();
+        true
+    }
+
+    /// True once the job was finished (by the executor or by a timeout).
+    pub fn is_finished(&self) -> bool {
+        self.progress.lock().finished
+    }
+
+    /// Closes the job: items without an outcome fail with "no outcome
+    /// reported". Only the first call counts.
+    pub fn finish(self: &Arc<Self>) {
+        self.finish_with(None);
+    }
+
+    fn finish_with(self: &Arc<Self>, missing: Option<&str>) {
+        let outcomes = {
+            let mut p = self.progress.lock();
+            if p.finished {
+                return;
+            }
+            p.finished = true;
+            let reason = missing.unwrap_or("the consumer reported no outcome for this event");
+            while p.outcomes.len() < self.items.len() {
+                p.outcomes.push(Outcome::Failure(reason.to_owned()));
+            }
+            std::mem::take(&mut p.outcomes)
+        };
+        self.lane.job_done(self, outcomes);
+    }
+}
+
+struct LaneState<E> {
+    pending: [VecDeque<Delivery<E>>; PRIORITY_LEVELS],
+    len: usize,
+    in_flight: Option<u64>,
+    next_token: u64,
+    timer_armed: bool,
+    batch_due: bool,
+    closed: bool,
+}
+
+impl<E> Default for LaneState<E> {
+    fn default() -> Self {
+        LaneState {
+            pending: Default::default(),
+            len: 0,
+            in_flight: None,
+            next_token: 0,
+            timer_armed: false,
+            batch_due: false,
+            closed: false,
+        }
+    }
+}
+
+/// One consumer's queue of deliveries.
+pub struct Lane<E: EventLike> {
+    /// Index of the lane in the engine.
+    pub id: usize,
+    /// Configuration.
+    pub config: LaneConfig,
+    /// Patterns the lane was subscribed with.
+    pub patterns: Vec<Pattern>,
+    /// Delivery statistics.
+    pub stats: ConsumerStats,
+    executor: Arc<dyn Executor<E>>,
+    state: Mutex<LaneState<E>>,
+    in_flight_items: AtomicUsize,
+    shared: Weak<Shared<E>>,
+}
+
+impl<E: EventLike> Lane<E> {
+    /// Items waiting in the lane.
+    pub fn pending(&self) -> usize {
+        self.state.lock().len
+    }
+
+    /// Items handed out and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight_items.load(Ordering::Relaxed)
+    }
+
+    fn push(self: &Arc<Self>, d: Delivery<E>) -> Option<Delivery<E>> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return Some(d);
+        }
+        let level = (d.entry.event.priority().clamp(1, PRIORITY_LEVELS as u8) - 1) as usize;
+        st.pending[level].push_back(d);
+        st.len += 1;
+        None
+    }
+
+    /// Hands out the next job if the lane is idle and has something ready.
+    fn pump(self: &Arc<Self>) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let job = {
+            let mut st = self.state.lock();
+            if st.in_flight.is_some() || st.len == 0 || st.closed {
+                return;
+            }
+            let batch = self.config.batch_size > 1;
+            let ready = !batch
+                || st.len >= self.config.batch_size
+                || st.batch_due
+                || self.config.batch_timeout.is_zero()
+                || shared.phase() != Phase::Running;
+            if !ready {
+                if !st.timer_armed {
+                    st.timer_armed = true;
+                    let lane = self.clone();
+                    let wait = self.config.batch_timeout;
+                    shared.runtime.spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        {
+                            let mut st = lane.state.lock();
+                            st.timer_armed = false;
+                            st.batch_due = true;
+                        }
+                        lane.pump();
+                    });
+                }
+                return;
+            }
+            let limit = if batch {
+                self.config.batch_size
+            } else {
+                self.config.chunk.max(1)
+            };
+            let n = limit.min(st.len);
+            let mut items = Vec::with_capacity(n);
+            for level in 0..PRIORITY_LEVELS {
+                while items.len() < n {
+                    match st.pending[level].pop_front() {
+                        Some(d) => items.push(d),
+                        None => break,
+                    }
+                }
+            }
+            st.len -= items.len();
+            st.batch_due = false;
+            st.next_token += 1;
+            let token = st.next_token;
+            st.in_flight = Some(token);
+            Arc::new(Job {
+                lane: self.clone(),
+                token,
+                items,
+                progress: Mutex::new(Progress {
+                    outcomes: Vec::with_capacity(n),
+                    finished: false,
+                    last_progress: Instant::now(),
+                }),
+            })
+        };
+        self.in_flight_items
+            .fetch_add(job.items.len(), Ordering::Relaxed);
+        for d in &job.items {
+            if d.attempt == 0 {
+                if d.entry.unstarted.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    shared.queued.fetch_sub(1, Ordering::AcqRel);
+                }
+            } else {
+                d.entry.event.on_retry(d.attempt);
+            }
+        }
+        if self.config.engine_timeout {
+            let job = job.clone();
+            let timeout = self.config.timeout;
+            shared.runtime.spawn(async move {
+                loop {
+                    let since = {
+                        let p = job.progress.lock();
+                        if p.finished {
+                            return;
+                        }
+                        p.last_progress
+                    };
+                    let deadline = since + timeout;
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep(deadline - now).await;
+                }
+                let msg = format!("consume timed out after {:.3}s", timeout.as_secs_f64());
+                job.lane.executor.abandon();
+                job.finish_with(Some(&msg));
+            });
+        }
+        self.executor.execute(job);
+    }
+
+    fn job_done(self: &Arc<Self>, job: &Arc<Job<E>>, outcomes: Vec<Outcome>) {
+        let shared = self.shared.upgrade();
+        self.in_flight_items
+            .fetch_sub(job.items.len(), Ordering::Relaxed);
+        let closed = self.state.lock().closed;
+        let now = Instant::now();
+        let mut succeeded = 0u64;
+        for (d, outcome) in job.items.iter().zip(outcomes) {
+            match outcome {
+                Outcome::Success => {
+                    succeeded += 1;
+                    self.stats
+                        .record_latency(now.saturating_duration_since(d.entry.accepted), 1);
+                    d.entry.event.on_success(&self.config.name);
+                    if let Some(s) = &shared {
+                        s.finish_entry(&d.entry);
+                    }
+                }
+                Outcome::Filtered => {
+                    self.stats.filtered.fetch_add(1, Ordering::Relaxed);
+                    if let Some(s) = &shared {
+                        s.finish_entry(&d.entry);
+                    }
+                }
+                Outcome::Failure(msg) => {
+                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                    d.entry.event.on_failure(&self.config.name, &msg);
+                    let mut errors = d.errors.clone();
+                    errors.push(msg);
+                    let retry = Delivery {
+                        entry: d.entry.clone(),
+                        attempt: d.attempt + 1,
+                        errors,
+                    };
+                    let Some(s) = &shared else { continue };
+                    if d.attempt < self.config.retry.max_retries
+                        && !closed
+                        && s.phase() != Phase::Aborting
+                    {
+                        self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                        self.schedule_retry(s, retry);
+                    } else {
+                        s.dead_letter(self, retry);
+                    }
+                }
+            }
+        }
+        self.stats.processed.fetch_add(succeeded, Ordering::Relaxed);
+        {
+            let mut st = self.state.lock();
+            if st.in_flight == Some(job.token) {
+                st.in_flight = None;
+            }
+        }
+        self.pump();
+    }
+
+    fn schedule_retry(self: &Arc<Self>, shared: &Arc<Shared<E>>, d: Delivery<E>) {
+        let delay = self.config.retry.delay(d.attempt);
+        let lane = self.clone();
+        let mut phase = shared.phase_rx.clone();
+        shared.runtime.spawn(async move {
+            // NOTE: a draining or aborting bus fires waiting retries at once, so
+            // stop() neither waits out long backoffs nor loses the events.
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = phase.wait_for(|p| *p != Phase::Running) => {}
+            }
+            lane.requeue(d);
+        });
+    }
+
+    fn requeue(self: &Arc<Self>, d: Delivery<E>) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        if shared.phase() == Phase::Aborting {
+            shared.dead_letter(self, d);
+            return;
+        }
+        if let Some(d) = self.push(d) {
+            // NOTE: the consumer unsubscribed while the retry waited.
+            shared.dead_letter(self, d);
+            return;
+        }
+        self.pump();
+    }
+
+    /// Closes the lane, returning what was still waiting in it.
+    fn close(&self) -> Vec<Delivery<E>> {
+        let mut st = self.state.lock();
+        st.closed = true;
+        st.len = 0;
+        st.pending.iter_mut().flat_map(|q| q.drain(..)).collect()
+    }
+
+    fn flush_batches(self: &Arc<Self>) {
+        self.state.lock().batch_due = true;
+        self.pump();
+    }
+}
+
+/// Lifecycle phase of the engine; retries watch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Normal operation.
+    Running,
+    /// Stopping: flush batches and fire retries now.
+    Draining,
+    /// Stopping with a deadline passed: dead-letter what is left.
+    Aborting,
+}
+
+/// Engine-wide counters.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct EngineCounters {
+    pub published: u64,
+    pub processed: u64,
+    pub failed: u64,
+    pub dropped: u64,
+    pub queued: usize,
+    pub outstanding: usize,
+    pub dead_letters: usize,
+    pub dead_letters_evicted: u64,
+}
+
+type Listener<E> = Box<dyn Fn(&DeadLetter<E>) + Send + Sync>;
+
+struct Shared<E: EventLike> {
+    router: RwLock<Router>,
+    lanes: RwLock<Vec<Option<Arc<Lane<E>>>>>,
+    accepting: AtomicBool,
+    max_queue: AtomicUsize,
+    queued: AtomicUsize,
+    outstanding: AtomicUsize,
+    published: AtomicU64,
+    processed: AtomicU64,
+    failed: AtomicU64,
+    dropped: AtomicU64,
+    dead: Mutex<DeadLetterQueue<E>>,
+    dead_listeners: RwLock<Vec<Listener<E>>>,
+    on_idle: RwLock<Option<Box<dyn Fn() + Send + Sync>>>,
+    phase_tx: watch::Sender<Phase>,
+    phase_rx: watch::Receiver<Phase>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl<E: EventLike> Shared<E> {
+    fn phase(&self) -> Phase {
+        *self.phase_rx.borrow()
+    }
+
+    fn finish_entry(&self, entry: &Entry<E>) {
+        if entry.unfinished.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.processed.fetch_add(1, Ordering::Relaxed);
+            if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+                if let Some(cb) = self.on_idle.read().as_ref() {
+                    cb();
+                }
+            }
+        }
+    }
+
+    fn dead_letter(&self, lane: &Lane<E>, d: Delivery<E>) {
+        lane.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let letter = DeadLetter {
+            event: d.entry.event.clone(),
+            consumer: lane.config.name.clone(),
+            attempts: d.attempt,
+            errors: d.errors,
+            at: SystemTime::now(),
+        };
+        for listener in self.dead_listeners.read().iter() {
+            listener(&letter);
+        }
+        self.dead.lock().push(letter);
+        self.finish_entry(&d.entry);
+    }
+}
+
+/// The dispatch engine. Cheap to clone.
+pub struct Engine<E: EventLike> {
+    shared: Arc<Shared<E>>,
+}
+
+impl<E: EventLike> Clone for Engine<E> {
+    fn clone(&self) -> Self {
+        Engine {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Why `publish` did not accept an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// The engine is not accepting events (not started, or stopping).
+    NotRunning,
+    /// `max_queue_size` events are already queued.
+    QueueFull,
+}
+
+impl<E: EventLike> Engine<E> {
+    /// A stopped engine whose timers run on `runtime`.
+    pub fn new(
+        runtime: tokio::runtime::Handle,
+        max_queue: usize,
+        dead_letter_capacity: usize,
+    ) -> Self {
+        let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+        Engine {
+            shared: Arc::new(Shared {
+                router: RwLock::new(Router::new()),
+                lanes: RwLock::new(Vec::new()),
+                accepting: AtomicBool::new(false),
+                max_queue: AtomicUsize::new(max_queue.max(1)),
+                queued: AtomicUsize::new(0),
+                outstanding: AtomicUsize::new(0),
+                published: AtomicU64::new(0),
+                processed: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+                dropped: AtomicU64::new(0),
+                dead: Mutex::new(DeadLetterQueue::new(dead_letter_capacity)),
+                dead_listeners: RwLock::new(Vec::new()),
+                on_idle: RwLock::new(None),
+                phase_tx,
+                phase_rx,
+                runtime,
+            }),
+        }
+    }
+
+    /// Sets the callback run (on any thread) whenever the engine becomes idle.
+    pub fn set_on_idle(&self, f: impl Fn() + Send + Sync + 'static) {
+        *self.shared.on_idle.write() = Some(Box::new(f));
+    }
+
+    /// Adds a callback run for every new dead letter (on the thread that gave up).
+    pub fn add_dead_letter_listener(&self, f: impl Fn(&DeadLetter<E>) + Send + Sync + 'static) {
+        self.shared.dead_listeners.write().push(Box::new(f));
+    }
+
+    /// Starts accepting events.
+    pub fn start(&self) {
+        let _ = self.shared.phase_tx.send(Phase::Running);
+        self.shared.accepting.store(true, Ordering::Release);
+    }
+
+    /// Whether events are accepted.
+    pub fn is_accepting(&self) -> bool {
+        self.shared.accepting.load(Ordering::Acquire)
+    }
+
+    /// Stops accepting events and flushes partial batches and waiting retries.
+    pub fn begin_drain(&self) {
+        self.shared.accepting.store(false, Ordering::Release);
+        let _ = self.shared.phase_tx.send(Phase::Draining);
+        for lane in self.lanes() {
+            lane.flush_batches();
+        }
+    }
+
+    /// Dead-letters everything still waiting (used when a stop deadline passes).
+    /// Items already handed to a consumer finish or time out on their own.
+    pub fn abort_pending(&self) {
+        let _ = self.shared.phase_tx.send(Phase::Aborting);
+        for lane in self.lanes() {
+            for mut d in lane.close_pending() {
+                d.errors
+                    .push("the bus stopped before this event could be delivered".into());
+                if d.attempt == 0 && d.entry.unstarted.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                }
+                self.shared.dead_letter(&lane, d);
+            }
+        }
+    }
+
+    /// True when every accepted event has been fully handled.
+    pub fn is_idle(&self) -> bool {
+        self.shared.outstanding.load(Ordering::Acquire) == 0
+    }
+
+    /// Sets the queue bound.
+    pub fn set_max_queue(&self, n: usize) {
+        self.shared.max_queue.store(n.max(1), Ordering::Relaxed);
+    }
+
+    /// Adds a lane; returns it.
+    pub fn add_lane(
+        &self,
+        config: LaneConfig,
+        patterns: Vec<Pattern>,
+        regex: Option<regex::Regex>,
+        executor: Arc<dyn Executor<E>>,
+    ) -> Arc<Lane<E>> {
+        let mut lanes = self.shared.lanes.write();
+        let id = lanes
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(lanes.len());
+        let lane = Arc::new(Lane {
+            id,
+            config,
+            patterns,
+            stats: ConsumerStats::default(),
+            executor,
+            state: Mutex::new(LaneState::default()),
+            in_flight_items: AtomicUsize::new(0),
+            shared: Arc::downgrade(&self.shared),
+        });
+        // NOTE: a retired lane slot may be reused, so the router is updated under
+        // the lanes lock to keep ids and lanes consistent.
+        self.shared
+            .router
+            .write()
+            .add(id, lane.config.priority, &lane.patterns, regex);
+        if id == lanes.len() {
+            lanes.push(Some(lane.clone()));
+        } else {
+            lanes[id] = Some(lane.clone());
+        }
+        lane
+    }
+
+    /// Removes a lane; what was waiting in it is dropped (counted as handled).
+    /// Items in flight finish normally; their failures are dead-lettered.
+    pub fn remove_lane(&self, lane: &Arc<Lane<E>>) {
+        {
+            let mut lanes = self.shared.lanes.write();
+            self.shared.router.write().remove(lane.id, &lane.patterns);
+            if let Some(slot) = lanes.get_mut(lane.id) {
+                *slot = None;
+            }
+        }
+        for d in lane.close() {
+            if d.attempt == 0 && d.entry.unstarted.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            }
+            self.shared.finish_entry(&d.entry);
+        }
+        lane.executor.close();
+    }
+
+    /// The live lanes, in subscription-slot order.
+    pub fn lanes(&self) -> Vec<Arc<Lane<E>>> {
+        self.shared.lanes.read().iter().flatten().cloned().collect()
+    }
+
+    /// Number of subscriptions in the router.
+    pub fn subscription_count(&self) -> usize {
+        self.shared.router.read().len()
+    }
+
+    /// The lanes an event on `topic` would reach, in consumer-priority order.
+    pub fn route(&self, topic: &str) -> Vec<Arc<Lane<E>>> {
+        let ids = self.shared.router.read().route(topic);
+        let lanes = self.shared.lanes.read();
+        ids.iter()
+            .filter_map(|i| lanes.get(*i).and_then(|l| l.clone()))
+            .collect()
+    }
+
+    /// Accepts an event for the given lanes (usually [`Engine::route`]'s result).
+    pub fn publish_to(&self, event: Arc<E>, lanes: &[Arc<Lane<E>>]) -> Result<(), Rejected> {
+        let s = &self.shared;
+        if !s.accepting.load(Ordering::Acquire) {
+            return Err(Rejected::NotRunning);
+        }
+        let max = s.max_queue.load(Ordering::Relaxed);
+        if !lanes.is_empty()
+            && s.queued
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                    (q < max).then_some(q + 1)
+                })
+                .is_err()
+        {
+            s.dropped.fetch_add(1, Ordering::Relaxed);
+            return Err(Rejected::QueueFull);
+        }
+        s.published.fetch_add(1, Ordering::Relaxed);
+        if lanes.is_empty() {
+            s.processed.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let n = lanes.len() as u32;
+        let entry = Arc::new(Entry {
+            event,
+            unstarted: AtomicU32::new(n),
+            unfinished: AtomicU32::new(n),
+            accepted: Instant::now(),
+        });
+        s.outstanding.fetch_add(1, Ordering::AcqRel);
+        for lane in lanes {
+            let d = Delivery {
+                entry: entry.clone(),
+                attempt: 0,
+                errors: Vec::new(),
+            };
+            if let Some(d) = lane.push(d) {
+                // NOTE: the lane closed between routing and pushing (a concurrent
+                // unsubscribe): the consumer is gone, so this delivery is done.
+                if d.entry.unstarted.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    s.queued.fetch_sub(1, Ordering::AcqRel);
+                }
+                s.finish_entry(&d.entry);
+            } else {
+                lane.pump();
+            }
+        }
+        Ok(())
+    }
+
+    /// Routes and accepts one event.
+    pub fn publish(&self, event: Arc<E>) -> Result<(), Rejected> {
+        let lanes = self.route(event.topic());
+        self.publish_to(event, &lanes)
+    }
+
+    /// Re-delivers an event to one lane only (dead-letter replay).
+    pub fn redeliver(&self, event: Arc<E>, lane: &Arc<Lane<E>>) -> Result<(), Rejected> {
+        self.publish_to(event, std::slice::from_ref(lane))
+    }
+
+    /// Copies the engine counters.
+    pub fn counters(&self) -> EngineCounters {
+        let s = &self.shared;
+        let dead = s.dead.lock();
+        EngineCounters {
+            published: s.published.load(Ordering::Relaxed),
+            processed: s.processed.load(Ordering::Relaxed),
+            failed: s.failed.load(Ordering::Relaxed),
+            dropped: s.dropped.load(Ordering::Relaxed),
+            queued: s.queued.load(Ordering::Relaxed),
+            outstanding: s.outstanding.load(Ordering::Relaxed),
+            dead_letters: dead.len(),
+            dead_letters_evicted: dead.evicted(),
+        }
+    }
+
+    /// Copies the dead letters, oldest first.
+    pub fn dead_letters(&self) -> Vec<DeadLetter<E>> {
+        self.shared.dead.lock().iter().cloned().collect()
+    }
+
+    /// Removes and returns the dead letters `pick` selects.
+    pub fn take_dead_letters(
+        &self,
+        pick: impl FnMut(&DeadLetter<E>) -> bool,
+    ) -> Vec<DeadLetter<E>> {
+        self.shared.dead.lock().take_where(pick)
+    }
+}
+
+impl<E: EventLike> Lane<E> {
+    fn close_pending(&self) -> Vec<Delivery<E>> {
+        let mut st = self.state.lock();
+        st.len = 0;
+        st.pending.iter_mut().flat_map(|q| q.drain(..)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    struct Ev {
+        topic: String,
+        priority: u8,
+        id: u32,
+        retries: AtomicU32,
+        ok: Mutex<Vec<String>>,
+    }
+
+    impl EventLike for Ev {
+        fn topic(&self) -> &str {
+            &self.topic
+        }
+        fn priority(&self) -> u8 {
+            self.priority
+        }
+        fn on_retry(&self, attempt: u32) {
+            self.retries.store(attempt, Ordering::Relaxed);
+        }
+        fn on_success(&self, consumer: &Arc<str>) {
+            self.ok.lock().push(consumer.to_string());
+        }
+        fn on_failure(&self, _: &Arc<str>, _: &str) {}
+    }
+
+    fn ev(topic: &str, priority: u8, id: u32) -> Arc<Ev> {
+        Arc::new(Ev {
+            topic: topic.into(),
+            priority,
+            id,
+            retries: AtomicU32::new(0),
+            ok: Mutex::new(vec![]),
+        })
+    }
+
+    /// Runs jobs on the calling thread when `run` is called.
+    #[derive(Default)]
+    struct Manual {
+        jobs: Mutex<VecDeque<Arc<Job<Ev>>>>,
+        fail_first: AtomicU32,
+        seen: Mutex<Vec<(u32, usize)>>,
+        hang: AtomicBool,
+    }
+
+    impl Executor<Ev> for Manual {
+        fn execute(&self, job: Arc<Job<Ev>>) {
+            self.jobs.lock().push_back(job);
+        }
+    }
+
+    impl Manual {
+        fn run(&self) -> usize {
+            let mut n = 0;
+            loop {
+                let Some(job) = self.jobs.lock().pop_front() else {
+                    return n;
+                };
+                n += 1;
+                if self.hang.load(Ordering::Relaxed) {
+                    continue;
+                }
+                for d in &job.items {
+                    self.seen.lock().push((d.entry.event.id, job.items.len()));
+                    if self.fail_first.load(Ordering::Relaxed) > 0 {
+                        self.fail_first.fetch_sub(1, Ordering::Relaxed);
+                        job.record(Outcome::Failure("boom".into()));
+                    } else {
+                        job.record(Outcome::Success);
+                    }
+                }
+                job.finish();
+            }
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn cfg(name: &str) -> LaneConfig {
+        LaneConfig {
+            name: name.into(),
+            priority: 3,
+            batch_size: 1,
+            batch_timeout: Duration::ZERO,
+            retry: RetryPolicy {
+                retry_delay: Duration::from_millis(5),
+                jitter: 0.0,
+                ..RetryPolicy::default()
+            },
+            timeout: Duration::from_secs(30),
+            engine_timeout: false,
+            chunk: 64,
+        }
+    }
+
+    fn wait_until(mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !f() {
+            assert!(Instant::now() < deadline, "condition not met in time");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn priority_order_and_queue_bound() {
+        let rt = rt();
+        let engine = Engine::new(rt.handle().clone(), 3, 10);
+        let exec = Arc::new(Manual::default());
+        let lane = engine.add_lane(
+            cfg("a"),
+            vec![Pattern::parse("**").unwrap()],
+            None,
+            exec.clone(),
+        );
+        assert_eq!(engine.publish(ev("x", 3, 0)), Err(Rejected::NotRunning));
+        engine.start();
+        engine.publish(ev("x", 3, 1)).unwrap(); // handed out at once; held in the executor
+        let first = exec.jobs.lock().pop_front().unwrap();
+        engine.publish(ev("x", 4, 2)).unwrap();
+        engine.publish(ev("x", 1, 3)).unwrap();
+        engine.publish(ev("x", 2, 4)).unwrap();
+        assert_eq!(engine.publish(ev("x", 2, 5)), Err(Rejected::QueueFull));
+        assert_eq!(engine.counters().dropped, 1);
+        assert_eq!(engine.counters().queued, 3);
+        assert_eq!(lane.pending(), 3);
+        first.record(Outcome::Success);
+        first.finish();
+        exec.run();
+        let order: Vec<u32> = exec.seen.lock().iter().map(|s| s.0).collect();
+        assert_eq!(order, vec![3, 4, 2], "CRITICAL, HIGH, then LOW");
+        assert!(engine.is_idle());
+        assert_eq!(engine.counters().queued, 0);
+    }
+
+    #[test]
+    fn retries_then_dead_letter_and_idle() {
+        let rt = rt();
+        let engine = Engine::new(rt.handle().clone(), 100, 10);
+        let idle = Arc::new(AtomicU32::new(0));
+        let i2 = idle.clone();
+        engine.set_on_idle(move || {
+            i2.fetch_add(1, Ordering::Relaxed);
+        });
+        let exec = Arc::new(Manual::default());
+        exec.fail_first.store(10, Ordering::Relaxed);
+        let lane = engine.add_lane(
+            cfg("a"),
+            vec![Pattern::parse("x").unwrap()],
+            None,
+            exec.clone(),
+        );
+        engine.start();
+        let e = ev("x", 3, 7);
+        engine.publish(e.clone()).unwrap();
+        wait_until(|| {
+            exec.run();
+            engine.is_idle()
+        });
+        assert_eq!(exec.seen.lock().len(), 4, "1 attempt + 3 retries");
+        assert_eq!(e.retries.load(Ordering::Relaxed), 3);
+        let dead = engine.dead_letters();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].attempts, 4);
+        assert_eq!(dead[0].errors.len(), 4);
+        assert_eq!(lane.stats.snapshot().dead_lettered, 1);
+        assert_eq!(idle.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn batches_flush_on_size_and_timer() {
+        let rt = rt();
+        let engine = Engine::new(rt.handle().clone(), 100, 10);
+        let exec = Arc::new(Manual::default());
+        let mut c = cfg("b");
+        c.batch_size = 3;
+        c.batch_timeout = Duration::from_millis(20);
+        engine.add_lane(c, vec![Pattern::parse("**").unwrap()], None, exec.clone());
+        engine.start();
+        for i in 0..4 {
+            engine.publish(ev("x", 3, i)).unwrap();
+        }
+        exec.run();
+        assert_eq!(
+            exec.seen.lock().iter().map(|s| s.1).collect::<Vec<_>>(),
+            vec![3, 3, 3]
+        );
+        wait_until(|| {
+            exec.run();
+            engine.is_idle()
+        });
+        assert_eq!(exec.seen.lock().last().unwrap(), &(3, 1));
+    }
+
+    #[test]
+    fn engine_timeout_abandons_hung_job() {
+        let rt = rt();
+        let engine = Engine::new(rt.handle().clone(), 100, 10);
+        let exec = Arc::new(Manual::default());
+        exec.hang.store(true, Ordering::Relaxed);
+        let mut c = cfg("h");
+        c.engine_timeout = true;
+        c.timeout = Duration::from_millis(20);
+        c.retry.max_retries = 0;
+        engine.add_lane(c, vec![Pattern::parse("**").unwrap()], None, exec.clone());
+        engine.start();
+        engine.publish(ev("x", 3, 1)).unwrap();
+        wait_until(|| {
+            exec.run();
+            engine.is_idle()
+        });
+        let dead = engine.dead_letters();
+        assert!(
+            dead[0].errors[0].contains("timed out"),
+            "{:?}",
+            dead[0].errors
+        );
+    }
+
+    #[test]
+    fn drain_fires_waiting_retries() {
+        let rt = rt();
+        let engine = Engine::new(rt.handle().clone(), 100, 10);
+        let exec = Arc::new(Manual::default());
+        exec.fail_first.store(1, Ordering::Relaxed);
+        let mut c = cfg("r");
+        c.retry.retry_delay = Duration::from_secs(3600);
+        engine.add_lane(c, vec![Pattern::parse("**").unwrap()], None, exec.clone());
+        engine.start();
+        engine.publish(ev("x", 3, 1)).unwrap();
+        exec.run();
+        assert!(!engine.is_idle());
+        engine.begin_drain();
+        wait_until(|| {
+            exec.run();
+            engine.is_idle()
+        });
+        assert_eq!(engine.dead_letters().len(), 0);
+    }
+}

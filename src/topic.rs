@@ -1,0 +1,438 @@
+//! Hierarchical topics: validation and a segment trie that routes a topic to the
+//! subscriptions whose patterns match it.
+//!
+//! A topic is one or more non-empty segments separated by `.` (`hook.tool`). A
+//! pattern may also use two wildcards, each a whole segment: `*` matches exactly
+//! one segment and `**` matches zero or more segments (`hook.**` matches `hook`,
+//! `hook.tool` and `hook.subagent.start`; `a.**.b` matches `a.b` and `a.x.y.b`).
+//!
+//! Routing cost does not grow with the number of subscriptions: literal patterns
+//! are found by hash, wildcard patterns by walking the trie one segment at a time,
+//! and the result for each topic is cached until the subscriptions change.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// Why a topic or a pattern was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicError {
+    /// The topic or pattern as given.
+    pub input: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for TopicError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid topic {:?}: {}", self.input, self.reason)
+    }
+}
+
+impl std::error::Error for TopicError {}
+
+fn err(input: &str, reason: impl Into<String>) -> TopicError {
+    TopicError {
+        input: input.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn check_segments<'a>(input: &'a str, what: &str) -> Result<Vec<&'a str>, TopicError> {
+    if input.is_empty() {
+        return Err(err(input, format!("{what} is empty")));
+    }
+    if let Some(c) = input.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(err(input, format!("{what} contains the character {c:?}")));
+    }
+    let segments: Vec<&str> = input.split('.').collect();
+    if let Some(pos) = segments.iter().position(|s| s.is_empty()) {
+        return Err(err(
+            input,
+            format!(
+                "{what} has an empty segment at position {pos} (leading, trailing or doubled '.')"
+            ),
+        ));
+    }
+    Ok(segments)
+}
+
+/// Checks a published topic: non-empty segments and no wildcards.
+pub fn validate_topic(topic: &str) -> Result<(), TopicError> {
+    let segments = check_segments(topic, "topic")?;
+    if segments.iter().any(|s| s.contains('*')) {
+        return Err(err(
+            topic,
+            "a published topic cannot contain wildcards ('*' or '**')",
+        ));
+    }
+    Ok(())
+}
+
+/// One segment of a parsed pattern.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Segment {
+    /// A literal segment.
+    Literal(Box<str>),
+    /// `*`: exactly one segment.
+    Star,
+    /// `**`: zero or more segments.
+    GlobStar,
+}
+
+/// A validated subscription pattern.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Pattern {
+    segments: Vec<Segment>,
+    text: String,
+}
+
+impl Pattern {
+    /// Parses and validates a pattern such as `hook.*` or `system.**`.
+    pub fn parse(pattern: &str) -> Result<Self, TopicError> {
+        let raw = check_segments(pattern, "pattern")?;
+        let mut segments = Vec::with_capacity(raw.len());
+        for s in raw {
+            let seg = match s {
+                "*" => Segment::Star,
+                "**" => Segment::GlobStar,
+                s if s.contains('*') => return Err(err(
+                    pattern,
+                    format!(
+                        "wildcard mixed into segment {s:?}: '*' and '**' must be whole segments"
+                    ),
+                )),
+                s => Segment::Literal(s.into()),
+            };
+            // NOTE: `**.**` means the same as `**`; collapsing keeps matching linear.
+            if seg == Segment::GlobStar && segments.last() == Some(&Segment::GlobStar) {
+                continue;
+            }
+            segments.push(seg);
+        }
+        Ok(Pattern {
+            segments,
+            text: pattern.to_owned(),
+        })
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// True when the pattern has no wildcard.
+    pub fn is_literal(&self) -> bool {
+        self.segments
+            .iter()
+            .all(|s| matches!(s, Segment::Literal(_)))
+    }
+
+    /// Whether `topic` matches this pattern (the topic is not validated here).
+    pub fn matches(&self, topic: &str) -> bool {
+        let parts: Vec<&str> = topic.split('.').collect();
+        match_from(&self.segments, &parts)
+    }
+}
+
+fn match_from(pattern: &[Segment], topic: &[&str]) -> bool {
+    match pattern.split_first() {
+        None => topic.is_empty(),
+        Some((Segment::GlobStar, rest)) => (0..=topic.len()).any(|i| match_from(rest, &topic[i..])),
+        Some((Segment::Star, rest)) => !topic.is_empty() && match_from(rest, &topic[1..]),
+        Some((Segment::Literal(l), rest)) => {
+            topic.first().is_some_and(|t| **t == **l) && match_from(rest, &topic[1..])
+        }
+    }
+}
+
+#[derive(Default, Debug)]
+struct Node {
+    literal: HashMap<Box<str>, Node>,
+    star: Option<Box<Node>>,
+    globstar: Option<Box<Node>>,
+    subscribers: Vec<usize>,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.literal.is_empty()
+            && self.star.is_none()
+            && self.globstar.is_none()
+            && self.subscribers.is_empty()
+    }
+
+    fn insert(&mut self, segments: &[Segment], id: usize) {
+        match segments.split_first() {
+            None => {
+                if !self.subscribers.contains(&id) {
+                    self.subscribers.push(id);
+                }
+            }
+            Some((Segment::Literal(l), rest)) => {
+                self.literal.entry(l.clone()).or_default().insert(rest, id)
+            }
+            Some((Segment::Star, rest)) => self
+                .star
+                .get_or_insert_with(Default::default)
+                .insert(rest, id),
+            Some((Segment::GlobStar, rest)) => self
+                .globstar
+                .get_or_insert_with(Default::default)
+                .insert(rest, id),
+        }
+    }
+
+    fn remove(&mut self, segments: &[Segment], id: usize) {
+        match segments.split_first() {
+            None => self.subscribers.retain(|s| *s != id),
+            Some((Segment::Literal(l), rest)) => {
+                if let Some(child) = self.literal.get_mut(l) {
+                    child.remove(rest, id);
+                    if child.is_empty() {
+                        self.literal.remove(l);
+                    }
+                }
+            }
+            Some((Segment::Star, rest)) => {
+                if let Some(child) = self.star.as_mut() {
+                    child.remove(rest, id);
+                    if child.is_empty() {
+                        self.star = None;
+                    }
+                }
+            }
+            Some((Segment::GlobStar, rest)) => {
+                if let Some(child) = self.globstar.as_mut() {
+                    child.remove(rest, id);
+                    if child.is_empty() {
+                        self.globstar = None;
+                    }
+                }
+            }
+        }
+    }
+
+    fn collect(&self, topic: &[&str], out: &mut Vec<usize>) {
+        if let Some(g) = &self.globstar {
+            // NOTE: `**` may swallow any suffix, including none.
+            for i in 0..=topic.len() {
+                g.collect(&topic[i..], out);
+            }
+        }
+        match topic.split_first() {
+            None => out.extend_from_slice(&self.subscribers),
+            Some((head, rest)) => {
+                if let Some(child) = self.literal.get(*head) {
+                    child.collect(rest, out);
+                }
+                if let Some(star) = &self.star {
+                    star.collect(rest, out);
+                }
+            }
+        }
+    }
+}
+
+/// Maximum number of topics whose routing result is cached.
+const CACHE_LIMIT: usize = 8192;
+
+/// Routes topics to subscriber ids.
+///
+/// Subscriber ids are small integers chosen by the caller. [`Router::route`]
+/// returns the matching ids, without duplicates, in the order given by the
+/// `rank` passed to [`Router::add`] (lowest first, then by id).
+#[derive(Default)]
+pub struct Router {
+    exact: HashMap<Box<str>, Vec<usize>>,
+    trie: Node,
+    regexes: Vec<(usize, regex::Regex)>,
+    rank: HashMap<usize, (u8, usize)>,
+    cache: parking_lot::Mutex<HashMap<Box<str>, Arc<[usize]>>>,
+    subscriptions: usize,
+}
+
+impl Router {
+    /// An empty router.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of (subscriber, pattern) subscriptions held.
+    pub fn len(&self) -> usize {
+        self.subscriptions
+    }
+
+    /// True when nothing is subscribed.
+    pub fn is_empty(&self) -> bool {
+        self.subscriptions == 0
+    }
+
+    /// Subscribes `id` to every pattern in `patterns` and to `regex` if given.
+    /// `rank` orders ids in routing results (lower first).
+    pub fn add(&mut self, id: usize, rank: u8, patterns: &[Pattern], regex: Option<regex::Regex>) {
+        self.rank.insert(id, (rank, id));
+        for p in patterns {
+            if p.is_literal() {
+                let ids = self.exact.entry(p.as_str().into()).or_default();
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            } else {
+                self.trie.insert(&p.segments, id);
+            }
+            self.subscriptions += 1;
+        }
+        if let Some(r) = regex {
+            self.regexes.push((id, r));
+            self.subscriptions += 1;
+        }
+        self.cache.get_mut().clear();
+    }
+
+    /// Removes every subscription of `id` (given the patterns it was added with).
+    pub fn remove(&mut self, id: usize, patterns: &[Pattern]) {
+        for p in patterns {
+            if p.is_literal() {
+                if let Some(ids) = self.exact.get_mut(p.as_str()) {
+                    ids.retain(|i| *i != id);
+                    if ids.is_empty() {
+                        self.exact.remove(p.as_str());
+                    }
+                }
+            } else {
+                self.trie.remove(&p.segments, id);
+            }
+            self.subscriptions = self.subscriptions.saturating_sub(1);
+        }
+        let before = self.regexes.len();
+        self.regexes.retain(|(i, _)| *i != id);
+        self.subscriptions -= before - self.regexes.len();
+        self.rank.remove(&id);
+        self.cache.get_mut().clear();
+    }
+
+    /// The ids subscribed to `topic`, deduplicated and ordered by rank.
+    pub fn route(&self, topic: &str) -> Arc<[usize]> {
+        if let Some(hit) = self.cache.lock().get(topic) {
+            return hit.clone();
+        }
+        let mut out = Vec::new();
+        if let Some(ids) = self.exact.get(topic) {
+            out.extend_from_slice(ids);
+        }
+        let parts: Vec<&str> = topic.split('.').collect();
+        self.trie.collect(&parts, &mut out);
+        for (id, r) in &self.regexes {
+            if r.is_match(topic) {
+                out.push(*id);
+            }
+        }
+        out.sort_unstable_by_key(|id| self.rank.get(id).copied().unwrap_or((u8::MAX, *id)));
+        out.dedup();
+        let result: Arc<[usize]> = out.into();
+        let mut cache = self.cache.lock();
+        if cache.len() >= CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(topic.into(), result.clone());
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Pattern {
+        Pattern::parse(s).unwrap()
+    }
+
+    #[test]
+    fn documented_wildcards() {
+        assert!(p("hook.*").matches("hook.response"));
+        assert!(!p("hook.*").matches("hook.tool.usage"));
+        assert!(!p("hook.*").matches("hook"));
+        assert!(p("hook.**").matches("hook.tool.usage"));
+        assert!(p("hook.**").matches("hook.a"));
+        assert!(p("hook.**").matches("hook"));
+        assert!(!p("hook.**").matches("hooks.a"));
+        assert!(p("**").matches("anything.at.all"));
+        assert!(p("a.**.b").matches("a.b"));
+        assert!(p("a.**.b").matches("a.x.y.b"));
+        assert!(!p("a.**.b").matches("a.x.y.c"));
+        assert!(p("*.tool").matches("hook.tool"));
+        assert!(p("hook.tool").matches("hook.tool"));
+        assert!(!p("hook.tool").matches("hook.tools"));
+    }
+
+    #[test]
+    fn invalid_inputs_name_the_problem() {
+        for bad in ["", "a..b", ".a", "a.", "a.**b", "a*.b", "a b"] {
+            let e = Pattern::parse(bad).unwrap_err();
+            assert!(!e.reason.is_empty(), "{bad}");
+        }
+        assert!(Pattern::parse("a.**b")
+            .unwrap_err()
+            .reason
+            .contains("wildcard mixed"));
+        assert!(validate_topic("hook.*")
+            .unwrap_err()
+            .reason
+            .contains("wildcards"));
+        assert!(validate_topic("hook..x")
+            .unwrap_err()
+            .reason
+            .contains("empty segment"));
+        assert!(validate_topic("").unwrap_err().reason.contains("empty"));
+        validate_topic("hook.subagent.start").unwrap();
+    }
+
+    #[test]
+    fn router_agrees_with_pattern_matching() {
+        let patterns = [
+            "hook.*",
+            "hook.**",
+            "**",
+            "hook.tool",
+            "system.**",
+            "a.**.b",
+            "*.x.*",
+            "*",
+            "a.*.**",
+        ];
+        let topics = [
+            "hook",
+            "hook.tool",
+            "hook.tool.usage",
+            "system",
+            "a.b",
+            "a.q.b",
+            "z.x.y",
+            "q",
+            "a.b.c",
+        ];
+        let mut r = Router::new();
+        for (i, pat) in patterns.iter().enumerate() {
+            r.add(i, 0, &[p(pat)], None);
+        }
+        for t in topics {
+            let expected: Vec<usize> = (0..patterns.len())
+                .filter(|i| p(patterns[*i]).matches(t))
+                .collect();
+            assert_eq!(&*r.route(t), &expected[..], "topic {t}");
+        }
+        r.remove(2, &[p("**")]);
+        assert!(!r.route("hook.tool").contains(&2));
+    }
+
+    #[test]
+    fn rank_orders_results_and_regex_joins() {
+        let mut r = Router::new();
+        r.add(0, 3, &[p("hook.**")], None);
+        r.add(1, 1, &[p("hook.tool")], None);
+        r.add(2, 5, &[], Some(regex::Regex::new("^hook\\.t").unwrap()));
+        assert_eq!(&*r.route("hook.tool"), &[1, 0, 2]);
+        assert_eq!(&*r.route("hook.response"), &[0]);
+    }
+}
