@@ -96,12 +96,14 @@ impl Pattern {
             let seg = match s {
                 "*" => Segment::Star,
                 "**" => Segment::GlobStar,
-                s if s.contains('*') => return Err(err(
-                    pattern,
-                    format!(
+                s if s.contains('*') => {
+                    return Err(err(
+                        pattern,
+                        format!(
                         "wildcard mixed into segment {s:?}: '*' and '**' must be whole segments"
                     ),
-                )),
+                    ))
+                }
                 s => Segment::Literal(s.into()),
             };
             // NOTE: `**.**` means the same as `**`; collapsing keeps matching linear.

@@ -1,5 +1,53 @@
-"""mpm-events: a Rust-powered event bus for Python."""
+"""mpm-events: an event bus for Python whose engine is Rust.
 
-from mpm_events._core import __version__
+A drop-in replacement for ``claude_mpm.services.events``: change the import
+line and the rest of the code stays as it is::
 
-__all__ = ["__version__"]
+    from mpm_events import EventBus, HookEventProducer
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mpm_events._core import ConsumerConfig, Event, EventBus, EventMetadata, __version__
+from mpm_events.errors import (
+    ConsumerConfigError,
+    EventBusError,
+    InvalidEventError,
+    InvalidTopicError,
+    PersistenceError,
+)
+from mpm_events.interfaces import (
+    ConsumerPriority,
+    EventPriority,
+    IEventBus,
+    IEventConsumer,
+    IEventProducer,
+)
+from mpm_events.producers import HookEventProducer, SystemEventProducer
+
+# NOTE: a library stays silent unless the application configures logging.
+logging.getLogger("mpm_events").addHandler(logging.NullHandler())
+
+IEventBus.register(EventBus)
+
+__all__ = [
+    "ConsumerConfig",
+    "ConsumerConfigError",
+    "ConsumerPriority",
+    "Event",
+    "EventBus",
+    "EventBusError",
+    "EventMetadata",
+    "EventPriority",
+    "HookEventProducer",
+    "IEventBus",
+    "IEventConsumer",
+    "IEventProducer",
+    "InvalidEventError",
+    "InvalidTopicError",
+    "PersistenceError",
+    "SystemEventProducer",
+    "__version__",
+]

@@ -1,9 +1,70 @@
-//! The Python binding layer (`mpm_events._core`).
+//! The Python binding layer, built as `mpm_events._core`.
+//!
+//! Only this module tree imports pyo3. The engine it drives lives in
+//! [`crate::dispatch`]; Tokio timers run on a small shared runtime and never
+//! attach to Python.
+
+use std::sync::OnceLock;
 
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+
+mod bus;
+mod config;
+mod errors;
+mod event;
+mod executor;
+
+static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// The Tokio runtime behind every bus of the process (timers and native sinks).
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("mpm-events-rt")
+            .enable_all()
+            .build()
+            .expect("cannot start the mpm-events Tokio runtime")
+    })
+}
+
+fn log(py: Python<'_>, level: &str, msg: &str) {
+    let logger = LOGGER.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+        Ok(py
+            .import("logging")?
+            .call_method1("getLogger", ("mpm_events",))?
+            .unbind())
+    });
+    if let Ok(logger) = logger {
+        let _ = logger.bind(py).call_method1(level, (msg,));
+    }
+}
+
+/// Logs at INFO to the `mpm_events` logger.
+pub fn log_info(py: Python<'_>, msg: &str) {
+    log(py, "info", msg);
+}
+
+/// Logs at WARNING to the `mpm_events` logger.
+pub fn log_warning(py: Python<'_>, msg: &str) {
+    log(py, "warning", msg);
+}
+
+/// Logs at ERROR to the `mpm_events` logger.
+pub fn log_error(py: Python<'_>, msg: &str) {
+    log(py, "error", msg);
+}
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<event::Event>()?;
+    m.add_class::<event::EventMetadata>()?;
+    m.add_class::<config::ConsumerConfig>()?;
+    m.add_class::<bus::EventBus>()?;
+    m.add_class::<bus::Ready>()?;
+    m.add_class::<executor::PyJob>()?;
     Ok(())
 }

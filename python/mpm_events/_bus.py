@@ -1,0 +1,208 @@
+"""Event-loop glue for the compiled bus (private).
+
+The compiled ``EventBus`` keeps the data path in Rust; the few steps that
+must await Python code (a consumer's ``initialize``/``shutdown``, waiting for
+the bus to go idle) and the loop integration live here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import logging
+import types
+from collections.abc import Awaitable, Generator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mpm_events._core import EventBus, _Job
+
+logger = logging.getLogger("mpm_events")
+
+# NOTE: the event loop keeps only weak references to tasks; these are ours.
+_tasks: set[asyncio.Task[Any]] = set()
+
+
+def _keep(task: asyncio.Task[Any]) -> None:
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+async def _maybe_await(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+# ----- loop integration -----
+
+
+def attach(bus: EventBus, fd: int, loop: asyncio.AbstractEventLoop) -> None:
+    """Watch the bus's wake-up socket on ``loop``."""
+    loop.add_reader(fd, _on_wake, bus, loop)
+
+
+def detach(fd: int, loop: asyncio.AbstractEventLoop) -> None:
+    """Stop watching the wake-up socket."""
+    if not loop.is_closed():
+        loop.remove_reader(fd)
+
+
+def _on_wake(bus: EventBus, loop: asyncio.AbstractEventLoop) -> None:
+    bus._drain_wakeups()
+    # NOTE: the jobs run inside a Task (one per wake-up, not per event) so that
+    # consumer code sees a current task, as it would under the original bus.
+    _keep(loop.create_task(_pump(bus)))
+
+
+async def _pump(bus: EventBus) -> None:
+    try:
+        bus._run_pending()
+    except Exception:
+        logger.exception("mpm_events: internal error while delivering events")
+
+
+@types.coroutine
+def resume_from(it: Any, yielded: Any) -> Generator[Any, Any, Any]:
+    """Continue an awaitable that already yielded ``yielded`` once.
+
+    The bus steps each consumer coroutine by hand; when one suspends, this
+    generator hands the rest of it to a real Task (PEP 380 delegation).
+    """
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+            raise
+        except BaseException as exc:
+            try:
+                yielded = it.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = it.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+def continue_job(job: _Job, awaitable: Awaitable[Any], timeout: float) -> None:
+    """Finish a job whose consumer call suspended, in a Task of its own."""
+    _keep(asyncio.ensure_future(_finish(job, awaitable, timeout)))
+
+
+async def _finish(job: _Job, awaitable: Awaitable[Any] | None, timeout: float) -> None:
+    while awaitable is not None:
+        try:
+            async with asyncio.timeout(timeout) as deadline:
+                result = await awaitable
+        except TimeoutError as exc:
+            if deadline.expired():
+                exc = TimeoutError(f"consume timed out after {timeout:g}s")
+            awaitable = job.resume(None, exc)
+        except asyncio.CancelledError:
+            job.abandon("delivery cancelled")
+            raise
+        except Exception as exc:
+            awaitable = job.resume(None, exc)
+        else:
+            awaitable = job.resume(result)
+
+
+def spawn(awaitable: Awaitable[Any], consumer: str) -> None:
+    """Run an error handler's remaining work without blocking delivery."""
+
+    async def run() -> None:
+        try:
+            await awaitable
+        except Exception as exc:
+            logger.error("error_handler of consumer %r raised %r", consumer, exc)
+
+    _keep(asyncio.ensure_future(run()))
+
+
+def run_threadsafe(awaitable: Awaitable[Any], loop: asyncio.AbstractEventLoop, timeout: float) -> Any:
+    """From a worker thread: run ``awaitable`` on ``loop`` and wait for it."""
+
+    async def run() -> Any:
+        return await awaitable
+
+    fut = asyncio.run_coroutine_threadsafe(run(), loop)
+    try:
+        return fut.result(timeout)
+    except concurrent.futures.TimeoutError:
+        fut.cancel()
+        raise TimeoutError(f"consume timed out after {timeout:g}s") from None
+
+
+# ----- control plane -----
+
+
+async def subscribe(bus: EventBus, consumer: Any) -> bool:
+    """``EventBus.subscribe``: validate, ``initialize()``, then register."""
+    name = bus._prepare(consumer)
+    if name is None:
+        return False
+    try:
+        ok = await _maybe_await(consumer.initialize())
+    except Exception as exc:
+        logger.error("Error initializing consumer %s: %r", name, exc)
+        return False
+    if not ok:
+        logger.error("Failed to initialize consumer %s", name)
+        return False
+    return bus._register(consumer)
+
+
+async def unsubscribe(bus: EventBus, consumer_name: str) -> bool:
+    """``EventBus.unsubscribe``: deregister, then ``shutdown()``."""
+    if not isinstance(consumer_name, str):
+        raise TypeError(f"unsubscribe() expects a consumer name (str), got {type(consumer_name).__name__}")
+    consumer = bus._unregister(consumer_name)
+    if consumer is None:
+        logger.warning("Consumer %s not found", consumer_name)
+        return False
+    try:
+        await _maybe_await(consumer.shutdown())
+    except Exception as exc:
+        logger.error("Error shutting down consumer %s: %r", consumer_name, exc)
+    return True
+
+
+async def join(bus: EventBus, timeout: float | None = None) -> bool:
+    """``EventBus.join``: wait until every accepted event is fully handled."""
+    if bus._is_idle():
+        return True
+    fut = asyncio.get_running_loop().create_future()
+    bus._add_idle_waiter(fut)
+    try:
+        await asyncio.wait_for(asyncio.shield(fut), timeout)
+    except TimeoutError:
+        raise TimeoutError(
+            f"join() timed out after {timeout:g}s with {bus._outstanding()} event(s) not yet handled"
+        ) from None
+    return True
+
+
+async def stop(bus: EventBus, timeout: float | None = None) -> None:
+    """``EventBus.stop``: drain, wait (up to ``timeout``), then shut consumers down."""
+    if not bus.is_running:
+        return
+    logger.info("Stopping event bus")
+    bus._begin_stop()
+    try:
+        await join(bus, timeout)
+    except TimeoutError as exc:
+        logger.warning("%s; what is still queued goes to the dead-letter queue", exc)
+        bus._abort_pending()
+    for consumer in bus.get_consumers():
+        try:
+            await _maybe_await(consumer.shutdown())
+        except Exception as exc:
+            logger.error("Error shutting down consumer %s: %r", consumer.config.name, exc)
+    bus._detach()
+    logger.info("Event bus stopped")

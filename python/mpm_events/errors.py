@@ -1,0 +1,36 @@
+"""The exceptions raised by mpm-events, all rooted at :class:`EventBusError`.
+
+Each also derives from the built-in exception a caller would expect
+(``ValueError`` for a bad topic, ``TypeError`` for something that is not an
+event), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConsumerConfigError",
+    "EventBusError",
+    "InvalidEventError",
+    "InvalidTopicError",
+    "PersistenceError",
+]
+
+
+class EventBusError(Exception):
+    """Base class of every exception raised by mpm-events."""
+
+
+class InvalidTopicError(EventBusError, ValueError):
+    """A topic or pattern is malformed (empty segment, misplaced wildcard, ...)."""
+
+
+class InvalidEventError(EventBusError, TypeError):
+    """An object given as an event is not one (wrong type, missing attribute, bad field)."""
+
+
+class ConsumerConfigError(EventBusError, ValueError):
+    """A consumer or its configuration cannot be subscribed as given."""
+
+
+class PersistenceError(EventBusError):
+    """The event store cannot be opened or written."""

@@ -1,0 +1,701 @@
+//! `EventBus`: the Python face of the dispatch engine.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Utc};
+use parking_lot::{Mutex, RwLock};
+use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyList, PyString};
+
+use super::config::ConsumerSpec;
+use super::errors::event_error;
+use super::event::{Event, EventRef};
+use super::executor::{Inbox, LoopExecutor, PyConsumer, ThreadExecutor};
+use super::{log_info, log_warning, runtime};
+use crate::dispatch::{Engine, Executor, Lane, LaneConfig, Rejected};
+
+/// Items the loop handles per wake-up before letting other callbacks run.
+const LOOP_BUDGET: usize = 16_384;
+/// Events per job for single-event consumers.
+const CHUNK: usize = 512;
+
+static INSPECT_ISCOROFN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static BUS_HELPERS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+static READY_TRUE: PyOnceLock<Py<Ready>> = PyOnceLock::new();
+static READY_FALSE: PyOnceLock<Py<Ready>> = PyOnceLock::new();
+
+fn helpers(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+    BUS_HELPERS
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("mpm_events._bus")?.unbind())
+        })
+        .map(|m| m.bind(py))
+}
+
+/// An already-finished awaitable holding a value. It is a coroutine in
+/// asyncio's sense (``asyncio.iscoroutine`` is true), so ``await``,
+/// ``create_task``, ``ensure_future`` and ``gather`` all accept it, and it
+/// costs no event-loop iteration.
+#[pyclass(module = "mpm_events._core", name = "_Ready", frozen)]
+pub struct Ready {
+    value: Py<PyAny>,
+}
+
+impl Ready {
+    /// A shared instance for a bool result.
+    pub fn of_bool(py: Python<'_>, v: bool) -> Py<Ready> {
+        let cell = if v { &READY_TRUE } else { &READY_FALSE };
+        cell.get_or_init(py, || {
+            Py::new(
+                py,
+                Ready {
+                    value: pyo3::types::PyBool::new(py, v)
+                        .to_owned()
+                        .into_any()
+                        .unbind(),
+                },
+            )
+            .expect("alloc")
+        })
+        .clone_ref(py)
+    }
+
+    /// A new instance for any value.
+    pub fn of(py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<Ready>> {
+        Py::new(py, Ready { value })
+    }
+}
+
+#[pymethods]
+impl Ready {
+    fn __await__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+    fn __next__(&self, py: Python<'_>) -> PyResult<()> {
+        Err(PyStopIteration::new_err((self.value.clone_ref(py),)))
+    }
+    #[pyo3(signature = (_value=None))]
+    fn send(&self, py: Python<'_>, _value: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        self.__next__(py)
+    }
+    #[pyo3(signature = (typ, val=None, _tb=None))]
+    fn throw(
+        &self,
+        typ: &Bound<'_, PyAny>,
+        val: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        Err(match val {
+            Some(v) if !v.is_none() => PyErr::from_value(v.clone()),
+            _ => PyErr::from_value(typ.clone()),
+        })
+    }
+    fn close(&self) {}
+}
+
+struct Subscribed {
+    consumer: Py<PyAny>,
+    lane: Arc<Lane<EventRef>>,
+    topics: Vec<String>,
+}
+
+struct BusShared {
+    engine: Engine<EventRef>,
+    inbox: Arc<Inbox>,
+    consumers: RwLock<Vec<(Arc<str>, Subscribed)>>,
+    idle_waiters: Mutex<Vec<Py<PyAny>>>,
+    running: AtomicBool,
+    last_event_us: AtomicI64,
+    warned_not_running: AtomicBool,
+}
+
+/// The event bus (see `_core.pyi` for the Python documentation).
+#[pyclass(module = "mpm_events._core", name = "EventBus", subclass, frozen)]
+pub struct EventBus {
+    shared: Arc<BusShared>,
+    max_queue_size: AtomicI64,
+    process_interval: f64,
+    batch_timeout: f64,
+    enable_metrics: bool,
+    enable_persistence: bool,
+}
+
+impl EventBus {
+    fn accept(&self, event: &Bound<'_, PyAny>) -> PyResult<Result<(), Rejected>> {
+        let py = event.py();
+        let owned: Py<Event> = match event.cast::<Event>() {
+            Ok(e) => e.clone().unbind(),
+            Err(_) => {
+                if event.is_none() {
+                    return Err(event_error("publish() expected an Event, got None"));
+                }
+                Py::new(py, Event::from_foreign(event)?)?
+            }
+        };
+        let eref = EventRef::accept(py, owned)?;
+        let result = self.shared.engine.publish(Arc::new(eref));
+        match result {
+            Ok(()) => {
+                self.shared
+                    .last_event_us
+                    .store(Utc::now().timestamp_micros(), Ordering::Relaxed);
+            }
+            Err(Rejected::NotRunning) => {
+                if !self.shared.warned_not_running.swap(true, Ordering::Relaxed) {
+                    log_warning(
+                        py,
+                        "Cannot publish event - bus not running (further refusals are not logged)",
+                    );
+                }
+            }
+            Err(Rejected::QueueFull) => {}
+        }
+        Ok(result)
+    }
+}
+
+#[pymethods]
+impl EventBus {
+    #[new]
+    #[pyo3(signature = (max_queue_size=10000, process_interval=0.01, batch_timeout=0.1, enable_metrics=true, enable_persistence=false, *, dead_letter_capacity=10000))]
+    fn new(
+        max_queue_size: i64,
+        process_interval: f64,
+        batch_timeout: f64,
+        enable_metrics: bool,
+        enable_persistence: bool,
+        dead_letter_capacity: i64,
+    ) -> PyResult<Self> {
+        if max_queue_size < 1 {
+            return Err(PyValueError::new_err(format!(
+                "max_queue_size must be >= 1, got {max_queue_size}"
+            )));
+        }
+        if dead_letter_capacity < 1 {
+            return Err(PyValueError::new_err("dead_letter_capacity must be >= 1"));
+        }
+        let engine = Engine::new(
+            runtime().handle().clone(),
+            max_queue_size as usize,
+            dead_letter_capacity as usize,
+        );
+        let inbox = Arc::new(Inbox::new().map_err(|e| {
+            PyRuntimeError::new_err(format!("cannot create the wake-up socket: {e}"))
+        })?);
+        let idle_inbox = Arc::downgrade(&inbox);
+        engine.set_on_idle(move || {
+            if let Some(inbox) = idle_inbox.upgrade() {
+                inbox.wake();
+            }
+        });
+        Ok(EventBus {
+            shared: Arc::new(BusShared {
+                engine,
+                inbox,
+                consumers: RwLock::new(Vec::new()),
+                idle_waiters: Mutex::new(Vec::new()),
+                running: AtomicBool::new(false),
+                last_event_us: AtomicI64::new(0),
+                warned_not_running: AtomicBool::new(false),
+            }),
+            max_queue_size: AtomicI64::new(max_queue_size),
+            process_interval,
+            batch_timeout,
+            enable_metrics,
+            enable_persistence,
+        })
+    }
+
+    #[getter]
+    fn max_queue_size(&self) -> i64 {
+        self.max_queue_size.load(Ordering::Relaxed)
+    }
+    #[setter]
+    fn set_max_queue_size(&self, v: i64) -> PyResult<()> {
+        if v < 1 {
+            return Err(PyValueError::new_err("max_queue_size must be >= 1"));
+        }
+        self.max_queue_size.store(v, Ordering::Relaxed);
+        self.shared.engine.set_max_queue(v as usize);
+        Ok(())
+    }
+    #[getter]
+    fn process_interval(&self) -> f64 {
+        self.process_interval
+    }
+    #[getter]
+    fn batch_timeout(&self) -> f64 {
+        self.batch_timeout
+    }
+    #[getter]
+    fn enable_metrics(&self) -> bool {
+        self.enable_metrics
+    }
+    #[getter]
+    fn enable_persistence(&self) -> bool {
+        self.enable_persistence
+    }
+    #[getter]
+    fn is_running(&self) -> bool {
+        self.shared.running.load(Ordering::Acquire)
+    }
+
+    /// Starts the bus on the running event loop.
+    fn start(slf: &Bound<'_, Self>) -> PyResult<Py<Ready>> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.shared.running.load(Ordering::Acquire) {
+            log_warning(py, "Event bus already running");
+            return Ok(Ready::of_bool(py, true));
+        }
+        let asyncio = py.import("asyncio")?;
+        let event_loop = asyncio.call_method0("get_running_loop").map_err(|_| {
+            PyRuntimeError::new_err("EventBus.start() must be awaited inside a running event loop")
+        })?;
+        helpers(py)?.call_method1("attach", (slf, this.shared.inbox.fd(), &event_loop))?;
+        *this.shared.inbox.event_loop.lock() = Some(event_loop.unbind());
+        this.shared
+            .warned_not_running
+            .store(false, Ordering::Relaxed);
+        this.shared.engine.start();
+        this.shared.running.store(true, Ordering::Release);
+        // NOTE: anything dispatched while no loop was attached is run now.
+        this.shared.inbox.force_wake();
+        log_info(py, "Event bus started");
+        Ok(Ready::of_bool(py, true))
+    }
+
+    /// Stops the bus (see the stub); returns a coroutine.
+    #[pyo3(signature = (timeout=None))]
+    fn stop<'py>(slf: &Bound<'py, Self>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+        helpers(slf.py())?.call_method1("stop", (slf, timeout))
+    }
+
+    /// Publishes one event; the returned awaitable is already complete.
+    fn publish(&self, py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<Py<Ready>> {
+        Ok(Ready::of_bool(py, self.accept(event)?.is_ok()))
+    }
+
+    /// Publishes one event from any thread, without awaiting.
+    fn publish_nowait(&self, event: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Ok(self.accept(event)?.is_ok())
+    }
+
+    /// Publishes several events; awaitable of how many were accepted.
+    fn publish_batch(&self, py: Python<'_>, events: &Bound<'_, PyAny>) -> PyResult<Py<Ready>> {
+        let mut items = Vec::new();
+        for (i, e) in events
+            .try_iter()
+            .map_err(|_| event_error("publish_batch() expects an iterable of events"))?
+            .enumerate()
+        {
+            let e = e?;
+            // NOTE: every event is checked before any is accepted, so a bad event
+            // in the middle raises without a partial publish.
+            let owned: Py<Event> = match e.cast::<Event>() {
+                Ok(ev) => ev.clone().unbind(),
+                Err(_) => Py::new(
+                    py,
+                    Event::from_foreign(&e).map_err(|err| {
+                        event_error(format!("publish_batch(): event #{i}: {}", err.value(py)))
+                    })?,
+                )?,
+            };
+            let eref = EventRef::accept(py, owned).map_err(|err| {
+                let cls = err.get_type(py);
+                PyErr::from_type(
+                    cls,
+                    format!("publish_batch(): event #{i}: {}", err.value(py)),
+                )
+            })?;
+            items.push(eref);
+        }
+        let mut accepted = 0i64;
+        for eref in items {
+            match self.shared.engine.publish(Arc::new(eref)) {
+                Ok(()) => accepted += 1,
+                Err(Rejected::NotRunning) => {
+                    if !self.shared.warned_not_running.swap(true, Ordering::Relaxed) {
+                        log_warning(py, "Cannot publish events - bus not running");
+                    }
+                    break;
+                }
+                Err(Rejected::QueueFull) => {}
+            }
+        }
+        if accepted > 0 {
+            self.shared
+                .last_event_us
+                .store(Utc::now().timestamp_micros(), Ordering::Relaxed);
+        }
+        Ready::of(py, accepted.into_pyobject(py)?.into_any().unbind())
+    }
+
+    /// Subscribes a consumer (see the stub); returns a coroutine.
+    fn subscribe<'py>(
+        slf: &Bound<'py, Self>,
+        consumer: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        helpers(slf.py())?.call_method1("subscribe", (slf, consumer))
+    }
+
+    /// Unsubscribes a consumer by name (see the stub); returns a coroutine.
+    fn unsubscribe<'py>(
+        slf: &Bound<'py, Self>,
+        consumer_name: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        helpers(slf.py())?.call_method1("unsubscribe", (slf, consumer_name))
+    }
+
+    /// Waits until every accepted event is fully handled (see the stub).
+    #[pyo3(signature = (timeout=None))]
+    fn join<'py>(slf: &Bound<'py, Self>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+        helpers(slf.py())?.call_method1("join", (slf, timeout))
+    }
+
+    /// The subscribed consumers, in subscription order.
+    fn get_consumers(&self, py: Python<'_>) -> Vec<Py<PyAny>> {
+        self.shared
+            .consumers
+            .read()
+            .iter()
+            .map(|(_, s)| s.consumer.clone_ref(py))
+            .collect()
+    }
+
+    /// Bus metrics (see the stub for the keys).
+    fn get_metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = self.shared.engine.counters();
+        let d = PyDict::new(py);
+        let consumers = self.shared.consumers.read();
+        d.set_item("events_published", c.published)?;
+        d.set_item("events_processed", c.processed)?;
+        d.set_item("events_failed", c.failed)?;
+        d.set_item("events_dropped", c.dropped)?;
+        d.set_item("consumers_active", consumers.len())?;
+        d.set_item("queue_size", c.queued)?;
+        let stats: Vec<_> = consumers
+            .iter()
+            .map(|(n, s)| {
+                (
+                    n.clone(),
+                    s.lane.stats.snapshot(),
+                    s.lane.in_flight(),
+                    s.lane.pending(),
+                )
+            })
+            .collect();
+        let total: u64 = stats.iter().map(|s| s.1.processed).sum();
+        let weighted: f64 = stats
+            .iter()
+            .map(|s| s.1.latency_p50_ms * s.1.processed as f64)
+            .sum();
+        d.set_item(
+            "processing_time_ms",
+            if total > 0 {
+                weighted / total as f64
+            } else {
+                0.0
+            },
+        )?;
+        let last = self.shared.last_event_us.load(Ordering::Relaxed);
+        let last_dt: Option<DateTime<Utc>> = if last > 0 {
+            DateTime::from_timestamp_micros(last)
+        } else {
+            None
+        };
+        d.set_item("last_event_time", last_dt)?;
+        d.set_item("dead_letter_queue_size", c.dead_letters)?;
+        d.set_item("dead_letters_evicted", c.dead_letters_evicted)?;
+        d.set_item("events_in_flight", c.outstanding)?;
+        d.set_item("subscriptions", self.shared.engine.subscription_count())?;
+        let per = PyDict::new(py);
+        for (name, s) in consumers.iter() {
+            let m = s
+                .consumer
+                .bind(py)
+                .call_method0("get_metrics")
+                .unwrap_or_else(|e| {
+                    let err = PyDict::new(py);
+                    let _ = err.set_item("error", format!("get_metrics() raised {}", e.value(py)));
+                    err.into_any()
+                });
+            per.set_item(name.as_ref(), m)?;
+        }
+        d.set_item("consumers", per)?;
+        let cs = PyDict::new(py);
+        for (name, snap, in_flight, pending) in stats {
+            let e = PyDict::new(py);
+            e.set_item("processed", snap.processed)?;
+            e.set_item("failed", snap.failed)?;
+            e.set_item("retried", snap.retried)?;
+            e.set_item("dead_lettered", snap.dead_lettered)?;
+            e.set_item("filtered", snap.filtered)?;
+            e.set_item("in_flight", in_flight)?;
+            e.set_item("pending", pending)?;
+            e.set_item("latency_p50_ms", snap.latency_p50_ms)?;
+            e.set_item("latency_p99_ms", snap.latency_p99_ms)?;
+            cs.set_item(name.as_ref(), e)?;
+        }
+        d.set_item("consumer_stats", cs)?;
+        Ok(d)
+    }
+
+    /// The dead letters, oldest first, as dicts.
+    fn get_dead_letters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for l in self.shared.engine.dead_letters() {
+            let d = PyDict::new(py);
+            d.set_item("event", l.event.event.clone_ref(py))?;
+            d.set_item("consumer", l.consumer.as_ref())?;
+            d.set_item("errors", &l.errors)?;
+            d.set_item("attempts", l.attempts + 1)?;
+            d.set_item("failed_at", DateTime::<Utc>::from(l.at))?;
+            list.append(d)?;
+        }
+        Ok(list)
+    }
+
+    /// Re-delivers dead letters to the consumers that failed them.
+    #[pyo3(signature = (consumer=None, event_ids=None))]
+    fn replay_dead_letters(
+        &self,
+        py: Python<'_>,
+        consumer: Option<String>,
+        event_ids: Option<Vec<String>>,
+    ) -> PyResult<usize> {
+        if !self.shared.running.load(Ordering::Acquire) {
+            return Err(PyRuntimeError::new_err(
+                "replay_dead_letters() needs a running bus",
+            ));
+        }
+        let lanes: HashMap<Arc<str>, Arc<Lane<EventRef>>> = self
+            .shared
+            .consumers
+            .read()
+            .iter()
+            .map(|(n, s)| (n.clone(), s.lane.clone()))
+            .collect();
+        let taken = self.shared.engine.take_dead_letters(|l| {
+            consumer.as_deref().is_none_or(|c| *l.consumer == *c)
+                && event_ids
+                    .as_ref()
+                    .is_none_or(|ids| ids.iter().any(|i| *i == *l.event.id))
+                && lanes.contains_key(&l.consumer)
+        });
+        let mut n = 0;
+        for l in taken {
+            if self
+                .shared
+                .engine
+                .redeliver(l.event.clone(), &lanes[&l.consumer])
+                .is_ok()
+            {
+                n += 1;
+            } else {
+                log_warning(
+                    py,
+                    &format!(
+                        "dead letter {} for {} could not be re-queued (queue full)",
+                        l.event.id, l.consumer
+                    ),
+                );
+            }
+        }
+        Ok(n)
+    }
+
+    // ----- private helpers used by mpm_events._bus -----
+
+    fn _prepare(&self, py: Python<'_>, consumer: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
+        let config = consumer.getattr("config").map_err(|_| {
+            let ty = consumer
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default();
+            super::errors::config_error(format!(
+                "{ty} has no 'config' attribute; is it an IEventConsumer?"
+            ))
+        })?;
+        let spec = ConsumerSpec::read(&config)?;
+        for m in ["consume", "initialize", "shutdown"] {
+            if !consumer.hasattr(m)? {
+                return Err(super::errors::config_error(format!(
+                    "consumer {:?} has no {m}() method",
+                    spec.name
+                )));
+            }
+        }
+        if self
+            .shared
+            .consumers
+            .read()
+            .iter()
+            .any(|(n, _)| *n == spec.name)
+        {
+            log_warning(py, &format!("Consumer {} already subscribed", spec.name));
+            return Ok(None);
+        }
+        Ok(Some(PyString::new(py, &spec.name).into_any().unbind()))
+    }
+
+    fn _register(&self, py: Python<'_>, consumer: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let spec = ConsumerSpec::read(&consumer.getattr("config")?)?;
+        let mut consumers = self.shared.consumers.write();
+        if consumers.iter().any(|(n, _)| *n == spec.name) {
+            log_warning(py, &format!("Consumer {} already subscribed", spec.name));
+            return Ok(false);
+        }
+        let consume = consumer.getattr("consume")?;
+        let batch_fn = if spec.batch_size > 1 {
+            consumer.getattr("consume_batch").ok()
+        } else {
+            None
+        };
+        let is_coro = INSPECT_ISCOROFN.import(py, "inspect", "iscoroutinefunction")?;
+        let target = batch_fn.as_ref().unwrap_or(&consume);
+        let is_async = is_coro.call1((target,))?.is_truthy()?;
+        let pc = Arc::new(PyConsumer {
+            name: spec.name.clone(),
+            consume: consume.unbind(),
+            consume_batch: batch_fn.map(Bound::unbind),
+            filter: spec.filter_func,
+            transform: spec.transform_func,
+            error_handler: spec.error_handler,
+            timeout: spec.timeout.as_secs_f64(),
+        });
+        let executor: Arc<dyn Executor<EventRef>> = if is_async {
+            Arc::new(LoopExecutor {
+                consumer: pc,
+                inbox: self.shared.inbox.clone(),
+            })
+        } else {
+            Arc::new(ThreadExecutor::new(pc, self.shared.inbox.clone()))
+        };
+        let config = LaneConfig {
+            name: spec.name.clone(),
+            priority: spec.priority,
+            batch_size: spec.batch_size,
+            batch_timeout: spec.batch_timeout,
+            retry: spec.retry,
+            timeout: spec.timeout,
+            engine_timeout: !is_async,
+            chunk: CHUNK,
+        };
+        let lane = self
+            .shared
+            .engine
+            .add_lane(config, spec.patterns, spec.regex, executor);
+        consumers.push((
+            spec.name.clone(),
+            Subscribed {
+                consumer: consumer.clone().unbind(),
+                lane,
+                topics: spec.topic_names,
+            },
+        ));
+        drop(consumers);
+        log_info(py, &format!("Subscribed consumer {}", spec.name));
+        Ok(true)
+    }
+
+    fn _unregister(&self, py: Python<'_>, name: &str) -> Option<Py<PyAny>> {
+        let mut consumers = self.shared.consumers.write();
+        let pos = consumers.iter().position(|(n, _)| **n == *name)?;
+        let (_, s) = consumers.remove(pos);
+        drop(consumers);
+        self.shared.engine.remove_lane(&s.lane);
+        log_info(py, &format!("Unsubscribed consumer {name}"));
+        Some(s.consumer)
+    }
+
+    fn _topics(&self, name: &str) -> Option<Vec<String>> {
+        self.shared
+            .consumers
+            .read()
+            .iter()
+            .find(|(n, _)| **n == *name)
+            .map(|(_, s)| s.topics.clone())
+    }
+
+    fn _drain_wakeups(&self) {
+        self.shared.inbox.drain_wakeups();
+    }
+
+    fn _run_pending(&self, py: Python<'_>) -> PyResult<bool> {
+        let more = self.shared.inbox.run_pending(py, LOOP_BUDGET)?;
+        if self.shared.engine.is_idle() {
+            let waiters: Vec<_> = self.shared.idle_waiters.lock().drain(..).collect();
+            for w in waiters {
+                let w = w.bind(py);
+                if !w.call_method0("done")?.is_truthy()? {
+                    w.call_method1("set_result", (true,))?;
+                }
+            }
+        }
+        Ok(more)
+    }
+
+    fn _is_idle(&self) -> bool {
+        self.shared.engine.is_idle()
+    }
+
+    fn _add_idle_waiter(&self, fut: Py<PyAny>) {
+        self.shared.idle_waiters.lock().push(fut);
+        // NOTE: the bus may have gone idle before the waiter was added.
+        self.shared.inbox.wake();
+    }
+
+    fn _begin_stop(&self) {
+        self.shared.running.store(false, Ordering::Release);
+        self.shared.engine.begin_drain();
+    }
+
+    fn _abort_pending(&self) {
+        self.shared.engine.abort_pending();
+    }
+
+    fn _detach(&self, py: Python<'_>) -> PyResult<()> {
+        if let Some(l) = self.shared.inbox.event_loop.lock().take() {
+            helpers(py)?.call_method1("detach", (self.shared.inbox.fd(), l))?;
+        }
+        Ok(())
+    }
+
+    fn _outstanding(&self) -> usize {
+        self.shared.engine.counters().outstanding
+    }
+
+    fn __repr__(&self) -> String {
+        let c = self.shared.engine.counters();
+        format!(
+            "EventBus(running={}, consumers={}, queued={}, in_flight={}, published={})",
+            self.shared.running.load(Ordering::Relaxed),
+            self.shared.consumers.read().len(),
+            c.queued,
+            c.outstanding,
+            c.published
+        )
+    }
+}
+
+impl Drop for EventBus {
+    fn drop(&mut self) {
+        // NOTE: worker threads hold their consumer, not the bus; closing the
+        // lanes lets them exit.
+        for lane in self.shared.engine.lanes() {
+            self.shared.engine.remove_lane(&lane);
+        }
+        let _ = SystemTime::now();
+        let _ = Duration::ZERO;
+    }
+}

@@ -1,0 +1,290 @@
+//! `ConsumerConfig` and the reading of any consumer's configuration.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::PyString;
+
+use super::errors::{config_error, topic_error};
+use super::event::{consumer_priority_member, read_consumer_priority};
+use crate::retry::RetryPolicy;
+use crate::topic::Pattern;
+
+/// A consumer's configuration (see `_core.pyi`).
+#[pyclass(module = "mpm_events._core", name = "ConsumerConfig", subclass)]
+pub struct ConsumerConfig {
+    #[pyo3(get, set)]
+    name: Py<PyAny>,
+    #[pyo3(get, set)]
+    topics: Py<PyAny>,
+    #[pyo3(get, set)]
+    topic_pattern: Py<PyAny>,
+    priority: u8,
+    #[pyo3(get, set)]
+    batch_size: i64,
+    #[pyo3(get, set)]
+    batch_timeout: f64,
+    #[pyo3(get, set)]
+    max_retries: i64,
+    #[pyo3(get, set)]
+    retry_backoff: f64,
+    #[pyo3(get, set)]
+    error_handler: Py<PyAny>,
+    #[pyo3(get, set)]
+    filter_func: Py<PyAny>,
+    #[pyo3(get, set)]
+    transform_func: Py<PyAny>,
+    #[pyo3(get, set)]
+    retry_delay: f64,
+    #[pyo3(get, set)]
+    max_retry_delay: f64,
+    #[pyo3(get, set)]
+    timeout: f64,
+}
+
+#[pymethods]
+impl ConsumerConfig {
+    #[new]
+    #[pyo3(signature = (name, topics=None, topic_pattern=None, priority=None, batch_size=1, batch_timeout=0.0, max_retries=3, retry_backoff=1.0, error_handler=None, filter_func=None, transform_func=None, *, retry_delay=0.1, max_retry_delay=30.0, timeout=30.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        name: Py<PyAny>,
+        topics: Option<Py<PyAny>>,
+        topic_pattern: Option<Py<PyAny>>,
+        priority: Option<&Bound<'_, PyAny>>,
+        batch_size: i64,
+        batch_timeout: f64,
+        max_retries: i64,
+        retry_backoff: f64,
+        error_handler: Option<Py<PyAny>>,
+        filter_func: Option<Py<PyAny>>,
+        transform_func: Option<Py<PyAny>>,
+        retry_delay: f64,
+        max_retry_delay: f64,
+        timeout: f64,
+    ) -> PyResult<Self> {
+        let priority = match priority {
+            Some(p) if !p.is_none() => read_consumer_priority(p)?,
+            _ => 3,
+        };
+        let none = || py.None();
+        Ok(ConsumerConfig {
+            name,
+            topics: topics.unwrap_or_else(none),
+            topic_pattern: topic_pattern.unwrap_or_else(none),
+            priority,
+            batch_size,
+            batch_timeout,
+            max_retries,
+            retry_backoff,
+            error_handler: error_handler.unwrap_or_else(none),
+            filter_func: filter_func.unwrap_or_else(none),
+            transform_func: transform_func.unwrap_or_else(none),
+            retry_delay,
+            max_retry_delay,
+            timeout,
+        })
+    }
+
+    #[getter]
+    fn priority<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        consumer_priority_member(py, self.priority)
+    }
+
+    #[setter]
+    fn set_priority(&mut self, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.priority = read_consumer_priority(v)?;
+        Ok(())
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!(
+            "ConsumerConfig(name={}, topics={}, priority={}, batch_size={}, batch_timeout={}, max_retries={}, retry_backoff={}, retry_delay={}, max_retry_delay={}, timeout={})",
+            self.name.bind(py).repr()?,
+            self.topics.bind(py).repr()?,
+            ["CRITICAL", "HIGH", "NORMAL", "LOW", "DEFERRED"][(self.priority - 1) as usize],
+            self.batch_size,
+            self.batch_timeout,
+            self.max_retries,
+            self.retry_backoff,
+            self.retry_delay,
+            self.max_retry_delay,
+            self.timeout
+        ))
+    }
+}
+
+/// Everything the bus needs from a consumer's configuration, validated.
+pub struct ConsumerSpec {
+    pub name: Arc<str>,
+    pub patterns: Vec<Pattern>,
+    pub topic_names: Vec<String>,
+    pub regex: Option<regex::Regex>,
+    pub priority: u8,
+    pub batch_size: usize,
+    pub batch_timeout: Duration,
+    pub retry: RetryPolicy,
+    pub timeout: Duration,
+    pub error_handler: Option<Py<PyAny>>,
+    pub filter_func: Option<Py<PyAny>>,
+    pub transform_func: Option<Py<PyAny>>,
+}
+
+fn seconds(v: f64, field: &str, name: &str) -> PyResult<Duration> {
+    if !v.is_finite() || v < 0.0 {
+        return Err(config_error(format!(
+            "consumer {name:?}: {field} must be a finite number >= 0, got {v}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn optional_callable(
+    obj: &Bound<'_, PyAny>,
+    field: &str,
+    name: &str,
+) -> PyResult<Option<Py<PyAny>>> {
+    if obj.is_none() {
+        return Ok(None);
+    }
+    if !obj.is_callable() {
+        return Err(config_error(format!(
+            "consumer {name:?}: {field} must be callable or None"
+        )));
+    }
+    Ok(Some(obj.clone().unbind()))
+}
+
+impl ConsumerSpec {
+    /// Reads and validates `config`: our `ConsumerConfig` or any object with its
+    /// attributes (the original's dataclass included). New optional fields
+    /// (`retry_delay`, `max_retry_delay`, `timeout`) default when absent.
+    pub fn read(config: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let get = |attr: &str| -> PyResult<Bound<'_, PyAny>> {
+            config
+                .getattr(attr)
+                .map_err(|_| config_error(format!("consumer config has no attribute {attr:?}")))
+        };
+        let get_or = |attr: &str, default: f64| -> PyResult<f64> {
+            match config.getattr(attr) {
+                Ok(v) if !v.is_none() => v
+                    .extract()
+                    .map_err(|_| config_error(format!("config.{attr} must be a number"))),
+                _ => Ok(default),
+            }
+        };
+        let name_obj = get("name")?;
+        let name: String = name_obj
+            .cast::<PyString>()
+            .map_err(|_| config_error("config.name must be a str"))?
+            .to_cow()?
+            .into_owned();
+        if name.is_empty() {
+            return Err(config_error("config.name must not be empty"));
+        }
+        let topics_obj = get("topics")?;
+        let (patterns, topic_names) = if topics_obj.is_none() {
+            (Vec::new(), Vec::new())
+        } else {
+            if topics_obj.is_instance_of::<PyString>() {
+                return Err(config_error(format!(
+                    "consumer {name:?}: topics must be a list of patterns, not a str"
+                )));
+            }
+            let mut patterns = Vec::new();
+            let mut names = Vec::new();
+            for t in topics_obj
+                .try_iter()
+                .map_err(|_| config_error(format!("consumer {name:?}: topics must be a list")))?
+            {
+                let t = t?;
+                let s: String = t.extract().map_err(|_| {
+                    config_error(format!("consumer {name:?}: every topic must be a str"))
+                })?;
+                patterns.push(Pattern::parse(&s).map_err(topic_error)?);
+                names.push(s);
+            }
+            (patterns, names)
+        };
+        let pattern_obj = get("topic_pattern")?;
+        let regex = if pattern_obj.is_none() {
+            None
+        } else {
+            let src: String = match pattern_obj.getattr("pattern") {
+                Ok(p) => p.extract()?,
+                Err(_) => pattern_obj.extract().map_err(|_| {
+                    config_error("config.topic_pattern must be a re.Pattern or str")
+                })?,
+            };
+            // NOTE: the original used re.match, which anchors at the start only.
+            let anchored = format!("^(?:{src})");
+            Some(regex::Regex::new(&anchored).map_err(|e| {
+                config_error(format!(
+                    "consumer {name:?}: topic_pattern {src:?} is not a supported regex: {e}"
+                ))
+            })?)
+        };
+        // None topics and no regex means every topic, as in the original.
+        let (patterns, topic_names) = if patterns.is_empty() && regex.is_none() {
+            (
+                vec![Pattern::parse("**").expect("valid")],
+                vec!["**".to_owned()],
+            )
+        } else {
+            (patterns, topic_names)
+        };
+        let priority = read_consumer_priority(&get("priority")?)?;
+        let batch_size: i64 = get("batch_size")?
+            .extract()
+            .map_err(|_| config_error("config.batch_size must be an int"))?;
+        if batch_size < 1 {
+            return Err(config_error(format!(
+                "consumer {name:?}: batch_size must be >= 1, got {batch_size}"
+            )));
+        }
+        let batch_timeout = seconds(get("batch_timeout")?.extract()?, "batch_timeout", &name)?;
+        let max_retries: i64 = get("max_retries")?
+            .extract()
+            .map_err(|_| config_error("config.max_retries must be an int"))?;
+        if max_retries < 0 {
+            return Err(config_error(format!(
+                "consumer {name:?}: max_retries must be >= 0"
+            )));
+        }
+        let retry_backoff: f64 = get("retry_backoff")?.extract()?;
+        if !retry_backoff.is_finite() || retry_backoff <= 0.0 {
+            return Err(config_error(format!(
+                "consumer {name:?}: retry_backoff must be > 0"
+            )));
+        }
+        let retry = RetryPolicy {
+            max_retries: max_retries.min(u32::MAX as i64) as u32,
+            retry_delay: seconds(get_or("retry_delay", 0.1)?, "retry_delay", &name)?,
+            retry_backoff,
+            max_retry_delay: seconds(get_or("max_retry_delay", 30.0)?, "max_retry_delay", &name)?,
+            jitter: 0.1,
+        };
+        let timeout = seconds(get_or("timeout", 30.0)?, "timeout", &name)?;
+        if timeout.is_zero() {
+            return Err(config_error(format!(
+                "consumer {name:?}: timeout must be > 0"
+            )));
+        }
+        Ok(ConsumerSpec {
+            error_handler: optional_callable(&get("error_handler")?, "error_handler", &name)?,
+            filter_func: optional_callable(&get("filter_func")?, "filter_func", &name)?,
+            transform_func: optional_callable(&get("transform_func")?, "transform_func", &name)?,
+            name: name.into(),
+            patterns,
+            topic_names,
+            regex,
+            priority,
+            batch_size: batch_size as usize,
+            batch_timeout,
+            retry,
+            timeout,
+        })
+    }
+}

@@ -1,0 +1,874 @@
+//! `Event` and `EventMetadata`: the Python event classes, and the engine's view
+//! of an accepted event.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyList, PySet, PyString, PyType};
+
+use super::errors::{event_error, topic_error};
+use crate::dispatch::EventLike;
+use crate::topic::{validate_topic, Pattern};
+
+static EVENT_PRIORITY: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static CONSUMER_PRIORITY: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static FROMISOFORMAT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+const EVENT_PRIORITY_NAMES: [&str; 4] = ["CRITICAL", "HIGH", "NORMAL", "LOW"];
+const CONSUMER_PRIORITY_NAMES: [&str; 5] = ["CRITICAL", "HIGH", "NORMAL", "LOW", "DEFERRED"];
+
+fn event_priority_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    EVENT_PRIORITY.import(py, "mpm_events.interfaces", "EventPriority")
+}
+
+fn consumer_priority_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    CONSUMER_PRIORITY.import(py, "mpm_events.interfaces", "ConsumerPriority")
+}
+
+/// The `EventPriority` member for 1..=4.
+pub fn event_priority_member(py: Python<'_>, value: u8) -> PyResult<Bound<'_, PyAny>> {
+    event_priority_type(py)?.call1((value,))
+}
+
+/// The `ConsumerPriority` member for 1..=5.
+pub fn consumer_priority_member(py: Python<'_>, value: u8) -> PyResult<Bound<'_, PyAny>> {
+    consumer_priority_type(py)?.call1((value,))
+}
+
+/// Reads a priority given as our enum, a foreign enum (by `.name`, then
+/// `.value`), an int or a name.
+fn read_priority(obj: &Bound<'_, PyAny>, names: &[&str], what: &str) -> PyResult<u8> {
+    let by_name = |name: &str| {
+        names
+            .iter()
+            .position(|n| n.eq_ignore_ascii_case(name))
+            .map(|i| i as u8 + 1)
+    };
+    if let Ok(s) = obj.cast::<PyString>() {
+        let s = s.to_cow()?;
+        return by_name(&s).ok_or_else(|| {
+            PyValueError::new_err(format!("unknown {what} {s:?}; expected one of {names:?}"))
+        });
+    }
+    if let Ok(v) = obj.extract::<i64>() {
+        if !obj.is_instance_of::<pyo3::types::PyBool>() && (1..=names.len() as i64).contains(&v) {
+            return Ok(v as u8);
+        }
+        return Err(PyValueError::new_err(format!(
+            "{what} must be 1..{}, got {v}",
+            names.len()
+        )));
+    }
+    if let Ok(name) = obj.getattr("name") {
+        if let Ok(name) = name.extract::<String>() {
+            if let Some(p) = by_name(&name) {
+                return Ok(p);
+            }
+        }
+    }
+    if let Ok(value) = obj.getattr("value") {
+        if let Ok(v) = value.extract::<i64>() {
+            if (1..=names.len() as i64).contains(&v) {
+                return Ok(v as u8);
+            }
+        }
+    }
+    Err(PyTypeError::new_err(format!(
+        "{what} must be a {what} member, an int 1..{} or a name, got {}",
+        names.len(),
+        obj.get_type().name()?
+    )))
+}
+
+/// Reads an event priority (1..=4).
+pub fn read_event_priority(obj: &Bound<'_, PyAny>) -> PyResult<u8> {
+    read_priority(obj, &EVENT_PRIORITY_NAMES, "EventPriority")
+}
+
+/// Reads a consumer priority (1..=5).
+pub fn read_consumer_priority(obj: &Bound<'_, PyAny>) -> PyResult<u8> {
+    read_priority(obj, &CONSUMER_PRIORITY_NAMES, "ConsumerPriority")
+}
+
+/// Processing state of one event, shared by the Python `EventMetadata` view and
+/// the engine (which updates it without the GIL).
+#[derive(Debug, Clone)]
+pub struct MetaState {
+    pub retry_count: i64,
+    pub max_retries: i64,
+    pub published_at: Option<DateTime<Utc>>,
+    pub consumed_at: Option<DateTime<Utc>>,
+    pub processed: Vec<Arc<str>>,
+    pub failed: Vec<Arc<str>>,
+    pub errors: Vec<String>,
+}
+
+impl Default for MetaState {
+    fn default() -> Self {
+        MetaState {
+            retry_count: 0,
+            max_retries: 3,
+            published_at: None,
+            consumed_at: None,
+            processed: Vec::new(),
+            failed: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+}
+
+/// Shared, lock-protected [`MetaState`].
+pub type MetaCell = Arc<Mutex<MetaState>>;
+
+fn to_py_datetime<'py>(py: Python<'py>, dt: &Option<DateTime<Utc>>) -> PyResult<Bound<'py, PyAny>> {
+    match dt {
+        Some(dt) => dt.into_pyobject(py).map(|b| b.into_any()),
+        None => Ok(py.None().into_bound(py)),
+    }
+}
+
+fn read_datetime(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<Option<DateTime<Utc>>> {
+    if obj.is_none() {
+        return Ok(None);
+    }
+    if let Ok(dt) = obj.extract::<DateTime<Utc>>() {
+        return Ok(Some(dt));
+    }
+    // NOTE: naive datetimes are taken as UTC, like the original's isoformat round trip.
+    if let Ok(naive) = obj.extract::<chrono::NaiveDateTime>() {
+        return Ok(Some(naive.and_utc()));
+    }
+    if let Ok(s) = obj.extract::<String>() {
+        let parsed = parse_timestamp(obj.py(), &s)?;
+        return read_datetime(&parsed, field);
+    }
+    if let Ok(dt) = obj.extract::<DateTime<chrono::FixedOffset>>() {
+        return Ok(Some(dt.with_timezone(&Utc)));
+    }
+    Err(PyTypeError::new_err(format!(
+        "EventMetadata.{field} must be a datetime or None"
+    )))
+}
+
+fn names_from(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<Vec<Arc<str>>> {
+    let mut out: Vec<Arc<str>> = Vec::new();
+    for item in obj
+        .try_iter()
+        .map_err(|_| PyTypeError::new_err(format!("EventMetadata.{field} must be a set of str")))?
+    {
+        let s: String = item?
+            .extract()
+            .map_err(|_| PyTypeError::new_err(format!("EventMetadata.{field} must hold str")))?;
+        if !out.iter().any(|n| **n == *s) {
+            out.push(s.into());
+        }
+    }
+    Ok(out)
+}
+
+/// Processing metadata of an event (see `_core.pyi`).
+#[pyclass(module = "mpm_events._core", name = "EventMetadata", frozen)]
+pub struct EventMetadata {
+    pub(crate) cell: MetaCell,
+}
+
+#[pymethods]
+impl EventMetadata {
+    #[new]
+    #[pyo3(signature = (retry_count=0, max_retries=3, published_at=None, consumed_at=None, consumers_processed=None, consumers_failed=None, error_messages=None))]
+    fn new(
+        retry_count: i64,
+        max_retries: i64,
+        published_at: Option<&Bound<'_, PyAny>>,
+        consumed_at: Option<&Bound<'_, PyAny>>,
+        consumers_processed: Option<&Bound<'_, PyAny>>,
+        consumers_failed: Option<&Bound<'_, PyAny>>,
+        error_messages: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let mut st = MetaState {
+            retry_count,
+            max_retries,
+            ..MetaState::default()
+        };
+        if let Some(v) = published_at {
+            st.published_at = read_datetime(v, "published_at")?;
+        }
+        if let Some(v) = consumed_at {
+            st.consumed_at = read_datetime(v, "consumed_at")?;
+        }
+        if let Some(v) = consumers_processed {
+            st.processed = names_from(v, "consumers_processed")?;
+        }
+        if let Some(v) = consumers_failed {
+            st.failed = names_from(v, "consumers_failed")?;
+        }
+        if let Some(v) = error_messages {
+            st.errors = v.extract().map_err(|_| {
+                PyTypeError::new_err("EventMetadata.error_messages must be a list of str")
+            })?;
+        }
+        Ok(EventMetadata {
+            cell: Arc::new(Mutex::new(st)),
+        })
+    }
+
+    /// How many retries the event has had (highest over its consumers).
+    #[getter]
+    fn retry_count(&self) -> i64 {
+        self.cell.lock().retry_count
+    }
+    #[setter]
+    fn set_retry_count(&self, v: i64) {
+        self.cell.lock().retry_count = v;
+    }
+    #[getter]
+    fn max_retries(&self) -> i64 {
+        self.cell.lock().max_retries
+    }
+    #[setter]
+    fn set_max_retries(&self, v: i64) {
+        self.cell.lock().max_retries = v;
+    }
+    #[getter]
+    fn published_at<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let v = self.cell.lock().published_at;
+        to_py_datetime(py, &v)
+    }
+    #[setter]
+    fn set_published_at(&self, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.cell.lock().published_at = read_datetime(v, "published_at")?;
+        Ok(())
+    }
+    #[getter]
+    fn consumed_at<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let v = self.cell.lock().consumed_at;
+        to_py_datetime(py, &v)
+    }
+    #[setter]
+    fn set_consumed_at(&self, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.cell.lock().consumed_at = read_datetime(v, "consumed_at")?;
+        Ok(())
+    }
+    /// Names of the consumers that handled the event (a new `set` on each access).
+    #[getter]
+    fn consumers_processed<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PySet>> {
+        let names = self.cell.lock().processed.clone();
+        PySet::new(py, names.iter().map(|n| &**n))
+    }
+    #[setter]
+    fn set_consumers_processed(&self, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.cell.lock().processed = names_from(v, "consumers_processed")?;
+        Ok(())
+    }
+    /// Names of the consumers whose latest attempt failed (a new `set` on each access).
+    #[getter]
+    fn consumers_failed<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PySet>> {
+        let names = self.cell.lock().failed.clone();
+        PySet::new(py, names.iter().map(|n| &**n))
+    }
+    #[setter]
+    fn set_consumers_failed(&self, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.cell.lock().failed = names_from(v, "consumers_failed")?;
+        Ok(())
+    }
+    /// Every failure message, oldest first (a new `list` on each access).
+    #[getter]
+    fn error_messages<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let errors = self.cell.lock().errors.clone();
+        PyList::new(py, errors)
+    }
+    #[setter]
+    fn set_error_messages(&self, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.cell.lock().errors = v.extract().map_err(|_| {
+            PyTypeError::new_err("EventMetadata.error_messages must be a list of str")
+        })?;
+        Ok(())
+    }
+
+    fn __repr__(&self) -> String {
+        let st = self.cell.lock();
+        format!(
+            "EventMetadata(retry_count={}, max_retries={}, published_at={}, consumed_at={}, consumers_processed={:?}, consumers_failed={:?}, error_messages={:?})",
+            st.retry_count,
+            st.max_retries,
+            st.published_at.map(|d| d.to_rfc3339()).unwrap_or_else(|| "None".into()),
+            st.consumed_at.map(|d| d.to_rfc3339()).unwrap_or_else(|| "None".into()),
+            st.processed,
+            st.failed,
+            st.errors
+        )
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        let Ok(other) = other.cast::<EventMetadata>() else {
+            return false;
+        };
+        if Arc::ptr_eq(&self.cell, &other.get().cell) {
+            return true;
+        }
+        let (a, b) = (self.cell.lock().clone(), other.get().cell.lock().clone());
+        let set = |v: &Vec<Arc<str>>| {
+            let mut v: Vec<&str> = v.iter().map(|s| &**s).collect();
+            v.sort_unstable();
+            v.into_iter().map(str::to_owned).collect::<Vec<_>>()
+        };
+        a.retry_count == b.retry_count
+            && a.max_retries == b.max_retries
+            && a.published_at == b.published_at
+            && a.consumed_at == b.consumed_at
+            && set(&a.processed) == set(&b.processed)
+            && set(&a.failed) == set(&b.failed)
+            && a.errors == b.errors
+    }
+
+    /// The metadata as a plain dict (datetimes as ISO 8601 strings).
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let st = self.cell.lock().clone();
+        let d = PyDict::new(py);
+        d.set_item("retry_count", st.retry_count)?;
+        d.set_item("max_retries", st.max_retries)?;
+        d.set_item("published_at", st.published_at.map(|t| t.to_rfc3339()))?;
+        d.set_item("consumed_at", st.consumed_at.map(|t| t.to_rfc3339()))?;
+        d.set_item(
+            "consumers_processed",
+            st.processed
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )?;
+        d.set_item(
+            "consumers_failed",
+            st.failed.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )?;
+        d.set_item("error_messages", st.errors)?;
+        Ok(d)
+    }
+}
+
+/// Reads any object with the EventMetadata attributes (ours or the original's).
+fn read_metadata(obj: &Bound<'_, PyAny>) -> PyResult<MetaCell> {
+    if obj.is_none() {
+        return Ok(Arc::new(Mutex::new(MetaState::default())));
+    }
+    if let Ok(ours) = obj.cast::<EventMetadata>() {
+        return Ok(ours.get().cell.clone());
+    }
+    let get = |name: &str| -> PyResult<Bound<'_, PyAny>> {
+        obj.getattr(name).map_err(|_| {
+            event_error(format!(
+                "metadata of type {} has no attribute {name:?}",
+                type_name(obj)
+            ))
+        })
+    };
+    let m = EventMetadata::new(
+        get("retry_count")?.extract()?,
+        get("max_retries")?.extract()?,
+        Some(&get("published_at")?),
+        Some(&get("consumed_at")?),
+        Some(&get("consumers_processed")?),
+        Some(&get("consumers_failed")?),
+        Some(&get("error_messages")?),
+    )?;
+    Ok(m.cell)
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn parse_timestamp<'py>(py: Python<'py>, s: &str) -> PyResult<Bound<'py, PyAny>> {
+    let f = FROMISOFORMAT
+        .import(py, "datetime", "datetime")?
+        .getattr("fromisoformat")?;
+    f.call1((s,)).map_err(|e| {
+        PyValueError::new_err(format!(
+            "Event.timestamp {s:?} is not an ISO 8601 datetime: {e}"
+        ))
+    })
+}
+
+fn check_str<'py>(obj: &Bound<'py, PyAny>, field: &str) -> PyResult<Bound<'py, PyString>> {
+    obj.cast::<PyString>().cloned().map_err(|_| {
+        event_error(format!(
+            "Event.{field} must be a str, got {}",
+            type_name(obj)
+        ))
+    })
+}
+
+fn check_data<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    if obj.is_instance_of::<PyDict>() {
+        Ok(obj.clone())
+    } else {
+        Err(event_error(format!(
+            "Event.data must be a dict, got {}",
+            type_name(obj)
+        )))
+    }
+}
+
+fn check_timestamp<'py>(
+    py: Python<'py>,
+    obj: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    match obj {
+        None => Ok(Utc::now().into_pyobject(py)?.into_any()),
+        Some(o) if o.is_none() => Ok(Utc::now().into_pyobject(py)?.into_any()),
+        Some(o) => {
+            if let Ok(s) = o.cast::<PyString>() {
+                return parse_timestamp(py, &s.to_cow()?);
+            }
+            if o.is_instance_of::<pyo3::types::PyDateTime>() {
+                return Ok(o.clone());
+            }
+            Err(event_error(format!(
+                "Event.timestamp must be a datetime or an ISO 8601 str, got {}",
+                type_name(o)
+            )))
+        }
+    }
+}
+
+/// An event (see `_core.pyi` for the Python documentation).
+#[pyclass(module = "mpm_events._core", name = "Event", subclass, weakref)]
+pub struct Event {
+    pub(crate) id: Py<PyString>,
+    pub(crate) topic: Py<PyString>,
+    pub(crate) type_: Py<PyString>,
+    pub(crate) timestamp: Py<PyAny>,
+    pub(crate) source: Py<PyString>,
+    pub(crate) data: Py<PyAny>,
+    pub(crate) meta: MetaCell,
+    pub(crate) correlation_id: Option<Py<PyString>>,
+    pub(crate) priority: u8,
+}
+
+fn new_uuid(py: Python<'_>) -> Py<PyString> {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    PyString::new(py, s).unbind()
+}
+
+impl Event {
+    /// Builds an event from already-checked parts (used by the fast producers).
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_parts(
+        py: Python<'_>,
+        topic: Bound<'_, PyString>,
+        type_: Bound<'_, PyString>,
+        source: Bound<'_, PyString>,
+        data: Bound<'_, PyAny>,
+        correlation_id: Option<Bound<'_, PyString>>,
+        priority: u8,
+    ) -> PyResult<Self> {
+        Ok(Event {
+            id: new_uuid(py),
+            topic: topic.unbind(),
+            type_: type_.unbind(),
+            timestamp: Utc::now().into_pyobject(py)?.into_any().unbind(),
+            source: source.unbind(),
+            data: data.unbind(),
+            meta: Arc::new(Mutex::new(MetaState::default())),
+            correlation_id: correlation_id.map(Bound::unbind),
+            priority,
+        })
+    }
+
+    /// Converts any object with the Event attributes (for example the original
+    /// package's dataclass) into our `Event`, keeping its id.
+    pub fn from_foreign(obj: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let py = obj.py();
+        let get = |name: &str| -> PyResult<Bound<'_, PyAny>> {
+            obj.getattr(name).map_err(|_| {
+                event_error(format!(
+                    "expected an Event; the object of type {} has no attribute {name:?}",
+                    type_name(obj)
+                ))
+            })
+        };
+        let id = get("id")?;
+        let topic = get("topic")?;
+        let type_ = get("type")?;
+        let timestamp = get("timestamp")?;
+        let source = get("source")?;
+        let data = get("data")?;
+        let metadata = obj.getattr("metadata").ok();
+        let correlation_id = obj.getattr("correlation_id").ok();
+        let priority = obj.getattr("priority").ok();
+        Event::new(
+            py,
+            Some(&id),
+            Some(&topic),
+            Some(&type_),
+            Some(&timestamp),
+            Some(&source),
+            Some(&data),
+            metadata.as_ref(),
+            correlation_id.as_ref(),
+            priority.as_ref(),
+        )
+    }
+
+    /// The topic as Rust text.
+    pub fn topic_str(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(self.topic.bind(py).to_cow()?.into_owned())
+    }
+
+    /// The id as Rust text.
+    pub fn id_str(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(self.id.bind(py).to_cow()?.into_owned())
+    }
+}
+
+#[pymethods]
+impl Event {
+    #[new]
+    #[pyo3(signature = (id=None, topic=None, r#type=None, timestamp=None, source=None, data=None, metadata=None, correlation_id=None, priority=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        id: Option<&Bound<'_, PyAny>>,
+        topic: Option<&Bound<'_, PyAny>>,
+        r#type: Option<&Bound<'_, PyAny>>,
+        timestamp: Option<&Bound<'_, PyAny>>,
+        source: Option<&Bound<'_, PyAny>>,
+        data: Option<&Bound<'_, PyAny>>,
+        metadata: Option<&Bound<'_, PyAny>>,
+        correlation_id: Option<&Bound<'_, PyAny>>,
+        priority: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let id = match id {
+            Some(i) if !i.is_none() => check_str(i, "id")?,
+            _ => PyString::new(py, ""),
+        };
+        let id = if id.to_cow()?.is_empty() {
+            new_uuid(py)
+        } else {
+            id.unbind()
+        };
+        let empty = || PyString::new(py, "");
+        let topic = topic
+            .map(|t| check_str(t, "topic"))
+            .transpose()?
+            .unwrap_or_else(empty);
+        let type_ = r#type
+            .map(|t| check_str(t, "type"))
+            .transpose()?
+            .unwrap_or_else(empty);
+        let source = source
+            .map(|t| check_str(t, "source"))
+            .transpose()?
+            .unwrap_or_else(empty);
+        let data = match data {
+            None => PyDict::new(py).into_any(),
+            Some(d) if d.is_none() => PyDict::new(py).into_any(),
+            Some(d) => check_data(d)?,
+        };
+        let correlation_id = match correlation_id {
+            Some(c) if !c.is_none() => Some(check_str(c, "correlation_id")?.unbind()),
+            _ => None,
+        };
+        let priority = match priority {
+            Some(p) if !p.is_none() => read_event_priority(p)
+                .map_err(|e| event_error(format!("Event.priority: {}", e.value(py))))?,
+            _ => 3,
+        };
+        let meta = match metadata {
+            Some(m) => read_metadata(m)?,
+            None => Arc::new(Mutex::new(MetaState::default())),
+        };
+        Ok(Event {
+            id,
+            topic: topic.unbind(),
+            type_: type_.unbind(),
+            timestamp: check_timestamp(py, timestamp)?.unbind(),
+            source: source.unbind(),
+            data: data.unbind(),
+            meta,
+            correlation_id,
+            priority,
+        })
+    }
+
+    #[getter]
+    fn id(&self, py: Python<'_>) -> Py<PyString> {
+        self.id.clone_ref(py)
+    }
+    #[setter]
+    fn set_id(&mut self, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.id = check_str(v, "id")?.unbind();
+        Ok(())
+    }
+    #[getter]
+    fn topic(&self, py: Python<'_>) -> Py<PyString> {
+        self.topic.clone_ref(py)
+    }
+    #[setter]
+    fn set_topic(&mut self, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.topic = check_str(v, "topic")?.unbind();
+        Ok(())
+    }
+    #[getter(r#type)]
+    fn get_type(&self, py: Python<'_>) -> Py<PyString> {
+        self.type_.clone_ref(py)
+    }
+    #[setter(r#type)]
+    fn set_type(&mut self, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.type_ = check_str(v, "type")?.unbind();
+        Ok(())
+    }
+    #[getter]
+    fn timestamp(&self, py: Python<'_>) -> Py<PyAny> {
+        self.timestamp.clone_ref(py)
+    }
+    #[setter]
+    fn set_timestamp(&mut self, py: Python<'_>, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.timestamp = check_timestamp(py, Some(v))?.unbind();
+        Ok(())
+    }
+    #[getter]
+    fn source(&self, py: Python<'_>) -> Py<PyString> {
+        self.source.clone_ref(py)
+    }
+    #[setter]
+    fn set_source(&mut self, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.source = check_str(v, "source")?.unbind();
+        Ok(())
+    }
+    #[getter]
+    fn data(&self, py: Python<'_>) -> Py<PyAny> {
+        self.data.clone_ref(py)
+    }
+    #[setter]
+    fn set_data(&mut self, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.data = check_data(v)?.unbind();
+        Ok(())
+    }
+    #[getter]
+    fn metadata(&self) -> EventMetadata {
+        EventMetadata {
+            cell: self.meta.clone(),
+        }
+    }
+    #[setter]
+    fn set_metadata(&mut self, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.meta = read_metadata(v)?;
+        Ok(())
+    }
+    #[getter]
+    fn correlation_id(&self, py: Python<'_>) -> Option<Py<PyString>> {
+        self.correlation_id.as_ref().map(|c| c.clone_ref(py))
+    }
+    #[setter]
+    fn set_correlation_id(&mut self, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.correlation_id = if v.is_none() {
+            None
+        } else {
+            Some(check_str(v, "correlation_id")?.unbind())
+        };
+        Ok(())
+    }
+    #[getter]
+    fn priority<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        event_priority_member(py, self.priority)
+    }
+    #[setter]
+    fn set_priority(&mut self, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.priority = read_event_priority(v)?;
+        Ok(())
+    }
+
+    /// Whether this event's topic matches `pattern` (`*` one segment, `**` zero or more).
+    fn matches_topic(&self, py: Python<'_>, pattern: &str) -> PyResult<bool> {
+        let p = Pattern::parse(pattern).map_err(topic_error)?;
+        Ok(p.matches(&self.topic.bind(py).to_cow()?))
+    }
+
+    /// The event as a plain dict, with an ISO 8601 timestamp and the priority's name.
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("id", &self.id)?;
+        d.set_item("topic", &self.topic)?;
+        d.set_item("type", &self.type_)?;
+        d.set_item(
+            "timestamp",
+            self.timestamp.bind(py).call_method0("isoformat")?,
+        )?;
+        d.set_item("source", &self.source)?;
+        d.set_item("data", &self.data)?;
+        d.set_item("metadata", self.metadata().to_dict(py)?)?;
+        d.set_item("correlation_id", &self.correlation_id)?;
+        d.set_item(
+            "priority",
+            EVENT_PRIORITY_NAMES[(self.priority - 1) as usize],
+        )?;
+        Ok(d)
+    }
+
+    /// Rebuilds an event from `to_dict()`'s output (or any dict with those keys).
+    #[classmethod]
+    fn from_dict<'py>(
+        cls: &Bound<'py, PyType>,
+        d: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = cls.py();
+        let d = d
+            .cast::<PyDict>()
+            .map_err(|_| event_error("Event.from_dict() expects a dict"))?;
+        let get = |k: &str| -> PyResult<Option<Bound<'py, PyAny>>> { d.get_item(k) };
+        let require = |k: &str| -> PyResult<Bound<'py, PyAny>> {
+            get(k)?.ok_or_else(|| event_error(format!("Event.from_dict(): missing key {k:?}")))
+        };
+        let kwargs = PyDict::new(py);
+        for k in ["id", "topic", "type", "timestamp", "source"] {
+            kwargs.set_item(k, require(k)?)?;
+        }
+        for k in ["data", "correlation_id", "priority"] {
+            if let Some(v) = get(k)? {
+                kwargs.set_item(k, v)?;
+            }
+        }
+        if let Some(m) = get("metadata")? {
+            if let Ok(m) = m.cast::<PyDict>() {
+                let meta = py.get_type::<EventMetadata>().call((), Some(m))?;
+                kwargs.set_item("metadata", meta)?;
+            } else if !m.is_none() {
+                kwargs.set_item("metadata", m)?;
+            }
+        }
+        cls.call((), Some(&kwargs))
+    }
+
+    fn __eq__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        match other.cast::<Event>() {
+            Ok(o) => {
+                let same = self.id.bind(py).to_cow()? == o.borrow().id.bind(py).to_cow()?;
+                Ok(pyo3::types::PyBool::new(py, same)
+                    .to_owned()
+                    .into_any()
+                    .unbind())
+            }
+            Err(_) => Ok(py.NotImplemented()),
+        }
+    }
+
+    fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {
+        self.id.bind(py).hash()
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!(
+            "Event(id={:?}, topic={:?}, type={:?}, source={:?}, priority={}, correlation_id={})",
+            self.id.bind(py).to_cow()?,
+            self.topic.bind(py).to_cow()?,
+            self.type_.bind(py).to_cow()?,
+            self.source.bind(py).to_cow()?,
+            EVENT_PRIORITY_NAMES[(self.priority - 1) as usize],
+            match &self.correlation_id {
+                Some(c) => format!("{:?}", c.bind(py).to_cow()?),
+                None => "None".into(),
+            }
+        ))
+    }
+
+    fn __copy__(&self, py: Python<'_>) -> Self {
+        Event {
+            id: self.id.clone_ref(py),
+            topic: self.topic.clone_ref(py),
+            type_: self.type_.clone_ref(py),
+            timestamp: self.timestamp.clone_ref(py),
+            source: self.source.clone_ref(py),
+            data: self.data.clone_ref(py),
+            meta: Arc::new(Mutex::new(self.meta.lock().clone())),
+            correlation_id: self.correlation_id.as_ref().map(|c| c.clone_ref(py)),
+            priority: self.priority,
+        }
+    }
+}
+
+/// The engine's handle on an accepted event.
+pub struct EventRef {
+    /// The event's id.
+    pub id: Box<str>,
+    /// The topic it was published on.
+    pub topic: Box<str>,
+    /// 1..=4.
+    pub priority: u8,
+    /// The Python object consumers receive.
+    pub event: Py<Event>,
+    /// Its metadata, updated by the engine without the GIL.
+    pub meta: MetaCell,
+}
+
+impl EventRef {
+    /// Validates `event` for publishing and wraps it.
+    pub fn accept(py: Python<'_>, event: Py<Event>) -> PyResult<Self> {
+        let (id, topic, priority, meta) = {
+            let e = event.borrow(py);
+            let topic = e.topic.bind(py).to_cow()?.into_owned();
+            validate_topic(&topic).map_err(topic_error)?;
+            if !e.data.bind(py).is_instance_of::<PyDict>() {
+                return Err(event_error(format!(
+                    "Event.data must be a dict, got {}",
+                    type_name(e.data.bind(py))
+                )));
+            }
+            (
+                e.id.bind(py).to_cow()?.into_owned(),
+                topic,
+                e.priority,
+                e.meta.clone(),
+            )
+        };
+        meta.lock().published_at = Some(Utc::now());
+        Ok(EventRef {
+            id: id.into(),
+            topic: topic.into(),
+            priority,
+            event,
+            meta,
+        })
+    }
+}
+
+impl EventLike for EventRef {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    fn priority(&self) -> u8 {
+        self.priority
+    }
+
+    fn on_retry(&self, attempt: u32) {
+        let mut m = self.meta.lock();
+        m.retry_count = m.retry_count.max(attempt as i64);
+    }
+
+    fn on_success(&self, consumer: &Arc<str>) {
+        let mut m = self.meta.lock();
+        m.failed.retain(|c| c != consumer);
+        if !m.processed.iter().any(|c| c == consumer) {
+            m.processed.push(consumer.clone());
+        }
+        if m.consumed_at.is_none() {
+            m.consumed_at = Some(Utc::now());
+        }
+    }
+
+    fn on_failure(&self, consumer: &Arc<str>, error: &str) {
+        let mut m = self.meta.lock();
+        if !m.failed.iter().any(|c| c == consumer) {
+            m.failed.push(consumer.clone());
+        }
+        m.errors.push(format!("{consumer}: {error}"));
+    }
+}
