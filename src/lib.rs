@@ -6,3 +6,4 @@
 
 #[cfg(feature = "python")]
 pub mod python;
+pub mod storage;
