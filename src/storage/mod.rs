@@ -72,6 +72,10 @@ pub struct StoreOptions {
     /// How often the writer applies retention by itself when `max_age` or `max_bytes` is
     /// set (`None`: only when [`Store::apply_retention`] is called). Default 60 s.
     pub retention_interval: Option<Duration>,
+    /// Hard cap on the database file size (`PRAGMA max_page_count`): appends that would
+    /// grow the file beyond it fail with [`StorageError::Full`] instead of deleting
+    /// anything. Useful to simulate a full disk. Default `None`.
+    pub hard_limit_bytes: Option<u64>,
     /// Run `PRAGMA quick_check` at open (reads the whole file: seconds for gigabytes).
     /// Default true.
     pub verify_on_open: bool,
@@ -87,6 +91,7 @@ impl StoreOptions {
             max_age: None,
             max_bytes: None,
             retention_interval: Some(Duration::from_secs(60)),
+            hard_limit_bytes: None,
             verify_on_open: true,
         }
     }
@@ -219,6 +224,9 @@ impl Store {
         schema::check_file_header(&path)?;
         let wconn = schema::connect(&path)?;
         schema::init_writer(&wconn, &path, &opts.durability, opts.verify_on_open)?;
+        if let Some(limit) = opts.hard_limit_bytes {
+            schema::set_hard_limit(&wconn, &path, limit)?;
+        }
         let rconn = schema::connect(&path)?;
         rconn
             .pragma_update(None, "query_only", true)

@@ -250,3 +250,15 @@ pub fn quick_check(conn: &Connection, path: &Path) -> Result<()> {
         })
     }
 }
+
+/// Cap the database at `limit` bytes (`PRAGMA max_page_count`, per connection; SQLite
+/// never lowers it below the current size). Inserts beyond it fail with SQLITE_FULL.
+pub fn set_hard_limit(conn: &Connection, path: &Path, limit: u64) -> Result<()> {
+    let sq = |e| StorageError::from_sqlite(path, e);
+    let page_size: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .map_err(sq)?;
+    let pages = (limit / page_size.max(512) as u64).max(1);
+    conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+        .map_err(sq)
+}
