@@ -333,6 +333,9 @@ impl Store {
     /// Queue an event and return at once (durable within the flush interval in Async
     /// mode, at the next group commit in Sync mode). A later failure is counted in
     /// [`StoreStats::async_errors`] and kept for [`Store::take_async_error`].
+    ///
+    /// NOTE: blocks only if 65,536 commands are already queued (back-pressure when the
+    /// disk cannot keep up); the same holds for every write method.
     pub fn append_async(&self, ev: StoredEvent, targets: Vec<String>) -> Result<()> {
         let row = self.encode(ev, targets)?;
         self.send(Cmd::Append {
@@ -462,6 +465,9 @@ impl Store {
 
     /// Streaming form of [`Store::replay`]: calls `each` per event in order until it
     /// returns false. Payloads of filtered-out events are not read or decompressed.
+    ///
+    /// NOTE: the read connection is locked while `each` runs: `each` must not call the
+    /// store's read methods (`replay`, `unacked`, `dead_letters`, `stats`) itself.
     pub fn replay_each(
         &self,
         since_us: Option<i64>,

@@ -759,3 +759,31 @@ fn bench_sync_append_8_threads() {
     );
     assert_eq!(store.stats().unwrap().events, n as u64);
 }
+
+#[test]
+fn panicking_callback_does_not_stop_the_writer() {
+    let dir = tmp();
+    let store = Store::open(StoreOptions::new(dir.path().join("e.db"))).unwrap();
+    store
+        .append_with(ev("a", "t", 1), vec![], |_| panic!("callback bug"))
+        .unwrap();
+    assert!(store.append(ev("b", "t", 2), vec![]).unwrap() > 0);
+    assert_eq!(ids(&all(&store)), ["a", "b"]);
+}
+
+#[test]
+fn unacked_with_many_consumer_names() {
+    let dir = tmp();
+    let store = Store::open(StoreOptions::new(dir.path().join("e.db"))).unwrap();
+    let consumers: Vec<String> = (0..1200).map(|i| format!("c{i:04}")).collect();
+    store.append(ev("e1", "t", 1), consumers.clone()).unwrap();
+    store
+        .append(ev("e2", "t", 2), names(&["c0001", "c1100"]))
+        .unwrap();
+    store.flush().unwrap();
+    let un = store.unacked(&consumers).unwrap();
+    assert_eq!(un.len(), 2);
+    assert_eq!(un[0].0.id, "e1");
+    assert_eq!(un[0].1, consumers);
+    assert_eq!(un[1].1, names(&["c0001", "c1100"]));
+}

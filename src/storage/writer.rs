@@ -260,9 +260,9 @@ impl Writer {
             match c {
                 Cmd::Flush { reply } => {
                     let r = if self.dirty { self.sync_now() } else { Ok(()) };
-                    reply(r);
+                    answer(reply, r);
                 }
-                Cmd::Retention { reply } => reply(self.retention()),
+                Cmd::Retention { reply } => answer(reply, self.retention()),
                 _ => {}
             }
         }
@@ -489,6 +489,13 @@ fn apply_one(
     }
 }
 
+/// Call a reply, keeping the writer alive if the caller's callback panics.
+fn answer<T>(reply: Reply<T>, r: Result<T>) {
+    // NOTE: replies can be user callbacks (append_with); a panic in one must not kill
+    // the writer thread and with it every later write.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || reply(r)));
+}
+
 /// Hand each write command its outcome. `results` has one entry per command, or a
 /// single error that applies to all of them.
 fn deliver(shared: &Shared, cmds: Vec<Cmd>, results: Vec<Result<Outcome>>) {
@@ -505,10 +512,13 @@ fn deliver(shared: &Shared, cmds: Vec<Cmd>, results: Vec<Result<Outcome>>) {
         };
         match c {
             Cmd::Append { reply, .. } => match reply {
-                Some(reply) => reply(r.map(|o| match o {
-                    Outcome::Seqs(s) => s,
-                    _ => Vec::new(),
-                })),
+                Some(reply) => answer(
+                    reply,
+                    r.map(|o| match o {
+                        Outcome::Seqs(s) => s,
+                        _ => Vec::new(),
+                    }),
+                ),
                 // Fire-and-forget append (append_async): nobody waits, so keep the error
                 // where the owner can find it.
                 None => {
@@ -517,14 +527,20 @@ fn deliver(shared: &Shared, cmds: Vec<Cmd>, results: Vec<Result<Outcome>>) {
                     }
                 }
             },
-            Cmd::DeadLetter { reply, .. } => reply(r.map(|o| match o {
-                Outcome::Id(i) => i,
-                _ => 0,
-            })),
-            Cmd::RemoveDeadLetters { reply, .. } => reply(r.map(|o| match o {
-                Outcome::Count(n) => n,
-                _ => 0,
-            })),
+            Cmd::DeadLetter { reply, .. } => answer(
+                reply,
+                r.map(|o| match o {
+                    Outcome::Id(i) => i,
+                    _ => 0,
+                }),
+            ),
+            Cmd::RemoveDeadLetters { reply, .. } => answer(
+                reply,
+                r.map(|o| match o {
+                    Outcome::Count(n) => n,
+                    _ => 0,
+                }),
+            ),
             // Acks are fire-and-forget; a failed ack only means a redelivery at restart.
             Cmd::Ack { .. } => {
                 if let Err(e) = r {
