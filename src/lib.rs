@@ -1,8 +1,8 @@
 //! mpm-events: an event bus engine for Python, written in Rust.
 //!
-//! The engine modules ([`topic`], [`queue`], [`retry`], ...) are plain Rust and do not
-//! import pyo3; the [`python`] module is the thin binding layer built into
-//! `mpm_events._core`.
+//! The engine modules ([`topic`], [`dispatch`], [`retry`], [`storage`], [`sinks`], ...)
+//! are plain Rust and do not import pyo3; the `python` module is the thin binding
+//! layer built into `mpm_events._core`.
 
 #[cfg(feature = "python")]
 pub mod python;
@@ -11,4 +11,5 @@ pub mod dead_letter;
 pub mod dispatch;
 pub mod retry;
 pub mod stats;
+pub mod storage;
 pub mod topic;

@@ -1,0 +1,72 @@
+//! Payload compression. Payloads larger than `compress_threshold` are stored LZ4
+//! compressed (block format with the uncompressed size prepended) when that actually
+//! makes them smaller; the `codec` column says which form a row holds.
+
+/// How a stored payload is encoded. The numeric value is what the `codec` column holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// Raw JSON bytes.
+    None = 0,
+    /// `lz4_flex::compress_prepend_size` of the JSON bytes.
+    Lz4 = 1,
+}
+
+impl Codec {
+    /// Parse the `codec` column.
+    pub fn from_column(v: i64) -> Option<Codec> {
+        match v {
+            0 => Some(Codec::None),
+            1 => Some(Codec::Lz4),
+            _ => None,
+        }
+    }
+}
+
+/// Encode `data` for storage: compressed if it is above `threshold` bytes and
+/// compression saves space, raw otherwise.
+pub fn encode(data: &[u8], threshold: usize) -> (Codec, Vec<u8>) {
+    if data.len() > threshold {
+        let packed = lz4_flex::compress_prepend_size(data);
+        if packed.len() < data.len() {
+            return (Codec::Lz4, packed);
+        }
+    }
+    (Codec::None, data.to_vec())
+}
+
+/// Decode a stored payload back to the raw JSON bytes.
+pub fn decode(codec: Codec, stored: Vec<u8>) -> Result<Vec<u8>, String> {
+    match codec {
+        Codec::None => Ok(stored),
+        Codec::Lz4 => lz4_flex::decompress_size_prepended(&stored).map_err(|e| e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_payload_stays_raw() {
+        let (c, b) = encode(b"{\"a\":1}", 4096);
+        assert_eq!(c, Codec::None);
+        assert_eq!(b, b"{\"a\":1}");
+    }
+
+    #[test]
+    fn large_payload_round_trips_compressed() {
+        let data = format!("{{\"text\":\"{}\"}}", "abc".repeat(5000)).into_bytes();
+        let (c, b) = encode(&data, 4096);
+        assert_eq!(c, Codec::Lz4);
+        assert!(b.len() < data.len());
+        assert_eq!(decode(c, b).unwrap(), data);
+    }
+
+    #[test]
+    fn incompressible_payload_stays_raw() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let data: Vec<u8> = (0..10_000).map(|_| rng.u8(..)).collect();
+        let (c, _) = encode(&data, 16);
+        assert_eq!(c, Codec::None);
+    }
+}
