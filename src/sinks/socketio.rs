@@ -358,6 +358,22 @@ impl Inner {
         }
     }
 
+    /// Resolves the in-flight frame `id` as acknowledged.
+    fn ack(&self, id: u64, at: Instant) {
+        let acked = {
+            let mut buf = self.buf.lock();
+            let f = buf.in_flight.remove(&id);
+            if let Some(f) = &f {
+                buf.in_flight_items -= f.frame.items.len();
+                buf.items -= f.frame.items.len();
+            }
+            f
+        };
+        if let Some(f) = acked {
+            self.deliver(f.frame, Some(at.duration_since(f.sent_at)));
+        }
+    }
+
     fn deliver(&self, frame: Frame, acked_after: Option<Duration>) {
         let n = frame.items.len() as u64;
         self.counters.emitted.fetch_add(n, Ordering::Relaxed);
@@ -772,6 +788,57 @@ fn parse_ack(sio: &str, ns_prefix: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// Shutdown deadline with frames still un-acked: disconnect and wait (briefly)
+/// for the server's reply to our WebSocket close. The server reads frames in
+/// order, so a close reply proves it read every frame written before it; the
+/// remaining in-flight frames then count as delivered (unconfirmed) instead of
+/// being dead-lettered although the server has them.
+async fn close_barrier(inner: &Inner, ws: &mut Ws) {
+    let _ = ws
+        .send(Message::text(format!("41{}", inner.ns_prefix)))
+        .await;
+    if ws.close(None).await.is_err() {
+        return;
+    }
+    let confirmed = tokio::time::timeout(CLOSE_BARRIER_TIMEOUT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    if let Some(id) = t
+                        .as_str()
+                        .strip_prefix('4')
+                        .and_then(|s| parse_ack(s, &inner.ns_prefix))
+                    {
+                        inner.ack(id, Instant::now());
+                    }
+                }
+                // NOTE: `None` after our close means the close handshake completed.
+                Some(Ok(Message::Close(_))) | None => return true,
+                Some(Ok(_)) => {}
+                Some(Err(_)) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    if confirmed {
+        let frames: Vec<Frame> = {
+            let mut buf = inner.buf.lock();
+            let in_flight = std::mem::take(&mut buf.in_flight);
+            buf.in_flight_items = 0;
+            let frames: Vec<Frame> = in_flight.into_values().map(|f| f.frame).collect();
+            buf.items -= frames.iter().map(|f| f.items.len()).sum::<usize>();
+            frames
+        };
+        for frame in frames {
+            inner.deliver(frame, None);
+        }
+    }
+}
+
+/// How long a shutdown waits for the server's close reply.
+const CLOSE_BARRIER_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Most frames written before waiting for acks (flow control).
 const MAX_IN_FLIGHT: usize = 1024;
 
@@ -857,7 +924,7 @@ async fn run_connection(inner: &Inner, conn: Conn, ack_id: &mut u64) -> Result<(
                 return Ok(());
             }
             if now >= deadline {
-                let _ = ws.close(None).await;
+                close_barrier(inner, &mut ws).await;
                 return Ok(());
             }
         }
@@ -895,18 +962,7 @@ async fn run_connection(inner: &Inner, conn: Conn, ack_id: &mut u64) -> Result<(
             Some(b'4') => {
                 let sio = &text[1..];
                 if let Some(id) = parse_ack(sio, &inner.ns_prefix) {
-                    let acked = {
-                        let mut buf = inner.buf.lock();
-                        let f = buf.in_flight.remove(&id);
-                        if let Some(f) = &f {
-                            buf.in_flight_items -= f.frame.items.len();
-                            buf.items -= f.frame.items.len();
-                        }
-                        f
-                    };
-                    if let Some(f) = acked {
-                        inner.deliver(f.frame, Some(last_seen.duration_since(f.sent_at)));
-                    }
+                    inner.ack(id, last_seen);
                 } else if sio.starts_with('1') {
                     return Err("disconnected by server".into());
                 }

@@ -47,11 +47,18 @@ struct Server {
 
 impl Server {
     fn spawn(py: &PathBuf, port: u16, auth: Option<&str>) -> Server {
+        Self::spawn_with(py, port, auth, None)
+    }
+
+    fn spawn_with(py: &PathBuf, port: u16, auth: Option<&str>, events: Option<&str>) -> Server {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/helpers/sio_server.py");
         let mut cmd = Command::new(py);
         cmd.arg(script).arg("--port").arg(port.to_string());
         if let Some(a) = auth {
             cmd.arg("--auth").arg(a);
+        }
+        if let Some(e) = events {
+            cmd.arg("--events").arg(e);
         }
         let mut child = cmd
             .stdout(Stdio::piped())
@@ -517,4 +524,50 @@ async fn sinks_shutdown_flushes_a_single_item() {
     assert_eq!(server.wait_events(1, Duration::from_secs(5)).len(), 1);
     assert_eq!(server.events[0].0, "hook_event");
     assert!(!sink.metrics().connected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_unacked_events_count_as_delivered_after_ack_timeout() {
+    let Some(py) = python() else { return };
+    // Only claude_event has a handler: hook_event reaches the server un-acked.
+    let mut server = Server::spawn_with(&py, 0, None, Some("claude_event"));
+    let cfg = SocketIoConfig {
+        ack_timeout: Duration::from_millis(300),
+        ..fast_config(server.url())
+    };
+    let sink = SocketIoSink::start(cfg);
+    let r1 = sink.send(vec![item(1, "hook.a")]);
+    let r2 = sink.send(vec![item(2, "other.a")]);
+    for c in [r1.completion, r2.completion] {
+        let d = tokio::time::timeout(Duration::from_secs(20), c.wait())
+            .await
+            .unwrap();
+        assert!(all_ok(&d));
+    }
+    server.wait_events(1, Duration::from_secs(5));
+    server.drain(Duration::from_millis(200));
+    assert_eq!(server.events.len(), 1);
+    assert_eq!(server.events[0].0, "claude_event");
+    let m = sink.metrics();
+    assert_eq!((m.emitted, m.unacked, m.buffered), (2, 1, 0));
+    assert!(sink.shutdown(Duration::from_secs(5)).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_shutdown_close_barrier_confirms_unacked_items() {
+    let Some(py) = python() else { return };
+    let server = Server::spawn_with(&py, 0, None, Some("claude_event"));
+    let cfg = SocketIoConfig {
+        ack_timeout: Duration::from_secs(60),
+        ..fast_config(server.url())
+    };
+    let sink = SocketIoSink::start(cfg);
+    assert!(wait_until(Duration::from_secs(10), || sink.metrics().connected).await);
+    let r = sink.send(vec![item(1, "hook.a")]);
+    assert!(wait_until(Duration::from_secs(5), || sink.metrics().in_flight == 1).await);
+    // The ack never comes; the close handshake proves the server read it.
+    let undelivered = sink.shutdown(Duration::from_millis(300)).await;
+    assert!(undelivered.is_empty(), "{undelivered:?}");
+    assert!(all_ok(&r.completion.wait().await));
+    assert_eq!(sink.metrics().unacked, 1);
 }

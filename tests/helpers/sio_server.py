@@ -5,7 +5,9 @@ first stdout line, then one JSON line per received event:
 ``{"event": NAME, "data": DATA, "sid": SID}``. Connections are printed as
 ``{"connect": SID}`` and refused auth attempts as ``{"refused": AUTH}``.
 Every event is acknowledged (the catch-all handler returns a value), so clients
-that request acks receive them. With ``--auth TOKEN`` a client must connect with
+that request acks receive them; with ``--events a,b`` only those names are
+handled, and other events are neither printed nor acknowledged (as
+python-socketio does for events without a handler). With ``--auth TOKEN`` a client must connect with
 the auth payload ``{"token": TOKEN}``, otherwise the connection is refused.
 """
 
@@ -27,6 +29,11 @@ async def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--auth", default=None)
+    parser.add_argument(
+        "--events",
+        default=None,
+        help="comma-separated event names to handle; others are ignored and NOT acked",
+    )
     args = parser.parse_args()
 
     # NOTE: async_handlers=False runs handlers inline in arrival order, so the
@@ -42,10 +49,22 @@ async def main():
             raise socketio.exceptions.ConnectionRefusedError("bad auth token")
         emit_line({"connect": sid})
 
-    @sio.on("*")
     async def catch_all(event, sid, data=None):
         emit_line({"event": event, "data": data, "sid": sid})
         return "ok"
+
+    def named_handler(name):
+        # NOTE: must be a coroutine function, or python-socketio won't await it.
+        async def handler(sid, data=None):
+            return await catch_all(name, sid, data)
+
+        return handler
+
+    if args.events is None:
+        sio.on("*", catch_all)
+    else:
+        for name in args.events.split(","):
+            sio.on(name, named_handler(name))
 
     runner = web.AppRunner(app)
     await runner.setup()
