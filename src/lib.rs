@@ -4,6 +4,8 @@
 //! are plain Rust and do not import pyo3; the `python` module is the thin binding
 //! layer built into `mpm_events._core`.
 
+pub mod sinks;
+
 #[cfg(feature = "python")]
 pub mod python;
 

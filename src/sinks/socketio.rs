@@ -1,0 +1,977 @@
+//! Socket.IO emitter for the built-in `SocketIOConsumer`.
+//!
+//! A minimal Socket.IO v5 (Engine.IO v4) client over a plain WebSocket
+//! (`tokio-tungstenite`), plus a connection manager that never loses an item it
+//! accepted: items wait in a bounded buffer while the server is away, are
+//! emitted in order once connected, and stay owned by the sink until the server
+//! acknowledges them. The first connect is retried like any reconnect, with
+//! exponential backoff.
+//!
+//! NOTE: we do not use `rust_socketio` 0.6: its `rust_engineio` dependency
+//! unconditionally enables `native-tls` (reqwest and tokio-tungstenite), which
+//! links the system OpenSSL into the wheel; the crate has no rustls or no-TLS
+//! option. The part of the protocol we need (WebSocket transport, connect with
+//! auth, ping/pong, events with acks) is small, and owning it lets us detect a
+//! lost connection reliably and keep un-acknowledged items for re-sending.
+//! Only `http://`/`ws://` URLs are supported (the dashboard is local).
+//!
+//! Delivery semantics (at least once):
+//! - every emit requests a Socket.IO ack; the ack resolves the item as delivered;
+//! - if the connection drops before the ack, the item goes back to the front of
+//!   the buffer and is sent again after reconnecting (a duplicate is possible
+//!   when the server handled it but the ack was lost; counted in `resent`);
+//! - a server that does not ack an event (python-socketio only acks handled
+//!   events) gets `ack_timeout` of a live connection; after that the item is
+//!   counted delivered-but-unconfirmed (`unacked`).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Configuration of a [`SocketIoSink`].
+#[derive(Debug, Clone)]
+pub struct SocketIoConfig {
+    /// Server URL, `http://host:port` (or `ws://`). A path other than `/`
+    /// replaces the default Socket.IO path `/socket.io/`.
+    pub url: String,
+    /// Socket.IO namespace, `/` by default.
+    pub namespace: String,
+    /// Auth payload sent with the namespace connect packet.
+    pub auth: Option<Value>,
+    /// Extra HTTP headers for the WebSocket handshake.
+    pub headers: Vec<(String, String)>,
+    /// First reconnect delay; doubles after each failed attempt.
+    pub reconnect_initial: Duration,
+    /// Upper bound of the reconnect delay.
+    pub reconnect_max: Duration,
+    /// Maximum number of accepted, not yet delivered items (buffered + in flight).
+    pub buffer_limit: usize,
+    /// If `Some(name)`, each `send` call becomes one emit `name` carrying a JSON
+    /// array of the payloads (the items' own event names are ignored).
+    pub emit_per_batch: Option<String>,
+    /// Timeout of one connection attempt (TCP + WebSocket + namespace connect).
+    pub connect_timeout: Duration,
+    /// How long a live connection waits for an ack before the item is counted
+    /// delivered but unconfirmed.
+    pub ack_timeout: Duration,
+}
+
+impl Default for SocketIoConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8765".into(),
+            namespace: "/".into(),
+            auth: None,
+            headers: Vec::new(),
+            reconnect_initial: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(30),
+            buffer_limit: 10_000,
+            emit_per_batch: None,
+            connect_timeout: Duration::from_secs(10),
+            ack_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How topics map to Socket.IO event names.
+#[derive(Debug, Clone, Default)]
+pub enum EventNaming {
+    /// The original's mapping (see [`event_name_for`]).
+    #[default]
+    Default,
+    /// Every event gets this name (the Claude MPM dashboard accepts `claude_event`).
+    Fixed(String),
+    /// `(topic prefix, event name)` pairs, longest matching prefix wins; topics
+    /// that match none fall back to the default mapping.
+    Prefixes(Vec<(String, String)>),
+}
+
+const DEFAULT_NAMES: [(&str, &str); 5] = [
+    ("hook.", "hook_event"),
+    ("cli.", "cli_event"),
+    ("system.", "system_event"),
+    ("agent.", "agent_event"),
+    ("build.", "build_event"),
+];
+
+/// Socket.IO event name for `topic`: by prefix `hook.` -> `hook_event`,
+/// `cli.` -> `cli_event`, `system.` -> `system_event`, `agent.` -> `agent_event`,
+/// `build.` -> `build_event`, anything else -> `claude_event`, unless `naming`
+/// overrides it.
+pub fn event_name_for<'a>(topic: &str, naming: &'a EventNaming) -> &'a str {
+    match naming {
+        EventNaming::Fixed(name) => return name,
+        EventNaming::Prefixes(map) => {
+            if let Some((_, name)) = map
+                .iter()
+                .filter(|(prefix, _)| topic.starts_with(prefix.as_str()))
+                .max_by_key(|(prefix, _)| prefix.len())
+            {
+                return name;
+            }
+        }
+        EventNaming::Default => {}
+    }
+    DEFAULT_NAMES
+        .iter()
+        .find(|(prefix, _)| topic.starts_with(prefix))
+        .map(|(_, name)| *name)
+        .unwrap_or("claude_event")
+}
+
+/// The original's payload: exactly
+/// `{id, type, topic, timestamp, source, data, correlation_id}`.
+pub fn payload(
+    id: &str,
+    event_type: &str,
+    topic: &str,
+    timestamp_iso: &str,
+    source: &str,
+    data: Value,
+    correlation_id: Option<&str>,
+) -> Value {
+    json!({
+        "id": id,
+        "type": event_type,
+        "topic": topic,
+        "timestamp": timestamp_iso,
+        "source": source,
+        "data": data,
+        "correlation_id": correlation_id,
+    })
+}
+
+/// One item to emit; `token` is the caller's handle, echoed in [`Delivery`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    /// Socket.IO event name.
+    pub event: String,
+    /// Event payload (see [`payload`]).
+    pub payload: Value,
+    /// Caller-chosen identifier, returned in the delivery report.
+    pub token: u64,
+}
+
+/// Final outcome of one accepted item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// The item's [`Outgoing::token`].
+    pub token: u64,
+    /// `Ok` once emitted (acknowledged, or unconfirmed after `ack_timeout`),
+    /// `Err` if it was given up (shutdown without delivery, sink dropped).
+    pub result: Result<(), String>,
+}
+
+/// What [`SocketIoSink::send`] returns.
+#[derive(Debug)]
+pub struct SendReceipt {
+    /// Items not accepted (buffer full or sink shut down): undeliverable, for
+    /// the dead-letter path. They get no [`Delivery`].
+    pub rejected: Vec<Outgoing>,
+    /// Resolves when every accepted item is delivered or given up.
+    pub completion: Completion,
+}
+
+/// Future-like handle on the outcome of the accepted items of one `send`.
+#[derive(Debug)]
+pub struct Completion {
+    rx: oneshot::Receiver<Vec<Delivery>>,
+    tokens: Vec<u64>,
+}
+
+impl Completion {
+    /// Tokens of the accepted items.
+    pub fn tokens(&self) -> &[u64] {
+        &self.tokens
+    }
+
+    /// Waits until every accepted item of the batch was emitted or given up;
+    /// one [`Delivery`] per item, in resolution order.
+    pub async fn wait(self) -> Vec<Delivery> {
+        match self.rx.await {
+            Ok(deliveries) => deliveries,
+            Err(_) => self
+                .tokens
+                .into_iter()
+                .map(|token| Delivery {
+                    token,
+                    result: Err("socket.io sink dropped before delivery".into()),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Snapshot of the sink's counters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SocketIoMetrics {
+    /// Currently connected to the namespace.
+    pub connected: bool,
+    /// Items delivered (acked or unconfirmed).
+    pub emitted: u64,
+    /// Items given up: rejected on overflow or undelivered at shutdown.
+    pub failed: u64,
+    /// Of `failed`, those rejected because the buffer was full.
+    pub rejected: u64,
+    /// Accepted items not yet resolved (waiting or in flight).
+    pub buffered: usize,
+    /// Of `buffered`, emitted and awaiting an ack.
+    pub in_flight: usize,
+    /// Successful connects after the first one.
+    pub reconnections: u64,
+    /// Connection attempts, successful or not.
+    pub connect_attempts: u64,
+    /// Items sent again after a connection was lost before their ack.
+    pub resent: u64,
+    /// Items counted delivered after `ack_timeout` without an ack.
+    pub unacked: u64,
+    /// Emit-to-ack latency percentiles and mean, milliseconds (0 if none yet).
+    pub emit_latency_p50_ms: f64,
+    /// 99th percentile of the emit-to-ack latency, milliseconds.
+    pub emit_latency_p99_ms: f64,
+    /// Mean emit-to-ack latency, milliseconds.
+    pub emit_latency_mean_ms: f64,
+    /// Last connection error (refused auth, connection refused, ...), if any
+    /// since the last successful connect.
+    pub last_error: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Internal state
+
+struct BatchState {
+    remaining: AtomicUsize,
+    results: Mutex<Vec<Delivery>>,
+    tx: Mutex<Option<oneshot::Sender<Vec<Delivery>>>>,
+}
+
+impl BatchState {
+    fn resolve(&self, token: u64, result: Result<(), String>) {
+        self.results.lock().push(Delivery { token, result });
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let results = std::mem::take(&mut *self.results.lock());
+            if let Some(tx) = self.tx.lock().take() {
+                let _ = tx.send(results);
+            }
+        }
+    }
+}
+
+struct Item {
+    out: Outgoing,
+    batch: Arc<BatchState>,
+}
+
+/// The unit of one emit: one item, or a whole batch with `emit_per_batch`.
+struct Frame {
+    items: Vec<Item>,
+    batch_event: Option<String>,
+    sent_before: bool,
+}
+
+impl Frame {
+    fn encode(&self, ns_prefix: &str, ack_id: u64) -> String {
+        let body = match &self.batch_event {
+            Some(name) => {
+                let arr: Vec<&Value> = self.items.iter().map(|i| &i.out.payload).collect();
+                json!([name, arr])
+            }
+            None => json!([self.items[0].out.event, self.items[0].out.payload]),
+        };
+        format!("42{ns_prefix}{ack_id}{body}")
+    }
+
+    fn resolve(self, result: Result<(), String>) {
+        for item in self.items {
+            item.batch.resolve(item.out.token, result.clone());
+        }
+    }
+}
+
+struct InFlight {
+    frame: Frame,
+    sent_at: Instant,
+}
+
+#[derive(Default)]
+struct Buf {
+    pending: VecDeque<Frame>,
+    in_flight: BTreeMap<u64, InFlight>,
+    /// Accepted, unresolved items (pending + in flight).
+    items: usize,
+    in_flight_items: usize,
+    /// Set by `shutdown`: new sends are rejected, the manager flushes until then.
+    closing: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Counters {
+    connected: AtomicBool,
+    emitted: AtomicU64,
+    failed: AtomicU64,
+    rejected: AtomicU64,
+    reconnections: AtomicU64,
+    connect_attempts: AtomicU64,
+    resent: AtomicU64,
+    unacked: AtomicU64,
+}
+
+struct Inner {
+    cfg: SocketIoConfig,
+    ns_prefix: String,
+    buf: Mutex<Buf>,
+    notify: Notify,
+    counters: Counters,
+    last_error: Mutex<Option<String>>,
+    latency_us: Mutex<Histogram<u64>>,
+}
+
+impl Inner {
+    fn set_error(&self, e: String) {
+        *self.last_error.lock() = Some(e);
+    }
+
+    /// Moves every in-flight frame back to the front of `pending`, in send order.
+    fn requeue_in_flight(&self) {
+        let mut buf = self.buf.lock();
+        let in_flight = std::mem::take(&mut buf.in_flight);
+        buf.in_flight_items = 0;
+        // NOTE: ack ids grow monotonically, so reverse id order + push_front
+        // restores the original order ahead of anything not yet sent.
+        for (_, mut f) in in_flight.into_iter().rev() {
+            f.frame.sent_before = true;
+            buf.pending.push_front(f.frame);
+        }
+    }
+
+    /// Resolves the in-flight frame `id` as acknowledged.
+    fn ack(&self, id: u64, at: Instant) {
+        let acked = {
+            let mut buf = self.buf.lock();
+            let f = buf.in_flight.remove(&id);
+            if let Some(f) = &f {
+                buf.in_flight_items -= f.frame.items.len();
+                buf.items -= f.frame.items.len();
+            }
+            f
+        };
+        if let Some(f) = acked {
+            self.deliver(f.frame, Some(at.duration_since(f.sent_at)));
+        }
+    }
+
+    fn deliver(&self, frame: Frame, acked_after: Option<Duration>) {
+        let n = frame.items.len() as u64;
+        self.counters.emitted.fetch_add(n, Ordering::Relaxed);
+        match acked_after {
+            Some(lat) => {
+                let us = (lat.as_micros() as u64).max(1);
+                let _ = self.latency_us.lock().record(us);
+            }
+            None => {
+                self.counters.unacked.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        frame.resolve(Ok(()));
+    }
+}
+
+/// Engine-side Socket.IO emitter with a background connection manager.
+///
+/// Dropping it without [`SocketIoSink::shutdown`] stops the manager; items
+/// still buffered are then reported as failed to their [`Completion`].
+pub struct SocketIoSink {
+    inner: Arc<Inner>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl SocketIoSink {
+    /// Starts the sink on the current tokio runtime (panics outside one) and
+    /// begins connecting at once; failures are retried with backoff.
+    pub fn start(config: SocketIoConfig) -> SocketIoSink {
+        Self::start_on(config, &tokio::runtime::Handle::current())
+    }
+
+    /// Like [`SocketIoSink::start`], spawning the manager on `handle`.
+    pub fn start_on(config: SocketIoConfig, handle: &tokio::runtime::Handle) -> SocketIoSink {
+        let ns_prefix = if config.namespace.is_empty() || config.namespace == "/" {
+            String::new()
+        } else {
+            format!("{},", config.namespace)
+        };
+        let inner = Arc::new(Inner {
+            cfg: config,
+            ns_prefix,
+            buf: Mutex::new(Buf::default()),
+            notify: Notify::new(),
+            counters: Counters::default(),
+            last_error: Mutex::new(None),
+            latency_us: Mutex::new(
+                Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid histogram bounds"),
+            ),
+        });
+        let task = handle.spawn(manager(inner.clone()));
+        SocketIoSink {
+            inner,
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    /// Appends `items` to the buffer (never blocks). Items beyond
+    /// `buffer_limit` (or all, after shutdown began) come back in
+    /// [`SendReceipt::rejected`]; the accepted ones resolve via
+    /// [`SendReceipt::completion`].
+    pub fn send(&self, items: Vec<Outgoing>) -> SendReceipt {
+        let (tx, rx) = oneshot::channel();
+        let mut buf = self.inner.buf.lock();
+        let room = if buf.closing.is_some() {
+            0
+        } else {
+            self.inner.cfg.buffer_limit.saturating_sub(buf.items)
+        };
+        let mut items = items;
+        let rejected = if items.len() > room {
+            items.split_off(room)
+        } else {
+            Vec::new()
+        };
+        if !rejected.is_empty() {
+            let n = rejected.len() as u64;
+            self.inner.counters.rejected.fetch_add(n, Ordering::Relaxed);
+            self.inner.counters.failed.fetch_add(n, Ordering::Relaxed);
+        }
+        let tokens: Vec<u64> = items.iter().map(|i| i.token).collect();
+        if items.is_empty() {
+            let _ = tx.send(Vec::new());
+            return SendReceipt {
+                rejected,
+                completion: Completion { rx, tokens },
+            };
+        }
+        let batch = Arc::new(BatchState {
+            remaining: AtomicUsize::new(items.len()),
+            results: Mutex::new(Vec::with_capacity(items.len())),
+            tx: Mutex::new(Some(tx)),
+        });
+        buf.items += items.len();
+        let wrap = |out| Item {
+            out,
+            batch: batch.clone(),
+        };
+        match &self.inner.cfg.emit_per_batch {
+            Some(name) => buf.pending.push_back(Frame {
+                items: items.into_iter().map(wrap).collect(),
+                batch_event: Some(name.clone()),
+                sent_before: false,
+            }),
+            None => {
+                for out in items {
+                    buf.pending.push_back(Frame {
+                        items: vec![wrap(out)],
+                        batch_event: None,
+                        sent_before: false,
+                    });
+                }
+            }
+        }
+        drop(buf);
+        self.inner.notify.notify_one();
+        SendReceipt {
+            rejected,
+            completion: Completion { rx, tokens },
+        }
+    }
+
+    /// Flushes the buffer (waiting up to `timeout` for a connection and acks),
+    /// disconnects, and returns the items that could not be delivered; their
+    /// [`Completion`]s resolve with `Err`. Later `send`s are rejected.
+    pub async fn shutdown(&self, timeout: Duration) -> Vec<Outgoing> {
+        let deadline = Instant::now() + timeout;
+        self.inner.buf.lock().closing = Some(deadline);
+        self.inner.notify.notify_one();
+        let task = self.task.lock().take();
+        if let Some(mut task) = task {
+            // NOTE: the manager honours the deadline itself; the extra grace only
+            // covers a graceful close in progress. Aborting is safe because all
+            // unresolved items live in the shared buffer, not in the task.
+            let grace = deadline + Duration::from_secs(2);
+            if tokio::time::timeout_at(grace, &mut task).await.is_err() {
+                task.abort();
+                let _ = task.await;
+            }
+        }
+        self.inner
+            .counters
+            .connected
+            .store(false, Ordering::Relaxed);
+        self.drain_undelivered("not delivered before shutdown")
+    }
+
+    fn drain_undelivered(&self, why: &str) -> Vec<Outgoing> {
+        self.inner.requeue_in_flight();
+        let frames: Vec<Frame> = {
+            let mut buf = self.inner.buf.lock();
+            buf.items = 0;
+            buf.pending.drain(..).collect()
+        };
+        let mut out = Vec::new();
+        for frame in frames {
+            for item in frame.items {
+                self.inner.counters.failed.fetch_add(1, Ordering::Relaxed);
+                item.batch.resolve(item.out.token, Err(why.to_string()));
+                out.push(item.out);
+            }
+        }
+        out
+    }
+
+    /// Current counters (cheap: atomics and two short locks).
+    pub fn metrics(&self) -> SocketIoMetrics {
+        let c = &self.inner.counters;
+        let (buffered, in_flight) = {
+            let buf = self.inner.buf.lock();
+            (buf.items, buf.in_flight_items)
+        };
+        let (p50, p99, mean) = {
+            let h = self.inner.latency_us.lock();
+            if h.is_empty() {
+                (0.0, 0.0, 0.0)
+            } else {
+                (
+                    h.value_at_quantile(0.5) as f64 / 1000.0,
+                    h.value_at_quantile(0.99) as f64 / 1000.0,
+                    h.mean() / 1000.0,
+                )
+            }
+        };
+        SocketIoMetrics {
+            connected: c.connected.load(Ordering::Relaxed),
+            emitted: c.emitted.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            rejected: c.rejected.load(Ordering::Relaxed),
+            buffered,
+            in_flight,
+            reconnections: c.reconnections.load(Ordering::Relaxed),
+            connect_attempts: c.connect_attempts.load(Ordering::Relaxed),
+            resent: c.resent.load(Ordering::Relaxed),
+            unacked: c.unacked.load(Ordering::Relaxed),
+            emit_latency_p50_ms: p50,
+            emit_latency_p99_ms: p99,
+            emit_latency_mean_ms: mean,
+            last_error: self.inner.last_error.lock().clone(),
+        }
+    }
+}
+
+impl Drop for SocketIoSink {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.lock().take() {
+            task.abort();
+        }
+        self.inner.buf.lock().closing = Some(Instant::now());
+        let _ = self.drain_undelivered("socket.io sink dropped");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Connection manager
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct Conn {
+    ws: Ws,
+    ping_interval: Duration,
+    ping_timeout: Duration,
+}
+
+async fn manager(inner: Arc<Inner>) {
+    let cfg = &inner.cfg;
+    let mut backoff = cfg.reconnect_initial;
+    let mut ever_connected = false;
+    let mut ack_id: u64 = 0;
+    loop {
+        let closing = inner.buf.lock().closing;
+        if let Some(deadline) = closing {
+            if inner.buf.lock().items == 0 || Instant::now() >= deadline {
+                return;
+            }
+        }
+        inner
+            .counters
+            .connect_attempts
+            .fetch_add(1, Ordering::Relaxed);
+        let attempt = tokio::time::timeout(cfg.connect_timeout, connect(cfg));
+        let result = match closing {
+            Some(deadline) => match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(r) => r,
+                Err(_) => return,
+            },
+            None => attempt.await,
+        };
+        match result {
+            Ok(Ok(conn)) => {
+                if ever_connected {
+                    inner.counters.reconnections.fetch_add(1, Ordering::Relaxed);
+                }
+                ever_connected = true;
+                *inner.last_error.lock() = None;
+                inner.counters.connected.store(true, Ordering::Relaxed);
+                let connected_at = Instant::now();
+                let outcome = run_connection(&inner, conn, &mut ack_id).await;
+                inner.counters.connected.store(false, Ordering::Relaxed);
+                inner.requeue_in_flight();
+                match outcome {
+                    Ok(()) => return, // closed on shutdown
+                    Err(e) => inner.set_error(format!("connection lost: {e}")),
+                }
+                // NOTE: a connection that lived a while is retried at once with
+                // the backoff reset; one that dies right after connecting (a
+                // server that accepts then drops us) keeps backing off, so we
+                // never spin on connect/drop cycles.
+                if connected_at.elapsed() >= STABLE_CONNECTION {
+                    backoff = cfg.reconnect_initial;
+                    continue;
+                }
+            }
+            Ok(Err(e)) => inner.set_error(e),
+            Err(_) => inner.set_error("connect timed out".into()),
+        }
+        // Back off; a shutdown request wakes us early so that its deadline
+        // (possibly shorter than the backoff) is honoured.
+        let mut wake = Instant::now() + backoff;
+        loop {
+            if let Some(deadline) = inner.buf.lock().closing {
+                wake = wake.min(deadline);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => break,
+                _ = inner.notify.notified() => {}
+            }
+        }
+        backoff = (backoff * 2).min(cfg.reconnect_max);
+    }
+}
+
+/// A connection that lived this long resets the reconnect backoff.
+const STABLE_CONNECTION: Duration = Duration::from_secs(2);
+
+fn ws_url(url: &str) -> Result<String, String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("invalid socket.io url {url:?}"))?;
+    match scheme {
+        "http" | "ws" => {}
+        "https" | "wss" => return Err(format!("TLS is not supported by this build: {url}")),
+        _ => return Err(format!("unsupported url scheme in {url:?}")),
+    }
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let path = path.split('?').next().unwrap_or("/");
+    let path = if path == "/" || path.is_empty() {
+        "/socket.io/".to_string()
+    } else if path.ends_with('/') {
+        path.to_string()
+    } else {
+        format!("{path}/")
+    };
+    Ok(format!("ws://{host}{path}?EIO=4&transport=websocket"))
+}
+
+async fn connect(cfg: &SocketIoConfig) -> Result<Conn, String> {
+    let url = ws_url(&cfg.url)?;
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| format!("bad url {url}: {e}"))?;
+    for (k, v) in &cfg.headers {
+        let name = HeaderName::try_from(k.as_str()).map_err(|e| format!("header {k}: {e}"))?;
+        let value = HeaderValue::try_from(v.as_str()).map_err(|e| format!("header {k}: {e}"))?;
+        request.headers_mut().append(name, value);
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .map_err(|e| format!("connect {}: {e}", cfg.url))?;
+
+    // Engine.IO open packet: 0{"sid":..,"pingInterval":..,"pingTimeout":..}
+    let open = next_text(&mut ws).await?;
+    let open: Value = open
+        .strip_prefix('0')
+        .and_then(|s| serde_json::from_str(s).ok())
+        .ok_or_else(|| format!("unexpected engine.io open packet {open:?}"))?;
+    let ms =
+        |k: &str, d: u64| Duration::from_millis(open.get(k).and_then(Value::as_u64).unwrap_or(d));
+    let ping_interval = ms("pingInterval", 25_000);
+    let ping_timeout = ms("pingTimeout", 20_000);
+
+    // Socket.IO namespace connect: 40[/ns,][auth]
+    let ns_prefix = if cfg.namespace.is_empty() || cfg.namespace == "/" {
+        String::new()
+    } else {
+        format!("{},", cfg.namespace)
+    };
+    let auth = cfg.auth.as_ref().map(Value::to_string).unwrap_or_default();
+    ws.send(Message::text(format!("40{ns_prefix}{auth}")))
+        .await
+        .map_err(|e| format!("send connect: {e}"))?;
+    loop {
+        let text = next_text(&mut ws).await?;
+        if text == "2" {
+            ws.send(Message::text("3"))
+                .await
+                .map_err(|e| format!("send pong: {e}"))?;
+            continue;
+        }
+        if let Some(rest) = text.strip_prefix("40") {
+            if rest.starts_with(ns_prefix.as_str()) {
+                return Ok(Conn {
+                    ws,
+                    ping_interval,
+                    ping_timeout,
+                });
+            }
+        }
+        if let Some(rest) = text.strip_prefix("44") {
+            let rest = rest.strip_prefix(ns_prefix.as_str()).unwrap_or(rest);
+            let msg = serde_json::from_str::<Value>(rest)
+                .ok()
+                .and_then(|v| v.get("message").and_then(Value::as_str).map(String::from))
+                .unwrap_or_else(|| rest.to_string());
+            let _ = ws.close(None).await;
+            return Err(format!("connection refused by server: {msg}"));
+        }
+        // Anything else before the connect ack is ignored.
+    }
+}
+
+/// Next Engine.IO text packet; errors on close or stream end.
+async fn next_text(ws: &mut Ws) -> Result<String, String> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_owned()),
+            Some(Ok(Message::Close(_))) | None => return Err("closed by server".into()),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Parses an incoming Socket.IO ack `43[/ns,]<id>[...]` for our namespace.
+fn parse_ack(sio: &str, ns_prefix: &str) -> Option<u64> {
+    let rest = sio.strip_prefix('3')?;
+    let rest = if ns_prefix.is_empty() {
+        if rest.starts_with('/') {
+            return None;
+        }
+        rest
+    } else {
+        rest.strip_prefix(ns_prefix)?
+    };
+    let digits: &str = &rest[..rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len())];
+    digits.parse().ok()
+}
+
+/// Shutdown deadline with frames still un-acked: disconnect and wait (briefly)
+/// for the server's reply to our WebSocket close. The server reads frames in
+/// order, so a close reply proves it read every frame written before it; the
+/// remaining in-flight frames then count as delivered (unconfirmed) instead of
+/// being dead-lettered although the server has them.
+async fn close_barrier(inner: &Inner, ws: &mut Ws) {
+    let _ = ws
+        .send(Message::text(format!("41{}", inner.ns_prefix)))
+        .await;
+    if ws.close(None).await.is_err() {
+        return;
+    }
+    let confirmed = tokio::time::timeout(CLOSE_BARRIER_TIMEOUT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    if let Some(id) = t
+                        .as_str()
+                        .strip_prefix('4')
+                        .and_then(|s| parse_ack(s, &inner.ns_prefix))
+                    {
+                        inner.ack(id, Instant::now());
+                    }
+                }
+                // NOTE: `None` after our close means the close handshake completed.
+                Some(Ok(Message::Close(_))) | None => return true,
+                Some(Ok(_)) => {}
+                Some(Err(_)) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    if confirmed {
+        let frames: Vec<Frame> = {
+            let mut buf = inner.buf.lock();
+            let in_flight = std::mem::take(&mut buf.in_flight);
+            buf.in_flight_items = 0;
+            let frames: Vec<Frame> = in_flight.into_values().map(|f| f.frame).collect();
+            buf.items -= frames.iter().map(|f| f.items.len()).sum::<usize>();
+            frames
+        };
+        for frame in frames {
+            inner.deliver(frame, None);
+        }
+    }
+}
+
+/// How long a shutdown waits for the server's close reply.
+const CLOSE_BARRIER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Most frames written before waiting for acks (flow control).
+const MAX_IN_FLIGHT: usize = 1024;
+
+/// Drives one established connection. `Ok(())`: closed cleanly on shutdown;
+/// `Err`: the connection was lost (in-flight items are requeued by the caller).
+async fn run_connection(inner: &Inner, conn: Conn, ack_id: &mut u64) -> Result<(), String> {
+    let Conn {
+        mut ws,
+        ping_interval,
+        ping_timeout,
+    } = conn;
+    let cfg = &inner.cfg;
+    let mut last_seen = Instant::now();
+    loop {
+        // 1. Write what is pending (in order) while the in-flight window allows.
+        let mut wrote = false;
+        loop {
+            // NOTE: popped and recorded in flight under one lock, *before*
+            // writing: an item is always either pending or in flight, so a
+            // failed write, an abort or a drop can never lose it.
+            let text = {
+                let mut buf = inner.buf.lock();
+                if buf.in_flight.len() >= MAX_IN_FLIGHT {
+                    break;
+                }
+                let Some(frame) = buf.pending.pop_front() else {
+                    break;
+                };
+                *ack_id += 1;
+                let id = *ack_id;
+                let text = frame.encode(&inner.ns_prefix, id);
+                let n = frame.items.len();
+                if frame.sent_before {
+                    inner.counters.resent.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                buf.in_flight_items += n;
+                buf.in_flight.insert(
+                    id,
+                    InFlight {
+                        frame,
+                        sent_at: Instant::now(),
+                    },
+                );
+                text
+            };
+            ws.feed(Message::text(text))
+                .await
+                .map_err(|e| format!("emit: {e}"))?;
+            wrote = true;
+        }
+        if wrote {
+            ws.flush().await.map_err(|e| format!("emit: {e}"))?;
+        }
+
+        // 2. Resolve in-flight frames whose ack is overdue on this live connection.
+        let now = Instant::now();
+        let (overdue, oldest, closing, idle) = {
+            let mut buf = inner.buf.lock();
+            let mut overdue = Vec::new();
+            while let Some(entry) = buf.in_flight.first_entry() {
+                if now.duration_since(entry.get().sent_at) < cfg.ack_timeout {
+                    break;
+                }
+                let f = entry.remove();
+                buf.in_flight_items -= f.frame.items.len();
+                buf.items -= f.frame.items.len();
+                overdue.push(f.frame);
+            }
+            let oldest = buf.in_flight.values().map(|f| f.sent_at).min();
+            (overdue, oldest, buf.closing, buf.items == 0)
+        };
+        for frame in overdue {
+            inner.deliver(frame, None);
+        }
+
+        // 3. Shutdown: everything delivered -> disconnect; deadline -> give up.
+        if let Some(deadline) = closing {
+            if idle {
+                let _ = ws
+                    .send(Message::text(format!("41{}", inner.ns_prefix)))
+                    .await;
+                let _ = ws.close(None).await;
+                return Ok(());
+            }
+            if now >= deadline {
+                close_barrier(inner, &mut ws).await;
+                return Ok(());
+            }
+        }
+
+        // 4. Wait for a packet, new work, an ack deadline or a dead connection.
+        let mut wake = last_seen + ping_interval + ping_timeout;
+        if let Some(oldest) = oldest {
+            wake = wake.min(oldest + cfg.ack_timeout);
+        }
+        if let Some(deadline) = closing {
+            wake = wake.min(deadline);
+        }
+        if now >= last_seen + ping_interval + ping_timeout {
+            return Err("ping timeout".into());
+        }
+        let msg = tokio::select! {
+            m = ws.next() => m,
+            _ = inner.notify.notified() => continue,
+            _ = tokio::time::sleep_until(wake) => continue,
+        };
+        let text = match msg {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(_))) | None => return Err("closed by server".into()),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.to_string()),
+        };
+        last_seen = Instant::now();
+        let text = text.as_str();
+        match text.as_bytes().first() {
+            Some(b'2') => ws
+                .send(Message::text("3"))
+                .await
+                .map_err(|e| format!("send pong: {e}"))?,
+            Some(b'1') => return Err("engine.io close from server".into()),
+            Some(b'4') => {
+                let sio = &text[1..];
+                if let Some(id) = parse_ack(sio, &inner.ns_prefix) {
+                    inner.ack(id, last_seen);
+                } else if sio.starts_with('1') {
+                    return Err("disconnected by server".into());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "socketio_tests.rs"]
+mod tests;

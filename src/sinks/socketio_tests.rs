@@ -1,0 +1,573 @@
+//! Tests of the Socket.IO sink against a real python-socketio server
+//! (`tests/helpers/sio_server.py`), started as a child process.
+//!
+//! The server's python is `$MPM_TEST_PYTHON`, else `.venv/bin/python` in the
+//! crate root; without it (or without python-socketio) the server tests are
+//! skipped with a message.
+
+use super::*;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+fn python() -> Option<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let py = std::env::var_os("MPM_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join(".venv/bin/python"));
+    let ok = Command::new(&py)
+        .args(["-c", "import socketio, aiohttp"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        Some(py)
+    } else {
+        eprintln!(
+            "SKIPPED: no python with python-socketio and aiohttp at {} \
+             (set MPM_TEST_PYTHON or create .venv)",
+            py.display()
+        );
+        None
+    }
+}
+
+/// A running `sio_server.py`; killed on drop.
+struct Server {
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+    port: u16,
+    /// Every `{"event": .., "data": ..}` seen so far.
+    events: Vec<(String, Value)>,
+    refused: usize,
+}
+
+impl Server {
+    fn spawn(py: &PathBuf, port: u16, auth: Option<&str>) -> Server {
+        Self::spawn_with(py, port, auth, None)
+    }
+
+    fn spawn_with(py: &PathBuf, port: u16, auth: Option<&str>, events: Option<&str>) -> Server {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/helpers/sio_server.py");
+        let mut cmd = Command::new(py);
+        cmd.arg(script).arg("--port").arg(port.to_string());
+        if let Some(a) = auth {
+            cmd.arg("--auth").arg(a);
+        }
+        if let Some(e) = events {
+            cmd.arg("--events").arg(e);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sio_server.py");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let first = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("server did not report its port");
+        let port = first["port"].as_u64().expect("port line") as u16;
+        Server {
+            child,
+            lines,
+            port,
+            events: Vec::new(),
+            refused: 0,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn pump(&mut self, timeout: Duration) -> bool {
+        match self.lines.recv_timeout(timeout) {
+            Ok(v) => {
+                if let Some(ev) = v.get("event").and_then(Value::as_str) {
+                    self.events.push((ev.to_string(), v["data"].clone()));
+                } else if v.get("refused").is_some() {
+                    self.refused += 1;
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Waits (bounded) until at least `n` events were received.
+    fn wait_events(&mut self, n: usize, timeout: Duration) -> &[(String, Value)] {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.events.len() < n {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || !self.pump(left) && std::time::Instant::now() >= deadline {
+                break;
+            }
+        }
+        &self.events
+    }
+
+    /// Collects whatever arrives within `quiet` (to catch unexpected extras).
+    fn drain(&mut self, quiet: Duration) {
+        while self.pump(quiet) {}
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Read what it printed before dying.
+        self.drain(Duration::from_millis(200));
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn item(i: u64, topic: &str) -> Outgoing {
+    let p = payload(
+        &format!("id-{i}"),
+        "test",
+        topic,
+        "2025-01-01T00:00:00+00:00",
+        "rust-test",
+        json!({ "n": i }),
+        if i % 2 == 0 { Some("corr") } else { None },
+    );
+    Outgoing {
+        event: event_name_for(topic, &EventNaming::Default).to_string(),
+        payload: p,
+        token: i,
+    }
+}
+
+fn fast_config(url: String) -> SocketIoConfig {
+    SocketIoConfig {
+        url,
+        reconnect_initial: Duration::from_millis(100),
+        reconnect_max: Duration::from_millis(500),
+        connect_timeout: Duration::from_secs(5),
+        ..SocketIoConfig::default()
+    }
+}
+
+/// Polls a cheap condition until true or the timeout; returns whether it held.
+async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn all_ok(d: &[Delivery]) -> bool {
+    d.iter().all(|d| d.result.is_ok())
+}
+
+#[test]
+fn event_names_by_prefix_and_overrides() {
+    let d = EventNaming::Default;
+    assert_eq!(event_name_for("hook.pre_tool", &d), "hook_event");
+    assert_eq!(event_name_for("cli.start", &d), "cli_event");
+    assert_eq!(event_name_for("system.up", &d), "system_event");
+    assert_eq!(event_name_for("agent.x", &d), "agent_event");
+    assert_eq!(event_name_for("build.done", &d), "build_event");
+    assert_eq!(event_name_for("hooks", &d), "claude_event");
+    assert_eq!(event_name_for("other.thing", &d), "claude_event");
+    let fixed = EventNaming::Fixed("claude_event".into());
+    assert_eq!(event_name_for("hook.a", &fixed), "claude_event");
+    let map = EventNaming::Prefixes(vec![
+        ("hook.".into(), "h".into()),
+        ("hook.tool.".into(), "ht".into()),
+    ]);
+    assert_eq!(event_name_for("hook.tool.use", &map), "ht");
+    assert_eq!(event_name_for("hook.x", &map), "h");
+    assert_eq!(event_name_for("cli.x", &map), "cli_event");
+}
+
+#[test]
+fn payload_shape_is_exact() {
+    let p = payload("i", "t", "hook.a", "2025", "s", json!({"k": 1}), None);
+    let keys: Vec<&String> = p.as_object().unwrap().keys().collect();
+    let mut expected = vec![
+        "correlation_id",
+        "data",
+        "id",
+        "source",
+        "timestamp",
+        "topic",
+        "type",
+    ];
+    expected.sort();
+    let mut keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+    keys.sort();
+    assert_eq!(keys, expected);
+    assert_eq!(p["correlation_id"], Value::Null);
+}
+
+#[test]
+fn url_translation() {
+    assert_eq!(
+        ws_url("http://127.0.0.1:8765").unwrap(),
+        "ws://127.0.0.1:8765/socket.io/?EIO=4&transport=websocket"
+    );
+    assert_eq!(
+        ws_url("http://h:1/custom").unwrap(),
+        "ws://h:1/custom/?EIO=4&transport=websocket"
+    );
+    assert!(ws_url("https://h:1").is_err());
+}
+
+#[test]
+fn ack_parsing() {
+    assert_eq!(parse_ack("37[\"ok\"]", ""), Some(7));
+    assert_eq!(parse_ack("3/x,12[]", ""), None);
+    assert_eq!(parse_ack("3/x,12[]", "/x,"), Some(12));
+    assert_eq!(parse_ack("2[\"e\"]", ""), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_names_and_payloads_arrive_in_order() {
+    let Some(py) = python() else { return };
+    let mut server = Server::spawn(&py, 0, None);
+    let sink = SocketIoSink::start(fast_config(server.url()));
+    let topics = [
+        "hook.pre",
+        "cli.run",
+        "system.up",
+        "agent.go",
+        "build.ok",
+        "misc.x",
+    ];
+    let items: Vec<Outgoing> = (0..30).map(|i| item(i, topics[i as usize % 6])).collect();
+    let expected: Vec<(String, Value)> = items
+        .iter()
+        .map(|o| (o.event.clone(), o.payload.clone()))
+        .collect();
+    let mut receipts = Vec::new();
+    for chunk in items.chunks(7) {
+        let r = sink.send(chunk.to_vec());
+        assert!(r.rejected.is_empty());
+        receipts.push(r.completion);
+    }
+    for c in receipts {
+        let d = tokio::time::timeout(Duration::from_secs(20), c.wait())
+            .await
+            .expect("delivery in time");
+        assert!(all_ok(&d), "{d:?}");
+    }
+    server.wait_events(30, Duration::from_secs(10));
+    server.drain(Duration::from_millis(200));
+    assert_eq!(server.events, expected);
+    let m = sink.metrics();
+    assert!(m.connected);
+    assert_eq!((m.emitted, m.failed, m.buffered), (30, 0, 0));
+    assert!(m.emit_latency_p50_ms > 0.0 && m.emit_latency_p99_ms >= m.emit_latency_p50_ms);
+    assert!(sink.shutdown(Duration::from_secs(5)).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_emit_per_batch_sends_one_array() {
+    let Some(py) = python() else { return };
+    let mut server = Server::spawn(&py, 0, None);
+    let cfg = SocketIoConfig {
+        emit_per_batch: Some("claude_batch".into()),
+        ..fast_config(server.url())
+    };
+    let sink = SocketIoSink::start(cfg);
+    let items: Vec<Outgoing> = (0..5).map(|i| item(i, "hook.a")).collect();
+    let payloads: Vec<Value> = items.iter().map(|o| o.payload.clone()).collect();
+    let r = sink.send(items);
+    let d = tokio::time::timeout(Duration::from_secs(20), r.completion.wait())
+        .await
+        .unwrap();
+    assert_eq!(d.len(), 5);
+    assert!(all_ok(&d));
+    server.wait_events(1, Duration::from_secs(10));
+    server.drain(Duration::from_millis(200));
+    assert_eq!(
+        server.events,
+        vec![("claude_batch".to_string(), Value::Array(payloads))]
+    );
+    assert_eq!(sink.metrics().emitted, 5);
+    assert!(sink.shutdown(Duration::from_secs(5)).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_server_restart_mid_stream_loses_nothing() {
+    let Some(py) = python() else { return };
+    let mut first = Server::spawn(&py, 0, None);
+    let port = first.port;
+    let sink = SocketIoSink::start(fast_config(first.url()));
+    let total: u64 = 300;
+    let mut completions = Vec::new();
+    for i in 0..150 {
+        completions.push(sink.send(vec![item(i, "hook.a")]).completion);
+        if i % 10 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    // Kill it mid-stream, while some items are surely in flight or pending.
+    first.wait_events(50, Duration::from_secs(10));
+    first.kill();
+    for i in 150..total {
+        completions.push(sink.send(vec![item(i, "hook.a")]).completion);
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || !sink.metrics().connected).await,
+        "sink noticed the loss"
+    );
+    let mut second = Server::spawn(&py, port, None);
+    for c in completions {
+        let d = tokio::time::timeout(Duration::from_secs(30), c.wait())
+            .await
+            .expect("every item delivered after restart");
+        assert!(all_ok(&d), "{d:?}");
+    }
+    second.wait_events(1, Duration::from_secs(5));
+    second.drain(Duration::from_millis(300));
+    let mut seen = std::collections::HashMap::<u64, usize>::new();
+    for (_, data) in first.events.iter().chain(second.events.iter()) {
+        *seen.entry(data["data"]["n"].as_u64().unwrap()).or_default() += 1;
+    }
+    let missing: Vec<u64> = (0..total).filter(|i| !seen.contains_key(i)).collect();
+    let duplicates: usize = seen.values().map(|c| c - 1).sum();
+    let m = sink.metrics();
+    eprintln!(
+        "restart: first got {}, second got {}, duplicates {duplicates}, resent {}, reconnections {}",
+        first.events.len(),
+        second.events.len(),
+        m.resent,
+        m.reconnections
+    );
+    assert!(missing.is_empty(), "lost items: {missing:?}");
+    assert!(
+        duplicates as u64 <= m.resent,
+        "duplicates only from resends"
+    );
+    assert!(m.reconnections >= 1);
+    // Order is preserved within each server's stream.
+    for s in [&first, &second] {
+        let ns: Vec<u64> = s
+            .events
+            .iter()
+            .map(|(_, d)| d["data"]["n"].as_u64().unwrap())
+            .collect();
+        assert!(ns.windows(2).all(|w| w[0] < w[1]), "in order: {ns:?}");
+    }
+    assert!(sink.shutdown(Duration::from_secs(5)).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_no_server_for_5s_then_one_appears() {
+    let Some(py) = python() else { return };
+    let port = free_port();
+    let cfg = SocketIoConfig {
+        reconnect_initial: Duration::from_millis(200),
+        reconnect_max: Duration::from_secs(1),
+        ..fast_config(format!("http://127.0.0.1:{port}"))
+    };
+    let sink = SocketIoSink::start(cfg);
+    let r = sink.send((0..20).map(|i| item(i, "system.x")).collect());
+    assert!(r.rejected.is_empty());
+    // NOTE: the 5 s outage is the scenario itself, not a wait for a condition.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let m = sink.metrics();
+    assert!(!m.connected);
+    assert_eq!(m.buffered, 20);
+    assert!(m.connect_attempts >= 3, "first connect retried: {m:?}");
+    assert!(m.last_error.is_some());
+    let mut server = Server::spawn(&py, port, None);
+    let d = tokio::time::timeout(Duration::from_secs(15), r.completion.wait())
+        .await
+        .expect("delivered once the server appears");
+    assert!(all_ok(&d));
+    server.wait_events(20, Duration::from_secs(5));
+    server.drain(Duration::from_millis(200));
+    let ns: Vec<u64> = server
+        .events
+        .iter()
+        .map(|(_, d)| d["data"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ns, (0..20).collect::<Vec<_>>());
+    assert!(sink.metrics().last_error.is_none());
+    assert!(sink.shutdown(Duration::from_secs(5)).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_refused_auth_keeps_items_and_reports_error() {
+    let Some(py) = python() else { return };
+    let mut server = Server::spawn(&py, 0, Some("s3cret"));
+    let cfg = SocketIoConfig {
+        auth: Some(json!({ "token": "wrong" })),
+        ..fast_config(server.url())
+    };
+    let sink = SocketIoSink::start(cfg);
+    let r = sink.send((0..10).map(|i| item(i, "hook.a")).collect());
+    assert!(r.rejected.is_empty());
+    let mut completion = Some(r.completion);
+    assert!(
+        wait_until(Duration::from_secs(10), || sink.metrics().connect_attempts
+            >= 3)
+        .await,
+        "keeps retrying"
+    );
+    let m = sink.metrics();
+    assert!(!m.connected);
+    assert_eq!((m.buffered, m.emitted), (10, 0));
+    let err = m.last_error.unwrap_or_default();
+    assert!(err.contains("bad auth token"), "{err}");
+    // Backoff, not a hot loop: with 100 ms doubling to 500 ms, ~3 s allow < 15 tries.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let attempts = sink.metrics().connect_attempts;
+    assert!(attempts < 15, "backing off: {attempts} attempts");
+    server.drain(Duration::from_millis(200));
+    assert!(server.events.is_empty());
+    assert!(server.refused >= 3);
+    let undelivered = sink.shutdown(Duration::from_millis(300)).await;
+    let tokens: Vec<u64> = undelivered.iter().map(|o| o.token).collect();
+    assert_eq!(tokens, (0..10).collect::<Vec<_>>());
+    let d = completion.take().unwrap().wait().await;
+    assert_eq!(d.len(), 10);
+    assert!(d.iter().all(|d| d.result.is_err()));
+    assert_eq!(sink.metrics().failed, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_accepted_auth_delivers() {
+    let Some(py) = python() else { return };
+    let mut server = Server::spawn(&py, 0, Some("s3cret"));
+    let cfg = SocketIoConfig {
+        auth: Some(json!({ "token": "s3cret" })),
+        headers: vec![("X-Test".into(), "1".into())],
+        ..fast_config(server.url())
+    };
+    let sink = SocketIoSink::start(cfg);
+    let r = sink.send(vec![item(1, "cli.a")]);
+    let d = tokio::time::timeout(Duration::from_secs(20), r.completion.wait())
+        .await
+        .unwrap();
+    assert!(all_ok(&d));
+    assert_eq!(server.wait_events(1, Duration::from_secs(5)).len(), 1);
+    assert!(sink.shutdown(Duration::from_secs(5)).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_overflow_hands_items_back() {
+    // No server needed: nothing listens on the port.
+    let cfg = SocketIoConfig {
+        buffer_limit: 5,
+        ..fast_config(format!("http://127.0.0.1:{}", free_port()))
+    };
+    let sink = SocketIoSink::start(cfg);
+    let r = sink.send((0..8).map(|i| item(i, "hook.a")).collect());
+    let rejected: Vec<u64> = r.rejected.iter().map(|o| o.token).collect();
+    assert_eq!(rejected, vec![5, 6, 7]);
+    assert_eq!(r.completion.tokens(), &[0, 1, 2, 3, 4]);
+    let r2 = sink.send(vec![item(9, "hook.a")]);
+    assert_eq!(r2.rejected.len(), 1);
+    assert!(r2.completion.wait().await.is_empty());
+    let m = sink.metrics();
+    assert_eq!((m.buffered, m.rejected, m.failed), (5, 4, 4));
+    let back = sink.shutdown(Duration::from_millis(200)).await;
+    assert_eq!(back.len(), 5);
+    let d = r.completion.wait().await;
+    assert!(d.iter().all(|d| d.result.is_err()));
+    // After shutdown everything is rejected.
+    assert_eq!(sink.send(vec![item(10, "hook.a")]).rejected.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_shutdown_flushes_a_single_item() {
+    let Some(py) = python() else { return };
+    let mut server = Server::spawn(&py, 0, None);
+    // Like a short-lived hook process: start, send one, shut down at once.
+    let sink = SocketIoSink::start(fast_config(server.url()));
+    let r = sink.send(vec![item(42, "hook.post")]);
+    let undelivered = sink.shutdown(Duration::from_secs(10)).await;
+    assert!(undelivered.is_empty());
+    let d = r.completion.wait().await;
+    assert_eq!(
+        d,
+        vec![Delivery {
+            token: 42,
+            result: Ok(())
+        }]
+    );
+    assert_eq!(server.wait_events(1, Duration::from_secs(5)).len(), 1);
+    assert_eq!(server.events[0].0, "hook_event");
+    assert!(!sink.metrics().connected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_unacked_events_count_as_delivered_after_ack_timeout() {
+    let Some(py) = python() else { return };
+    // Only claude_event has a handler: hook_event reaches the server un-acked.
+    let mut server = Server::spawn_with(&py, 0, None, Some("claude_event"));
+    let cfg = SocketIoConfig {
+        ack_timeout: Duration::from_millis(300),
+        ..fast_config(server.url())
+    };
+    let sink = SocketIoSink::start(cfg);
+    let r1 = sink.send(vec![item(1, "hook.a")]);
+    let r2 = sink.send(vec![item(2, "other.a")]);
+    for c in [r1.completion, r2.completion] {
+        let d = tokio::time::timeout(Duration::from_secs(20), c.wait())
+            .await
+            .unwrap();
+        assert!(all_ok(&d));
+    }
+    server.wait_events(1, Duration::from_secs(5));
+    server.drain(Duration::from_millis(200));
+    assert_eq!(server.events.len(), 1);
+    assert_eq!(server.events[0].0, "claude_event");
+    let m = sink.metrics();
+    assert_eq!((m.emitted, m.unacked, m.buffered), (2, 1, 0));
+    assert!(sink.shutdown(Duration::from_secs(5)).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_shutdown_close_barrier_confirms_unacked_items() {
+    let Some(py) = python() else { return };
+    let server = Server::spawn_with(&py, 0, None, Some("claude_event"));
+    let cfg = SocketIoConfig {
+        ack_timeout: Duration::from_secs(60),
+        ..fast_config(server.url())
+    };
+    let sink = SocketIoSink::start(cfg);
+    assert!(wait_until(Duration::from_secs(10), || sink.metrics().connected).await);
+    let r = sink.send(vec![item(1, "hook.a")]);
+    assert!(wait_until(Duration::from_secs(5), || sink.metrics().in_flight == 1).await);
+    // The ack never comes; the close handshake proves the server read it.
+    let undelivered = sink.shutdown(Duration::from_millis(300)).await;
+    assert!(undelivered.is_empty(), "{undelivered:?}");
+    assert!(all_ok(&r.completion.wait().await));
+    assert_eq!(sink.metrics().unacked, 1);
+}
