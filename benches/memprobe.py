@@ -25,8 +25,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import impls  # noqa: E402
-import workloads  # noqa: E402
+import impls
+import workloads
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
