@@ -218,6 +218,12 @@ def write_docs(results: dict[str, Any], path: Path, img_dir: Path) -> None:
     ]
     for r in rows(results):
         md.append(f"| {r[0]} {r[1]} | " + " | ".join(r[2:]) + " |")
+    verdicts = results.get("targets", {})
+    if any(v["met"] is not None for v in verdicts.values()):
+        md += ["", "Targets (issue 5):", ""]
+        for key, v in verdicts.items():
+            state = {True: "met", False: "**not met**", None: "not measured"}[v["met"]]
+            md.append(f"- {key} {v['target']}: {state} ({v['detail']})")
     floor = results.get("floor", {})
     if "await_noop_ns" in floor:
         md += [
