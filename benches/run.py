@@ -39,6 +39,8 @@ RESULTS = HERE / "results" / "latest.json"
 DOCS = REPO / "docs" / "benchmarks.md"
 IMG = REPO / "docs" / "img"
 
+MEASURE_TIMEOUT_S = 120.0
+
 SUBSCRIPTION_POINTS = [1, 10, 100, 1_000, 10_000]
 CONSUMER_POINTS = [1, 2, 4, 8, 16, 32]
 
@@ -115,10 +117,16 @@ def log(message: str) -> None:
 
 
 def measure(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Run one async measurement in a fresh event loop; errors become results, not crashes."""
+    """Run one async measurement in a fresh event loop; errors become results, not crashes.
+
+    A measurement that hangs (say a publish that never returns) becomes an error after
+    ``MEASURE_TIMEOUT_S`` so the suite still finishes within its budget.
+    """
     gc.collect()
     try:
-        return asyncio.run(fn(*args, **kwargs))
+        return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), MEASURE_TIMEOUT_S))
+    except TimeoutError:
+        return {"error": f"timed out after {MEASURE_TIMEOUT_S:.0f} s"}
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
@@ -138,7 +146,12 @@ def calibrate(run: Callable[[int], dict[str, Any]], seconds: float, n_max: int) 
 
 def memprobe(name: str, n: int, mode: str) -> dict[str, Any]:
     cmd = [sys.executable, str(HERE / "memprobe.py"), name, str(n), mode]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=MEASURE_TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {MEASURE_TIMEOUT_S:.0f} s"}
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["memprobe failed"])[-1]}
     return json.loads(proc.stdout.strip().splitlines()[-1])

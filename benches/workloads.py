@@ -21,7 +21,7 @@ import types
 from datetime import UTC, datetime
 from typing import Any
 
-WAIT_TIMEOUT_S = 300.0
+WAIT_TIMEOUT_S = 100.0
 
 # W2's five consumers; the stream is ``hook.tool`` events, which all but ``system.**`` match.
 FANOUT_PATTERNS = ["hook.*", "hook.**", "**", "hook.tool", "system.**"]
