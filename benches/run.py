@@ -1,0 +1,436 @@
+"""Run the benchmark suite: the original and ours, alternately, several rounds.
+
+    python benches/run.py             # full run (what ``make bench`` does)
+    python benches/run.py --quick     # smoke run: one round, small sizes
+    python benches/run.py --rounds 3 --only W1,W4
+
+Writes a table to stdout, ``benches/results/latest.json`` and ``docs/benchmarks.md``
+(with charts under ``docs/img/``). See ``benches/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import impls  # noqa: E402
+import report  # noqa: E402
+import workloads as wl  # noqa: E402
+
+REPO = HERE.parent
+RESULTS = HERE / "results" / "latest.json"
+DOCS = REPO / "docs" / "benchmarks.md"
+IMG = REPO / "docs" / "img"
+
+MEASURE_TIMEOUT_S = 120.0
+
+SUBSCRIPTION_POINTS = [1, 10, 100, 1_000, 10_000]
+CONSUMER_POINTS = [1, 2, 4, 8, 16, 32]
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Event counts and time budgets; ``--quick`` shrinks all of them."""
+
+    w1: int = 200_000
+    w2: int = 100_000
+    w3_seconds: float = 1.0
+    w3_max: int = 100_000
+    w4: int = 50_000
+    w5: int = 100_000
+    w6: int = 1_000_000
+    w7_runs: int = 21
+    chart_seconds: float = 0.4
+    chart_max: int = 100_000
+    chart_rounds: int = 3
+    floor_awaits: int = 2_000_000
+
+
+QUICK = Sizes(
+    w1=20_000,
+    w2=10_000,
+    w3_seconds=0.2,
+    w3_max=10_000,
+    w4=10_000,
+    w5=20_000,
+    w6=100_000,
+    w7_runs=5,
+    chart_seconds=0.1,
+    chart_max=10_000,
+    chart_rounds=1,
+    floor_awaits=500_000,
+)
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str
+    title: str
+    metric: str
+    unit: str
+    higher_is_better: bool
+    target: str
+
+
+WORKLOADS = [
+    Workload("W1", "hook stream, 1 consumer on hook.**", "throughput", "events/s", True, ">= 10x"),
+    Workload("W2", "fan-out, 5 consumers", "throughput", "events/s", True, ">= 10x"),
+    Workload(
+        "W3",
+        "W2 + 1,000 idle wildcard subscriptions",
+        "throughput",
+        "events/s",
+        True,
+        ">= 1000x, and >= 80% of our W2",
+    ),
+    Workload("W4", "publish latency while W1 runs", "p99", "us", False, "p99 < 20 us"),
+    Workload(
+        "W5", "memory per event queued behind a paused consumer", "RSS", "B/event", False, "<= 1/3"
+    ),
+    Workload("W6", "publish_batch into MetricsConsumer", "throughput", "events/s", True, ">= 2M/s"),
+    Workload("W7", "import time over a bare interpreter", "added", "ms", False, "<= 30 ms"),
+]
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- measuring ---------------------------------------------------------------------------
+
+
+def measure(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run one async measurement in a fresh event loop; errors become results, not crashes.
+
+    A measurement that hangs (say a publish that never returns) becomes an error after
+    ``MEASURE_TIMEOUT_S`` so the suite still finishes within its budget.
+    """
+    gc.collect()
+    try:
+        return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), MEASURE_TIMEOUT_S))
+    except TimeoutError:
+        return {"error": f"timed out after {MEASURE_TIMEOUT_S:.0f} s"}
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def calibrate(run: Callable[[int], dict[str, Any]], seconds: float, n_max: int) -> int:
+    """Pick an event count that takes about ``seconds``: the same rule for both buses."""
+    n = 5
+    while True:
+        result = run(n)
+        if "error" in result:
+            return n
+        if result["seconds"] >= seconds / 10 or n >= n_max:
+            break
+        n = min(n * 10, n_max)
+    return max(5, min(n_max, int(result["value"] * seconds)))
+
+
+def memprobe(name: str, n: int, mode: str) -> dict[str, Any]:
+    cmd = [sys.executable, str(HERE / "memprobe.py"), name, str(n), mode]
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=MEASURE_TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {MEASURE_TIMEOUT_S:.0f} s"}
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["memprobe failed"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+IMPORT_SNIPPETS = {
+    "bare": "pass",
+    impls.ORIGINAL: (
+        f"import sys; sys.path.insert(0, {str(impls.TESTS)!r}); "
+        "import original_loader; original_loader.load_original()"
+    ),
+    impls.OURS: "import mpm_events",
+}
+
+
+def import_times(names: list[str], runs: int) -> dict[str, dict[str, Any]]:
+    """W7: wall time of ``python -c <import>`` minus a paired ``python -c pass``, interleaved."""
+    added: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(runs):
+        times = {}
+        for key in ["bare", *names]:
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", IMPORT_SNIPPETS[key]], check=True)
+            times[key] = time.perf_counter() - t0
+        for name in names:
+            added[name].append((times[name] - times["bare"]) * 1000)
+    return {name: {"samples": values} for name, values in added.items()}
+
+
+def summary(samples: list[float]) -> dict[str, Any]:
+    median = statistics.median(samples)
+    lo, hi = min(samples), max(samples)
+    return {
+        "median": median,
+        "min": lo,
+        "max": hi,
+        "spread_pct": (hi - lo) / 2 / abs(median) * 100 if median else None,
+        "samples": samples,
+    }
+
+
+# --- the run -----------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "python_impl": platform.python_implementation(),
+        "platform": platform.platform(),
+        "logical_cpus": os.cpu_count(),
+        "loadavg_at_start": list(os.getloadavg()),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["memory_gib"] = round(int(line.split()[1]) / 1024 / 1024, 1)
+                break
+    except OSError:
+        pass
+    return info
+
+
+def run_suite(args: argparse.Namespace) -> dict[str, Any]:
+    sizes = QUICK if args.quick else Sizes()
+    rounds = args.rounds if args.rounds else (1 if args.quick else 5)
+    only = {k.strip().upper() for k in args.only.split(",")} if args.only else None
+
+    loaded = {name: impls.load(name) for name in impls.NAMES}
+    for name, item in loaded.items():
+        state = f"version {item.version}" if item.available else f"NOT AVAILABLE ({item.reason})"
+        log(f"{name}: {state}")
+    live = [name for name in impls.NAMES if loaded[name].available]
+
+    def selected(key: str) -> bool:
+        return only is None or key in only
+
+    samples: dict[str, dict[str, list[dict[str, Any]]]] = {
+        w.key: {name: [] for name in impls.NAMES} for w in WORKLOADS
+    }
+    notes: dict[str, str] = {}
+
+    floor = measure(wl.await_floor, sizes.floor_awaits)
+    log(f"floor: awaiting a trivial coroutine costs {floor.get('await_noop_ns', 0):.0f} ns")
+
+    w3_n: dict[str, int] = {}
+    if selected("W3"):
+        for name in live:
+            w3 = partial(measure, wl.hook_stream, loaded[name].impl, patterns=wl.FANOUT_PATTERNS)
+            w3_n[name] = calibrate(partial(w3, idle=1000), sizes.w3_seconds, sizes.w3_max)
+            log(f"W3 calibrated: {name} runs {w3_n[name]} events per round")
+
+    for r in range(rounds):
+        order = live if r % 2 == 0 else list(reversed(live))
+        log(f"round {r + 1}/{rounds} (order: {', '.join(order)})")
+        for name in order:
+            impl = loaded[name].impl
+            todo: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+                ("W1", partial(measure, wl.hook_stream, impl, sizes.w1, ["hook.**"])),
+                ("W2", partial(measure, wl.hook_stream, impl, sizes.w2, wl.FANOUT_PATTERNS)),
+            ]
+            if name in w3_n:
+                todo.append(
+                    (
+                        "W3",
+                        partial(
+                            measure, wl.hook_stream, impl, w3_n[name], wl.FANOUT_PATTERNS, 1000
+                        ),
+                    )
+                )
+            todo += [
+                ("W4", partial(measure, wl.publish_latency, impl, sizes.w4)),
+                ("W5", partial(memprobe, name, sizes.w5, "rss")),
+            ]
+            # W6 needs publish_batch/join and a Rust-native consumer: ours only.
+            if name == impls.OURS and hasattr(impl, "MetricsConsumer"):
+                todo.append(("W6", partial(measure, wl.batch_to_metrics, impl, sizes.w6)))
+            for key, fn in todo:
+                if not selected(key):
+                    continue
+                result = fn()
+                samples[key][name].append(result)
+                shown = result.get("error") or f"{result['value']:,.1f}"
+                log(f"  {key} {name}: {shown}")
+
+    if selected("W5"):
+        for name in live:
+            result = memprobe(name, sizes.w5, "tracemalloc")
+            notes[f"W5 tracemalloc {name}"] = result.get("error") or (
+                f"{result['tracemalloc_bytes_per_event']:,.0f} B/event on the Python heap"
+            )
+            samples["W5"].setdefault(f"{name}_tracemalloc", []).append(result)
+
+    if selected("W7"):
+        log(f"W7: {sizes.w7_runs} interleaved interpreter starts per implementation")
+        for name, data in import_times(live, sizes.w7_runs).items():
+            samples["W7"][name] = [{"value": v} for v in data["samples"]]
+
+    charts: dict[str, Any] = {}
+    if not args.no_charts and (only is None or "CHARTS" in only):
+        charts = run_charts(loaded, live, sizes)
+
+    workloads_out: dict[str, Any] = {}
+    for w in WORKLOADS:
+        entry: dict[str, Any] = {
+            "title": w.title,
+            "metric": w.metric,
+            "unit": w.unit,
+            "higher_is_better": w.higher_is_better,
+            "target": w.target,
+        }
+        for name in impls.NAMES:
+            runs = samples[w.key][name]
+            errors = [s["error"] for s in runs if "error" in s]
+            good = [s for s in runs if "error" not in s]
+            if good:
+                entry[name] = summary([s["value"] for s in good])
+                entry[name]["runs"] = good
+            elif errors:
+                entry[name] = {"error": errors[0]}
+            else:
+                entry[name] = None
+            if errors and good:
+                entry[name]["errors"] = errors
+        if w.key == "W5":
+            for name in impls.NAMES:
+                traced = samples[w.key].get(f"{name}_tracemalloc")
+                if traced and "error" not in traced[0]:
+                    entry[f"{name}_tracemalloc_bytes_per_event"] = traced[0][
+                        "tracemalloc_bytes_per_event"
+                    ]
+        if w.key == "W4":
+            for name in impls.NAMES:
+                if entry[name] and "runs" in entry[name]:
+                    for stat in ("p50_us", "mean_us"):
+                        entry[name][stat] = summary([s[stat] for s in entry[name]["runs"]])
+        o, u = entry[impls.ORIGINAL], entry[impls.OURS]
+        if o and u and "median" in o and "median" in u and o["median"]:
+            entry["ratio"] = u["median"] / o["median"]
+        workloads_out[w.key] = entry
+
+    return {
+        "schema": 1,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "quick": bool(args.quick),
+        "rounds": rounds,
+        "sizes": sizes.__dict__,
+        "machine": machine(),
+        "implementations": {
+            name: {
+                "available": item.available,
+                "version": item.version,
+                "reason": item.reason,
+            }
+            for name, item in loaded.items()
+        },
+        "floor": floor,
+        "workloads": workloads_out,
+        "targets": report.check_targets(workloads_out),
+        "charts": charts,
+        "notes": notes,
+    }
+
+
+def run_charts(loaded: dict[str, impls.Loaded], live: list[str], sizes: Sizes) -> dict[str, Any]:
+    """Throughput vs number of subscriptions and vs number of consumers, per implementation."""
+
+    def series(make: Callable[[Any, int, int], Any], points: list[int], label: str) -> dict:
+        out: dict[str, Any] = {"x": points}
+        for name in impls.NAMES:
+            out[name] = [None] * len(points) if name in live else None
+        for i, x in enumerate(points):
+            counts = {}
+            for name in live:
+                impl = loaded[name].impl
+                counts[name] = calibrate(
+                    lambda n, impl=impl, x=x: measure(make, impl, n, x),
+                    sizes.chart_seconds,
+                    sizes.chart_max,
+                )
+            values: dict[str, list[float]] = {name: [] for name in live}
+            for r in range(sizes.chart_rounds):
+                for name in live if r % 2 == 0 else reversed(live):
+                    impl = loaded[name].impl
+                    result = measure(make, impl, counts[name], x)
+                    if "error" not in result:
+                        values[name].append(result["value"])
+            for name in live:
+                if values[name]:
+                    out[name][i] = statistics.median(values[name])
+            shown = ", ".join(
+                f"{name} {out[name][i]:,.0f}/s" if out[name][i] else f"{name} failed"
+                for name in live
+            )
+            log(f"  chart {label}={x}: {shown}")
+        return out
+
+    log("chart: throughput vs subscriptions")
+    subs = series(
+        lambda impl, n, x: wl.hook_stream(impl, n, ["hook.**"], idle=x - 1),
+        SUBSCRIPTION_POINTS,
+        "subscriptions",
+    )
+    log("chart: throughput vs consumers")
+    cons = series(
+        lambda impl, n, x: wl.hook_stream(
+            impl, n, [wl.MATCHING_PATTERNS[i % len(wl.MATCHING_PATTERNS)] for i in range(x)]
+        ),
+        CONSUMER_POINTS,
+        "consumers",
+    )
+    return {"subscriptions": subs, "consumers": cons}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=0, help="rounds (default 5, quick 1)")
+    parser.add_argument("--quick", action="store_true", help="fast smoke run, small sizes")
+    parser.add_argument("--only", default="", help="comma list: W1..W7, CHARTS")
+    parser.add_argument("--no-charts", action="store_true", help="skip the two chart sweeps")
+    parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
+    parser.add_argument("--json", type=Path, default=RESULTS, help="results file")
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    results = run_suite(args)
+    results["elapsed_s"] = round(time.perf_counter() - started, 1)
+
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=1) + "\n")
+    print(report.table(results))
+    if not args.no_docs:
+        report.write_docs(results, DOCS, IMG)
+        log(f"wrote {DOCS.relative_to(REPO)} and charts under {IMG.relative_to(REPO)}")
+    log(f"wrote {args.json} ({results['elapsed_s']} s)")
+
+
+if __name__ == "__main__":
+    main()
