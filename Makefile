@@ -1,0 +1,49 @@
+# mpm-events: the two set-up commands are `make demo` and `make test`.
+# Everything is installed into .venv from the project's own files.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+VENV_ENV := VIRTUAL_ENV=$(abspath $(VENV)) PATH="$(abspath $(VENV))/bin:$$PATH"
+
+.PHONY: all venv build test test-rust test-python demo lint bench clean
+
+all: build
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "maturin>=1.7,<2" "pytest>=8" "pytest-asyncio>=0.24" pytest-timeout \
+		"python-socketio[asyncio_client]>=5.11" aiohttp ruff mypy matplotlib
+	$(PY) -m pip install -q --no-deps claude-mpm==5.9.10
+	touch $@
+
+venv: $(VENV)/.installed
+
+build: venv ## Build the extension in release mode into .venv
+	$(VENV_ENV) maturin develop --release -q
+
+test-rust: venv ## Engine tests (no Python linked), sinks tested against a real server
+	MPM_TEST_PYTHON=$(abspath $(PY)) cargo test --no-default-features -q
+
+test-python: build
+	$(PY) -m pytest -q
+
+test: test-rust test-python ## Every test
+
+demo: build ## The main job: a simulated Claude session's hook stream through the bus
+	$(PY) -m mpm_events demo
+
+lint: venv
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --no-default-features -- -D warnings
+	$(VENV)/bin/ruff check python tests benches
+	$(VENV)/bin/ruff format --check python tests benches
+	$(VENV)/bin/mypy python/mpm_events
+
+bench: build ## Benchmarks against claude-mpm 5.9.10 (writes docs/benchmarks.md)
+	$(PY) benches/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf target $(VENV) dist
