@@ -19,9 +19,9 @@ Topic patterns (consumer ``topics`` and :meth:`Event.matches_topic`):
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from datetime import datetime
 from re import Pattern
-from typing import Any, Generic, Protocol, TypeVar, final, type_check_only
+from typing import Any, Protocol, TypeVar, final, type_check_only
 
-from mpm_events.interfaces import ConsumerPriority, EventPriority
+from mpm_events.interfaces import ConsumerPriority, EventPriority, IEventBus
 
 _T_co = TypeVar("_T_co", covariant=True)
 
@@ -29,7 +29,7 @@ __version__: str
 """The package version (taken from ``Cargo.toml`` at build time)."""
 
 @final
-class _Ready(Generic[_T_co]):
+class _Ready(Coroutine[Any, Any, _T_co]):
     """An awaitable that is already complete and holds its result.
 
     Returned by :meth:`EventBus.publish`, :meth:`EventBus.publish_batch` and
@@ -280,8 +280,10 @@ class ConsumerConfig:
         timeout: float = 30.0,
     ) -> None: ...
 
-class EventBus:
+class EventBus(IEventBus):
     """The event bus: a bounded priority queue routing events to consumers by topic.
+
+    At runtime it is a virtual subclass of ``IEventBus`` (registered, not inherited).
 
     The engine (queueing, routing, batching, retries, timeouts, dead letters,
     metrics) runs in Rust. Consumers are reached per consumer "lane": each consumer
@@ -337,8 +339,8 @@ class EventBus:
     def is_running(self) -> bool:
         """True between :meth:`start` and :meth:`stop`."""
 
-    def start(self) -> _Ready[bool]:
-        """Starts the bus on the running event loop (idempotent).
+    def start(self) -> _Ready[Any]:
+        """Starts the bus on the running event loop (idempotent); resolves to True.
 
         The loop watches a wake-up socket of the bus; async consumers run on it.
 
