@@ -497,3 +497,64 @@ class EventBus(IEventBus):
     def _abort_pending(self) -> None: ...
     def _detach(self) -> None: ...
     def _outstanding(self) -> int: ...
+
+class _NativeConsumer:
+    """Base class of the built-in consumers written in Rust.
+
+    The bus runs them in Rust, without the GIL; these methods make them usable as
+    ordinary ``IEventConsumer`` objects too (called directly, they run synchronously).
+    """
+
+    @property
+    def config(self) -> ConsumerConfig:
+        """The consumer's configuration."""
+
+    @property
+    def is_healthy(self) -> bool:
+        """Whether the consumer can do its work."""
+
+    def initialize(self) -> _Ready[bool]:
+        """Nothing to prepare; resolves to True."""
+
+    def consume(self, event: Event | Any) -> _Ready[bool]:
+        """Handles one event directly (the bus does not call this)."""
+
+    def consume_batch(self, events: Iterable[Event | Any]) -> _Ready[int]:
+        """Handles several events directly; resolves to how many succeeded."""
+
+    def shutdown(self) -> Awaitable[None]:
+        """Flushes and releases resources (on a worker thread)."""
+
+    def get_metrics(self) -> dict[str, Any]:
+        """The consumer's metrics."""
+
+@final
+class MetricsConsumer(_NativeConsumer):
+    """Event statistics collected in Rust: counts by topic, type, source and
+    ``topic:type``, rates over a sliding window, latency, top-N, errors per consumer.
+
+    Priority DEFERRED; subscribes to ``**`` unless ``topics`` is given.
+
+    Args:
+        window_size: Seconds of the sliding window for rates (>= 1).
+        top_n: How many entries the top-N lists hold.
+        report_interval: Seconds between periodic reports to the log.
+        name: The consumer's name (keyword-only).
+        topics: Patterns to receive (keyword-only); None means ``["**"]``.
+    """
+
+    @property
+    def window_size(self) -> int: ...
+    @property
+    def top_n(self) -> int: ...
+    @property
+    def report_interval(self) -> float: ...
+    def __init__(
+        self,
+        window_size: int = 300,
+        top_n: int = 10,
+        report_interval: float = 60.0,
+        *,
+        name: str = "MetricsConsumer",
+        topics: list[str] | None = None,
+    ) -> None: ...
