@@ -100,7 +100,7 @@ async def _finish(job: _Job, awaitable: Awaitable[Any] | None, timeout: float) -
         try:
             async with asyncio.timeout(timeout) as deadline:
                 result = await awaitable
-        except TimeoutError as exc:
+        except TimeoutError:
             if deadline.expired():
                 exc = TimeoutError(f"consume timed out after {timeout:g}s")
             awaitable = job.resume(None, exc)
@@ -125,7 +125,9 @@ def spawn(awaitable: Awaitable[Any], consumer: str) -> None:
     _keep(asyncio.ensure_future(run()))
 
 
-def run_threadsafe(awaitable: Awaitable[Any], loop: asyncio.AbstractEventLoop, timeout: float) -> Any:
+def run_threadsafe(
+    awaitable: Awaitable[Any], loop: asyncio.AbstractEventLoop, timeout: float
+) -> Any:
     """From a worker thread: run ``awaitable`` on ``loop`` and wait for it."""
 
     async def run() -> Any:
@@ -161,7 +163,9 @@ async def subscribe(bus: EventBus, consumer: Any) -> bool:
 async def unsubscribe(bus: EventBus, consumer_name: str) -> bool:
     """``EventBus.unsubscribe``: deregister, then ``shutdown()``."""
     if not isinstance(consumer_name, str):
-        raise TypeError(f"unsubscribe() expects a consumer name (str), got {type(consumer_name).__name__}")
+        raise TypeError(
+            f"unsubscribe() expects a consumer name (str), got {type(consumer_name).__name__}"
+        )
     consumer = bus._unregister(consumer_name)
     if consumer is None:
         logger.warning("Consumer %s not found", consumer_name)

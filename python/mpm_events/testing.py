@@ -236,7 +236,7 @@ class RecordingBus(IEventBus):
         """Starts accepting events (idempotent)."""
         self._running = True
 
-    async def stop(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (bus API)
+    async def stop(self, timeout: float | None = None) -> None:
         """Delivers what is deferred, stops accepting, then shuts every consumer down."""
         if not self._running:
             return
@@ -332,7 +332,7 @@ class RecordingBus(IEventBus):
             "consumers": {c.config.name: c.get_metrics() for c in self._consumers},
         }
 
-    async def join(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109 (bus API)
+    async def join(self, timeout: float | None = None) -> bool:
         """Delivers what ``publish_nowait`` deferred; returns True."""
         await self._flush()
         return True
