@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from mpm_events import ConsumerConfig, Event, EventBus, EventPriority, IEventConsumer
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -25,12 +24,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 DEADLINE = 5.0
 
 
-async def wait_until(cond: Callable[[], bool], timeout: float = DEADLINE, what: str = "") -> None:
-    """Poll ``cond`` on the event loop until true; fail the test after ``timeout`` s."""
-    end = time.monotonic() + timeout
+async def wait_until(cond: Callable[[], bool], within: float = DEADLINE, what: str = "") -> None:
+    """Poll ``cond`` on the event loop until true; fail the test after ``within`` s."""
+    end = time.monotonic() + within
     while not cond():
         if time.monotonic() > end:
-            pytest.fail(f"condition not met within {timeout}s: {what or cond}")
+            pytest.fail(f"condition not met within {within}s: {what or cond}")
         await asyncio.sleep(0.002)
 
 

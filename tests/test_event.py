@@ -6,7 +6,6 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-
 from mpm_events import Event, EventMetadata, EventPriority
 
 TS = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)

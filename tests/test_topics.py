@@ -6,7 +6,6 @@ import re
 
 import pytest
 from conftest import Recorder, make_event
-
 from mpm_events.errors import InvalidTopicError
 
 TOPICS = [
