@@ -96,6 +96,9 @@ pub struct LaneConfig {
     pub engine_timeout: bool,
     /// Most items in one job when `batch_size == 1`.
     pub chunk: usize,
+    /// What the executor needs copied out of each event at publish time
+    /// (0 nothing, 1 fields, 2 fields and payload); the engine ignores it.
+    pub needs_view: u8,
 }
 
 /// Runs jobs for one lane. `execute` must not block: it hands the job over.
@@ -178,6 +181,11 @@ impl<E: EventLike> Job<E> {
     /// reported". Only the first call counts.
     pub fn finish(self: &Arc<Self>) {
         self.finish_with(None);
+    }
+
+    /// Closes the job, failing every item without an outcome with `reason`.
+    pub fn fail_rest(self: &Arc<Self>, reason: &str) {
+        self.finish_with(Some(reason));
     }
 
     fn finish_with(self: &Arc<Self>, missing: Option<&str>) {
@@ -925,6 +933,7 @@ mod tests {
             timeout: Duration::from_secs(30),
             engine_timeout: false,
             chunk: 64,
+            needs_view: 0,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod python;
 
 pub mod dead_letter;
 pub mod dispatch;
+pub mod event;
 pub mod retry;
 pub mod stats;
 pub mod storage;

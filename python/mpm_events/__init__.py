@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import logging
 
-from mpm_events._core import ConsumerConfig, Event, EventBus, EventMetadata, __version__
+from mpm_events._core import (
+    ConsumerConfig,
+    Event,
+    EventBus,
+    EventMetadata,
+    MetricsConsumer,
+    __version__,
+)
 from mpm_events.errors import (
     ConsumerConfigError,
     EventBusError,
@@ -47,7 +54,10 @@ __all__ = [
     "IEventProducer",
     "InvalidEventError",
     "InvalidTopicError",
+    "MetricsConsumer",
     "PersistenceError",
     "SystemEventProducer",
     "__version__",
 ]
+
+IEventConsumer.register(MetricsConsumer)

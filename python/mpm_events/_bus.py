@@ -206,3 +206,8 @@ async def stop(bus: EventBus, timeout: float | None = None) -> None:
             logger.error("Error shutting down consumer %s: %r", consumer.config.name, exc)
     bus._detach()
     logger.info("Event bus stopped")
+
+
+async def to_thread(fn: Any) -> Any:
+    """Run a blocking call (a Rust consumer's flush) on the default executor."""
+    return await asyncio.get_running_loop().run_in_executor(None, fn)

@@ -16,6 +16,7 @@ use super::config::ConsumerSpec;
 use super::errors::event_error;
 use super::event::{Event, EventRef};
 use super::executor::{Inbox, LoopExecutor, PyConsumer, ThreadExecutor};
+use super::native::{build_view, NativeConsumer, SinkExecutor};
 use super::{log_info, log_warning, runtime};
 use crate::dispatch::{Engine, Executor, Lane, LaneConfig, Rejected};
 
@@ -109,6 +110,7 @@ struct Subscribed {
 
 struct BusShared {
     engine: Engine<EventRef>,
+    dead_letter_sinks: Arc<RwLock<Vec<Arc<dyn crate::sinks::Sink>>>>,
     inbox: Arc<Inbox>,
     consumers: RwLock<Vec<(Arc<str>, Subscribed)>>,
     idle_waiters: Mutex<Vec<Py<PyAny>>>,
@@ -129,6 +131,22 @@ pub struct EventBus {
 }
 
 impl EventBus {
+    /// Validates an event, routes it and copies what Rust consumers on the
+    /// route need.
+    fn prepare_event(
+        &self,
+        py: Python<'_>,
+        owned: Py<Event>,
+    ) -> PyResult<(EventRef, Vec<Arc<Lane<EventRef>>>)> {
+        let mut eref = EventRef::accept(py, owned)?;
+        let lanes = self.shared.engine.route(&eref.topic);
+        let need = lanes.iter().map(|l| l.config.needs_view).max().unwrap_or(0);
+        if need > 0 {
+            eref.view = Some(Arc::new(build_view(py, &eref, need >= 2)?));
+        }
+        Ok((eref, lanes))
+    }
+
     fn accept(&self, event: &Bound<'_, PyAny>) -> PyResult<Result<(), Rejected>> {
         let py = event.py();
         let owned: Py<Event> = match event.cast::<Event>() {
@@ -140,8 +158,8 @@ impl EventBus {
                 Py::new(py, Event::from_foreign(event)?)?
             }
         };
-        let eref = EventRef::accept(py, owned)?;
-        let result = self.shared.engine.publish(Arc::new(eref));
+        let eref = self.prepare_event(py, owned)?;
+        let result = self.shared.engine.publish_to(Arc::new(eref.0), &eref.1);
         match result {
             Ok(()) => {
                 self.shared
@@ -196,9 +214,37 @@ impl EventBus {
                 inbox.wake();
             }
         });
+        // NOTE: Rust consumers that want every dead letter (DeadLetterConsumer) get
+        // them on the loop, where the payload can be converted; this runs before
+        // the event counts as handled, so join() waits for it.
+        let dead_letter_sinks: Arc<RwLock<Vec<Arc<dyn crate::sinks::Sink>>>> = Arc::default();
+        let (dl_sinks, dl_inbox) = (dead_letter_sinks.clone(), Arc::downgrade(&inbox));
+        engine.add_dead_letter_listener(move |letter| {
+            if dl_sinks.read().is_empty() {
+                return;
+            }
+            let Some(inbox) = dl_inbox.upgrade() else {
+                return;
+            };
+            let (sinks, letter) = (dl_sinks.clone(), letter.clone());
+            inbox.call_soon(Box::new(move |py| {
+                let view = match build_view(py, &letter.event, true) {
+                    Ok(v) => Arc::new(v),
+                    Err(e) => return e.print(py),
+                };
+                for sink in sinks.read().iter() {
+                    let item = crate::sinks::SinkItem {
+                        view: view.clone(),
+                        attempt: letter.attempts,
+                    };
+                    sink.on_dead_letter(item, &letter.consumer, &letter.errors, letter.attempts);
+                }
+            }));
+        });
         Ok(EventBus {
             shared: Arc::new(BusShared {
                 engine,
+                dead_letter_sinks,
                 inbox,
                 consumers: RwLock::new(Vec::new()),
                 idle_waiters: Mutex::new(Vec::new()),
@@ -309,7 +355,7 @@ impl EventBus {
                     })?,
                 )?,
             };
-            let eref = EventRef::accept(py, owned).map_err(|err| {
+            let eref = self.prepare_event(py, owned).map_err(|err| {
                 let cls = err.get_type(py);
                 PyErr::from_type(
                     cls,
@@ -319,8 +365,8 @@ impl EventBus {
             items.push(eref);
         }
         let mut accepted = 0i64;
-        for eref in items {
-            match self.shared.engine.publish(Arc::new(eref)) {
+        for (eref, lanes) in items {
+            match self.shared.engine.publish_to(Arc::new(eref), &lanes) {
                 Ok(()) => accepted += 1,
                 Err(Rejected::NotRunning) => {
                     if !self.shared.warned_not_running.swap(true, Ordering::Relaxed) {
@@ -457,7 +503,7 @@ impl EventBus {
             d.set_item("event", l.event.event.clone_ref(py))?;
             d.set_item("consumer", l.consumer.as_ref())?;
             d.set_item("errors", &l.errors)?;
-            d.set_item("attempts", l.attempts + 1)?;
+            d.set_item("attempts", l.attempts)?;
             d.set_item("failed_at", DateTime::<Utc>::from(l.at))?;
             list.append(d)?;
         }
@@ -555,6 +601,42 @@ impl EventBus {
             log_warning(py, &format!("Consumer {} already subscribed", spec.name));
             return Ok(false);
         }
+        if let Ok(native) = consumer.cast::<NativeConsumer>() {
+            let sink = native.get().sink.clone();
+            let config = LaneConfig {
+                name: spec.name.clone(),
+                priority: spec.priority,
+                batch_size: spec.batch_size,
+                batch_timeout: spec.batch_timeout,
+                retry: spec.retry,
+                timeout: spec.timeout,
+                engine_timeout: false,
+                chunk: CHUNK,
+                needs_view: if sink.needs_data() { 2 } else { 1 },
+            };
+            if sink.wants_dead_letters() {
+                self.shared.dead_letter_sinks.write().push(sink.clone());
+            }
+            let executor = Arc::new(SinkExecutor {
+                sink,
+                timeout: spec.timeout,
+            });
+            let lane = self
+                .shared
+                .engine
+                .add_lane(config, spec.patterns, spec.regex, executor);
+            consumers.push((
+                spec.name.clone(),
+                Subscribed {
+                    consumer: consumer.clone().unbind(),
+                    lane,
+                    topics: spec.topic_names,
+                },
+            ));
+            drop(consumers);
+            log_info(py, &format!("Subscribed Rust consumer {}", spec.name));
+            return Ok(true);
+        }
         let consume = consumer.getattr("consume")?;
         let batch_fn = if spec.batch_size > 1 {
             consumer.getattr("consume_batch").ok()
@@ -590,6 +672,7 @@ impl EventBus {
             timeout: spec.timeout,
             engine_timeout: !is_async,
             chunk: CHUNK,
+            needs_view: 0,
         };
         let lane = self
             .shared
@@ -613,6 +696,13 @@ impl EventBus {
         let pos = consumers.iter().position(|(n, _)| **n == *name)?;
         let (_, s) = consumers.remove(pos);
         drop(consumers);
+        if let Ok(native) = s.consumer.bind(py).cast::<NativeConsumer>() {
+            let sink = native.get().sink.clone();
+            self.shared
+                .dead_letter_sinks
+                .write()
+                .retain(|d| !Arc::ptr_eq(d, &sink));
+        }
         self.shared.engine.remove_lane(&s.lane);
         log_info(py, &format!("Unsubscribed consumer {name}"));
         Some(s.consumer)

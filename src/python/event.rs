@@ -94,35 +94,7 @@ pub fn read_consumer_priority(obj: &Bound<'_, PyAny>) -> PyResult<u8> {
     read_priority(obj, &CONSUMER_PRIORITY_NAMES, "ConsumerPriority")
 }
 
-/// Processing state of one event, shared by the Python `EventMetadata` view and
-/// the engine (which updates it without the GIL).
-#[derive(Debug, Clone)]
-pub struct MetaState {
-    pub retry_count: i64,
-    pub max_retries: i64,
-    pub published_at: Option<DateTime<Utc>>,
-    pub consumed_at: Option<DateTime<Utc>>,
-    pub processed: Vec<Arc<str>>,
-    pub failed: Vec<Arc<str>>,
-    pub errors: Vec<String>,
-}
-
-impl Default for MetaState {
-    fn default() -> Self {
-        MetaState {
-            retry_count: 0,
-            max_retries: 3,
-            published_at: None,
-            consumed_at: None,
-            processed: Vec::new(),
-            failed: Vec::new(),
-            errors: Vec::new(),
-        }
-    }
-}
-
-/// Shared, lock-protected [`MetaState`].
-pub type MetaCell = Arc<Mutex<MetaState>>;
+pub use crate::event::{MetaCell, MetaState};
 
 fn to_py_datetime<'py>(py: Python<'py>, dt: &Option<DateTime<Utc>>) -> PyResult<Bound<'py, PyAny>> {
     match dt {
@@ -806,6 +778,8 @@ pub struct EventRef {
     pub event: Py<Event>,
     /// Its metadata, updated by the engine without the GIL.
     pub meta: MetaCell,
+    /// Fields copied for Rust consumers, when one is on the event's route.
+    pub view: Option<Arc<crate::event::EventView>>,
 }
 
 impl EventRef {
@@ -835,6 +809,7 @@ impl EventRef {
             priority,
             event,
             meta,
+            view: None,
         })
     }
 }

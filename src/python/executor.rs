@@ -38,6 +38,9 @@ static RESUME_FROM: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static SPAWN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static RUN_THREADSAFE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
+/// Work queued for the event loop from a thread without the GIL.
+pub type LoopCall = Box<dyn FnOnce(Python<'_>) + Send>;
+
 /// The Python callables of one subscribed consumer.
 pub struct PyConsumer {
     pub name: Arc<str>,
@@ -52,6 +55,7 @@ pub struct PyConsumer {
 /// Where jobs for the event loop wait, and how the loop is woken.
 pub struct Inbox {
     jobs: Mutex<VecDeque<(Arc<PyConsumer>, PyJobRef)>>,
+    calls: Mutex<Vec<LoopCall>>,
     wake_pending: AtomicBool,
     tx: UnixStream,
     rx: UnixStream,
@@ -67,6 +71,7 @@ impl Inbox {
         rx.set_nonblocking(true)?;
         Ok(Inbox {
             jobs: Mutex::new(VecDeque::new()),
+            calls: Mutex::new(Vec::new()),
             wake_pending: AtomicBool::new(false),
             tx,
             rx,
@@ -104,6 +109,12 @@ impl Inbox {
         }
     }
 
+    /// Runs `f` on the event loop with the GIL, soon (one wake-up per burst).
+    pub fn call_soon(&self, f: LoopCall) {
+        self.calls.lock().push(f);
+        self.wake();
+    }
+
     fn push(&self, consumer: Arc<PyConsumer>, job: PyJobRef) {
         self.jobs.lock().push_back((consumer, job));
         self.wake();
@@ -114,12 +125,16 @@ impl Inbox {
     pub fn run_pending(&self, py: Python<'_>, budget: usize) -> PyResult<bool> {
         let mut done = 0usize;
         loop {
+            let calls: Vec<LoopCall> = std::mem::take(&mut *self.calls.lock());
+            for call in calls {
+                call(py);
+            }
             let batch: Vec<_> = self.jobs.lock().drain(..).collect();
             if batch.is_empty() {
                 self.wake_pending.store(false, Ordering::Release);
                 // NOTE: re-check after clearing the flag: a push that saw the flag
                 // still set did not write a wake-up.
-                if self.jobs.lock().is_empty() {
+                if self.jobs.lock().is_empty() && self.calls.lock().is_empty() {
                     return Ok(false);
                 }
                 self.wake_pending.store(true, Ordering::Release);

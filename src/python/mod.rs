@@ -11,9 +11,11 @@ use pyo3::sync::PyOnceLock;
 
 mod bus;
 mod config;
+mod consumers;
 mod errors;
 mod event;
 mod executor;
+mod native;
 
 static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -66,5 +68,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<bus::EventBus>()?;
     m.add_class::<bus::Ready>()?;
     m.add_class::<executor::PyJob>()?;
+    m.add_class::<native::NativeConsumer>()?;
+    m.add_class::<consumers::MetricsConsumer>()?;
     Ok(())
 }

@@ -1,6 +1,59 @@
-//! Engine-side sinks: delivery back-ends used by the built-in consumers.
+//! Engine-side sinks: the Rust back-ends of the built-in consumers.
 //!
 //! Sinks are plain Rust (tokio) and never import pyo3, so they build and are
-//! tested with `--no-default-features`. The Python binding layer wraps them.
+//! tested with `--no-default-features`. The binding layer runs a sink's batches
+//! on the Tokio runtime (no GIL) and wraps each sink in a Python consumer class.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::event::EventView;
+
+pub mod metrics;
 pub mod socketio;
+
+/// A boxed, sendable future.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// One event handed to a sink.
+#[derive(Debug, Clone)]
+pub struct SinkItem {
+    /// The event's fields.
+    pub view: Arc<EventView>,
+    /// 0 for the first attempt, n for the n-th retry.
+    pub attempt: u32,
+}
+
+/// A delivery back-end run by the engine without the GIL.
+pub trait Sink: Send + Sync + 'static {
+    /// Whether the sink reads the payload (`EventView::data`); converting it to
+    /// JSON is skipped for events no such sink receives.
+    fn needs_data(&self) -> bool;
+
+    /// Handles a batch: one result per item, in order (`Err` = failed attempt,
+    /// retried by the bus).
+    fn consume(self: Arc<Self>, items: Vec<SinkItem>) -> BoxFuture<Vec<Result<(), String>>>;
+
+    /// Flushes and releases resources.
+    fn shutdown(self: Arc<Self>) -> BoxFuture<()> {
+        Box::pin(async {})
+    }
+
+    /// True if the sink wants every dead letter of the bus.
+    fn wants_dead_letters(&self) -> bool {
+        false
+    }
+
+    /// Receives a dead letter (only when `wants_dead_letters`).
+    fn on_dead_letter(&self, _item: SinkItem, _consumer: &str, _errors: &[String], _attempts: u32) {
+    }
+
+    /// The sink's metrics as JSON (the Python consumer's `get_metrics()`).
+    fn metrics(&self) -> serde_json::Value;
+
+    /// True while the sink can do its work.
+    fn is_healthy(&self) -> bool {
+        true
+    }
+}

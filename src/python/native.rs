@@ -1,0 +1,295 @@
+//! Rust consumers: the executor that runs a [`Sink`] on the Tokio runtime, the
+//! conversion of an event into the GIL-free [`EventView`] sinks read, and the
+//! `_NativeConsumer` base class of the built-in consumers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use serde_json::{Map, Number, Value};
+
+use super::config::ConsumerConfig;
+use super::event::{Event, EventRef};
+use super::executor::PyJobRef;
+use super::runtime;
+use crate::dispatch::{Executor, Outcome};
+use crate::event::EventView;
+use crate::sinks::{Sink, SinkItem};
+
+/// Deepest payload nesting converted for Rust consumers.
+pub const MAX_DEPTH: usize = 200;
+
+/// Converts a payload to JSON like `json.dumps(default=str)`: dicts, lists,
+/// tuples, str, int, float, bool and None map directly, datetimes become ISO
+/// 8601 text and anything else its `str()`. Fails on nesting deeper than
+/// [`MAX_DEPTH`] instead of overflowing the stack.
+pub fn to_json(obj: &Bound<'_, PyAny>, depth: usize) -> Result<Value, String> {
+    if depth > MAX_DEPTH {
+        return Err(format!("payload is nested deeper than {MAX_DEPTH} levels"));
+    }
+    if obj.is_none() {
+        return Ok(Value::Null);
+    }
+    if let Ok(b) = obj.cast::<PyBool>() {
+        return Ok(Value::Bool(b.is_true()));
+    }
+    if let Ok(s) = obj.cast::<PyString>() {
+        return s
+            .to_cow()
+            .map(|s| Value::String(s.into_owned()))
+            .map_err(|e| e.to_string());
+    }
+    if obj.is_instance_of::<PyInt>() {
+        if let Ok(i) = obj.extract::<i64>() {
+            return Ok(Value::Number(i.into()));
+        }
+        if let Ok(u) = obj.extract::<u64>() {
+            return Ok(Value::Number(u.into()));
+        }
+        return Ok(Value::String(
+            obj.str().map(|s| s.to_string()).unwrap_or_default(),
+        ));
+    }
+    if let Ok(f) = obj.cast::<PyFloat>() {
+        return Ok(Number::from_f64(f.value())
+            .map(Value::Number)
+            .unwrap_or(Value::Null));
+    }
+    if let Ok(d) = obj.cast::<PyDict>() {
+        let mut m = Map::with_capacity(d.len());
+        for (k, v) in d.iter() {
+            let key = match k.cast::<PyString>() {
+                Ok(s) => s.to_cow().map_err(|e| e.to_string())?.into_owned(),
+                Err(_) => k.str().map_err(|e| e.to_string())?.to_string(),
+            };
+            m.insert(key, to_json(&v, depth + 1)?);
+        }
+        return Ok(Value::Object(m));
+    }
+    if let Ok(l) = obj.cast::<PyList>() {
+        return l
+            .iter()
+            .map(|v| to_json(&v, depth + 1))
+            .collect::<Result<_, _>>()
+            .map(Value::Array);
+    }
+    if let Ok(t) = obj.cast::<PyTuple>() {
+        return t
+            .iter()
+            .map(|v| to_json(&v, depth + 1))
+            .collect::<Result<_, _>>()
+            .map(Value::Array);
+    }
+    if obj.is_instance_of::<pyo3::types::PyDateTime>()
+        || obj.is_instance_of::<pyo3::types::PyDate>()
+    {
+        if let Ok(s) = obj.call_method0("isoformat") {
+            return Ok(Value::String(s.to_string()));
+        }
+    }
+    Ok(Value::String(
+        obj.str()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|_| "<unprintable>".into()),
+    ))
+}
+
+/// Copies an event's fields (and, if `with_data`, its payload) for sinks.
+pub fn build_view(py: Python<'_>, eref: &EventRef, with_data: bool) -> PyResult<EventView> {
+    let e = eref.event.borrow(py);
+    let timestamp = e.timestamp.bind(py);
+    let ts: DateTime<Utc> = match timestamp.extract::<DateTime<Utc>>() {
+        Ok(t) => t,
+        Err(_) => match timestamp.extract::<DateTime<chrono::FixedOffset>>() {
+            Ok(t) => t.with_timezone(&Utc),
+            Err(_) => timestamp
+                .extract::<chrono::NaiveDateTime>()
+                .map(|n| n.and_utc())
+                .unwrap_or_else(|_| Utc::now()),
+        },
+    };
+    let (data, data_error) = if with_data {
+        match to_json(e.data.bind(py), 0) {
+            Ok(v) => (Some(v), None),
+            Err(err) => (None, Some(err)),
+        }
+    } else {
+        (None, None)
+    };
+    Ok(EventView {
+        id: eref.id.as_ref().into(),
+        topic: eref.topic.as_ref().into(),
+        event_type: e.type_.bind(py).to_cow()?.into_owned(),
+        source: e.source.bind(py).to_cow()?.into_owned(),
+        timestamp: ts,
+        data,
+        data_error,
+        correlation_id: match &e.correlation_id {
+            Some(c) => Some(c.bind(py).to_cow()?.into_owned()),
+            None => None,
+        },
+        priority: e.priority,
+        meta: eref.meta.clone(),
+    })
+}
+
+/// Runs a lane's jobs on a Rust sink, on the Tokio runtime, without the GIL.
+pub struct SinkExecutor {
+    pub sink: Arc<dyn Sink>,
+    pub timeout: Duration,
+}
+
+impl Executor<EventRef> for SinkExecutor {
+    fn execute(&self, job: PyJobRef) {
+        let sink = self.sink.clone();
+        let timeout = self.timeout;
+        let needs_data = sink.needs_data();
+        runtime().spawn(async move {
+            let mut pre: Vec<Option<Outcome>> = vec![None; job.items.len()];
+            let mut items = Vec::with_capacity(job.items.len());
+            for (i, d) in job.items.iter().enumerate() {
+                match &d.entry.event.view {
+                    Some(v) if !needs_data || v.data.is_some() => {
+                        items.push(SinkItem {
+                            view: v.clone(),
+                            attempt: d.attempt,
+                        });
+                    }
+                    Some(v) => {
+                        let why = v
+                            .data_error
+                            .clone()
+                            .unwrap_or_else(|| "payload not converted".into());
+                        pre[i] = Some(Outcome::Failure(format!(
+                            "cannot convert the payload for a Rust consumer: {why}"
+                        )));
+                    }
+                    None => {
+                        pre[i] = Some(Outcome::Failure(
+                            "event fields were not captured at publish".into(),
+                        ))
+                    }
+                }
+            }
+            let results = if items.is_empty() {
+                Vec::new()
+            } else {
+                match tokio::time::timeout(timeout, sink.consume(items)).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        job.fail_rest(&format!(
+                            "consume timed out after {:.3}s",
+                            timeout.as_secs_f64()
+                        ));
+                        return;
+                    }
+                }
+            };
+            let mut results = results.into_iter();
+            let outcomes = pre.into_iter().map(|p| {
+                p.unwrap_or_else(|| match results.next() {
+                    Some(Ok(())) => Outcome::Success,
+                    Some(Err(e)) => Outcome::Failure(e),
+                    None => {
+                        Outcome::Failure("the consumer reported no outcome for this event".into())
+                    }
+                })
+            });
+            job.record_all(outcomes.collect::<Vec<_>>());
+            job.finish();
+        });
+    }
+}
+
+/// Base class of the built-in Rust consumers: implements the IEventConsumer
+/// methods over a [`Sink`], so they also work when called directly.
+#[pyclass(
+    module = "mpm_events._core",
+    name = "_NativeConsumer",
+    subclass,
+    frozen
+)]
+pub struct NativeConsumer {
+    pub sink: Arc<dyn Sink>,
+    pub config: Py<ConsumerConfig>,
+}
+
+impl NativeConsumer {
+    fn run_direct(&self, py: Python<'_>, events: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let mut items = Vec::new();
+        for e in events.try_iter()? {
+            let e = e?;
+            let owned: Py<Event> = match e.cast::<Event>() {
+                Ok(ev) => ev.clone().unbind(),
+                Err(_) => Py::new(py, Event::from_foreign(&e)?)?,
+            };
+            let eref = EventRef::accept(py, owned)?;
+            let view = build_view(py, &eref, self.sink.needs_data())?;
+            items.push(SinkItem {
+                view: Arc::new(view),
+                attempt: 0,
+            });
+        }
+        let sink = self.sink.clone();
+        let results = py.detach(|| runtime().block_on(sink.consume(items)));
+        Ok(results.iter().filter(|r| r.is_ok()).count())
+    }
+}
+
+#[pymethods]
+impl NativeConsumer {
+    /// The consumer's configuration.
+    #[getter]
+    fn config(&self, py: Python<'_>) -> Py<ConsumerConfig> {
+        self.config.clone_ref(py)
+    }
+
+    /// Nothing to prepare: the Rust side starts with the object.
+    fn initialize(&self, py: Python<'_>) -> Py<super::bus::Ready> {
+        super::bus::Ready::of_bool(py, true)
+    }
+
+    /// Handles one event directly (the bus does not call this: it runs the Rust sink).
+    fn consume(&self, py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<Py<super::bus::Ready>> {
+        let list = PyList::new(py, [event])?;
+        Ok(super::bus::Ready::of_bool(
+            py,
+            self.run_direct(py, list.as_any())? == 1,
+        ))
+    }
+
+    /// Handles several events directly; returns how many succeeded.
+    fn consume_batch(
+        &self,
+        py: Python<'_>,
+        events: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<super::bus::Ready>> {
+        let n = self.run_direct(py, events)?;
+        super::bus::Ready::of(py, n.into_pyobject(py)?.into_any().unbind())
+    }
+
+    /// Flushes and releases resources (runs on a worker thread; awaitable).
+    fn shutdown<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let sink = self.sink.clone();
+        let f = pyo3::types::PyCFunction::new_closure(py, None, None, move |args, _| {
+            let sink = sink.clone();
+            args.py().detach(|| runtime().block_on(sink.shutdown()));
+        })?;
+        py.import("mpm_events._bus")?
+            .call_method1("to_thread", (f,))
+    }
+
+    /// Whether the consumer can do its work.
+    #[getter]
+    fn is_healthy(&self) -> bool {
+        self.sink.is_healthy()
+    }
+
+    /// The consumer's metrics.
+    fn get_metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        pythonize::pythonize(py, &self.sink.metrics())
+            .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))
+    }
+}
