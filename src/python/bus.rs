@@ -665,7 +665,7 @@ impl EventBus {
                 inbox: self.shared.inbox.clone(),
             })
         } else {
-            Arc::new(ThreadExecutor::new(pc, self.shared.inbox.clone()))
+            Arc::new(ThreadExecutor::new(py, pc, self.shared.inbox.clone())?)
         };
         let config = LaneConfig {
             name: spec.name.clone(),
