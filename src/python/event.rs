@@ -12,7 +12,7 @@ use pyo3::types::{PyDict, PyList, PySet, PyString, PyType};
 
 use super::errors::{event_error, topic_error};
 use crate::dispatch::EventLike;
-use crate::topic::{validate_topic, Pattern};
+use crate::topic::Pattern;
 
 static EVENT_PRIORITY: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static CONSUMER_PRIORITY: PyOnceLock<Py<PyType>> = PyOnceLock::new();
@@ -84,8 +84,21 @@ fn read_priority(obj: &Bound<'_, PyAny>, names: &[&str], what: &str) -> PyResult
     )))
 }
 
+static EVENT_PRIORITY_MEMBERS: PyOnceLock<Vec<Py<PyAny>>> = PyOnceLock::new();
+
 /// Reads an event priority (1..=4).
 pub fn read_event_priority(obj: &Bound<'_, PyAny>) -> PyResult<u8> {
+    let py = obj.py();
+    // NOTE: our own enum members are by far the most common input; compare by
+    // identity before anything that could raise and catch an exception.
+    let members = EVENT_PRIORITY_MEMBERS.get_or_try_init(py, || -> PyResult<Vec<Py<PyAny>>> {
+        (1..=4u8)
+            .map(|v| event_priority_member(py, v).map(Bound::unbind))
+            .collect()
+    })?;
+    if let Some(i) = members.iter().position(|m| m.bind(py).is(obj)) {
+        return Ok(i as u8 + 1);
+    }
     read_priority(obj, &EVENT_PRIORITY_NAMES, "EventPriority")
 }
 
@@ -409,13 +422,64 @@ fn check_timestamp<'py>(
     }
 }
 
+/// An event's timestamp: made in Rust (and turned into a Python `datetime`
+/// only if someone reads it) or given by the caller.
+pub enum Timestamp {
+    /// Set by the bus at creation time.
+    Now(DateTime<Utc>, PyOnceLock<Py<PyAny>>),
+    /// Given by the caller (a `datetime`).
+    Given(Py<PyAny>),
+}
+
+impl Timestamp {
+    fn now() -> Self {
+        Timestamp::Now(Utc::now(), PyOnceLock::new())
+    }
+
+    /// The Python `datetime`.
+    pub fn to_py(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        match self {
+            Timestamp::Given(p) => Ok(p.clone_ref(py)),
+            Timestamp::Now(dt, cell) => cell
+                .get_or_try_init(py, || {
+                    Ok::<_, PyErr>(dt.into_pyobject(py)?.into_any().unbind())
+                })
+                .map(|p| p.clone_ref(py)),
+        }
+    }
+
+    /// The time in UTC (naive datetimes are taken as UTC).
+    pub fn to_utc(&self, py: Python<'_>) -> DateTime<Utc> {
+        match self {
+            Timestamp::Now(dt, _) => *dt,
+            Timestamp::Given(p) => {
+                let t = p.bind(py);
+                t.extract::<DateTime<Utc>>()
+                    .or_else(|_| {
+                        t.extract::<DateTime<chrono::FixedOffset>>()
+                            .map(|d| d.with_timezone(&Utc))
+                    })
+                    .or_else(|_| t.extract::<chrono::NaiveDateTime>().map(|n| n.and_utc()))
+                    .unwrap_or_else(|_| Utc::now())
+            }
+        }
+    }
+
+    fn clone_ref(&self, py: Python<'_>) -> Self {
+        match self {
+            Timestamp::Now(dt, _) => Timestamp::Now(*dt, PyOnceLock::new()),
+            Timestamp::Given(p) => Timestamp::Given(p.clone_ref(py)),
+        }
+    }
+}
+
 /// An event (see `_core.pyi` for the Python documentation).
 #[pyclass(module = "mpm_events._core", name = "Event", subclass, weakref)]
 pub struct Event {
     pub(crate) id: Py<PyString>,
     pub(crate) topic: Py<PyString>,
     pub(crate) type_: Py<PyString>,
-    pub(crate) timestamp: Py<PyAny>,
+    pub(crate) timestamp: Timestamp,
     pub(crate) source: Py<PyString>,
     pub(crate) data: Py<PyAny>,
     pub(crate) meta: MetaCell,
@@ -445,7 +509,7 @@ impl Event {
             id: new_uuid(py),
             topic: topic.unbind(),
             type_: type_.unbind(),
-            timestamp: Utc::now().into_pyobject(py)?.into_any().unbind(),
+            timestamp: Timestamp::now(),
             source: source.unbind(),
             data: data.unbind(),
             meta: Arc::new(Mutex::new(MetaState::default())),
@@ -561,7 +625,10 @@ impl Event {
             id,
             topic: topic.unbind(),
             type_: type_.unbind(),
-            timestamp: check_timestamp(py, timestamp)?.unbind(),
+            timestamp: match timestamp {
+                Some(t) if !t.is_none() => Timestamp::Given(check_timestamp(py, Some(t))?.unbind()),
+                _ => Timestamp::now(),
+            },
             source: source.unbind(),
             data: data.unbind(),
             meta,
@@ -598,12 +665,12 @@ impl Event {
         Ok(())
     }
     #[getter]
-    fn timestamp(&self, py: Python<'_>) -> Py<PyAny> {
-        self.timestamp.clone_ref(py)
+    fn timestamp(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.timestamp.to_py(py)
     }
     #[setter]
     fn set_timestamp(&mut self, py: Python<'_>, v: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.timestamp = check_timestamp(py, Some(v))?.unbind();
+        self.timestamp = Timestamp::Given(check_timestamp(py, Some(v))?.unbind());
         Ok(())
     }
     #[getter]
@@ -672,7 +739,10 @@ impl Event {
         d.set_item("type", &self.type_)?;
         d.set_item(
             "timestamp",
-            self.timestamp.bind(py).call_method0("isoformat")?,
+            self.timestamp
+                .to_py(py)?
+                .bind(py)
+                .call_method0("isoformat")?,
         )?;
         d.set_item("source", &self.source)?;
         d.set_item("data", &self.data)?;
@@ -770,8 +840,8 @@ impl Event {
 pub struct EventRef {
     /// The event's id.
     pub id: Box<str>,
-    /// The topic it was published on.
-    pub topic: Box<str>,
+    /// The topic it was published on (shared with its cached route).
+    pub topic: Arc<str>,
     /// 1..=4.
     pub priority: u8,
     /// The Python object consumers receive.
@@ -783,12 +853,16 @@ pub struct EventRef {
 }
 
 impl EventRef {
-    /// Validates `event` for publishing and wraps it.
-    pub fn accept(py: Python<'_>, event: Py<Event>) -> PyResult<Self> {
-        let (id, topic, priority, meta) = {
+    /// Checks `event` for publishing (its topic must be valid: `route` is asked
+    /// for the topic's route, which validates it) and wraps it.
+    pub fn accept<R>(
+        py: Python<'_>,
+        event: Py<Event>,
+        route: impl FnOnce(&str) -> Result<(Arc<str>, R), crate::topic::TopicError>,
+    ) -> PyResult<(Self, R)> {
+        let (id, (topic, routed), priority, meta) = {
             let e = event.borrow(py);
-            let topic = e.topic.bind(py).to_cow()?.into_owned();
-            validate_topic(&topic).map_err(topic_error)?;
+            let routed = route(&e.topic.bind(py).to_cow()?).map_err(topic_error)?;
             if !e.data.bind(py).is_instance_of::<PyDict>() {
                 return Err(event_error(format!(
                     "Event.data must be a dict, got {}",
@@ -797,20 +871,23 @@ impl EventRef {
             }
             (
                 e.id.bind(py).to_cow()?.into_owned(),
-                topic,
+                routed,
                 e.priority,
                 e.meta.clone(),
             )
         };
         meta.lock().published_at = Some(Utc::now());
-        Ok(EventRef {
-            id: id.into(),
-            topic: topic.into(),
-            priority,
-            event,
-            meta,
-            view: None,
-        })
+        Ok((
+            EventRef {
+                id: id.into(),
+                topic,
+                priority,
+                event,
+                meta,
+                view: None,
+            },
+            routed,
+        ))
     }
 }
 
