@@ -79,11 +79,14 @@ impl MetricsConsumer {
             metrics = metrics.with_report(
                 Duration::from_secs_f64(report_interval),
                 Box::new(move |text| {
-                    let (done, _) = tokio::sync::oneshot::channel();
-                    let _ = tx.lock().send(LogBatch {
-                        records: vec![(INFO, text)],
-                        done,
-                    });
+                    let (done, written) = tokio::sync::oneshot::channel();
+                    tx.lock()
+                        .send(LogBatch {
+                            records: vec![(INFO, text)],
+                            done,
+                        })
+                        .ok()
+                        .map(|_| written)
                 }),
             );
         }

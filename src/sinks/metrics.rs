@@ -34,8 +34,9 @@ struct State {
     latency_sum_us: f64,
 }
 
-/// Receives the periodic report text.
-pub type ReportFn = Box<dyn Fn(String) + Send + Sync>;
+/// Receives the periodic report text; the returned receiver (if any)
+/// completes once the report was written.
+pub type ReportFn = Box<dyn Fn(String) -> Option<tokio::sync::oneshot::Receiver<()>> + Send + Sync>;
 
 struct Reporter {
     interval: Duration,
@@ -121,7 +122,7 @@ impl MetricsSink {
         lines.join("\n")
     }
 
-    fn maybe_report(&self, force: bool) {
+    fn maybe_report(&self, force: bool) -> Option<tokio::sync::oneshot::Receiver<()>> {
         if let Some(r) = &self.reporter {
             let due = {
                 let mut last = r.last.lock();
@@ -133,9 +134,10 @@ impl MetricsSink {
                 }
             };
             if due {
-                (r.out)(self.report());
+                return (r.out)(self.report());
             }
         }
+        None
     }
 
     /// Counts a batch of events (also used directly, outside a bus).
@@ -253,14 +255,24 @@ impl Sink for MetricsSink {
 
     fn consume(self: Arc<Self>, items: Vec<SinkItem>) -> BoxFuture<Vec<Result<(), String>>> {
         self.record(&items);
-        self.maybe_report(false);
+        let written = self.maybe_report(false);
         let n = items.len();
-        Box::pin(async move { vec![Ok(()); n] })
+        Box::pin(async move {
+            // NOTE: wait for the report, so that once the bus is idle it exists.
+            if let Some(w) = written {
+                let _ = w.await;
+            }
+            vec![Ok(()); n]
+        })
     }
 
     fn shutdown(self: Arc<Self>) -> BoxFuture<()> {
-        self.maybe_report(true);
-        Box::pin(async {})
+        let written = self.maybe_report(true);
+        Box::pin(async move {
+            if let Some(w) = written {
+                let _ = w.await;
+            }
+        })
     }
 
     fn metrics(&self) -> Value {
