@@ -7,10 +7,9 @@ import json
 import logging
 import os
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from mpm_events import (
     ConsumerConfig,
     DeadLetterConsumer,
@@ -290,7 +289,7 @@ async def test_dead_letter_retention_and_torn_line(tmp_path, caplog):
 async def test_dead_letter_replay_by_time_window_and_topic(tmp_path):
     dlc = DeadLetterConsumer(output_dir=tmp_path)
     assert await dlc.initialize()
-    base = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+    base = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
     events = []
     for i, topic in enumerate(["hook.a", "hook.b.c", "system.x", "hook.a"]):
         events.append(failed_event(topic, {"i": i}, timestamp=base + timedelta(minutes=i)))
