@@ -155,6 +155,60 @@ fn names_from(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<Vec<Arc<str>>> {
     Ok(out)
 }
 
+/// The Python containers of an event's metadata, made on first access so that
+/// user code can mutate them as it could the original's dataclass fields.
+pub struct PyMirror {
+    processed: Py<PySet>,
+    failed: Py<PySet>,
+    errors: Py<PyList>,
+}
+
+/// Handles to the (up-to-date) Python containers.
+struct MirrorRefs {
+    processed: Py<PySet>,
+    failed: Py<PySet>,
+    errors: Py<PyList>,
+}
+
+impl EventMetadata {
+    /// Creates the Python containers, or replays the engine's changes onto them.
+    fn mirror(&self, py: Python<'_>) -> PyResult<MirrorRefs> {
+        let mut st = self.cell.lock();
+        if st.mirror.is_none() {
+            let m = PyMirror {
+                processed: PySet::new(py, st.processed.iter().map(|n| &**n))?.unbind(),
+                failed: PySet::new(py, st.failed.iter().map(|n| &**n))?.unbind(),
+                errors: PyList::new(py, &st.errors)?.unbind(),
+            };
+            st.mirror = Some(Box::new(m));
+            st.pending.clear();
+        }
+        let pending = std::mem::take(&mut st.pending);
+        let m = st
+            .mirror
+            .as_ref()
+            .and_then(|m| m.downcast_ref::<PyMirror>())
+            .expect("mirror");
+        for op in pending {
+            match op {
+                crate::event::MetaOp::Processed(c) => {
+                    m.failed.bind(py).discard(&*c)?;
+                    m.processed.bind(py).add(&*c)?;
+                }
+                crate::event::MetaOp::Failed(c, msg) => {
+                    m.failed.bind(py).add(&*c)?;
+                    m.errors.bind(py).append(msg)?;
+                }
+            }
+        }
+        Ok(MirrorRefs {
+            processed: m.processed.clone_ref(py),
+            failed: m.failed.clone_ref(py),
+            errors: m.errors.clone_ref(py),
+        })
+    }
+}
+
 /// Processing metadata of an event (see `_core.pyi`).
 #[pyclass(module = "mpm_events._core", name = "EventMetadata", frozen)]
 pub struct EventMetadata {
@@ -238,39 +292,69 @@ impl EventMetadata {
         self.cell.lock().consumed_at = read_datetime(v, "consumed_at")?;
         Ok(())
     }
-    /// Names of the consumers that handled the event (a new `set` on each access).
+    /// Names of the consumers that handled the event: a live `set`.
     #[getter]
-    fn consumers_processed<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PySet>> {
-        let names = self.cell.lock().processed.clone();
-        PySet::new(py, names.iter().map(|n| &**n))
+    fn consumers_processed<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(self.mirror(py)?.processed.bind(py).clone().into_any())
     }
     #[setter]
-    fn set_consumers_processed(&self, v: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.cell.lock().processed = names_from(v, "consumers_processed")?;
+    fn set_consumers_processed(&self, py: Python<'_>, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        let names = names_from(v, "consumers_processed")?;
+        let set = PySet::new(py, names.iter().map(|n| &**n))?.unbind();
+        self.mirror(py)?;
+        let mut st = self.cell.lock();
+        st.processed = names;
+        if let Some(m) = st
+            .mirror
+            .as_mut()
+            .and_then(|m| m.downcast_mut::<PyMirror>())
+        {
+            m.processed = set;
+        }
         Ok(())
     }
-    /// Names of the consumers whose latest attempt failed (a new `set` on each access).
+    /// Names of the consumers whose latest attempt failed: a live `set`.
     #[getter]
-    fn consumers_failed<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PySet>> {
-        let names = self.cell.lock().failed.clone();
-        PySet::new(py, names.iter().map(|n| &**n))
+    fn consumers_failed<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(self.mirror(py)?.failed.bind(py).clone().into_any())
     }
     #[setter]
-    fn set_consumers_failed(&self, v: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.cell.lock().failed = names_from(v, "consumers_failed")?;
+    fn set_consumers_failed(&self, py: Python<'_>, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        let names = names_from(v, "consumers_failed")?;
+        let set = PySet::new(py, names.iter().map(|n| &**n))?.unbind();
+        self.mirror(py)?;
+        let mut st = self.cell.lock();
+        st.failed = names;
+        if let Some(m) = st
+            .mirror
+            .as_mut()
+            .and_then(|m| m.downcast_mut::<PyMirror>())
+        {
+            m.failed = set;
+        }
         Ok(())
     }
-    /// Every failure message, oldest first (a new `list` on each access).
+    /// Every failure message, oldest first: a live `list`.
     #[getter]
-    fn error_messages<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let errors = self.cell.lock().errors.clone();
-        PyList::new(py, errors)
+    fn error_messages<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(self.mirror(py)?.errors.bind(py).clone().into_any())
     }
     #[setter]
-    fn set_error_messages(&self, v: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.cell.lock().errors = v.extract().map_err(|_| {
+    fn set_error_messages(&self, py: Python<'_>, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        let errors: Vec<String> = v.extract().map_err(|_| {
             PyTypeError::new_err("EventMetadata.error_messages must be a list of str")
         })?;
+        let list = PyList::new(py, &errors)?.unbind();
+        self.mirror(py)?;
+        let mut st = self.cell.lock();
+        st.errors = errors;
+        if let Some(m) = st
+            .mirror
+            .as_mut()
+            .and_then(|m| m.downcast_mut::<PyMirror>())
+        {
+            m.errors = list;
+        }
         Ok(())
     }
 
@@ -295,7 +379,10 @@ impl EventMetadata {
         if Arc::ptr_eq(&self.cell, &other.get().cell) {
             return true;
         }
-        let (a, b) = (self.cell.lock().clone(), other.get().cell.lock().clone());
+        let (a, b) = (
+            self.cell.lock().snapshot(),
+            other.get().cell.lock().snapshot(),
+        );
         let set = |v: &Vec<Arc<str>>| {
             let mut v: Vec<&str> = v.iter().map(|s| &**s).collect();
             v.sort_unstable();
@@ -312,7 +399,7 @@ impl EventMetadata {
 
     /// The metadata as a plain dict (datetimes as ISO 8601 strings).
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let st = self.cell.lock().clone();
+        let st = self.cell.lock().snapshot();
         let d = PyDict::new(py);
         d.set_item("retry_count", st.retry_count)?;
         d.set_item("max_retries", st.max_retries)?;
@@ -829,7 +916,7 @@ impl Event {
             timestamp: self.timestamp.clone_ref(py),
             source: self.source.clone_ref(py),
             data: self.data.clone_ref(py),
-            meta: Arc::new(Mutex::new(self.meta.lock().clone())),
+            meta: Arc::new(Mutex::new(self.meta.lock().snapshot())),
             correlation_id: self.correlation_id.as_ref().map(|c| c.clone_ref(py)),
             priority: self.priority,
         }
@@ -906,21 +993,10 @@ impl EventLike for EventRef {
     }
 
     fn on_success(&self, consumer: &Arc<str>) {
-        let mut m = self.meta.lock();
-        m.failed.retain(|c| c != consumer);
-        if !m.processed.iter().any(|c| c == consumer) {
-            m.processed.push(consumer.clone());
-        }
-        if m.consumed_at.is_none() {
-            m.consumed_at = Some(Utc::now());
-        }
+        self.meta.lock().record_success(consumer);
     }
 
     fn on_failure(&self, consumer: &Arc<str>, error: &str) {
-        let mut m = self.meta.lock();
-        if !m.failed.iter().any(|c| c == consumer) {
-            m.failed.push(consumer.clone());
-        }
-        m.errors.push(format!("{consumer}: {error}"));
+        self.meta.lock().record_failure(consumer, error);
     }
 }
