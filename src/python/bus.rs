@@ -672,6 +672,14 @@ impl EventBus {
             if sink.wants_dead_letters() {
                 self.shared.dead_letter_sinks.write().push(sink.clone());
             }
+            // NOTE: items a sink accepted but could not deliver later (e.g. still
+            // buffered for Socket.IO at shutdown) reach the dead-letter sinks too.
+            let dl_sinks = self.shared.dead_letter_sinks.clone();
+            sink.set_dead_letter_hook(Arc::new(move |item, consumer, errors, attempts| {
+                for s in dl_sinks.read().iter() {
+                    s.on_dead_letter(item.clone(), consumer, errors, attempts);
+                }
+            }));
             let executor = Arc::new(SinkExecutor {
                 sink,
                 timeout: spec.timeout,

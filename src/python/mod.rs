@@ -71,5 +71,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<executor::JobSource>()?;
     m.add_class::<native::NativeConsumer>()?;
     m.add_class::<consumers::MetricsConsumer>()?;
+    m.add_class::<consumers::LoggingConsumer>()?;
+    m.add_class::<consumers::DeadLetterConsumer>()?;
+    m.add_class::<consumers::SocketIOConsumer>()?;
     Ok(())
 }

@@ -266,9 +266,16 @@ impl NativeConsumer {
         self.config.clone_ref(py)
     }
 
-    /// Nothing to prepare: the Rust side starts with the object.
+    /// Prepares the Rust side (e.g. creates the dead-letter directory); False on failure.
     fn initialize(&self, py: Python<'_>) -> Py<super::bus::Ready> {
-        super::bus::Ready::of_bool(py, true)
+        let ok = match self.sink.initialize() {
+            Ok(()) => true,
+            Err(e) => {
+                super::log_error(py, &e);
+                false
+            }
+        };
+        super::bus::Ready::of_bool(py, ok)
     }
 
     /// Handles one event directly (the bus does not call this: it runs the Rust sink).
