@@ -96,6 +96,9 @@ async def test_names_payloads_and_stop_flushes(server):
     for e in sent:
         assert await bus.publish(e)
     await bus.stop(timeout=10)  # stop() flushes the buffer before returning
+    # The server acked every event before stop() returned; its printed lines reach
+    # this process through a pipe, so wait for them to be read.
+    await server.wait_for(lambda: len(server.events()) >= len(sent))
     got = server.events()
     assert [g["event"] for g in got] == [
         "hook_event",
@@ -129,6 +132,7 @@ async def test_event_name_override_and_emit_per_batch(server):
     for i in range(3):
         await bus.publish(ev("hook.x", i))
     await bus.stop(timeout=10)
+    await server.wait_for(lambda: len(server.events()) >= 1)
     (got,) = server.events()
     assert got["event"] == "batch" and [p["data"]["i"] for p in got["data"]] == [0, 1, 2]
 
@@ -210,6 +214,7 @@ async def test_refused_auth_goes_to_dead_letters_at_stop(tmp_path):
         await bus.publish(e)
         await srv.wait_for(lambda: any("refused" in x for x in srv.lines))
         await bus.stop(timeout=10)
+        await srv.wait_for(lambda: len(srv.events()) >= 1)
         assert [g["data"]["id"] for g in srv.events()] == [e.id]  # only the good client
         m = bad.get_metrics()
         assert not m["connected"] and m["last_error"] and m["events_dead_lettered"] == 1

@@ -72,9 +72,9 @@ pub fn serialize(v: &EventView, consumer: Option<&str>, errors: &[String], attem
     json!({
         "id": &*v.id,
         "topic": &*v.topic,
-        "type": v.event_type,
+        "type": &*v.event_type,
         "timestamp": iso(&v.timestamp),
-        "source": v.source,
+        "source": &*v.source,
         "data": v.data.clone().unwrap_or(Value::Null),
         "correlation_id": v.correlation_id,
         "priority": priority_name(v.priority),
