@@ -389,12 +389,12 @@ impl<E: EventLike> Lane<E> {
         let closed = self.state.lock().closed;
         let now = Instant::now();
         let mut succeeded = 0u64;
+        let mut latencies = Vec::with_capacity(job.items.len());
         for (d, outcome) in job.items.iter().zip(outcomes) {
             match outcome {
                 Outcome::Success => {
                     succeeded += 1;
-                    self.stats
-                        .record_latency(now.saturating_duration_since(d.entry.accepted), 1);
+                    latencies.push(now.saturating_duration_since(d.entry.accepted));
                     d.entry.event.on_success(&self.config.name);
                     if let Some(s) = &shared {
                         s.finish_entry(&d.entry);
@@ -430,6 +430,7 @@ impl<E: EventLike> Lane<E> {
             }
         }
         self.stats.processed.fetch_add(succeeded, Ordering::Relaxed);
+        self.stats.record_latencies(&latencies);
         {
             let mut st = self.state.lock();
             if st.in_flight == Some(job.token) {

@@ -56,6 +56,17 @@ impl ConsumerStats {
         let _ = self.latency.lock().record_n(us, count);
     }
 
+    /// Records several delivery latencies under one lock.
+    pub fn record_latencies(&self, latencies: &[Duration]) {
+        if latencies.is_empty() {
+            return;
+        }
+        let mut h = self.latency.lock();
+        for l in latencies {
+            let _ = h.record((l.as_micros() as u64).clamp(1, 3_600_000_000));
+        }
+    }
+
     /// Copies the counters and percentiles.
     pub fn snapshot(&self) -> StatsSnapshot {
         let h = self.latency.lock();

@@ -30,6 +30,19 @@ class _Producer(IEventProducer):
         self.event_bus = event_bus
         self._source_name = source_name
         self._metrics: dict[str, int] = {"events_published": 0, "events_failed": 0}
+        # NOTE: with our own bus (and publish() not overridden by a subclass) the
+        # helpers publish synchronously, saving a coroutine per event.
+        fast = isinstance(event_bus, EventBus) and type(self).publish is _Producer.publish
+        self._nowait = event_bus.publish_nowait if fast else None  # type: ignore[attr-defined]
+
+    def _send_nowait(self, event: Event) -> bool:
+        try:
+            ok = self._nowait(event)  # type: ignore[misc]
+        except Exception as exc:
+            logger.error("Error publishing event from %s: %r", self._source_name, exc)
+            ok = False
+        self._metrics["events_published" if ok else "events_failed"] += 1
+        return ok
 
     @property
     def source_name(self) -> str:
@@ -75,14 +88,7 @@ class _Producer(IEventProducer):
         correlation_id: str | None = None,
     ) -> Event:
         return Event(
-            "",
-            topic,
-            type_,
-            None,
-            self._source_name,
-            data,
-            correlation_id=correlation_id,
-            priority=priority,
+            "", topic, type_, None, self._source_name, data, None, correlation_id, priority
         )
 
     def get_metrics(self) -> dict[str, Any]:
@@ -104,9 +110,12 @@ class HookEventProducer(_Producer):
         self, response_data: dict[str, Any], correlation_id: str | None = None
     ) -> bool:
         """``hook.response`` / ``AssistantResponse``, HIGH."""
-        return await self.publish(
-            self._event("hook.response", "AssistantResponse", response_data, _HIGH, correlation_id)
+        event = self._event(
+            "hook.response", "AssistantResponse", response_data, _HIGH, correlation_id
         )
+        if self._nowait is not None:
+            return self._send_nowait(event)
+        return await self.publish(event)
 
     async def publish_tool_use(
         self,
@@ -117,9 +126,10 @@ class HookEventProducer(_Producer):
     ) -> bool:
         """``hook.tool`` / ``ToolUse``, NORMAL, data ``{tool, params, result}``."""
         data = {"tool": tool_name, "params": tool_params, "result": tool_result}
-        return await self.publish(
-            self._event("hook.tool", "ToolUse", data, _NORMAL, correlation_id)
-        )
+        event = self._event("hook.tool", "ToolUse", data, _NORMAL, correlation_id)
+        if self._nowait is not None:
+            return self._send_nowait(event)
+        return await self.publish(event)
 
     async def publish_error(
         self,
@@ -130,9 +140,10 @@ class HookEventProducer(_Producer):
     ) -> bool:
         """``hook.error`` / ``Error``, CRITICAL, data ``{error_type, message, details}``."""
         data = {"error_type": error_type, "message": error_message, "details": error_details or {}}
-        return await self.publish(
-            self._event("hook.error", "Error", data, _CRITICAL, correlation_id)
-        )
+        event = self._event("hook.error", "Error", data, _CRITICAL, correlation_id)
+        if self._nowait is not None:
+            return self._send_nowait(event)
+        return await self.publish(event)
 
     async def publish_subagent_event(
         self,
@@ -143,15 +154,16 @@ class HookEventProducer(_Producer):
     ) -> bool:
         """``hook.subagent.<event_type lowercased>`` / ``Subagent<event_type>``, NORMAL."""
         data = {"subagent": subagent_name, **event_data}
-        return await self.publish(
-            self._event(
-                f"hook.subagent.{event_type.lower()}",
-                f"Subagent{event_type}",
-                data,
-                _NORMAL,
-                correlation_id,
-            )
+        event = self._event(
+            f"hook.subagent.{event_type.lower()}",
+            f"Subagent{event_type}",
+            data,
+            _NORMAL,
+            correlation_id,
         )
+        if self._nowait is not None:
+            return self._send_nowait(event)
+        return await self.publish(event)
 
     async def publish_raw_hook_event(
         self, hook_type: str, hook_data: dict[str, Any], correlation_id: str | None = None
@@ -174,9 +186,10 @@ class HookEventProducer(_Producer):
             priority = _HIGH
         else:
             priority = _NORMAL
-        return await self.publish(
-            self._event(topic, hook_type, hook_data, priority, correlation_id)
-        )
+        event = self._event(topic, hook_type, hook_data, priority, correlation_id)
+        if self._nowait is not None:
+            return self._send_nowait(event)
+        return await self.publish(event)
 
 
 class SystemEventProducer(_Producer):
@@ -190,18 +203,20 @@ class SystemEventProducer(_Producer):
     ) -> bool:
         """``system.lifecycle.startup`` / ``ServiceStartup``, HIGH."""
         data = {"service": service_name, "version": version, "config": config or {}}
-        return await self.publish(
-            self._event("system.lifecycle.startup", "ServiceStartup", data, _HIGH)
-        )
+        event = self._event("system.lifecycle.startup", "ServiceStartup", data, _HIGH)
+        if self._nowait is not None:
+            return self._send_nowait(event)
+        return await self.publish(event)
 
     async def publish_shutdown(
         self, service_name: str, reason: str = "normal", details: dict[str, Any] | None = None
     ) -> bool:
         """``system.lifecycle.shutdown`` / ``ServiceShutdown``, HIGH."""
         data = {"service": service_name, "reason": reason, "details": details or {}}
-        return await self.publish(
-            self._event("system.lifecycle.shutdown", "ServiceShutdown", data, _HIGH)
-        )
+        event = self._event("system.lifecycle.shutdown", "ServiceShutdown", data, _HIGH)
+        if self._nowait is not None:
+            return self._send_nowait(event)
+        return await self.publish(event)
 
     async def publish_health_status(
         self,
@@ -218,7 +233,10 @@ class SystemEventProducer(_Producer):
             "details": details or {},
         }
         priority = _NORMAL if status == "healthy" else _HIGH
-        return await self.publish(self._event("system.health", "HealthStatus", data, priority))
+        event = self._event("system.health", "HealthStatus", data, priority)
+        if self._nowait is not None:
+            return self._send_nowait(event)
+        return await self.publish(event)
 
     async def publish_config_change(
         self, service_name: str, config_key: str, old_value: Any, new_value: Any
@@ -230,14 +248,18 @@ class SystemEventProducer(_Producer):
             "old_value": old_value,
             "new_value": new_value,
         }
-        return await self.publish(self._event("system.config", "ConfigChange", data, _NORMAL))
+        event = self._event("system.config", "ConfigChange", data, _NORMAL)
+        if self._nowait is not None:
+            return self._send_nowait(event)
+        return await self.publish(event)
 
     async def publish_performance_metrics(self, service_name: str, metrics: dict[str, Any]) -> bool:
         """``system.performance`` / ``PerformanceMetrics``, LOW."""
         data = {"service": service_name, "metrics": metrics}
-        return await self.publish(
-            self._event("system.performance", "PerformanceMetrics", data, _LOW)
-        )
+        event = self._event("system.performance", "PerformanceMetrics", data, _LOW)
+        if self._nowait is not None:
+            return self._send_nowait(event)
+        return await self.publish(event)
 
     async def publish_error(
         self,
@@ -255,7 +277,10 @@ class SystemEventProducer(_Producer):
             "stacktrace": stacktrace,
             "context": context or {},
         }
-        return await self.publish(self._event("system.error", "SystemError", data, _CRITICAL))
+        event = self._event("system.error", "SystemError", data, _CRITICAL)
+        if self._nowait is not None:
+            return self._send_nowait(event)
+        return await self.publish(event)
 
     async def publish_warning(
         self,
@@ -271,4 +296,7 @@ class SystemEventProducer(_Producer):
             "message": message,
             "details": details or {},
         }
-        return await self.publish(self._event("system.warning", "SystemWarning", data, _HIGH))
+        event = self._event("system.warning", "SystemWarning", data, _HIGH)
+        if self._nowait is not None:
+            return self._send_nowait(event)
+        return await self.publish(event)

@@ -546,53 +546,61 @@ impl PyJob {
                 }
             }
         }
-        loop {
-            if this.job.is_finished() {
-                return Ok(None);
+        if this.job.is_finished() {
+            return Ok(None);
+        }
+        // NOTE: outcomes are collected here and recorded in one go (one lock per
+        // run instead of per event); they are flushed before anything that
+        // records on its own or leaves this function.
+        let base = this.job.recorded();
+        let n = this.job.items.len();
+        let mut pending: Vec<Outcome> = Vec::with_capacity(n.saturating_sub(base));
+        let flush = |pending: &mut Vec<Outcome>| {
+            if !pending.is_empty() {
+                this.job.record_all(std::mem::take(pending));
             }
-            let i = this.job.recorded();
-            if i >= this.job.items.len() {
+        };
+        let consume = this.consumer.consume.bind(py);
+        loop {
+            let i = base + pending.len();
+            if i >= n {
+                flush(&mut pending);
                 this.job.finish();
                 return Ok(None);
             }
-            let event = this.job.items[i]
-                .entry
-                .event
-                .event
-                .bind(py)
-                .clone()
-                .into_any();
+            let event = this.job.items[i].entry.event.event.bind(py).clone().into_any();
             let target = match this.prepare(py, event) {
                 Prepared::Filtered => {
-                    this.job.record(Outcome::Filtered);
+                    pending.push(Outcome::Filtered);
                     continue;
                 }
                 Prepared::Failed(e, msg) => {
+                    flush(&mut pending);
                     if let Some(aw) = this.fail(py, i, e, msg) {
                         return Ok(Some(aw));
                     }
-                    continue;
+                    return Self::step(slf, None);
                 }
                 Prepared::Ready(t) => t,
             };
-            match this
-                .consumer
-                .consume
-                .bind(py)
-                .call1((target,))
-                .map(|r| drive(py, r))
-            {
+            match consume.call1((target,)).map(|r| drive(py, r)) {
                 Err(e) | Ok(Ok(Driven::Raised(e))) => {
+                    flush(&mut pending);
                     let msg = format!("consume() raised {}", describe(py, &e));
                     if let Some(aw) = this.fail(py, i, e, msg) {
                         return Ok(Some(aw));
                     }
+                    return Self::step(slf, None);
                 }
-                Ok(Ok(Driven::Done(v))) => {
-                    this.job.record(interpret(&v, "consume()"));
+                Ok(Ok(Driven::Done(v))) => pending.push(interpret(&v, "consume()")),
+                Ok(Ok(Driven::Suspended(aw))) => {
+                    flush(&mut pending);
+                    return Ok(Some(aw));
                 }
-                Ok(Ok(Driven::Suspended(aw))) => return Ok(Some(aw)),
-                Ok(Err(e)) => return Err(e),
+                Ok(Err(e)) => {
+                    flush(&mut pending);
+                    return Err(e);
+                }
             }
         }
     }
