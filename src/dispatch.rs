@@ -508,6 +508,9 @@ pub struct EngineCounters {
     pub dead_letters_evicted: u64,
 }
 
+/// Deliveries bound for one lane.
+type LaneBatch<E> = (Arc<Lane<E>>, Vec<Delivery<E>>);
+
 type Listener<E> = Box<dyn Fn(&DeadLetter<E>) + Send + Sync>;
 
 /// Where events on one topic go, cached per topic until subscriptions change.
@@ -856,7 +859,7 @@ impl<E: EventLike> Engine<E> {
         let mut entries = 0usize;
         let mut refused = None;
         // Deliveries grouped by lane, in first-seen lane order.
-        let mut groups: Vec<(Arc<Lane<E>>, Vec<Delivery<E>>)> = Vec::new();
+        let mut groups: Vec<LaneBatch<E>> = Vec::new();
         let mut last_route: Option<Arc<Route<E>>> = None;
         let mut slots: Vec<usize> = Vec::new();
         for (event, route) in events {

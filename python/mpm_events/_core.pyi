@@ -16,6 +16,7 @@ Topic patterns (consumer ``topics`` and :meth:`Event.matches_topic`):
   as does an empty topic or an empty segment (``a..b``, ``.a``, ``a.``).
 """
 
+import asyncio
 import os
 import pathlib
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
@@ -76,14 +77,74 @@ class _Job:
     def abandon(self, reason: str) -> None:
         """Ends the job: every event without an outcome fails with ``reason``."""
 
+    # The worker thread of a plain-function consumer records outcomes one by one:
+    def events(self) -> list[Event]:
+        """The job's events, in delivery order."""
+
+    @property
+    def batch(self) -> bool:
+        """True when the job is one ``consume_batch`` call."""
+
+    @property
+    def finished(self) -> bool:
+        """True once the job is closed (for example abandoned after a timeout)."""
+
+    def record_filtered(self) -> None:
+        """The filter skipped the next event."""
+
+    def record_value(self, value: Any) -> None:
+        """The next event's ``consume()`` returned ``value`` (truthy = success)."""
+
+    def record_error(self, exc: BaseException, stage: str) -> None:
+        """``stage`` (``"consume()"``, ``"filter_func"``, ...) raised ``exc``."""
+
+    def record_failure(self, message: str) -> None:
+        """The next event failed with ``message``."""
+
+    def record_batch(
+        self, pre: list[str | None], result: Any, exc: BaseException | None = None
+    ) -> None:
+        """Closes a batch job: per event None (in the batch), ``"filtered"`` or a
+        failure message; then the batch call's result or exception."""
+
+    def finish(self) -> None:
+        """Closes the job; events without an outcome fail."""
+
+@final
+class _JobSource:
+    """Where a plain-function consumer's worker thread takes its jobs (private)."""
+
+    def next_job(self) -> _Job | None:
+        """The next job, waiting without the GIL; None once the consumer is gone."""
+
+    def close(self) -> None:
+        """Makes :meth:`next_job` return None (used at interpreter exit)."""
+
+    def callables(
+        self,
+    ) -> tuple[
+        Callable[..., Any],
+        Callable[..., Any] | None,
+        Callable[..., Any] | None,
+        Callable[..., Any] | None,
+        Callable[..., Any] | None,
+        float,
+    ]:
+        """``(consume, consume_batch, filter_func, transform_func, error_handler, timeout)``."""
+
+    def event_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop that started the bus, for awaitables a consumer returns."""
+
 @final
 class EventMetadata:
     """Processing metadata of an event, kept up to date by the bus.
 
-    The bus updates it from its own threads while consumers run; each getter returns
-    a snapshot. ``consumers_processed`` and ``consumers_failed`` return a *new*
-    ``set`` and ``error_messages`` a *new* ``list`` on every access, so mutating the
-    returned object does not change the metadata; assign to the attribute instead.
+    The bus updates it from its own threads while consumers run.
+    ``consumers_processed`` and ``consumers_failed`` are live ``set`` objects and
+    ``error_messages`` a live ``list``, as in the original's dataclass: the same
+    object is returned on each access, code may mutate it, and the bus's own later
+    changes are applied to it at the next access. (The Rust consumers read the
+    bus's record, which does not include changes user code made to these objects.)
 
     Attributes:
         retry_count: The highest retry number any consumer has reached for the event

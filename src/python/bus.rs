@@ -147,7 +147,7 @@ impl EventBus {
     fn check_event(&self, py: Python<'_>, owned: &Py<Event>, memo: &mut PrepMemo) -> PyResult<()> {
         let e = owned.borrow(py);
         let topic = e.topic.bind(py).to_cow()?;
-        if !memo.route.as_ref().is_some_and(|r| *r.topic == *topic) {
+        if memo.route.as_ref().is_none_or(|r| *r.topic != *topic) {
             memo.route = Some(
                 self.shared
                     .engine
