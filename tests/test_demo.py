@@ -1,45 +1,208 @@
-"""``python -m mpm_events demo`` runs, exits 0 and shows retries ending in dead letters."""
+"""``python -m mpm_events demo``: the built-in consumers working together, end to end.
+
+Each test runs the demo in a subprocess with a timeout and checks its summary
+against what it left on disk (dead-letter files, events.log) or what a real
+python-socketio server received. Nothing sleeps and hopes: the server's output
+is awaited with a deadline.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import pty
 import re
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
 
 import mpm_events
 
+SERVER = Path(__file__).parent / "helpers" / "sio_server.py"
 
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
+
+def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mpm_events", *args],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
     )
 
 
-def _count(label: str, text: str) -> int:
-    m = re.search(rf"^{label}: (\d+)$", text, re.MULTILINE)
-    assert m, f"no {label!r} line in:\n{text}"
+def _int(pattern: str, text: str) -> int:
+    m = re.search(pattern, text, re.MULTILINE)
+    assert m, f"no {pattern!r} in:\n{text}"
     return int(m.group(1))
 
 
-def test_demo_shows_retries_and_dead_letters() -> None:
-    proc = _run("demo", "--events", "200", "--seed", "3")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = proc.stdout
-    assert "events: 200 published" in out
-    assert _count("retries", out) > 0
-    assert _count("dead letters", out) > 0
-    # every consumer row is there, and the flaky one dead-lettered something
-    row = re.search(r"^flaky-webhook\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", out, re.MULTILINE)
-    assert row, out
-    _processed, failed, retried, dead = map(int, row.groups())
-    assert dead == _count("dead letters", out)
+def _row(name: str, text: str) -> tuple[int, int, int, int]:
+    m = re.search(rf"^{name}\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s", text, re.MULTILINE)
+    assert m, f"no row for {name} in:\n{text}"
+    processed, failed, retried, dead = map(int, m.groups())
+    return processed, failed, retried, dead
+
+
+def _dead_letter_lines(out_dir: Path) -> list[dict[str, Any]]:
+    lines: list[dict[str, Any]] = []
+    for f in sorted(out_dir.glob("dead-letter-*.jsonl")):
+        lines += [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+    return lines
+
+
+def _check_summary(out: str, out_dir: Path) -> int:
+    """The checks every run must pass; returns how many events were published."""
+    published = _int(r"^events: (\d+) published", out)
+    # the metrics consumer saw every event, and so did the bus's count of it
+    seen = re.search(r"^metrics consumer saw: (\d+) of (\d+) events$", out, re.MULTILINE)
+    assert seen, out
+    assert int(seen.group(1)) == int(seen.group(2)) == published
+    assert _row("MetricsConsumer", out)[0] == published
+    assert _row("LoggingConsumer", out)[0] == published
+    # dead letters: the count in the summary is the number of lines in the files
+    lines = _dead_letter_lines(out_dir)
+    dead = _int(r"^dead letters: (\d+)", out)
+    assert dead > 0 and dead == len(lines)
+    for f in out_dir.glob("dead-letter-*.jsonl"):
+        n = len([x for x in f.read_text().splitlines() if x.strip()])
+        assert f"  {f.name}: {n} lines" in out
+    # they all come from the flaky consumer, after its 1 + 3 attempts
+    assert {x["dead_letter"]["consumer"] for x in lines} == {"flaky-webhook"}
+    assert all(x["dead_letter"]["attempts"] == 4 for x in lines)
+    _processed, failed, retried, flaky_dead = _row("flaky-webhook", out)
+    assert flaky_dead == dead
     assert failed == retried + dead
+    assert _int(r"^retries: (\d+)$", out) >= retried > 0
     assert re.search(r"after 4 attempts \(waits between attempts: \d+ ms, \d+ ms, \d+ ms\)", out)
-    for name in ("transcript", "tool-audit", "batch-counter", "subagents"):
-        assert re.search(rf"^{name}\s+\d+\s+0\s+0\s+0", out, re.MULTILINE), out
+    # the other consumers had nothing to retry
+    for name in ("DeadLetterConsumer", "tool-audit", "batch-counter", "subagents"):
+        assert _row(name, out)[1:] == (0, 0, 0), out
+    assert re.search(r"^top events: hook\.tool:ToolUse \d+", out, re.MULTILINE), out
+    assert re.search(r"latency publish -> metrics consumer: p50 [\d.]+ ms", out), out
+    # the LoggingConsumer wrote to the file, not to the terminal
+    log = (out_dir / "events.log").read_text().splitlines()
+    assert _int(r"^log: (\d+) events logged", out) == published
+    assert sum("[hook.tool] ToolUse" in x for x in log) > 0
+    assert f"output dir: {out_dir}" in out
+    return published
+
+
+def test_default_demo_consumers_together(tmp_path: Path) -> None:
+    began = time.monotonic()
+    proc = _run("demo", "--output-dir", str(tmp_path))
+    took = time.monotonic() - began
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    out = proc.stdout
+    assert _check_summary(out, tmp_path) == 3000
+    # stdout is not a terminal: a few plain progress lines, no carriage returns
+    progress = [x for x in out.splitlines() if x.startswith("progress: ")]
+    assert 2 <= len(progress) <= 15, out
+    assert "\r" not in out
+    assert took < 20, f"the default demo took {took:.1f} s"
+
+
+def test_demo_forwards_to_socketio_dashboard(tmp_path: Path) -> None:
+    server = subprocess.Popen(
+        [sys.executable, str(SERVER), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    received: list[dict[str, Any]] = []
+    changed = threading.Condition()
+
+    def read() -> None:
+        assert server.stdout is not None
+        for line in server.stdout:
+            with changed:
+                received.append(json.loads(line))
+                changed.notify_all()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        with changed:
+            assert changed.wait_for(lambda: bool(received), timeout=10), "server did not start"
+        port = received[0]["port"]
+        url = f"http://127.0.0.1:{port}"
+        proc = _run(
+            "demo",
+            "--events",
+            "400",
+            "--rate",
+            "0",
+            "--output-dir",
+            str(tmp_path),
+            "--socketio",
+            url,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        out = proc.stdout
+        published = _check_summary(out, tmp_path)
+        assert published == 400
+        assert _row("SocketIOConsumer", out)[0] == published
+
+        def ids() -> set[str]:
+            return {x["data"]["id"] for x in received if x.get("event") == "claude_event"}
+
+        with changed:
+            assert changed.wait_for(lambda: len(ids()) == published, timeout=10), (
+                f"server got {len(ids())} of {published}"
+            )
+        events = [x for x in received if "event" in x]
+        assert {x["event"] for x in events} == {"claude_event"}
+        assert {x["data"]["topic"] for x in events} >= {"hook.tool", "hook.response", "hook.error"}
+        emitted = _int(rf"^socket\.io {re.escape(url)}: (\d+) emitted", out)
+        assert emitted >= published
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_progress_refreshes_in_place_on_a_terminal(tmp_path: Path) -> None:
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mpm_events",
+            "demo",
+            "--events",
+            "600",
+            "--rate",
+            "600",
+            "--output-dir",
+            str(tmp_path),
+        ],
+        stdout=secondary,
+        stderr=subprocess.PIPE,
+    )
+    os.close(secondary)
+    chunks = []
+    try:
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        os.close(primary)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = b"".join(chunks).decode().replace("\r\n", "\n")
+    # several refreshes of one line, then the summary on lines of its own
+    assert out.count("\r") >= 3, out
+    assert "progress: " not in out
+    assert _check_summary(out, tmp_path) == 600
 
 
 def test_version() -> None:

@@ -21,17 +21,31 @@ def main(argv: list[str] | None = None) -> int:
         help="simulate a Claude session's hook stream through the bus",
         description=(
             "Simulates a Claude session's hook stream (responses, tool uses, subagents, "
-            "an error) through the bus into Python consumers, one of them flaky, and "
-            "prints a summary: per-consumer counts, retries, dead letters, rate."
+            "errors) through the bus into the built-in LoggingConsumer (to events.log in "
+            "the output dir), MetricsConsumer and DeadLetterConsumer, and Python consumers, "
+            "one of them flaky: its retries end in dead-letter files. Shows a live progress "
+            "line, then a summary."
         ),
     )
-    demo.add_argument("--events", type=int, default=2000, help="events to publish (2000)")
+    demo.add_argument("--events", type=int, default=3000, help="events to publish (3000)")
     demo.add_argument("--seed", type=int, default=7, help="random seed of the session (7)")
+    demo.add_argument(
+        "--rate",
+        type=float,
+        default=1000.0,
+        help="events per second to publish (1000); 0 publishes as fast as possible",
+    )
+    demo.add_argument(
+        "--output-dir",
+        metavar="DIR",
+        default=None,
+        help="where dead-letter files and events.log go (default: a fresh temp dir)",
+    )
     demo.add_argument(
         "--socketio",
         metavar="URL",
         default=None,
-        help="also forward to a Socket.IO dashboard (needs the built-in SocketIOConsumer)",
+        help="also forward every event to a Socket.IO dashboard, e.g. http://127.0.0.1:8765",
     )
     args = parser.parse_args(argv)
     if args.command != "demo":
@@ -39,10 +53,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.events < 1:
         parser.error("--events must be at least 1")
+    if args.rate < 0:
+        parser.error("--rate must not be negative")
 
     from mpm_events._demo import run
 
-    return run(events=args.events, seed=args.seed, socketio_url=args.socketio)
+    return run(
+        events=args.events,
+        seed=args.seed,
+        socketio_url=args.socketio,
+        rate=args.rate,
+        output_dir=args.output_dir,
+    )
 
 
 if __name__ == "__main__":

@@ -1,33 +1,54 @@
 """The demo behind ``python -m mpm_events demo`` (private).
 
-A simulated Claude session publishes its hook stream through the package's own
-producers into a few Python consumers: an async transcript, a sync (worker-thread)
-tool audit, a batching counter, a subagent tracker and a flaky webhook forwarder
-whose failures are retried with backoff and, for some events, end in the
-dead-letter queue. Built-in consumers (``MetricsConsumer``, ``LoggingConsumer``,
-``DeadLetterConsumer``, ``SocketIOConsumer``) are added when the package provides
-them (see :func:`_builtin_consumers`).
+A simulated Claude session publishes its hook stream (responses, tool uses,
+subagent start/stop, errors) through the package's own producers, paced so the
+run lasts a few seconds, into the built-in Rust consumers working together with
+Python ones:
+
+* ``LoggingConsumer`` logs every event to ``<output dir>/events.log`` (the
+  loggers ``mpm_events.events`` and ``mpm_events.metrics`` get a file handler and
+  do not propagate), so the terminal only shows the progress line and the summary;
+* ``MetricsConsumer`` counts topics and types, rates and latency percentiles;
+* ``flaky-webhook``, a Python consumer with retries and exponential backoff, some
+  of whose events exhaust their retries and land, through the bus's dead-letter
+  queue, in the ``DeadLetterConsumer``'s JSON-lines files in the output dir;
+* ``SocketIOConsumer`` forwards everything to a dashboard with ``--socketio URL``;
+* ``tool-audit`` (a sync ``consume`` on a worker thread), ``batch-counter``
+  (``consume_batch``) and ``subagents`` (a pattern subscription) show the Python
+  consumer kinds.
+
+While it runs, a progress line (events/s, queue depth, retries, dead letters) is
+refreshed in place when stdout is a terminal, or printed about once a second
+otherwise; a summary table follows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import logging
 import random
+import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import mpm_events
 from mpm_events import (
     ConsumerConfig,
     ConsumerPriority,
+    DeadLetterConsumer,
     Event,
     EventBus,
     HookEventProducer,
     IEventConsumer,
+    LoggingConsumer,
+    MetricsConsumer,
+    SocketIOConsumer,
     SystemEventProducer,
 )
 
@@ -65,19 +86,6 @@ class _Consumer(IEventConsumer):
 
     def get_metrics(self) -> dict[str, Any]:
         return {"handled": self.handled}
-
-
-class Transcript(_Consumer):
-    """Async consumer of every hook event, counting by topic."""
-
-    def __init__(self) -> None:
-        super().__init__(ConsumerConfig("transcript", topics=["hook.**"]))
-        self.by_topic: Counter[str] = Counter()
-
-    async def consume(self, event: Event) -> bool:
-        self.handled += 1
-        self.by_topic[event.topic] += 1
-        return True
 
 
 class ToolAudit(_Consumer):
@@ -179,114 +187,227 @@ class FlakyWebhook(_Consumer):
         return True
 
 
-def _builtin_consumers(socketio_url: str | None, dead_letter_dir: Path) -> list[Any]:
-    """The package's built-in consumers, when it has them (issue 3).
+@dataclass
+class _Progress:
+    """What the session has published so far (read by the progress display)."""
 
-    Each is optional: a missing class is skipped, so this demo runs before and after
-    they land.
-    """
-    found: list[Any] = []
-    if hasattr(mpm_events, "MetricsConsumer"):
-        found.append(mpm_events.MetricsConsumer(report_interval=3600.0))
-    if hasattr(mpm_events, "LoggingConsumer"):
-        # NOTE: logs to "mpm_events.events", silent unless the application configures logging.
-        found.append(mpm_events.LoggingConsumer(topics=["hook.**"]))
-    if hasattr(mpm_events, "DeadLetterConsumer"):
-        found.append(mpm_events.DeadLetterConsumer(output_dir=dead_letter_dir))
-    if socketio_url is not None:
-        if hasattr(mpm_events, "SocketIOConsumer"):
-            found.append(mpm_events.SocketIOConsumer(url=socketio_url))
-        else:
-            print(f"note: --socketio {socketio_url} ignored: no SocketIOConsumer in this build")
-    return found
+    total: int
+    sent: int = 0
+    accepted: int = 0
+    began: float = field(default_factory=time.perf_counter)
 
 
-async def _session(hook: HookEventProducer, system: SystemEventProducer, n: int, seed: int) -> int:
-    """Publishes about ``n`` events of a plausible session; returns how many were accepted."""
+async def _session(
+    hook: HookEventProducer, system: SystemEventProducer, seed: int, rate: float, p: _Progress
+) -> None:
+    """Publishes ``p.total`` events of a plausible session at about ``rate`` events/s
+    (0: as fast as the bus takes them), counting them in ``p``."""
+    n = p.total
     rng = random.Random(seed)
-    accepted = 0
-    sent = 0
 
     async def emit(ok: Any) -> None:
-        nonlocal accepted, sent
-        accepted += bool(await ok)
-        sent += 1
+        p.accepted += bool(await ok)
+        p.sent += 1
+        if rate > 0 and p.sent % 20 == 0:
+            # NOTE: pacing only, so the session looks like one and the progress line moves.
+            ahead = p.began + p.sent / rate - time.perf_counter()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
 
     await emit(system.publish_startup("claude-mpm", mpm_events.__version__, {"demo": True}))
-    error_at = max(2, n // 2)
+    errors_every = max(2, n // 4)
+    next_error = errors_every
     turn = 0
-    while sent < n - 1:
+    while p.sent < n - 1:
         turn += 1
         cid = f"turn-{turn}"
         agent = rng.choice(AGENTS) if rng.random() < 0.3 else None
         if agent is not None:
             await emit(hook.publish_subagent_event(agent, "Start", {"task": f"t{turn}"}, cid))
         for _ in range(rng.randint(1, 6)):
-            if sent >= n - 2:
+            if p.sent >= n - 2:
                 break
             tool = rng.choice(TOOLS)
             await emit(hook.publish_tool_use(tool, {"arg": rng.randint(0, 999)}, "ok", cid))
-            if sent >= error_at and error_at > 0:
-                error_at = -1
+            if p.sent >= next_error and p.sent < n - 1:
+                next_error += errors_every
                 await emit(hook.publish_error("ToolError", f"{tool} failed", {"turn": turn}, cid))
-        if agent is not None and sent < n - 1:
+        if agent is not None and p.sent < n - 1:
             await emit(hook.publish_subagent_event(agent, "Stop", {"status": "done"}, cid))
-        if sent < n - 1:
+        if p.sent < n - 1:
             await emit(hook.publish_response({"content": f"answer {turn}", "model": "claude"}, cid))
-        if turn % 25 == 0 and sent < n - 1:
+        if turn % 25 == 0 and p.sent < n - 1:
             await emit(system.publish_health_status("hook-handler", "healthy", {"bus": True}))
     await emit(system.publish_shutdown("claude-mpm"))
-    return accepted
+
+
+def _progress_line(
+    bus: EventBus, metrics: MetricsConsumer, dlc: DeadLetterConsumer, p: _Progress
+) -> str:
+    bus_m = bus.get_metrics()
+    retries = sum(s["retried"] for s in bus_m["consumer_stats"].values())
+    return (
+        f"{p.sent:>6}/{p.total} events  {metrics.get_metrics()['events_per_second']:>7,.0f} ev/s  "
+        f"queue {bus_m['queue_size']:>4}  retries {retries:>4}  "
+        f"dead letters {bus_m['dead_letter_queue_size']:>3} (on disk "
+        f"{dlc.get_metrics()['events_stored']})"
+    )
+
+
+async def _show_progress(
+    bus: EventBus,
+    metrics: MetricsConsumer,
+    dlc: DeadLetterConsumer,
+    p: _Progress,
+    done: asyncio.Event,
+    out: TextIO,
+) -> None:
+    """Until ``done``: one line refreshed in place on a terminal, else a line a second."""
+    tty = out.isatty()
+    interval = 0.1 if tty else 1.0
+    width = 0
+    while True:
+        finished = done.is_set()
+        line = _progress_line(bus, metrics, dlc, p)
+        if tty:
+            width = max(width, len(line))
+            out.write("\r" + line.ljust(width) + ("\n" if finished else ""))
+        else:
+            out.write(f"progress: {line}\n")
+        out.flush()
+        if finished:
+            return
+        try:
+            await asyncio.wait_for(done.wait(), interval)
+        except TimeoutError:
+            pass
 
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
 
 
-async def _main(events: int, seed: int, socketio_url: str | None) -> int:
+def _log_to(path: Path) -> logging.Handler:
+    """Sends the LoggingConsumer's and MetricsConsumer's records to ``path`` only."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    loggers = [logging.getLogger("mpm_events.events"), logging.getLogger("mpm_events.metrics")]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return handler
+
+
+def _read_dead_letters(files: list[Path]) -> list[tuple[Path, list[dict[str, Any]]]]:
+    out = []
+    for f in files:
+        lines = [json.loads(x) for x in f.read_text(encoding="utf-8").splitlines() if x.strip()]
+        out.append((f, lines))
+    return out
+
+
+async def _main(
+    events: int, seed: int, rate: float, output_dir: Path, socketio_url: str | None
+) -> int:
+    log_path = output_dir / "events.log"
+    log_handler = _log_to(log_path)
+    print(
+        f"mpm-events {mpm_events.__version__} demo: a simulated Claude session "
+        f"(seed {seed}, {events} events" + (f" at {rate:,.0f}/s)" if rate > 0 else ", unpaced)"),
+        flush=True,
+    )
     bus = EventBus()
     await bus.start()
-    transcript, audit, batches = Transcript(), ToolAudit(), BatchCounter()
-    subagents, flaky = SubagentTracker(), FlakyWebhook(seed)
-    with tempfile.TemporaryDirectory(prefix="mpm-events-demo-") as tmp:
-        extra = _builtin_consumers(socketio_url, Path(tmp))
+    dlc = DeadLetterConsumer(output_dir=output_dir)
+    logger = LoggingConsumer(include_data=False)
+    metrics = MetricsConsumer(window_size=2, report_interval=0)
+    audit, batches, subagents = ToolAudit(), BatchCounter(), SubagentTracker()
+    flaky = FlakyWebhook(seed)
+    sio = None
+    if socketio_url is not None:
+        sio = SocketIOConsumer(
+            url=socketio_url,
+            event_name="claude_event",
+            reconnect_delay=0.2,
+            max_reconnect_delay=1.0,
+            flush_timeout=2.0,
+        )
+    consumers: list[Any] = [dlc, logger, metrics, flaky, audit, batches, subagents]
+    if sio is not None:
+        consumers.append(sio)
+    p = _Progress(events)
+    done = asyncio.Event()
+    stopped_in = 0.0
+    try:
+        for consumer in consumers:
+            if not await bus.subscribe(consumer):
+                print(f"note: could not subscribe {consumer.config.name}")
+        hook, system = HookEventProducer(bus), SystemEventProducer(bus, "demo")
+        display = asyncio.create_task(_show_progress(bus, metrics, dlc, p, done, sys.stdout))
+        p.began = time.perf_counter()
         try:
-            for consumer in [transcript, audit, batches, subagents, flaky, *extra]:
-                if not await bus.subscribe(consumer):
-                    print(f"note: could not subscribe {consumer.config.name}")
-            hook, system = HookEventProducer(bus), SystemEventProducer(bus, "demo")
-            began = time.perf_counter()
-            accepted = await _session(hook, system, events, seed)
-            published_in = time.perf_counter() - began
-            await bus.join(timeout=30)
-            elapsed = time.perf_counter() - began
-            metrics = bus.get_metrics()
-            dead = bus.get_dead_letters()
+            await _session(hook, system, seed, rate, p)
+            published_in = time.perf_counter() - p.began
+            handled = await bus.join(timeout=30)
+            elapsed = time.perf_counter() - p.began
         finally:
-            await bus.stop(timeout=10)
+            done.set()
+            await display
+        bus_m = bus.get_metrics()
+        dead = bus.get_dead_letters()
+    finally:
+        t = time.perf_counter()
+        await bus.stop(timeout=10)
+        stopped_in = time.perf_counter() - t
+        for name in ("mpm_events.events", "mpm_events.metrics"):
+            logging.getLogger(name).removeHandler(log_handler)
+        log_handler.close()
+    # NOTE: read after stop: a Socket.IO consumer hands what it could not deliver to the
+    # DeadLetterConsumer while it shuts down.
+    m = metrics.get_metrics()
+    dl_files = _read_dead_letters(dlc.files())
+    on_disk = sum(len(lines) for _, lines in dl_files)
 
-    stats = metrics["consumer_stats"]
-    retries = sum(s["retried"] for s in stats.values())
-    print(f"mpm-events {mpm_events.__version__} demo: a simulated Claude session (seed {seed})")
+    print()
     print(
-        f"events: {accepted} published in {_ms(published_in)}, all handled in {_ms(elapsed)} "
-        f"({accepted / elapsed:,.0f} events/s end to end)"
+        f"events: {p.accepted} published in {_ms(published_in)}, "
+        f"{'all' if handled else 'NOT all'} handled in {_ms(elapsed)} "
+        f"({p.accepted / elapsed:,.0f} events/s end to end; peak {m['peak_rate']:,.0f}/s)"
+    )
+    print(f"bus: {bus_m['events_dropped']} dropped, stopped in {_ms(stopped_in)}")
+    print(f"metrics consumer saw: {m['total_events']} of {p.accepted} events")
+    print(
+        f"latency publish -> metrics consumer: p50 {m['latency_p50_ms']:.2f} ms, "
+        f"p95 {m['latency_p95_ms']:.2f} ms, p99 {m['latency_p99_ms']:.2f} ms"
     )
     print()
-    header = f"{'consumer':<18}{'processed':>10}{'failed':>8}{'retried':>9}{'dead':>6}"
+    header = f"{'consumer':<20}{'processed':>10}{'failed':>8}{'retried':>9}{'dead':>6}"
     print(header + f"{'p50 ms':>9}{'p99 ms':>9}")
+    stats = bus_m["consumer_stats"]
     for name, s in stats.items():
         print(
-            f"{name:<18}{s['processed']:>10}{s['failed']:>8}{s['retried']:>9}"
+            f"{name:<20}{s['processed']:>10}{s['failed']:>8}{s['retried']:>9}"
             f"{s['dead_lettered']:>6}{s['latency_p50_ms']:>9.2f}{s['latency_p99_ms']:>9.2f}"
         )
     print()
-    print(f"topics seen by transcript: {dict(sorted(transcript.by_topic.items()))}")
-    print(f"tool uses (sync consumer on its worker thread): {dict(audit.tools.most_common())}")
-    print(f"batch-counter: {batches.handled} events in {batches.batches} batches")
-    print(f"subagents started: {subagents.started}, still running: {sorted(subagents.active)}")
-    print(f"retries: {retries}")
-    print(f"dead letters: {len(dead)}")
+    top = ", ".join(f"{k} {v}" for k, v in m["top_events"].items())
+    print(f"top events: {top}")
+    print(f"events the metrics consumer saw already failed, by consumer: {m['error_counts']}")
+    print(
+        f"python consumers: tool-audit saw {sum(audit.tools.values())} tool uses "
+        f"(sync, on its worker thread); batch-counter {batches.handled} events in "
+        f"{batches.batches} batches; {subagents.started} subagents started"
+    )
+    print(f"retries: {sum(s['retried'] for s in stats.values())}")
+    print(
+        f"dead letters: {on_disk} (lines in the DeadLetterConsumer's files; "
+        f"bus dead-letter queue {len(dead)}, stored {dlc.get_metrics()['events_stored']})"
+    )
+    for f, lines in dl_files:
+        by_consumer = Counter(str(x["dead_letter"]["consumer"]) for x in lines)
+        by = ", ".join(f"{c} {n}" for c, n in by_consumer.most_common())
+        print(f"  {f.name}: {len(lines)} lines ({by or 'empty'})")
     if dead:
         first = dead[0]
         times = flaky.attempts.get(first["event"].id, [])
@@ -296,10 +417,28 @@ async def _main(events: int, seed: int, socketio_url: str | None) -> int:
             f"{len(times)} attempts (waits between attempts: {waits}); "
             f"last error: {first['errors'][-1]}"
         )
-    print(f"bus: {metrics['events_published']} published, {metrics['events_dropped']} dropped")
+    lg = logger.get_metrics()
+    print(f"log: {lg.get('events_logged', '?')} events logged by LoggingConsumer to {log_path}")
+    if sio is not None:
+        sm = sio.get_metrics()
+        print(
+            f"socket.io {socketio_url}: {sm['events_emitted']} emitted, {sm['events_failed']} "
+            f"failed, {sm['events_dead_lettered']} dead-lettered, "
+            f"{sm['reconnections']} reconnections, emit p50 {sm['emit_latency_p50_ms']:.2f} ms"
+            + (f", last error: {sm['last_error']}" if sm.get("last_error") else "")
+        )
+    print(f"output dir: {output_dir}")
     return 0
 
 
-def run(events: int = 2000, seed: int = 7, socketio_url: str | None = None) -> int:
+def run(
+    events: int = 3000,
+    seed: int = 7,
+    socketio_url: str | None = None,
+    rate: float = 1000.0,
+    output_dir: str | Path | None = None,
+) -> int:
     """Runs the demo; returns the exit status."""
-    return asyncio.run(_main(events, seed, socketio_url))
+    out = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="mpm-events-demo-"))
+    out.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(_main(events, seed, rate, out, socketio_url))
