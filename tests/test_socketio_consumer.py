@@ -159,7 +159,13 @@ async def test_server_restart_mid_stream_loses_nothing(server):
     restarted = await Server(port=server.port).start()
     try:
         await bus.stop(timeout=10)
-        got = [g["data"]["id"] for g in server.events() + restarted.events()]
+
+        def received() -> list[str]:
+            return [g["data"]["id"] for g in server.events() + restarted.events()]
+
+        # Acked before stop() returned; the server's printed lines come through a pipe.
+        await restarted.wait_for(lambda: set(received()) >= set(ids))
+        got = received()
         assert set(got) == set(ids)  # at least once
         dups = len(got) - len(set(got))
         m = c.get_metrics()
