@@ -10,10 +10,32 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from mpm_events._core import Event, EventBus
+from mpm_events._core import Event, EventBus, HookEventProducer
 from mpm_events.interfaces import EventPriority, IEventBus, IEventProducer
 
 __all__ = ["HookEventProducer", "SystemEventProducer"]
+
+# NOTE: HookEventProducer is compiled (it is the hook handler's hot path); these
+# two coroutines are its path to buses other than ours.
+
+
+async def _publish_via_bus(producer: HookEventProducer, event: Event) -> bool:
+    try:
+        ok = bool(await producer.event_bus.publish(event))
+    except Exception as exc:
+        logger.error("Error publishing hook event: %r", exc)
+        ok = False
+    producer._count(int(ok), int(not ok), 0)
+    return ok
+
+
+async def _publish_batch(producer: HookEventProducer, events: list[Event]) -> int:
+    accepted = 0
+    for event in events:
+        accepted += bool(await producer.publish(event))
+    producer._count(0, 0, 1)
+    return accepted
+
 
 logger = logging.getLogger("mpm_events")
 
@@ -94,102 +116,6 @@ class _Producer(IEventProducer):
     def get_metrics(self) -> dict[str, Any]:
         """Counts of events published and refused."""
         return self._metrics
-
-
-class HookEventProducer(_Producer):
-    """Publishes hook-system events (source ``hook_handler``)."""
-
-    def __init__(self, event_bus: IEventBus) -> None:
-        super().__init__(event_bus, "hook_handler")
-        self._metrics["batch_published"] = 0
-
-    def _after_batch(self) -> None:
-        self._metrics["batch_published"] += 1
-
-    async def publish_response(
-        self, response_data: dict[str, Any], correlation_id: str | None = None
-    ) -> bool:
-        """``hook.response`` / ``AssistantResponse``, HIGH."""
-        event = self._event(
-            "hook.response", "AssistantResponse", response_data, _HIGH, correlation_id
-        )
-        if self._nowait is not None:
-            return self._send_nowait(event)
-        return await self.publish(event)
-
-    async def publish_tool_use(
-        self,
-        tool_name: str,
-        tool_params: dict[str, Any],
-        tool_result: Any | None = None,
-        correlation_id: str | None = None,
-    ) -> bool:
-        """``hook.tool`` / ``ToolUse``, NORMAL, data ``{tool, params, result}``."""
-        data = {"tool": tool_name, "params": tool_params, "result": tool_result}
-        event = self._event("hook.tool", "ToolUse", data, _NORMAL, correlation_id)
-        if self._nowait is not None:
-            return self._send_nowait(event)
-        return await self.publish(event)
-
-    async def publish_error(
-        self,
-        error_type: str,
-        error_message: str,
-        error_details: dict[str, Any] | None = None,
-        correlation_id: str | None = None,
-    ) -> bool:
-        """``hook.error`` / ``Error``, CRITICAL, data ``{error_type, message, details}``."""
-        data = {"error_type": error_type, "message": error_message, "details": error_details or {}}
-        event = self._event("hook.error", "Error", data, _CRITICAL, correlation_id)
-        if self._nowait is not None:
-            return self._send_nowait(event)
-        return await self.publish(event)
-
-    async def publish_subagent_event(
-        self,
-        subagent_name: str,
-        event_type: str,
-        event_data: dict[str, Any],
-        correlation_id: str | None = None,
-    ) -> bool:
-        """``hook.subagent.<event_type lowercased>`` / ``Subagent<event_type>``, NORMAL."""
-        data = {"subagent": subagent_name, **event_data}
-        event = self._event(
-            f"hook.subagent.{event_type.lower()}",
-            f"Subagent{event_type}",
-            data,
-            _NORMAL,
-            correlation_id,
-        )
-        if self._nowait is not None:
-            return self._send_nowait(event)
-        return await self.publish(event)
-
-    async def publish_raw_hook_event(
-        self, hook_type: str, hook_data: dict[str, Any], correlation_id: str | None = None
-    ) -> bool:
-        """A hook event whose topic and priority follow the words in ``hook_type``."""
-        kind = hook_type.lower()
-        if "response" in kind:
-            topic = "hook.response"
-        elif "tool" in kind:
-            topic = "hook.tool"
-        elif "error" in kind:
-            topic = "hook.error"
-        elif "subagent" in kind:
-            topic = "hook.subagent"
-        else:
-            topic = "hook.generic"
-        if "error" in kind or "critical" in kind:
-            priority = _CRITICAL
-        elif "response" in kind:
-            priority = _HIGH
-        else:
-            priority = _NORMAL
-        event = self._event(topic, hook_type, hook_data, priority, correlation_id)
-        if self._nowait is not None:
-            return self._send_nowait(event)
-        return await self.publish(event)
 
 
 class SystemEventProducer(_Producer):

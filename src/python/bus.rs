@@ -193,7 +193,7 @@ impl EventBus {
         Ok((eref, route))
     }
 
-    fn accept(&self, event: &Bound<'_, PyAny>) -> PyResult<Result<(), Rejected>> {
+    pub(crate) fn accept(&self, event: &Bound<'_, PyAny>) -> PyResult<Result<(), Rejected>> {
         let py = event.py();
         let owned: Py<Event> = match event.cast::<Event>() {
             Ok(e) => e.clone().unbind(),

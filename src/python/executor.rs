@@ -568,7 +568,13 @@ impl PyJob {
                 this.job.finish();
                 return Ok(None);
             }
-            let event = this.job.items[i].entry.event.event.bind(py).clone().into_any();
+            let event = this.job.items[i]
+                .entry
+                .event
+                .event
+                .bind(py)
+                .clone()
+                .into_any();
             let target = match this.prepare(py, event) {
                 Prepared::Filtered => {
                     pending.push(Outcome::Filtered);

@@ -16,6 +16,7 @@ mod errors;
 mod event;
 mod executor;
 mod native;
+mod producer;
 
 static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -71,6 +72,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<executor::JobSource>()?;
     m.add_class::<native::NativeConsumer>()?;
     m.add_class::<consumers::MetricsConsumer>()?;
+    m.add_class::<producer::HookEventProducer>()?;
     m.add_class::<consumers::LoggingConsumer>()?;
     m.add_class::<consumers::DeadLetterConsumer>()?;
     m.add_class::<consumers::SocketIOConsumer>()?;

@@ -1,0 +1,326 @@
+//! `HookEventProducer` in Rust: the hook handler's hot path.
+//!
+//! Hook handlers publish an event per tool use; building the event and handing
+//! it to our bus here costs no coroutine, no Python frame and no Python-level
+//! dict of metrics per event. With any other bus (a test double, the original's
+//! bus) the producer awaits that bus's `publish()` like the original does.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyString, PyType};
+
+use super::bus::{EventBus, Ready};
+use super::event::Event;
+
+static SLOW_PUBLISH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static SLOW_BATCH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static OWN_PUBLISH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// Publishes hook-system events (see `_core.pyi`).
+#[pyclass(
+    module = "mpm_events._core",
+    name = "HookEventProducer",
+    subclass,
+    frozen
+)]
+pub struct HookEventProducer {
+    bus: Py<PyAny>,
+    fast: Option<Py<EventBus>>,
+    source: Py<PyString>,
+    published: AtomicU64,
+    failed: AtomicU64,
+    batches: AtomicU64,
+}
+
+impl HookEventProducer {
+    /// True when `publish` is ours (not overridden by a Python subclass).
+    fn publish_is_ours(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let py = slf.py();
+        if slf.get_type().is(py.get_type::<HookEventProducer>()) {
+            return Ok(true);
+        }
+        let own = OWN_PUBLISH.get_or_try_init(py, || {
+            Ok::<_, PyErr>(
+                py.get_type::<HookEventProducer>()
+                    .getattr("publish")?
+                    .unbind(),
+            )
+        })?;
+        Ok(slf.get_type().getattr("publish")?.is(own.bind(py)))
+    }
+
+    fn count(&self, ok: bool) {
+        if ok {
+            self.published.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Publishes directly into our bus; never raises.
+    fn send_fast(&self, py: Python<'_>, bus: &Py<EventBus>, event: &Bound<'_, PyAny>) -> bool {
+        let ok = match bus.get().accept(event) {
+            Ok(r) => r.is_ok(),
+            Err(e) => {
+                super::log_error(py, &format!("Error publishing hook event: {}", e.value(py)));
+                false
+            }
+        };
+        self.count(ok);
+        ok
+    }
+
+    /// Hands a new event to the bus: directly into ours, else through `publish()`.
+    fn send<'py>(slf: &Bound<'py, Self>, event: Event) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let event = Bound::new(py, event)?.into_any();
+        let this = slf.get();
+        if let Some(bus) = &this.fast {
+            if Self::publish_is_ours(slf)? {
+                return Ok(Ready::of_bool(py, this.send_fast(py, bus, &event))
+                    .into_bound(py)
+                    .into_any());
+            }
+        }
+        slf.call_method1("publish", (event,))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn make<'py>(
+        &self,
+        py: Python<'py>,
+        topic: &str,
+        type_: Bound<'py, PyString>,
+        data: Bound<'py, PyAny>,
+        correlation_id: Option<Bound<'py, PyString>>,
+        priority: u8,
+    ) -> PyResult<Event> {
+        Event::from_parts(
+            py,
+            PyString::new(py, topic),
+            type_,
+            self.source.bind(py).clone(),
+            data,
+            correlation_id,
+            priority,
+        )
+    }
+}
+
+#[pymethods]
+impl HookEventProducer {
+    #[new]
+    fn new(py: Python<'_>, event_bus: Bound<'_, PyAny>) -> Self {
+        let fast = event_bus
+            .cast::<EventBus>()
+            .ok()
+            .map(|b| b.clone().unbind());
+        HookEventProducer {
+            bus: event_bus.unbind(),
+            fast,
+            source: PyString::new(py, "hook_handler").unbind(),
+            published: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+        }
+    }
+
+    /// The bus this producer publishes to.
+    #[getter]
+    fn event_bus(&self, py: Python<'_>) -> Py<PyAny> {
+        self.bus.clone_ref(py)
+    }
+
+    /// `"hook_handler"`.
+    #[getter]
+    fn source_name(&self, py: Python<'_>) -> Py<PyString> {
+        self.source.clone_ref(py)
+    }
+
+    /// Publishes one event; awaitable of True if the bus accepted it (never raises).
+    fn publish<'py>(
+        slf: &Bound<'py, Self>,
+        event: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        if let Some(bus) = &this.fast {
+            return Ok(Ready::of_bool(py, this.send_fast(py, bus, &event))
+                .into_bound(py)
+                .into_any());
+        }
+        SLOW_PUBLISH
+            .import(py, "mpm_events.producers", "_publish_via_bus")?
+            .call1((slf, event))
+    }
+
+    /// Publishes several events; awaitable of how many were accepted.
+    fn publish_batch<'py>(
+        slf: &Bound<'py, Self>,
+        events: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        SLOW_BATCH
+            .import(py, "mpm_events.producers", "_publish_batch")?
+            .call1((slf, events))
+    }
+
+    /// `hook.response` / `AssistantResponse`, HIGH.
+    #[pyo3(signature = (response_data, correlation_id=None))]
+    fn publish_response<'py>(
+        slf: &Bound<'py, Self>,
+        response_data: Bound<'py, PyAny>,
+        correlation_id: Option<Bound<'py, PyString>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let e = slf.get().make(
+            py,
+            "hook.response",
+            PyString::new(py, "AssistantResponse"),
+            response_data,
+            correlation_id,
+            2,
+        )?;
+        Self::send(slf, e)
+    }
+
+    /// `hook.tool` / `ToolUse`, NORMAL, data `{tool, params, result}`.
+    #[pyo3(signature = (tool_name, tool_params, tool_result=None, correlation_id=None))]
+    fn publish_tool_use<'py>(
+        slf: &Bound<'py, Self>,
+        tool_name: Bound<'py, PyAny>,
+        tool_params: Bound<'py, PyAny>,
+        tool_result: Option<Bound<'py, PyAny>>,
+        correlation_id: Option<Bound<'py, PyString>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let data = PyDict::new(py);
+        data.set_item(pyo3::intern!(py, "tool"), tool_name)?;
+        data.set_item(pyo3::intern!(py, "params"), tool_params)?;
+        data.set_item(pyo3::intern!(py, "result"), tool_result)?;
+        let e = slf.get().make(
+            py,
+            "hook.tool",
+            pyo3::intern!(py, "ToolUse").clone(),
+            data.into_any(),
+            correlation_id,
+            3,
+        )?;
+        Self::send(slf, e)
+    }
+
+    /// `hook.error` / `Error`, CRITICAL, data `{error_type, message, details}`.
+    #[pyo3(signature = (error_type, error_message, error_details=None, correlation_id=None))]
+    fn publish_error<'py>(
+        slf: &Bound<'py, Self>,
+        error_type: Bound<'py, PyAny>,
+        error_message: Bound<'py, PyAny>,
+        error_details: Option<Bound<'py, PyAny>>,
+        correlation_id: Option<Bound<'py, PyString>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let data = PyDict::new(py);
+        data.set_item("error_type", error_type)?;
+        data.set_item("message", error_message)?;
+        let details = match error_details {
+            Some(d) if d.is_truthy()? => d,
+            _ => PyDict::new(py).into_any(),
+        };
+        data.set_item("details", details)?;
+        let e = slf.get().make(
+            py,
+            "hook.error",
+            PyString::new(py, "Error"),
+            data.into_any(),
+            correlation_id,
+            1,
+        )?;
+        Self::send(slf, e)
+    }
+
+    /// `hook.subagent.<event_type lowercased>` / `Subagent<event_type>`, NORMAL,
+    /// data `{subagent, **event_data}`.
+    #[pyo3(signature = (subagent_name, event_type, event_data, correlation_id=None))]
+    fn publish_subagent_event<'py>(
+        slf: &Bound<'py, Self>,
+        subagent_name: Bound<'py, PyAny>,
+        event_type: &str,
+        event_data: Bound<'py, PyAny>,
+        correlation_id: Option<Bound<'py, PyString>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let data = PyDict::new(py);
+        data.set_item("subagent", subagent_name)?;
+        data.update(event_data.cast::<pyo3::types::PyMapping>()?)?;
+        let topic = format!("hook.subagent.{}", event_type.to_lowercase());
+        let type_ = PyString::new(py, &format!("Subagent{event_type}"));
+        let e = slf
+            .get()
+            .make(py, &topic, type_, data.into_any(), correlation_id, 3)?;
+        Self::send(slf, e)
+    }
+
+    /// A hook event whose topic and priority follow the words in `hook_type`.
+    #[pyo3(signature = (hook_type, hook_data, correlation_id=None))]
+    fn publish_raw_hook_event<'py>(
+        slf: &Bound<'py, Self>,
+        hook_type: Bound<'py, PyString>,
+        hook_data: Bound<'py, PyAny>,
+        correlation_id: Option<Bound<'py, PyString>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let kind = hook_type.to_cow()?.to_lowercase();
+        let topic = if kind.contains("response") {
+            "hook.response"
+        } else if kind.contains("tool") {
+            "hook.tool"
+        } else if kind.contains("error") {
+            "hook.error"
+        } else if kind.contains("subagent") {
+            "hook.subagent"
+        } else {
+            "hook.generic"
+        };
+        let priority = if kind.contains("error") || kind.contains("critical") {
+            1
+        } else if kind.contains("response") {
+            2
+        } else {
+            3
+        };
+        let e = slf
+            .get()
+            .make(py, topic, hook_type, hook_data, correlation_id, priority)?;
+        Self::send(slf, e)
+    }
+
+    /// Counts of events published and refused, and of batches.
+    fn get_metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("events_published", self.published.load(Ordering::Relaxed))?;
+        d.set_item("events_failed", self.failed.load(Ordering::Relaxed))?;
+        d.set_item("batch_published", self.batches.load(Ordering::Relaxed))?;
+        Ok(d)
+    }
+
+    /// Adds to the counters (used by the Python slow path).
+    fn _count(&self, published: u64, failed: u64, batches: u64) {
+        self.published.fetch_add(published, Ordering::Relaxed);
+        self.failed.fetch_add(failed, Ordering::Relaxed);
+        self.batches.fetch_add(batches, Ordering::Relaxed);
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!(
+            "HookEventProducer(event_bus={})",
+            self.bus.bind(py).repr()?
+        ))
+    }
+
+    #[classmethod]
+    fn __class_getitem__(cls: &Bound<'_, PyType>, _item: &Bound<'_, PyAny>) -> Py<PyType> {
+        cls.clone().unbind()
+    }
+}
