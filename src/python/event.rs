@@ -780,6 +780,8 @@ pub struct EventRef {
     pub meta: MetaCell,
     /// Fields copied for Rust consumers, when one is on the event's route.
     pub view: Option<Arc<crate::event::EventView>>,
+    /// Where acknowledgements go when the event is stored (`enable_persistence`).
+    pub durable: Option<Arc<super::persist::Acks>>,
 }
 
 impl EventRef {
@@ -810,6 +812,7 @@ impl EventRef {
             event,
             meta,
             view: None,
+            durable: None,
         })
     }
 }
@@ -836,6 +839,12 @@ impl EventLike for EventRef {
         }
         if m.consumed_at.is_none() {
             m.consumed_at = Some(Utc::now());
+        }
+    }
+
+    fn on_handled(&self, consumer: &Arc<str>) {
+        if let Some(acks) = &self.durable {
+            acks.ack(&self.id, consumer);
         }
     }
 

@@ -16,6 +16,7 @@ mod errors;
 mod event;
 mod executor;
 mod native;
+mod persist;
 
 static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -70,5 +71,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<executor::PyJob>()?;
     m.add_class::<native::NativeConsumer>()?;
     m.add_class::<consumers::MetricsConsumer>()?;
+    m.add_class::<persist::StoredBatch>()?;
+    m.add_class::<persist::Pending>()?;
     Ok(())
 }
