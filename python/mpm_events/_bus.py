@@ -261,13 +261,16 @@ async def redeliver(bus: EventBus, names: list[str], upto: int) -> int:
 
 
 def start_redelivery(bus: EventBus, names: list[str], upto: int) -> None:
-    """At ``start()``: redeliver in the background to the consumers subscribed before."""
+    """At ``start()``: redeliver in the background to the consumers subscribed before
+    (``join()`` waits for it)."""
 
     async def run() -> None:
         try:
             await redeliver(bus, names, upto)
         except Exception:
             logger.exception("mpm_events: redelivering stored events failed")
+        finally:
+            bus._persist_redelivery_done()
 
     _keep(asyncio.get_running_loop().create_task(run()))
 

@@ -135,7 +135,7 @@ pub struct EventBus {
 impl EventBus {
     /// True when every accepted event is handled and no durable write is in flight.
     fn idle(&self) -> bool {
-        self.shared.engine.is_idle() && self.persist.as_ref().is_none_or(|p| p.pending() == 0)
+        self.shared.engine.is_idle() && self.persist.as_ref().is_none_or(|p| p.is_quiet())
     }
 
     fn persist(&self) -> PyResult<&Arc<Persist>> {
@@ -406,6 +406,7 @@ impl EventBus {
                 .map(|(n, _)| n.to_string())
                 .collect();
             if !names.is_empty() {
+                p.redelivering.fetch_add(1, Ordering::AcqRel);
                 helpers(py)?.call_method1("start_redelivery", (slf, names, watermark))?;
             }
         }
@@ -928,6 +929,11 @@ impl EventBus {
         upto: i64,
     ) -> PyResult<persist::StoredBatch> {
         self.persist()?.unacked(py, names, upto)
+    }
+
+    fn _persist_redelivery_done(&self) -> PyResult<()> {
+        self.persist()?.redelivery_done();
+        Ok(())
     }
 
     fn _persist_watermark(&self) -> PyResult<i64> {

@@ -159,6 +159,8 @@ pub struct Persist {
     pub acks: Arc<Acks>,
     flight: Arc<Flight>,
     closing: AtomicBool,
+    /// Redeliveries started at `start()` and not finished (join() waits for them).
+    pub redelivering: AtomicUsize,
     redelivered: AtomicU64,
     replayed: AtomicU64,
 }
@@ -212,6 +214,7 @@ impl Persist {
                 inbox,
             }),
             closing: AtomicBool::new(false),
+            redelivering: AtomicUsize::new(0),
             redelivered: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
         }))
@@ -220,6 +223,17 @@ impl Persist {
     /// Appends submitted and not yet answered by the writer.
     pub fn pending(&self) -> usize {
         self.flight.pending.load(Ordering::Acquire)
+    }
+
+    /// True when no write and no start-time redelivery is in progress.
+    pub fn is_quiet(&self) -> bool {
+        self.pending() == 0 && self.redelivering.load(Ordering::Acquire) == 0
+    }
+
+    /// A start-time redelivery finished.
+    pub fn redelivery_done(&self) {
+        self.redelivering.fetch_sub(1, Ordering::AcqRel);
+        self.flight.inbox.wake();
     }
 
     /// Whether new publishes are refused because the bus is stopping.
