@@ -502,8 +502,21 @@ pub struct EngineCounters {
 
 type Listener<E> = Box<dyn Fn(&DeadLetter<E>) + Send + Sync>;
 
+/// Where events on one topic go, cached per topic until subscriptions change.
+pub struct Route<E: EventLike> {
+    /// The topic (validated).
+    pub topic: Arc<str>,
+    /// The lanes, in consumer-priority order.
+    pub lanes: Vec<Arc<Lane<E>>>,
+    /// Highest `needs_view` among the lanes.
+    pub needs_view: u8,
+}
+
+const ROUTE_CACHE_LIMIT: usize = 8192;
+
 struct Shared<E: EventLike> {
     router: RwLock<Router>,
+    routes: Mutex<std::collections::HashMap<Box<str>, Arc<Route<E>>>>,
     lanes: RwLock<Vec<Option<Arc<Lane<E>>>>>,
     accepting: AtomicBool,
     max_queue: AtomicUsize,
@@ -588,6 +601,7 @@ impl<E: EventLike> Engine<E> {
         Engine {
             shared: Arc::new(Shared {
                 router: RwLock::new(Router::new()),
+                routes: Mutex::new(std::collections::HashMap::new()),
                 lanes: RwLock::new(Vec::new()),
                 accepting: AtomicBool::new(false),
                 max_queue: AtomicUsize::new(max_queue.max(1)),
@@ -697,6 +711,7 @@ impl<E: EventLike> Engine<E> {
         } else {
             lanes[id] = Some(lane.clone());
         }
+        self.shared.routes.lock().clear();
         lane
     }
 
@@ -709,6 +724,7 @@ impl<E: EventLike> Engine<E> {
             if let Some(slot) = lanes.get_mut(lane.id) {
                 *slot = None;
             }
+            self.shared.routes.lock().clear();
         }
         for d in lane.close() {
             if d.attempt == 0 && d.entry.unstarted.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -736,6 +752,36 @@ impl<E: EventLike> Engine<E> {
         ids.iter()
             .filter_map(|i| lanes.get(*i).and_then(|l| l.clone()))
             .collect()
+    }
+
+    /// The route of a published topic, validating the topic the first time it
+    /// is seen (later publishes on the same topic cost one hash lookup).
+    pub fn route_topic(&self, topic: &str) -> Result<Arc<Route<E>>, crate::topic::TopicError> {
+        if let Some(r) = self.shared.routes.lock().get(topic) {
+            return Ok(r.clone());
+        }
+        crate::topic::validate_topic(topic)?;
+        // NOTE: computed under the lanes lock so a concurrent subscribe either
+        // sees this entry cleared or is already part of it.
+        let lanes_guard = self.shared.lanes.read();
+        let ids = self.shared.router.read().route(topic);
+        let lanes: Vec<Arc<Lane<E>>> = ids
+            .iter()
+            .filter_map(|i| lanes_guard.get(*i).and_then(|l| l.clone()))
+            .collect();
+        let needs_view = lanes.iter().map(|l| l.config.needs_view).max().unwrap_or(0);
+        let route = Arc::new(Route {
+            topic: topic.into(),
+            lanes,
+            needs_view,
+        });
+        let mut cache = self.shared.routes.lock();
+        if cache.len() >= ROUTE_CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(topic.into(), route.clone());
+        drop(lanes_guard);
+        Ok(route)
     }
 
     /// Accepts an event for the given lanes (usually [`Engine::route`]'s result).

@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 
 /// Processing state of one event, shared by the Python `EventMetadata` view and
 /// the engine, which updates it without the GIL.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct MetaState {
     /// Highest retry attempt any consumer has had for this event.
     pub retry_count: i64,
@@ -24,6 +24,64 @@ pub struct MetaState {
     pub failed: Vec<Arc<str>>,
     /// Every failure, `"<consumer>: <error>"`, oldest first.
     pub errors: Vec<String>,
+    /// The binding layer's mirror of these fields as its own objects (Python
+    /// sets and a list that user code may mutate), once someone asked for them.
+    pub mirror: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// Changes made by the engine since the mirror was last brought up to date.
+    pub pending: Vec<MetaOp>,
+}
+
+/// A change to [`MetaState`] made by the engine, replayed onto the mirror.
+#[derive(Debug, Clone)]
+pub enum MetaOp {
+    /// A consumer handled the event.
+    Processed(Arc<str>),
+    /// A consumer's attempt failed with this message.
+    Failed(Arc<str>, String),
+}
+
+impl MetaState {
+    /// Records that `consumer` handled the event.
+    pub fn record_success(&mut self, consumer: &Arc<str>) {
+        self.failed.retain(|c| c != consumer);
+        if !self.processed.iter().any(|c| c == consumer) {
+            self.processed.push(consumer.clone());
+        }
+        if self.consumed_at.is_none() {
+            self.consumed_at = Some(Utc::now());
+        }
+        if self.mirror.is_some() {
+            self.pending.push(MetaOp::Processed(consumer.clone()));
+        }
+    }
+
+    /// Records a failed attempt by `consumer`.
+    pub fn record_failure(&mut self, consumer: &Arc<str>, error: &str) {
+        if !self.failed.iter().any(|c| c == consumer) {
+            self.failed.push(consumer.clone());
+        }
+        let message = format!("{consumer}: {error}");
+        if self.mirror.is_some() {
+            self.pending
+                .push(MetaOp::Failed(consumer.clone(), message.clone()));
+        }
+        self.errors.push(message);
+    }
+
+    /// A copy without the mirror.
+    pub fn snapshot(&self) -> MetaState {
+        MetaState {
+            retry_count: self.retry_count,
+            max_retries: self.max_retries,
+            published_at: self.published_at,
+            consumed_at: self.consumed_at,
+            processed: self.processed.clone(),
+            failed: self.failed.clone(),
+            errors: self.errors.clone(),
+            mirror: None,
+            pending: Vec::new(),
+        }
+    }
 }
 
 impl Default for MetaState {
@@ -36,6 +94,8 @@ impl Default for MetaState {
             processed: Vec::new(),
             failed: Vec::new(),
             errors: Vec::new(),
+            mirror: None,
+            pending: Vec::new(),
         }
     }
 }

@@ -117,7 +117,9 @@ class HookEventProducer(_Producer):
     ) -> bool:
         """``hook.tool`` / ``ToolUse``, NORMAL, data ``{tool, params, result}``."""
         data = {"tool": tool_name, "params": tool_params, "result": tool_result}
-        return await self.publish(self._event("hook.tool", "ToolUse", data, _NORMAL, correlation_id))
+        return await self.publish(
+            self._event("hook.tool", "ToolUse", data, _NORMAL, correlation_id)
+        )
 
     async def publish_error(
         self,
@@ -128,7 +130,9 @@ class HookEventProducer(_Producer):
     ) -> bool:
         """``hook.error`` / ``Error``, CRITICAL, data ``{error_type, message, details}``."""
         data = {"error_type": error_type, "message": error_message, "details": error_details or {}}
-        return await self.publish(self._event("hook.error", "Error", data, _CRITICAL, correlation_id))
+        return await self.publish(
+            self._event("hook.error", "Error", data, _CRITICAL, correlation_id)
+        )
 
     async def publish_subagent_event(
         self,
@@ -170,7 +174,9 @@ class HookEventProducer(_Producer):
             priority = _HIGH
         else:
             priority = _NORMAL
-        return await self.publish(self._event(topic, hook_type, hook_data, priority, correlation_id))
+        return await self.publish(
+            self._event(topic, hook_type, hook_data, priority, correlation_id)
+        )
 
 
 class SystemEventProducer(_Producer):
@@ -205,7 +211,12 @@ class SystemEventProducer(_Producer):
         details: dict[str, Any] | None = None,
     ) -> bool:
         """``system.health`` / ``HealthStatus``, NORMAL if healthy else HIGH."""
-        data = {"service": service_name, "status": status, "checks": checks, "details": details or {}}
+        data = {
+            "service": service_name,
+            "status": status,
+            "checks": checks,
+            "details": details or {},
+        }
         priority = _NORMAL if status == "healthy" else _HIGH
         return await self.publish(self._event("system.health", "HealthStatus", data, priority))
 
@@ -213,13 +224,20 @@ class SystemEventProducer(_Producer):
         self, service_name: str, config_key: str, old_value: Any, new_value: Any
     ) -> bool:
         """``system.config`` / ``ConfigChange``, NORMAL."""
-        data = {"service": service_name, "key": config_key, "old_value": old_value, "new_value": new_value}
+        data = {
+            "service": service_name,
+            "key": config_key,
+            "old_value": old_value,
+            "new_value": new_value,
+        }
         return await self.publish(self._event("system.config", "ConfigChange", data, _NORMAL))
 
     async def publish_performance_metrics(self, service_name: str, metrics: dict[str, Any]) -> bool:
         """``system.performance`` / ``PerformanceMetrics``, LOW."""
         data = {"service": service_name, "metrics": metrics}
-        return await self.publish(self._event("system.performance", "PerformanceMetrics", data, _LOW))
+        return await self.publish(
+            self._event("system.performance", "PerformanceMetrics", data, _LOW)
+        )
 
     async def publish_error(
         self,

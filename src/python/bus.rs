@@ -19,7 +19,7 @@ use super::executor::{Inbox, LoopExecutor, PyConsumer, ThreadExecutor};
 use super::native::{build_view, NativeConsumer, SinkExecutor};
 use super::persist::{self, Persist};
 use super::{log_info, log_warning, runtime};
-use crate::dispatch::{Engine, Executor, Lane, LaneConfig, Rejected};
+use crate::dispatch::{Engine, Executor, Lane, LaneConfig, Rejected, Route};
 
 /// Items the loop handles per wake-up before letting other callbacks run.
 const LOOP_BUDGET: usize = 16_384;
@@ -164,7 +164,7 @@ impl EventBus {
                 Py::new(py, Event::from_foreign(event)?)?
             }
         };
-        let (eref, lanes) = self.prepare_event(py, owned)?;
+        let (eref, route) = self.prepare_event(py, owned)?;
         if !self.shared.engine.is_accepting() || p.is_closing() {
             if !self.shared.warned_not_running.swap(true, Ordering::Relaxed) {
                 log_warning(
@@ -177,7 +177,7 @@ impl EventBus {
         self.shared
             .last_event_us
             .store(Utc::now().timestamp_micros(), Ordering::Relaxed);
-        p.submit(py, &self.shared.engine, eref, lanes, done)
+        p.submit(py, &self.shared.engine, eref, route, done)
     }
 
     /// Validates an event, routes it and copies what Rust consumers on the
@@ -186,14 +186,15 @@ impl EventBus {
         &self,
         py: Python<'_>,
         owned: Py<Event>,
-    ) -> PyResult<(EventRef, Vec<Arc<Lane<EventRef>>>)> {
-        let mut eref = EventRef::accept(py, owned)?;
-        let lanes = self.shared.engine.route(&eref.topic);
-        let need = lanes.iter().map(|l| l.config.needs_view).max().unwrap_or(0);
-        if need > 0 {
-            eref.view = Some(Arc::new(build_view(py, &eref, need >= 2)?));
+    ) -> PyResult<(EventRef, Arc<Route<EventRef>>)> {
+        let engine = &self.shared.engine;
+        let (mut eref, route) = EventRef::accept(py, owned, |topic| {
+            engine.route_topic(topic).map(|r| (r.topic.clone(), r))
+        })?;
+        if route.needs_view > 0 {
+            eref.view = Some(Arc::new(build_view(py, &eref, route.needs_view >= 2)?));
         }
-        Ok((eref, lanes))
+        Ok((eref, route))
     }
 
     fn accept(&self, event: &Bound<'_, PyAny>) -> PyResult<Result<(), Rejected>> {
@@ -208,7 +209,10 @@ impl EventBus {
             }
         };
         let eref = self.prepare_event(py, owned)?;
-        let result = self.shared.engine.publish_to(Arc::new(eref.0), &eref.1);
+        let result = self
+            .shared
+            .engine
+            .publish_to(Arc::new(eref.0), &eref.1.lanes);
         match result {
             Ok(()) => {
                 self.shared
@@ -501,7 +505,7 @@ impl EventBus {
         }
         let mut accepted = 0i64;
         for (eref, lanes) in items {
-            match self.shared.engine.publish_to(Arc::new(eref), &lanes) {
+            match self.shared.engine.publish_to(Arc::new(eref), &lanes.lanes) {
                 Ok(()) => accepted += 1,
                 Err(Rejected::NotRunning) => {
                     if !self.shared.warned_not_running.swap(true, Ordering::Relaxed) {
@@ -796,7 +800,7 @@ impl EventBus {
                 inbox: self.shared.inbox.clone(),
             })
         } else {
-            Arc::new(ThreadExecutor::new(pc, self.shared.inbox.clone()))
+            Arc::new(ThreadExecutor::new(py, pc, self.shared.inbox.clone())?)
         };
         let config = LaneConfig {
             name: spec.name.clone(),

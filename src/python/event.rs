@@ -12,7 +12,7 @@ use pyo3::types::{PyDict, PyList, PySet, PyString, PyType};
 
 use super::errors::{event_error, topic_error};
 use crate::dispatch::EventLike;
-use crate::topic::{validate_topic, Pattern};
+use crate::topic::Pattern;
 
 static EVENT_PRIORITY: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static CONSUMER_PRIORITY: PyOnceLock<Py<PyType>> = PyOnceLock::new();
@@ -84,8 +84,21 @@ fn read_priority(obj: &Bound<'_, PyAny>, names: &[&str], what: &str) -> PyResult
     )))
 }
 
+static EVENT_PRIORITY_MEMBERS: PyOnceLock<Vec<Py<PyAny>>> = PyOnceLock::new();
+
 /// Reads an event priority (1..=4).
 pub fn read_event_priority(obj: &Bound<'_, PyAny>) -> PyResult<u8> {
+    let py = obj.py();
+    // NOTE: our own enum members are by far the most common input; compare by
+    // identity before anything that could raise and catch an exception.
+    let members = EVENT_PRIORITY_MEMBERS.get_or_try_init(py, || -> PyResult<Vec<Py<PyAny>>> {
+        (1..=4u8)
+            .map(|v| event_priority_member(py, v).map(Bound::unbind))
+            .collect()
+    })?;
+    if let Some(i) = members.iter().position(|m| m.bind(py).is(obj)) {
+        return Ok(i as u8 + 1);
+    }
     read_priority(obj, &EVENT_PRIORITY_NAMES, "EventPriority")
 }
 
@@ -140,6 +153,60 @@ fn names_from(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<Vec<Arc<str>>> {
         }
     }
     Ok(out)
+}
+
+/// The Python containers of an event's metadata, made on first access so that
+/// user code can mutate them as it could the original's dataclass fields.
+pub struct PyMirror {
+    processed: Py<PySet>,
+    failed: Py<PySet>,
+    errors: Py<PyList>,
+}
+
+/// Handles to the (up-to-date) Python containers.
+struct MirrorRefs {
+    processed: Py<PySet>,
+    failed: Py<PySet>,
+    errors: Py<PyList>,
+}
+
+impl EventMetadata {
+    /// Creates the Python containers, or replays the engine's changes onto them.
+    fn mirror(&self, py: Python<'_>) -> PyResult<MirrorRefs> {
+        let mut st = self.cell.lock();
+        if st.mirror.is_none() {
+            let m = PyMirror {
+                processed: PySet::new(py, st.processed.iter().map(|n| &**n))?.unbind(),
+                failed: PySet::new(py, st.failed.iter().map(|n| &**n))?.unbind(),
+                errors: PyList::new(py, &st.errors)?.unbind(),
+            };
+            st.mirror = Some(Box::new(m));
+            st.pending.clear();
+        }
+        let pending = std::mem::take(&mut st.pending);
+        let m = st
+            .mirror
+            .as_ref()
+            .and_then(|m| m.downcast_ref::<PyMirror>())
+            .expect("mirror");
+        for op in pending {
+            match op {
+                crate::event::MetaOp::Processed(c) => {
+                    m.failed.bind(py).discard(&*c)?;
+                    m.processed.bind(py).add(&*c)?;
+                }
+                crate::event::MetaOp::Failed(c, msg) => {
+                    m.failed.bind(py).add(&*c)?;
+                    m.errors.bind(py).append(msg)?;
+                }
+            }
+        }
+        Ok(MirrorRefs {
+            processed: m.processed.clone_ref(py),
+            failed: m.failed.clone_ref(py),
+            errors: m.errors.clone_ref(py),
+        })
+    }
 }
 
 /// Processing metadata of an event (see `_core.pyi`).
@@ -225,39 +292,69 @@ impl EventMetadata {
         self.cell.lock().consumed_at = read_datetime(v, "consumed_at")?;
         Ok(())
     }
-    /// Names of the consumers that handled the event (a new `set` on each access).
+    /// Names of the consumers that handled the event: a live `set`.
     #[getter]
-    fn consumers_processed<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PySet>> {
-        let names = self.cell.lock().processed.clone();
-        PySet::new(py, names.iter().map(|n| &**n))
+    fn consumers_processed<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(self.mirror(py)?.processed.bind(py).clone().into_any())
     }
     #[setter]
-    fn set_consumers_processed(&self, v: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.cell.lock().processed = names_from(v, "consumers_processed")?;
+    fn set_consumers_processed(&self, py: Python<'_>, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        let names = names_from(v, "consumers_processed")?;
+        let set = PySet::new(py, names.iter().map(|n| &**n))?.unbind();
+        self.mirror(py)?;
+        let mut st = self.cell.lock();
+        st.processed = names;
+        if let Some(m) = st
+            .mirror
+            .as_mut()
+            .and_then(|m| m.downcast_mut::<PyMirror>())
+        {
+            m.processed = set;
+        }
         Ok(())
     }
-    /// Names of the consumers whose latest attempt failed (a new `set` on each access).
+    /// Names of the consumers whose latest attempt failed: a live `set`.
     #[getter]
-    fn consumers_failed<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PySet>> {
-        let names = self.cell.lock().failed.clone();
-        PySet::new(py, names.iter().map(|n| &**n))
+    fn consumers_failed<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(self.mirror(py)?.failed.bind(py).clone().into_any())
     }
     #[setter]
-    fn set_consumers_failed(&self, v: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.cell.lock().failed = names_from(v, "consumers_failed")?;
+    fn set_consumers_failed(&self, py: Python<'_>, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        let names = names_from(v, "consumers_failed")?;
+        let set = PySet::new(py, names.iter().map(|n| &**n))?.unbind();
+        self.mirror(py)?;
+        let mut st = self.cell.lock();
+        st.failed = names;
+        if let Some(m) = st
+            .mirror
+            .as_mut()
+            .and_then(|m| m.downcast_mut::<PyMirror>())
+        {
+            m.failed = set;
+        }
         Ok(())
     }
-    /// Every failure message, oldest first (a new `list` on each access).
+    /// Every failure message, oldest first: a live `list`.
     #[getter]
-    fn error_messages<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let errors = self.cell.lock().errors.clone();
-        PyList::new(py, errors)
+    fn error_messages<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(self.mirror(py)?.errors.bind(py).clone().into_any())
     }
     #[setter]
-    fn set_error_messages(&self, v: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.cell.lock().errors = v.extract().map_err(|_| {
+    fn set_error_messages(&self, py: Python<'_>, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        let errors: Vec<String> = v.extract().map_err(|_| {
             PyTypeError::new_err("EventMetadata.error_messages must be a list of str")
         })?;
+        let list = PyList::new(py, &errors)?.unbind();
+        self.mirror(py)?;
+        let mut st = self.cell.lock();
+        st.errors = errors;
+        if let Some(m) = st
+            .mirror
+            .as_mut()
+            .and_then(|m| m.downcast_mut::<PyMirror>())
+        {
+            m.errors = list;
+        }
         Ok(())
     }
 
@@ -282,7 +379,10 @@ impl EventMetadata {
         if Arc::ptr_eq(&self.cell, &other.get().cell) {
             return true;
         }
-        let (a, b) = (self.cell.lock().clone(), other.get().cell.lock().clone());
+        let (a, b) = (
+            self.cell.lock().snapshot(),
+            other.get().cell.lock().snapshot(),
+        );
         let set = |v: &Vec<Arc<str>>| {
             let mut v: Vec<&str> = v.iter().map(|s| &**s).collect();
             v.sort_unstable();
@@ -299,7 +399,7 @@ impl EventMetadata {
 
     /// The metadata as a plain dict (datetimes as ISO 8601 strings).
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let st = self.cell.lock().clone();
+        let st = self.cell.lock().snapshot();
         let d = PyDict::new(py);
         d.set_item("retry_count", st.retry_count)?;
         d.set_item("max_retries", st.max_retries)?;
@@ -409,13 +509,64 @@ fn check_timestamp<'py>(
     }
 }
 
+/// An event's timestamp: made in Rust (and turned into a Python `datetime`
+/// only if someone reads it) or given by the caller.
+pub enum Timestamp {
+    /// Set by the bus at creation time.
+    Now(DateTime<Utc>, PyOnceLock<Py<PyAny>>),
+    /// Given by the caller (a `datetime`).
+    Given(Py<PyAny>),
+}
+
+impl Timestamp {
+    fn now() -> Self {
+        Timestamp::Now(Utc::now(), PyOnceLock::new())
+    }
+
+    /// The Python `datetime`.
+    pub fn to_py(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        match self {
+            Timestamp::Given(p) => Ok(p.clone_ref(py)),
+            Timestamp::Now(dt, cell) => cell
+                .get_or_try_init(py, || {
+                    Ok::<_, PyErr>(dt.into_pyobject(py)?.into_any().unbind())
+                })
+                .map(|p| p.clone_ref(py)),
+        }
+    }
+
+    /// The time in UTC (naive datetimes are taken as UTC).
+    pub fn to_utc(&self, py: Python<'_>) -> DateTime<Utc> {
+        match self {
+            Timestamp::Now(dt, _) => *dt,
+            Timestamp::Given(p) => {
+                let t = p.bind(py);
+                t.extract::<DateTime<Utc>>()
+                    .or_else(|_| {
+                        t.extract::<DateTime<chrono::FixedOffset>>()
+                            .map(|d| d.with_timezone(&Utc))
+                    })
+                    .or_else(|_| t.extract::<chrono::NaiveDateTime>().map(|n| n.and_utc()))
+                    .unwrap_or_else(|_| Utc::now())
+            }
+        }
+    }
+
+    fn clone_ref(&self, py: Python<'_>) -> Self {
+        match self {
+            Timestamp::Now(dt, _) => Timestamp::Now(*dt, PyOnceLock::new()),
+            Timestamp::Given(p) => Timestamp::Given(p.clone_ref(py)),
+        }
+    }
+}
+
 /// An event (see `_core.pyi` for the Python documentation).
 #[pyclass(module = "mpm_events._core", name = "Event", subclass, weakref)]
 pub struct Event {
     pub(crate) id: Py<PyString>,
     pub(crate) topic: Py<PyString>,
     pub(crate) type_: Py<PyString>,
-    pub(crate) timestamp: Py<PyAny>,
+    pub(crate) timestamp: Timestamp,
     pub(crate) source: Py<PyString>,
     pub(crate) data: Py<PyAny>,
     pub(crate) meta: MetaCell,
@@ -445,7 +596,7 @@ impl Event {
             id: new_uuid(py),
             topic: topic.unbind(),
             type_: type_.unbind(),
-            timestamp: Utc::now().into_pyobject(py)?.into_any().unbind(),
+            timestamp: Timestamp::now(),
             source: source.unbind(),
             data: data.unbind(),
             meta: Arc::new(Mutex::new(MetaState::default())),
@@ -561,7 +712,10 @@ impl Event {
             id,
             topic: topic.unbind(),
             type_: type_.unbind(),
-            timestamp: check_timestamp(py, timestamp)?.unbind(),
+            timestamp: match timestamp {
+                Some(t) if !t.is_none() => Timestamp::Given(check_timestamp(py, Some(t))?.unbind()),
+                _ => Timestamp::now(),
+            },
             source: source.unbind(),
             data: data.unbind(),
             meta,
@@ -598,12 +752,12 @@ impl Event {
         Ok(())
     }
     #[getter]
-    fn timestamp(&self, py: Python<'_>) -> Py<PyAny> {
-        self.timestamp.clone_ref(py)
+    fn timestamp(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.timestamp.to_py(py)
     }
     #[setter]
     fn set_timestamp(&mut self, py: Python<'_>, v: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.timestamp = check_timestamp(py, Some(v))?.unbind();
+        self.timestamp = Timestamp::Given(check_timestamp(py, Some(v))?.unbind());
         Ok(())
     }
     #[getter]
@@ -672,7 +826,10 @@ impl Event {
         d.set_item("type", &self.type_)?;
         d.set_item(
             "timestamp",
-            self.timestamp.bind(py).call_method0("isoformat")?,
+            self.timestamp
+                .to_py(py)?
+                .bind(py)
+                .call_method0("isoformat")?,
         )?;
         d.set_item("source", &self.source)?;
         d.set_item("data", &self.data)?;
@@ -759,7 +916,7 @@ impl Event {
             timestamp: self.timestamp.clone_ref(py),
             source: self.source.clone_ref(py),
             data: self.data.clone_ref(py),
-            meta: Arc::new(Mutex::new(self.meta.lock().clone())),
+            meta: Arc::new(Mutex::new(self.meta.lock().snapshot())),
             correlation_id: self.correlation_id.as_ref().map(|c| c.clone_ref(py)),
             priority: self.priority,
         }
@@ -770,8 +927,8 @@ impl Event {
 pub struct EventRef {
     /// The event's id.
     pub id: Box<str>,
-    /// The topic it was published on.
-    pub topic: Box<str>,
+    /// The topic it was published on (shared with its cached route).
+    pub topic: Arc<str>,
     /// 1..=4.
     pub priority: u8,
     /// The Python object consumers receive.
@@ -785,12 +942,16 @@ pub struct EventRef {
 }
 
 impl EventRef {
-    /// Validates `event` for publishing and wraps it.
-    pub fn accept(py: Python<'_>, event: Py<Event>) -> PyResult<Self> {
-        let (id, topic, priority, meta) = {
+    /// Checks `event` for publishing (its topic must be valid: `route` is asked
+    /// for the topic's route, which validates it) and wraps it.
+    pub fn accept<R>(
+        py: Python<'_>,
+        event: Py<Event>,
+        route: impl FnOnce(&str) -> Result<(Arc<str>, R), crate::topic::TopicError>,
+    ) -> PyResult<(Self, R)> {
+        let (id, (topic, routed), priority, meta) = {
             let e = event.borrow(py);
-            let topic = e.topic.bind(py).to_cow()?.into_owned();
-            validate_topic(&topic).map_err(topic_error)?;
+            let routed = route(&e.topic.bind(py).to_cow()?).map_err(topic_error)?;
             if !e.data.bind(py).is_instance_of::<PyDict>() {
                 return Err(event_error(format!(
                     "Event.data must be a dict, got {}",
@@ -799,21 +960,24 @@ impl EventRef {
             }
             (
                 e.id.bind(py).to_cow()?.into_owned(),
-                topic,
+                routed,
                 e.priority,
                 e.meta.clone(),
             )
         };
         meta.lock().published_at = Some(Utc::now());
-        Ok(EventRef {
-            id: id.into(),
-            topic: topic.into(),
-            priority,
-            event,
-            meta,
-            view: None,
-            durable: None,
-        })
+        Ok((
+            EventRef {
+                id: id.into(),
+                topic,
+                priority,
+                event,
+                meta,
+                view: None,
+                durable: None,
+            },
+            routed,
+        ))
     }
 }
 
@@ -832,14 +996,7 @@ impl EventLike for EventRef {
     }
 
     fn on_success(&self, consumer: &Arc<str>) {
-        let mut m = self.meta.lock();
-        m.failed.retain(|c| c != consumer);
-        if !m.processed.iter().any(|c| c == consumer) {
-            m.processed.push(consumer.clone());
-        }
-        if m.consumed_at.is_none() {
-            m.consumed_at = Some(Utc::now());
-        }
+        self.meta.lock().record_success(consumer);
     }
 
     fn on_handled(&self, consumer: &Arc<str>) {
@@ -849,10 +1006,6 @@ impl EventLike for EventRef {
     }
 
     fn on_failure(&self, consumer: &Arc<str>, error: &str) {
-        let mut m = self.meta.lock();
-        if !m.failed.iter().any(|c| c == consumer) {
-            m.failed.push(consumer.clone());
-        }
-        m.errors.push(format!("{consumer}: {error}"));
+        self.meta.lock().record_failure(consumer, error);
     }
 }

@@ -36,7 +36,6 @@ static COROUTINE_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static CONTINUE_JOB: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static RESUME_FROM: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static SPAWN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static RUN_THREADSAFE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// Work queued for the event loop from a thread without the GIL.
 pub type LoopCall = Box<dyn FnOnce(Python<'_>) + Send>;
@@ -181,6 +180,11 @@ impl Executor<EventRef> for LoopExecutor {
 }
 
 /// Runs a lane's jobs on a worker thread of its own.
+///
+/// The worker is a Python daemon thread (`_bus.sync_worker`) that calls the
+/// consumer from Python frames; it waits for jobs here without the GIL. Keeping
+/// Rust frames off its stack while the consumer runs is what makes interpreter
+/// exit safe even when a consumer is busy at that moment.
 pub struct ThreadExecutor {
     consumer: Arc<PyConsumer>,
     inbox: Arc<Inbox>,
@@ -189,58 +193,132 @@ pub struct ThreadExecutor {
 
 impl ThreadExecutor {
     /// A worker for `consumer`; `inbox` gives it the event loop for awaitables.
-    pub fn new(consumer: Arc<PyConsumer>, inbox: Arc<Inbox>) -> Self {
-        let tx = spawn_worker(consumer.clone(), inbox.clone());
-        ThreadExecutor {
+    pub fn new(py: Python<'_>, consumer: Arc<PyConsumer>, inbox: Arc<Inbox>) -> PyResult<Self> {
+        let (tx, rx) = mpsc::channel::<PyJobRef>();
+        start_worker(py, consumer.clone(), inbox.clone(), rx)?;
+        Ok(ThreadExecutor {
             consumer,
             inbox,
             tx: Mutex::new(Some(tx)),
-        }
+        })
     }
 }
 
-fn spawn_worker(consumer: Arc<PyConsumer>, inbox: Arc<Inbox>) -> mpsc::Sender<PyJobRef> {
-    let (tx, rx) = mpsc::channel::<PyJobRef>();
+fn start_worker(
+    py: Python<'_>,
+    consumer: Arc<PyConsumer>,
+    inbox: Arc<Inbox>,
+    rx: mpsc::Receiver<PyJobRef>,
+) -> PyResult<()> {
     let name = format!("mpm-events:{}", consumer.name);
-    let spawned = std::thread::Builder::new().name(name).spawn(move || {
-        // NOTE: waits without the GIL; attaches only to run a job, and not at all
-        // once the interpreter is shutting down.
-        while let Ok(job) = rx.recv() {
-            let ran = Python::try_attach(|py| {
-                let event_loop = inbox.event_loop.lock().as_ref().map(|l| l.clone_ref(py));
-                let job = Bound::new(py, PyJob::new(consumer.clone(), job))?;
-                PyJob::run_blocking(&job, event_loop)
-            });
-            match ran {
-                None => return,
-                Some(Err(e)) => Python::try_attach(|py| e.print(py)).unwrap_or(()),
-                Some(Ok(())) => {}
-            }
-        }
-    });
-    if let Err(e) = spawned {
-        eprintln!("mpm-events: cannot start a worker thread: {e}");
-    }
-    tx
+    let source = Py::new(
+        py,
+        JobSource {
+            consumer,
+            inbox,
+            rx: Mutex::new(rx),
+            closed: AtomicBool::new(false),
+        },
+    )?;
+    py.import("mpm_events._bus")?
+        .call_method1("start_sync_worker", (source, name))?;
+    Ok(())
 }
 
 impl Executor<EventRef> for ThreadExecutor {
     fn execute(&self, job: PyJobRef) {
         let sent = self.tx.lock().as_ref().map(|tx| tx.send(job.clone()));
         if !matches!(sent, Some(Ok(()))) {
-            job.finish();
+            job.fail_rest("the consumer's worker thread is gone");
         }
     }
 
     fn abandon(&self) {
         // NOTE: Python threads cannot be killed; the stuck worker exits when its
-        // call returns (its results are ignored), and a new one takes over.
-        let tx = spawn_worker(self.consumer.clone(), self.inbox.clone());
+        // call returns (its results are ignored), and a new one takes over. The
+        // new thread is started from the loop, since this runs without the GIL.
+        let (tx, rx) = mpsc::channel::<PyJobRef>();
         *self.tx.lock() = Some(tx);
+        let (consumer, inbox) = (self.consumer.clone(), self.inbox.clone());
+        self.inbox.call_soon(Box::new(move |py| {
+            if let Err(e) = start_worker(py, consumer, inbox, rx) {
+                e.print(py);
+            }
+        }));
     }
 
     fn close(&self) {
         self.tx.lock().take();
+    }
+}
+
+/// Where a worker thread takes its jobs from (used by `_bus.sync_worker`).
+#[pyclass(module = "mpm_events._core", name = "_JobSource", frozen)]
+pub struct JobSource {
+    consumer: Arc<PyConsumer>,
+    inbox: Arc<Inbox>,
+    rx: Mutex<mpsc::Receiver<PyJobRef>>,
+    closed: AtomicBool,
+}
+
+#[pymethods]
+impl JobSource {
+    /// The next job, waiting without the GIL; None once the lane is closed.
+    fn next_job(&self, py: Python<'_>) -> PyResult<Option<Py<PyJob>>> {
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return Ok(None);
+            }
+            let got = py.detach(|| {
+                self.rx
+                    .lock()
+                    .recv_timeout(std::time::Duration::from_millis(200))
+            });
+            match got {
+                Ok(job) => return Py::new(py, PyJob::new(self.consumer.clone(), job)).map(Some),
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(None),
+            }
+        }
+    }
+
+    /// Makes `next_job` return None (interpreter exit).
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// `(consume, consume_batch, filter_func, transform_func, error_handler, timeout)`.
+    #[allow(clippy::type_complexity)]
+    fn callables(
+        &self,
+        py: Python<'_>,
+    ) -> (
+        Py<PyAny>,
+        Option<Py<PyAny>>,
+        Option<Py<PyAny>>,
+        Option<Py<PyAny>>,
+        Option<Py<PyAny>>,
+        f64,
+    ) {
+        let c = &self.consumer;
+        let opt = |o: &Option<Py<PyAny>>| o.as_ref().map(|x| x.clone_ref(py));
+        (
+            c.consume.clone_ref(py),
+            opt(&c.consume_batch),
+            opt(&c.filter),
+            opt(&c.transform),
+            opt(&c.error_handler),
+            c.timeout,
+        )
+    }
+
+    /// The event loop that started the bus (for awaitables), if any.
+    fn event_loop(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.inbox
+            .event_loop
+            .lock()
+            .as_ref()
+            .map(|l| l.clone_ref(py))
     }
 }
 
@@ -328,6 +406,7 @@ pub struct PyJob {
     consumer: Arc<PyConsumer>,
     job: PyJobRef,
     batch: Mutex<BatchState>,
+    awaiting_handler: AtomicBool,
 }
 
 impl PyJob {
@@ -336,6 +415,7 @@ impl PyJob {
             consumer,
             job,
             batch: Mutex::new(BatchState::default()),
+            awaiting_handler: AtomicBool::new(false),
         }
     }
 
@@ -374,42 +454,66 @@ impl PyJob {
         Prepared::Ready(event)
     }
 
-    /// Calls the consumer's `error_handler(event, exc)`, not waiting for it.
-    fn report_error(&self, py: Python<'_>, index: usize, err: &PyErr) {
-        let Some(h) = &self.consumer.error_handler else {
-            return;
-        };
+    /// Calls the consumer's `error_handler(event, exc)`; returns its
+    /// continuation if it suspended (the caller awaits it before going on).
+    fn report_error<'py>(
+        &self,
+        py: Python<'py>,
+        index: usize,
+        err: &PyErr,
+    ) -> Option<Bound<'py, PyAny>> {
+        let h = self.consumer.error_handler.as_ref()?;
         let event = self.job.items[index].entry.event.event.bind(py);
         let result = h
             .bind(py)
             .call1((event, err.value(py)))
             .and_then(|r| drive(py, r));
         match result {
-            Ok(Driven::Done(_)) => {}
-            Ok(Driven::Suspended(aw)) => {
-                if let Err(e) = SPAWN
-                    .import(py, "mpm_events._bus", "spawn")
-                    .and_then(|s| s.call1((aw, self.consumer.name.as_ref())))
-                {
-                    e.print(py);
-                }
-            }
+            Ok(Driven::Done(_)) => None,
+            Ok(Driven::Suspended(aw)) => Some(aw),
             Ok(Driven::Raised(e)) | Err(e) => {
-                super::log_error(
-                    py,
-                    &format!(
-                        "error_handler of consumer {:?} raised {}",
-                        self.consumer.name,
-                        describe(py, &e)
-                    ),
-                );
+                self.handler_failed(py, &e);
+                None
             }
         }
     }
 
-    fn fail(&self, py: Python<'_>, index: usize, err: PyErr, msg: String) {
-        self.report_error(py, index, &err);
+    fn handler_failed(&self, py: Python<'_>, e: &PyErr) {
+        super::log_error(
+            py,
+            &format!(
+                "error_handler of consumer {:?} raised {}",
+                self.consumer.name,
+                describe(py, e)
+            ),
+        );
+    }
+
+    /// Calls the error handler without waiting for it (batch jobs).
+    fn report_error_detached(&self, py: Python<'_>, index: usize, err: &PyErr) {
+        if let Some(aw) = self.report_error(py, index, err) {
+            if let Err(e) = SPAWN
+                .import(py, "mpm_events._bus", "spawn")
+                .and_then(|s| s.call1((aw, self.consumer.name.as_ref())))
+            {
+                e.print(py);
+            }
+        }
+    }
+
+    /// Records a failure, then runs the error handler; returns the handler's
+    /// continuation if it suspended.
+    fn fail<'py>(
+        &self,
+        py: Python<'py>,
+        index: usize,
+        err: PyErr,
+        msg: String,
+    ) -> Option<Bound<'py, PyAny>> {
         self.job.record(Outcome::Failure(msg));
+        let aw = self.report_error(py, index, &err)?;
+        self.awaiting_handler.store(true, Ordering::Release);
+        Some(aw)
     }
 
     /// Runs items until the job is done (None) or a call suspends (its continuation).
@@ -423,14 +527,22 @@ impl PyJob {
             return this.step_batch(py, resumed);
         }
         if let Some(r) = resumed {
-            let i = this.job.recorded();
-            match r {
-                Ok(v) => {
-                    this.job.record(interpret(&v, "consume()"));
+            if this.awaiting_handler.swap(false, Ordering::AcqRel) {
+                if let Err(e) = r {
+                    this.handler_failed(py, &e);
                 }
-                Err(e) => {
-                    let msg = format!("consume() raised {}", describe(py, &e));
-                    this.fail(py, i, e, msg);
+            } else {
+                let i = this.job.recorded();
+                match r {
+                    Ok(v) => {
+                        this.job.record(interpret(&v, "consume()"));
+                    }
+                    Err(e) => {
+                        let msg = format!("consume() raised {}", describe(py, &e));
+                        if let Some(aw) = this.fail(py, i, e, msg) {
+                            return Ok(Some(aw));
+                        }
+                    }
                 }
             }
         }
@@ -456,7 +568,9 @@ impl PyJob {
                     continue;
                 }
                 Prepared::Failed(e, msg) => {
-                    this.fail(py, i, e, msg);
+                    if let Some(aw) = this.fail(py, i, e, msg) {
+                        return Ok(Some(aw));
+                    }
                     continue;
                 }
                 Prepared::Ready(t) => t,
@@ -470,7 +584,9 @@ impl PyJob {
             {
                 Err(e) | Ok(Ok(Driven::Raised(e))) => {
                     let msg = format!("consume() raised {}", describe(py, &e));
-                    this.fail(py, i, e, msg);
+                    if let Some(aw) = this.fail(py, i, e, msg) {
+                        return Ok(Some(aw));
+                    }
                 }
                 Ok(Ok(Driven::Done(v))) => {
                     this.job.record(interpret(&v, "consume()"));
@@ -504,7 +620,7 @@ impl PyJob {
                     }
                     Prepared::Filtered => st.pre[i] = Some(Outcome::Filtered),
                     Prepared::Failed(e, msg) => {
-                        self.report_error(py, i, &e);
+                        self.report_error_detached(py, i, &e);
                         st.pre[i] = Some(Outcome::Failure(msg));
                     }
                 }
@@ -558,7 +674,7 @@ impl PyJob {
             Err(e) => {
                 let msg = format!("consume_batch() raised {}", describe(py, &e));
                 if let Some(first) = st.members.first() {
-                    self.report_error(py, *first, &e);
+                    self.report_error_detached(py, *first, &e);
                 }
                 (0, msg)
             }
@@ -577,28 +693,6 @@ impl PyJob {
                 .map(|o| o.unwrap_or(Outcome::Failure("no outcome".into()))),
         );
         self.job.finish();
-    }
-
-    /// Runs the whole job on the current (worker) thread; awaitables returned
-    /// by the consumer run on the event loop while this thread waits.
-    fn run_blocking(slf: &Bound<'_, Self>, event_loop: Option<Py<PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        let mut resumed = None;
-        loop {
-            match Self::step(slf, resumed.take())? {
-                None => return Ok(()),
-                Some(aw) => {
-                    let Some(l) = &event_loop else {
-                        resumed = Some(Err(pyo3::exceptions::PyRuntimeError::new_err(
-                            "no event loop to run the awaitable on",
-                        )));
-                        continue;
-                    };
-                    let run = RUN_THREADSAFE.import(py, "mpm_events._bus", "run_threadsafe")?;
-                    resumed = Some(run.call1((aw, l, slf.get().consumer.timeout)));
-                }
-            }
-        }
     }
 }
 
@@ -623,6 +717,94 @@ impl PyJob {
     #[getter]
     fn consumer_name(&self) -> &str {
         &self.consumer.name
+    }
+
+    /// The events of the job, in delivery order (sync worker).
+    fn events<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        PyList::new(
+            py,
+            self.job
+                .items
+                .iter()
+                .map(|d| d.entry.event.event.clone_ref(py)),
+        )
+    }
+
+    /// True when the job calls `consume_batch` (sync worker).
+    #[getter]
+    fn batch(&self) -> bool {
+        self.is_batch()
+    }
+
+    /// True once the job is closed (for example abandoned after a timeout).
+    #[getter]
+    fn finished(&self) -> bool {
+        self.job.is_finished()
+    }
+
+    /// Records that the filter skipped the next event (sync worker).
+    fn record_filtered(&self) {
+        self.job.record(Outcome::Filtered);
+    }
+
+    /// Records the next event's `consume()` result (sync worker).
+    fn record_value(&self, value: &Bound<'_, PyAny>) {
+        self.job.record(interpret(value, "consume()"));
+    }
+
+    /// Records that `stage` (e.g. "consume()", "filter_func") raised `exc` for
+    /// the next event (sync worker).
+    fn record_error(&self, py: Python<'_>, exc: Bound<'_, PyAny>, stage: &str) {
+        let e = PyErr::from_value(exc);
+        self.job.record(Outcome::Failure(format!(
+            "{stage} raised {}",
+            describe(py, &e)
+        )));
+    }
+
+    /// Records a failure with a message (sync worker).
+    fn record_failure(&self, message: &str) {
+        self.job.record(Outcome::Failure(message.to_owned()));
+    }
+
+    /// Closes a batch job (sync worker): `pre` has, per event, None (passed to
+    /// `consume_batch`), "filtered", or a failure message; then the batch's
+    /// result or exception.
+    #[pyo3(signature = (pre, result, exc=None))]
+    fn record_batch(
+        &self,
+        py: Python<'_>,
+        pre: Vec<Option<String>>,
+        result: Bound<'_, PyAny>,
+        exc: Option<Bound<'_, PyAny>>,
+    ) {
+        {
+            let mut st = self.batch.lock();
+            st.members = pre
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.is_none())
+                .map(|(i, _)| i)
+                .collect();
+            st.pre = pre
+                .into_iter()
+                .map(|p| match p.as_deref() {
+                    None => None,
+                    Some("filtered") => Some(Outcome::Filtered),
+                    Some(m) => Some(Outcome::Failure(m.to_owned())),
+                })
+                .collect();
+        }
+        let r = match exc {
+            Some(e) if !e.is_none() => Err(PyErr::from_value(e)),
+            _ => Ok(result),
+        };
+        self.finish_batch(py, r);
+    }
+
+    /// Closes the job (items without an outcome fail).
+    fn finish(&self) {
+        self.job.finish();
     }
 
     /// Abandons the job: what has no outcome yet fails with `reason`.

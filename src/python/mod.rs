@@ -69,6 +69,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<bus::EventBus>()?;
     m.add_class::<bus::Ready>()?;
     m.add_class::<executor::PyJob>()?;
+    m.add_class::<executor::JobSource>()?;
     m.add_class::<native::NativeConsumer>()?;
     m.add_class::<consumers::MetricsConsumer>()?;
     m.add_class::<persist::StoredBatch>()?;

@@ -99,17 +99,7 @@ pub fn to_json(obj: &Bound<'_, PyAny>, depth: usize) -> Result<Value, String> {
 /// Copies an event's fields (and, if `with_data`, its payload) for sinks.
 pub fn build_view(py: Python<'_>, eref: &EventRef, with_data: bool) -> PyResult<EventView> {
     let e = eref.event.borrow(py);
-    let timestamp = e.timestamp.bind(py);
-    let ts: DateTime<Utc> = match timestamp.extract::<DateTime<Utc>>() {
-        Ok(t) => t,
-        Err(_) => match timestamp.extract::<DateTime<chrono::FixedOffset>>() {
-            Ok(t) => t.with_timezone(&Utc),
-            Err(_) => timestamp
-                .extract::<chrono::NaiveDateTime>()
-                .map(|n| n.and_utc())
-                .unwrap_or_else(|_| Utc::now()),
-        },
-    };
+    let ts: DateTime<Utc> = e.timestamp.to_utc(py);
     let (data, data_error) = if with_data {
         match to_json(e.data.bind(py), 0) {
             Ok(v) => (Some(v), None),
@@ -225,7 +215,9 @@ impl NativeConsumer {
                 Ok(ev) => ev.clone().unbind(),
                 Err(_) => Py::new(py, Event::from_foreign(&e)?)?,
             };
-            let eref = EventRef::accept(py, owned)?;
+            let (eref, ()) = EventRef::accept(py, owned, |topic| {
+                crate::topic::validate_topic(topic).map(|()| (Arc::from(topic), ()))
+            })?;
             let view = build_view(py, &eref, self.sink.needs_data())?;
             items.push(SinkItem {
                 view: Arc::new(view),

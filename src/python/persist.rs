@@ -31,7 +31,7 @@ use super::event::{Event, EventRef};
 use super::executor::Inbox;
 use super::native::build_view;
 use super::{log_error, runtime};
-use crate::dispatch::{Engine, Lane, Rejected};
+use crate::dispatch::{Engine, Lane, Rejected, Route};
 use crate::storage::{Durability, StorageError, Store, StoreOptions, StoredEvent};
 
 static JSON_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -254,11 +254,15 @@ impl Persist {
         py: Python<'_>,
         engine: &Engine<EventRef>,
         mut eref: EventRef,
-        lanes: Vec<Arc<Lane<EventRef>>>,
+        route: Arc<Route<EventRef>>,
         done: Done,
     ) -> PyResult<Result<(), String>> {
         let stored = stored_event(py, &eref)?;
-        let targets: Vec<String> = lanes.iter().map(|l| l.config.name.to_string()).collect();
+        let targets: Vec<String> = route
+            .lanes
+            .iter()
+            .map(|l| l.config.name.to_string())
+            .collect();
         eref.durable = Some(self.acks.clone());
         let engine = engine.clone();
         let flight = self.flight.clone();
@@ -269,12 +273,12 @@ impl Persist {
             let outcome = match res {
                 Ok(_) => {
                     let id = eref.id.clone();
-                    match engine.publish_to(Arc::new(eref), &lanes) {
+                    match engine.publish_to(Arc::new(eref), &route.lanes) {
                         Ok(()) => Ok(true),
                         Err(Rejected::QueueFull) => {
                             // NOTE: stored but not accepted: publish reports False, so the
                             // deliveries are acked to keep them from coming back at restart.
-                            for l in &lanes {
+                            for l in &route.lanes {
                                 acks.ack(&id, &l.config.name);
                             }
                             Ok(false)
@@ -440,7 +444,9 @@ impl Persist {
                 continue;
             }
             let obj = py_event(py, &ev)?;
-            let mut eref = EventRef::accept(py, obj)?;
+            let (mut eref, ()) = EventRef::accept(py, obj, |topic| {
+                crate::topic::validate_topic(topic).map(|()| (Arc::from(topic), ()))
+            })?;
             eref.durable = Some(self.acks.clone());
             if batch.replay {
                 // NOTE: a lane serves higher event priorities first; one level for the

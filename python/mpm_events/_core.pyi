@@ -1,0 +1,560 @@
+"""Type stubs for ``mpm_events._core``, the compiled Rust engine.
+
+Import these names from :mod:`mpm_events`, not from ``_core`` (a private module).
+
+Topic patterns (consumer ``topics`` and :meth:`Event.matches_topic`):
+
+* A topic is one or more non-empty segments separated by ``.`` (``hook.tool``), with
+  no whitespace or control characters. A *published* topic cannot contain ``*``.
+* ``*`` matches exactly one segment: ``hook.*`` matches ``hook.response`` but not
+  ``hook`` nor ``hook.tool.usage``.
+* ``**`` matches zero or more whole segments: ``hook.**`` matches ``hook``,
+  ``hook.response`` and ``hook.tool.usage``; ``a.**.b`` matches ``a.b`` and
+  ``a.x.y.b``; ``**`` matches every topic.
+* A wildcard must be a whole segment: ``a.**b`` or ``hook*`` raises
+  :class:`~mpm_events.errors.InvalidTopicError` (a ``ValueError``) naming the problem,
+  as does an empty topic or an empty segment (``a..b``, ``.a``, ``a.``).
+"""
+
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
+from datetime import datetime
+from re import Pattern
+from typing import Any, Protocol, TypeVar, final, type_check_only
+
+from mpm_events.interfaces import ConsumerPriority, EventPriority, IEventBus
+
+_T_co = TypeVar("_T_co", covariant=True)
+
+__version__: str
+"""The package version (taken from ``Cargo.toml`` at build time)."""
+
+@final
+class _Ready(Coroutine[Any, Any, _T_co]):
+    """An awaitable that is already complete and holds its result.
+
+    Returned by :meth:`EventBus.publish`, :meth:`EventBus.publish_batch` and
+    :meth:`EventBus.start`: the work is done synchronously when the method is called,
+    and awaiting the result costs no event-loop iteration. It behaves like a
+    finished coroutine, so ``await``, ``asyncio.ensure_future``, ``create_task`` and
+    ``gather`` all accept it.
+    """
+
+    def __await__(self) -> Generator[Any, None, _T_co]: ...
+    def __iter__(self) -> Generator[Any, None, _T_co]: ...
+    def __next__(self) -> None:
+        """Raises ``StopIteration(value)`` at once."""
+
+    def send(self, _value: object = None) -> None:
+        """Raises ``StopIteration(value)`` at once."""
+
+    def throw(self, typ: Any, val: Any = None, _tb: Any = None) -> None:
+        """Raises the given exception."""
+
+    def close(self) -> None: ...
+
+@final
+class _Job:
+    """A consumer call in progress (private; driven by ``mpm_events._bus``).
+
+    The bus steps each ``consume()`` coroutine by hand; when one suspends, the rest
+    of the job runs in a Task that reports each result back through :meth:`resume`.
+    """
+
+    @property
+    def consumer_name(self) -> str:
+        """The name of the consumer the job belongs to."""
+
+    def resume(self, result: Any, exc: BaseException | None = None) -> Awaitable[Any] | None:
+        """Records the suspended call's result (or ``exc``) and continues the job.
+
+        Returns:
+            The next suspended call to await, or None once the job is done.
+        """
+
+    def abandon(self, reason: str) -> None:
+        """Ends the job: every event without an outcome fails with ``reason``."""
+
+@final
+class EventMetadata:
+    """Processing metadata of an event, kept up to date by the bus.
+
+    The bus updates it from its own threads while consumers run; each getter returns
+    a snapshot. ``consumers_processed`` and ``consumers_failed`` return a *new*
+    ``set`` and ``error_messages`` a *new* ``list`` on every access, so mutating the
+    returned object does not change the metadata; assign to the attribute instead.
+
+    Attributes:
+        retry_count: The highest retry number any consumer has reached for the event
+            (0 until a first retry is handed out).
+        max_retries: Informational; retries are governed by each consumer's
+            ``ConsumerConfig.max_retries``, not by this field.
+        published_at: When the bus accepted the event (UTC), else None.
+        consumed_at: When the first consumer handled it successfully (UTC), else None.
+        consumers_processed: Names of the consumers that handled the event.
+        consumers_failed: Names of the consumers whose *latest* attempt failed; a
+            consumer that succeeds on a retry is removed from it.
+        error_messages: Every failure, oldest first, each prefixed with the consumer
+            name (``"flaky: consume() returned False"``); never cleared by a success.
+    """
+
+    retry_count: int
+    max_retries: int
+    published_at: datetime | None
+    consumed_at: datetime | None
+    consumers_processed: set[str]
+    consumers_failed: set[str]
+    error_messages: list[str]
+
+    def __init__(
+        self,
+        retry_count: int = 0,
+        max_retries: int = 3,
+        published_at: datetime | str | None = None,
+        consumed_at: datetime | str | None = None,
+        consumers_processed: Iterable[str] | None = None,
+        consumers_failed: Iterable[str] | None = None,
+        error_messages: list[str] | None = None,
+    ) -> None:
+        """Creates metadata; datetimes may be ISO 8601 strings (naive ones are UTC)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The metadata as a plain dict; datetimes as ISO 8601 strings, sets as lists."""
+
+    def __eq__(self, other: object, /) -> bool: ...
+
+class Event:
+    """An event: what producers publish and consumers receive.
+
+    Same fields, order and defaults as the original's dataclass, positional or by
+    keyword. The bus also accepts any object with these attributes (for example the
+    original package's ``Event``); it is converted to this class, keeping its id.
+
+    Args:
+        id: Unique id; an empty string or None is replaced by a new uuid4 string.
+        topic: Dotted topic such as ``hook.tool`` (validated when published).
+        type: Event type such as ``ToolUse``.
+        timestamp: A ``datetime`` or an ISO 8601 string (parsed); None means now
+            (UTC).
+        source: Who produced it (``hook_handler``, ``system``, ...).
+        data: The payload; must be a ``dict`` (None means ``{}``).
+        metadata: An :class:`EventMetadata` (or an object with its attributes); None
+            means a fresh one.
+        correlation_id: Links related events, or None.
+        priority: An ``EventPriority`` (ours or a foreign enum, read by ``.name``
+            then ``.value``), an int 1..4 or a member name. Default NORMAL.
+
+    Raises:
+        InvalidEventError: A field has the wrong type (a ``TypeError``).
+        ValueError: An unparsable timestamp string or an out-of-range priority.
+
+    Events compare equal when their ids are equal and hash by id.
+    """
+
+    id: str
+    topic: str
+    type: str
+    timestamp: datetime
+    source: str
+    data: dict[str, Any]
+    metadata: EventMetadata
+    correlation_id: str | None
+    priority: EventPriority
+
+    def __init__(
+        self,
+        id: str | None = None,
+        topic: str | None = None,
+        type: str | None = None,
+        timestamp: datetime | str | None = None,
+        source: str | None = None,
+        data: dict[str, Any] | None = None,
+        metadata: EventMetadata | Any | None = None,
+        correlation_id: str | None = None,
+        priority: EventPriority | int | str | Any | None = None,
+    ) -> None: ...
+    def matches_topic(self, pattern: str) -> bool:
+        """Whether this event's topic matches ``pattern`` (see the module docstring).
+
+        Raises:
+            InvalidTopicError: ``pattern`` is malformed.
+        """
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as a plain dict: ISO 8601 timestamp, priority by name, metadata
+        as :meth:`EventMetadata.to_dict`."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Event:
+        """Rebuilds an event from :meth:`to_dict`'s output.
+
+        ``id``, ``topic``, ``type``, ``timestamp`` and ``source`` are required;
+        ``data``, ``metadata``, ``correlation_id`` and ``priority`` are optional.
+        """
+
+    def __eq__(self, other: object, /) -> bool: ...
+    def __hash__(self) -> int: ...
+    def __copy__(self) -> Event:
+        """A shallow copy with its own copy of the metadata."""
+
+@type_check_only
+class _ErrorHandler(Protocol):
+    def __call__(self, event: Event, exc: BaseException, /) -> Awaitable[Any] | Any: ...
+
+class ConsumerConfig:
+    """A consumer's configuration, read by :meth:`EventBus.subscribe`.
+
+    The first eleven parameters are the original's, with its defaults; the last
+    three are new and keyword-only. Any object with the original's attributes is also
+    accepted as a consumer's ``config`` (the new ones then take their defaults).
+
+    Args:
+        name: Unique among the bus's consumers; not empty.
+        topics: Patterns to receive (see the module docstring); None means every
+            topic unless ``topic_pattern`` is given.
+        topic_pattern: A regular expression (``re.Pattern`` or str) matched from the
+            start of the topic (like ``re.match``); an event is delivered when it
+            matches ``topics`` *or* this pattern.
+        priority: The consumer's place in the delivery order of each event
+            (CRITICAL first). Default NORMAL.
+        batch_size: Above 1, the consumer's ``consume_batch(events)`` is called with
+            up to this many events; its int result is how many succeeded, counted
+            from the front of the batch (the rest are failures and are retried).
+        batch_timeout: Seconds a partial batch waits for more events; 0 delivers
+            what is there at once.
+        max_retries: How many times a failed event is retried for this consumer
+            (0 = never) before it goes to the dead-letter queue.
+        retry_backoff: Multiplier of the delay between retries (> 0).
+        error_handler: ``(event, exc)``, called when ``consume``/``consume_batch``
+            raises (or an async one times out) or ``filter_func``/``transform_func``
+            raises; not for a False return. If it returns an awaitable, that runs
+            in a Task of its own without holding up delivery. What it raises is
+            logged.
+        filter_func: ``(event) -> bool``; a false result skips the event for this
+            consumer (counted as handled, in ``consumer_stats[...]["filtered"]``).
+        transform_func: ``(event) -> event``; the consumer receives the result.
+            Raising, or returning None, fails the event for this consumer only.
+        retry_delay: Seconds before the first retry (new; default 0.1).
+        max_retry_delay: Upper bound on any retry delay (new; default 30.0).
+        timeout: Seconds one ``consume``/``consume_batch`` call may take (new;
+            default 30.0). A call that runs longer fails (and is retried) and does
+            not stall the other consumers.
+
+    The delay before retry ``n`` (1-based) is
+    ``min(retry_delay * retry_backoff ** (n - 1), max_retry_delay)`` times a random
+    factor in ``[0.9, 1.1]`` (±10 % jitter), capped again at ``max_retry_delay``.
+    A failure is a ``False``/falsy/None return, an exception or a timeout. A retry
+    waiting for its delay does not hold back the consumer's later events.
+    """
+
+    name: str
+    topics: list[str] | None
+    topic_pattern: Pattern[str] | str | None
+    priority: ConsumerPriority
+    batch_size: int
+    batch_timeout: float
+    max_retries: int
+    retry_backoff: float
+    error_handler: _ErrorHandler | None
+    filter_func: Callable[[Event], bool] | None
+    transform_func: Callable[[Event], Event] | None
+    retry_delay: float
+    max_retry_delay: float
+    timeout: float
+
+    def __init__(
+        self,
+        name: str,
+        topics: list[str] | None = None,
+        topic_pattern: Pattern[str] | str | None = None,
+        priority: ConsumerPriority | int | str | Any | None = None,
+        batch_size: int = 1,
+        batch_timeout: float = 0.0,
+        max_retries: int = 3,
+        retry_backoff: float = 1.0,
+        error_handler: _ErrorHandler | None = None,
+        filter_func: Callable[[Event], bool] | None = None,
+        transform_func: Callable[[Event], Event] | None = None,
+        *,
+        retry_delay: float = 0.1,
+        max_retry_delay: float = 30.0,
+        timeout: float = 30.0,
+    ) -> None: ...
+
+class EventBus(IEventBus):
+    """The event bus: a bounded priority queue routing events to consumers by topic.
+
+    At runtime it is a virtual subclass of ``IEventBus`` (registered, not inherited).
+
+    The engine (queueing, routing, batching, retries, timeouts, dead letters,
+    metrics) runs in Rust. Consumers are reached per consumer "lane": each consumer
+    has its own queue, so a slow or failing consumer does not delay the others, and
+    each event reaches its consumers in ``ConsumerPriority`` order (CRITICAL first).
+    Within a lane, higher ``EventPriority`` events leave first.
+
+    Consumers whose ``consume`` (or, with ``batch_size > 1``, ``consume_batch``) is
+    an ``async def`` run on the event loop that called :meth:`start`; plain ``def``
+    methods run on a worker thread of their own, so a blocking consumer never stalls
+    the loop (if a plain method returns an awaitable, it is run on the loop while the
+    worker waits).
+
+    Args:
+        max_queue_size: How many accepted events may wait to be handed to a
+            consumer; beyond it :meth:`publish` returns False and counts
+            ``events_dropped``. An accepted event is never dropped.
+        process_interval: Kept for compatibility; the bus is event-driven.
+        batch_timeout: Kept for compatibility; batching is per consumer
+            (``ConsumerConfig.batch_timeout``).
+        enable_metrics: Kept for compatibility; metrics are always collected.
+        enable_persistence: Kept for compatibility; has no effect.
+        dead_letter_capacity: How many dead letters are kept in memory (new,
+            keyword-only); when full the oldest is evicted and counted in
+            ``dead_letters_evicted``.
+
+    Raises:
+        ValueError: ``max_queue_size`` or ``dead_letter_capacity`` is below 1.
+    """
+
+    max_queue_size: int
+    """The queue bound; may be changed while running."""
+
+    def __init__(
+        self,
+        max_queue_size: int = 10000,
+        process_interval: float = 0.01,
+        batch_timeout: float = 0.1,
+        enable_metrics: bool = True,
+        enable_persistence: bool = False,
+        *,
+        dead_letter_capacity: int = 10000,
+    ) -> None: ...
+    @property
+    def process_interval(self) -> float: ...
+    @property
+    def batch_timeout(self) -> float: ...
+    @property
+    def enable_metrics(self) -> bool: ...
+    @property
+    def enable_persistence(self) -> bool: ...
+    @property
+    def is_running(self) -> bool:
+        """True between :meth:`start` and :meth:`stop`."""
+
+    def start(self) -> _Ready[Any]:
+        """Starts the bus on the running event loop (idempotent); resolves to True.
+
+        The loop watches a wake-up socket of the bus; async consumers run on it.
+
+        Raises:
+            RuntimeError: Not called inside a running event loop.
+        """
+
+    def stop(self, timeout: float | None = None) -> Coroutine[Any, Any, None]:
+        """Stops the bus (idempotent).
+
+        Stops accepting events, flushes partial batches, fires waiting retries at
+        once, waits until every accepted event is handled, then calls each
+        consumer's ``shutdown()``. If ``timeout`` seconds pass first, what is still
+        waiting goes to the dead-letter queue (calls already running finish or time
+        out on their own) and a warning is logged; no exception is raised.
+        """
+
+    def publish(self, event: Event | Any) -> _Ready[bool]:
+        """Publishes one event; returns an already-complete awaitable.
+
+        The event is validated, routed and queued before this returns; ``await`` only
+        reads the result. It never waits for a consumer.
+
+        Returns:
+            An awaitable of True if accepted; False if the bus is not running (a
+            warning is logged once) or the queue is full (``events_dropped`` grows).
+
+        Raises:
+            InvalidEventError: Not an event, or a missing attribute or a ``data``
+                that is not a dict (a ``TypeError``).
+            InvalidTopicError: The topic is malformed or contains a wildcard.
+        """
+
+    def publish_nowait(self, event: Event | Any) -> bool:
+        """Publishes one event without awaiting; may be called from any thread.
+
+        Same validation and result as :meth:`publish` (for synchronous hook handlers
+        and worker threads).
+        """
+
+    def publish_batch(self, events: Iterable[Event | Any]) -> _Ready[int]:
+        """Publishes several events; returns an already-complete awaitable.
+
+        Every event is validated first: one bad event raises (naming its index) and
+        none is published. Then each is offered in order; one refused because the
+        queue is full is counted as dropped and the rest are still offered; if the
+        bus is not running none is accepted.
+
+        Returns:
+            An awaitable of how many events were accepted.
+        """
+
+    def subscribe(self, consumer: Any) -> Coroutine[Any, Any, bool]:
+        """Adds a consumer: validates its ``config``, awaits ``initialize()``,
+        registers it.
+
+        The consumer needs ``config``, ``initialize``, ``consume`` and ``shutdown``
+        (and ``consume_batch`` when ``batch_size > 1``); it may be an
+        ``IEventConsumer`` subclass or any object with those members. May be called
+        before :meth:`start`.
+
+        Returns:
+            True if registered; False for a duplicate name, or an ``initialize()``
+            that raised or returned a false value (logged).
+
+        Raises:
+            ConsumerConfigError: The config is invalid (a ``ValueError``).
+            InvalidTopicError: A topic pattern is malformed.
+        """
+
+    def unsubscribe(self, consumer_name: str) -> Coroutine[Any, Any, bool]:
+        """Removes a consumer by name, then awaits its ``shutdown()``.
+
+        Events still waiting for it are discarded (counted as handled); calls in
+        progress finish.
+
+        Returns:
+            True if it was subscribed, else False.
+        """
+
+    def join(self, timeout: float | None = None) -> Coroutine[Any, Any, bool]:
+        """Waits until every accepted event is fully handled by every consumer.
+
+        "Fully handled" includes waiting retries and partial batches waiting for
+        their ``batch_timeout``; an event handled means it succeeded, was filtered
+        out or went to the dead-letter queue. Use it in tests instead of sleeping.
+
+        Returns:
+            True.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first (the message says how
+                many events are outstanding).
+        """
+
+    def get_consumers(self) -> list[Any]:
+        """The subscribed consumers, in subscription order."""
+
+    def get_metrics(self) -> dict[str, Any]:
+        """Bus metrics.
+
+        The original's keys: ``events_published`` (accepted), ``events_processed``
+        (fully handled), ``events_failed`` (dead letters produced, per event and
+        consumer), ``events_dropped`` (refused because the queue was full),
+        ``consumers_active``, ``queue_size`` (events not yet handed to every
+        consumer), ``processing_time_ms`` (median latency, weighted over
+        consumers), ``last_event_time`` (datetime or None),
+        ``dead_letter_queue_size``, and ``consumers`` (name -> that consumer's own
+        ``get_metrics()``).
+
+        New keys: ``dead_letters_evicted``, ``events_in_flight`` (accepted, not yet
+        fully handled), ``subscriptions``, and ``consumer_stats``: name -> dict with
+        ``processed`` (successes), ``failed`` (failed attempts, each retry
+        counting), ``retried`` (retries scheduled), ``dead_lettered``, ``filtered``,
+        ``in_flight``, ``pending``, ``latency_p50_ms`` and ``latency_p99_ms``
+        (acceptance to success).
+        """
+
+    def get_dead_letters(self) -> list[dict[str, Any]]:
+        """The dead letters, oldest first.
+
+        Each is a dict: ``event`` (the :class:`Event`), ``consumer`` (its name),
+        ``errors`` (the message of each failed attempt, oldest first; not prefixed),
+        ``attempts`` (int) and ``failed_at`` (UTC datetime).
+        """
+
+    def replay_dead_letters(
+        self, consumer: str | None = None, event_ids: list[str] | None = None
+    ) -> int:
+        """Re-delivers dead letters to the consumers that failed them.
+
+        Selects the dead letters of ``consumer`` (all if None) whose event id is in
+        ``event_ids`` (all if None) and whose consumer is still subscribed, removes
+        them from the dead-letter queue and queues each for that consumer only, with
+        a fresh set of retries.
+
+        Returns:
+            How many were re-queued.
+
+        Raises:
+            RuntimeError: The bus is not running.
+        """
+
+    # ----- private, used by mpm_events._bus -----
+    def _prepare(self, consumer: Any) -> str | None: ...
+    def _register(self, consumer: Any) -> bool: ...
+    def _unregister(self, name: str) -> Any | None: ...
+    def _topics(self, name: str) -> list[str] | None: ...
+    def _drain_wakeups(self) -> None: ...
+    def _run_pending(self) -> bool: ...
+    def _is_idle(self) -> bool: ...
+    def _add_idle_waiter(self, fut: Any) -> None: ...
+    def _begin_stop(self) -> None: ...
+    def _abort_pending(self) -> None: ...
+    def _detach(self) -> None: ...
+    def _outstanding(self) -> int: ...
+
+class _NativeConsumer:
+    """Base class of the built-in consumers written in Rust.
+
+    The bus runs them in Rust, without the GIL; these methods make them usable as
+    ordinary ``IEventConsumer`` objects too (called directly, they run synchronously).
+    """
+
+    @property
+    def config(self) -> ConsumerConfig:
+        """The consumer's configuration."""
+
+    @property
+    def is_healthy(self) -> bool:
+        """Whether the consumer can do its work."""
+
+    def initialize(self) -> _Ready[bool]:
+        """Nothing to prepare; resolves to True."""
+
+    def consume(self, event: Event | Any) -> _Ready[bool]:
+        """Handles one event directly (the bus does not call this)."""
+
+    def consume_batch(self, events: Iterable[Event | Any]) -> _Ready[int]:
+        """Handles several events directly; resolves to how many succeeded."""
+
+    def shutdown(self) -> Awaitable[None]:
+        """Flushes and releases resources (on a worker thread)."""
+
+    def get_metrics(self) -> dict[str, Any]:
+        """The consumer's metrics."""
+
+@final
+class MetricsConsumer(_NativeConsumer):
+    """Event statistics collected in Rust: counts by topic, type, source and
+    ``topic:type``, rates over a sliding window, latency, top-N, errors per consumer.
+
+    Priority DEFERRED; subscribes to ``**`` unless ``topics`` is given.
+
+    Args:
+        window_size: Seconds of the sliding window for rates (>= 1).
+        top_n: How many entries the top-N lists hold.
+        report_interval: Seconds between periodic reports to the log.
+        name: The consumer's name (keyword-only).
+        topics: Patterns to receive (keyword-only); None means ``["**"]``.
+    """
+
+    @property
+    def window_size(self) -> int: ...
+    @property
+    def top_n(self) -> int: ...
+    @property
+    def report_interval(self) -> float: ...
+    def __init__(
+        self,
+        window_size: int = 300,
+        top_n: int = 10,
+        report_interval: float = 60.0,
+        *,
+        name: str = "MetricsConsumer",
+        topics: list[str] | None = None,
+    ) -> None: ...
