@@ -8,13 +8,12 @@ import asyncio
 import random
 import sys
 
+from mpm_events import Event, EventBus
 from persist_helpers import Recorder
-
-from mpm_events import Event as _Event
 
 
 class Printing(Recorder):
-    async def consume(self, event: _Event) -> bool:
+    async def consume(self, event: Event) -> bool:
         # NOTE: printed and flushed before consume returns, i.e. before the ack exists.
         sys.stdout.write(f"D {event.id}\n")
         sys.stdout.flush()
@@ -22,8 +21,6 @@ class Printing(Recorder):
             # NOTE: a slow consumer, so that a backlog of unacknowledged events builds.
             await asyncio.sleep(0.002)
         return True
-
-from mpm_events import Event, EventBus
 
 
 async def main(path: str) -> None:
@@ -35,12 +32,14 @@ async def main(path: str) -> None:
     while True:
         # NOTE: many publishes in flight at once, so they share group commits.
         events = [
-            Event(topic="hook.crash", type="t", source="child", data={"i": i + k, "pad": "x" * 64})
+            Event(topic="hook.crash", type="t", source="child", data={"i": i + k, "p": "x" * 64})
             for k in range(32)
         ]
         i += 32
         results = await asyncio.gather(*[bus.publish(e) for e in events])
-        sys.stdout.write("".join(f"P {e.id}\n" for e, ok in zip(events, results) if ok))
+        sys.stdout.write(
+            "".join(f"P {e.id}\n" for e, ok in zip(events, results, strict=True) if ok)
+        )
         sys.stdout.flush()
 
 

@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 
 import pytest
-from persist_helpers import Recorder, wait_for
-
 from mpm_events import Event, EventBus, PersistenceError
+from persist_helpers import Recorder, wait_for
 
 HERE = Path(__file__).parent
 UTC = dt.UTC
@@ -203,7 +202,6 @@ async def test_dead_letters_are_stored_and_survive_restart(tmp_path: Path) -> No
     await bus.join(10)
     await wait_for(lambda: len(bus.get_stored_dead_letters()) == 3, 10, "stored dead letters")
     await bus.stop()
-    del bus
     bus2 = durable_bus(path)
     letters = bus2.get_stored_dead_letters()
     assert sorted(d["event"].id for d in letters) == sorted(e.id for e in sent)
@@ -306,7 +304,9 @@ async def test_retention_runs_in_the_background(tmp_path: Path) -> None:
 # ----- failures -----
 
 
-async def test_full_store_fails_publish_cleanly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_full_store_fails_publish_cleanly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "full.db"
     bus = durable_bus(path, persistence_hard_limit_bytes=400_000)
     rec = Recorder("r")
@@ -356,7 +356,9 @@ def test_bad_options(tmp_path: Path) -> None:
         durable_bus(tmp_path / "x.db", flush_interval=0)
 
 
-def test_default_path_is_under_the_data_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_path_is_under_the_data_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     bus = EventBus(enable_persistence=True)
     assert bus.persistence_path == str(tmp_path / "data" / "mpm-events" / "events.db")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import datetime
 import concurrent.futures
+import datetime
 import inspect
 import logging
 import threading

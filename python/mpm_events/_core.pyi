@@ -16,12 +16,13 @@ Topic patterns (consumer ``topics`` and :meth:`Event.matches_topic`):
   as does an empty topic or an empty segment (``a..b``, ``.a``, ``a.``).
 """
 
+import os
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from re import Pattern
-from typing import Any, Protocol, TypeVar, final, type_check_only
+from typing import Any, Literal, Protocol, TypeVar, final, type_check_only
 
-from mpm_events.interfaces import ConsumerPriority, EventPriority, IEventBus
+from mpm_events.interfaces import ConsumerPriority, EventPriority, IEventBus, IEventConsumer
 
 _T_co = TypeVar("_T_co", covariant=True)
 
@@ -305,13 +306,43 @@ class EventBus(IEventBus):
         batch_timeout: Kept for compatibility; batching is per consumer
             (``ConsumerConfig.batch_timeout``).
         enable_metrics: Kept for compatibility; metrics are always collected.
-        enable_persistence: Kept for compatibility; has no effect.
+        enable_persistence: Store every accepted event in a local SQLite database
+            before it is dispatched, with the consumers it was routed to; record each
+            consumer's acknowledgement (handled or filtered out) and the dead
+            letters; redeliver what a consumer (matched by name) has not
+            acknowledged when a bus starts on the same file again. See
+            ``docs/persistence.md``.
         dead_letter_capacity: How many dead letters are kept in memory (new,
             keyword-only); when full the oldest is evicted and counted in
             ``dead_letters_evicted``.
+        persistence_path: The database file (keyword-only, like all below). Default
+            ``$XDG_DATA_HOME/mpm-events/events.db``, else
+            ``~/.local/share/mpm-events/events.db``. Parent directories are created.
+        durability: ``"sync"`` (default): ``await publish(e)`` completes True only
+            once the event is fsynced; concurrent publishes share one fsync (group
+            commit). ``"async"``: ``publish`` returns at once; events are committed
+            at the next group commit and fsynced within ``flush_interval``, so a
+            power cut or OS crash can lose up to that window (a killed process loses
+            only what was still queued for the writer, well under a millisecond).
+        flush_interval: Seconds between forced syncs in ``"async"`` mode (0.05).
+        retention_max_age: Delete stored events older (by their ``timestamp``) than
+            this (a ``timedelta`` or seconds); None keeps them.
+        retention_max_bytes: Then delete the oldest stored events until the store
+            holds at most this many bytes of events; None for no limit.
+        compress_threshold: Payloads larger than this many JSON bytes are stored
+            LZ4-compressed (4096).
+        retention_interval: Seconds between background retention runs (60.0);
+            None to apply retention only through :meth:`apply_retention`.
+        persistence_hard_limit_bytes: Cap on the database file size (SQLite
+            ``max_page_count``): a publish that would grow it further returns False
+            and logs an error, as on a full disk; nothing is deleted.
 
     Raises:
-        ValueError: ``max_queue_size`` or ``dead_letter_capacity`` is below 1.
+        ValueError: ``max_queue_size`` or ``dead_letter_capacity`` is below 1, an
+            unknown ``durability``, or a non-positive interval.
+        PersistenceError: The store cannot be opened: corrupt or not an
+            mpm-events store, unreadable, newer schema. The message names the path
+            and what to do; the file is never modified or silently replaced.
     """
 
     max_queue_size: int
@@ -326,6 +357,14 @@ class EventBus(IEventBus):
         enable_persistence: bool = False,
         *,
         dead_letter_capacity: int = 10000,
+        persistence_path: str | os.PathLike[str] | None = None,
+        durability: Literal["sync", "async"] = "sync",
+        flush_interval: float = 0.05,
+        retention_max_age: timedelta | float | None = None,
+        retention_max_bytes: int | None = None,
+        compress_threshold: int = 4096,
+        retention_interval: float | None = 60.0,
+        persistence_hard_limit_bytes: int | None = None,
     ) -> None: ...
     @property
     def process_interval(self) -> float: ...
@@ -335,6 +374,9 @@ class EventBus(IEventBus):
     def enable_metrics(self) -> bool: ...
     @property
     def enable_persistence(self) -> bool: ...
+    @property
+    def persistence_path(self) -> str | None:
+        """The store's file, or None without persistence."""
     @property
     def is_running(self) -> bool:
         """True between :meth:`start` and :meth:`stop`."""
@@ -358,8 +400,14 @@ class EventBus(IEventBus):
         out on their own) and a warning is logged; no exception is raised.
         """
 
-    def publish(self, event: Event | Any) -> _Ready[bool]:
+    def publish(self, event: Event | Any) -> Coroutine[Any, Any, bool]:
         """Publishes one event; returns an already-complete awaitable.
+
+        With ``enable_persistence`` and ``durability="sync"`` the awaitable (a
+        coroutine, so ``create_task`` accepts it) completes once the event is on
+        disk and dispatched: True, or False with an error logged if it could not be
+        stored (disk full), in which case it is not dispatched either. With
+        ``"async"`` it is already complete; a later write failure is logged.
 
         The event is validated, routed and queued before this returns; ``await`` only
         reads the result. It never waits for a consumer.
@@ -467,6 +515,53 @@ class EventBus(IEventBus):
         ``attempts`` (int) and ``failed_at`` (UTC datetime).
         """
 
+    def replay(
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        topics: list[str] | str | None = None,
+        to: IEventConsumer | str | None = None,
+    ) -> Coroutine[Any, Any, int]:
+        """Re-delivers stored events to one subscribed consumer (persistence only).
+
+        Selects the stored events with ``since <= timestamp < until`` (either bound
+        None for open; naive datetimes are UTC) whose topic matches one of the
+        patterns ``topics`` (all if None) and queues them, in timestamp order, for
+        ``to`` only, with their original ids; other consumers and live traffic are
+        not affected. Resolves once all are queued (``join()`` waits for handling).
+
+        Returns:
+            How many events were queued.
+
+        Raises:
+            RuntimeError: Persistence is off or the bus is not running.
+            ValueError: ``to`` is not subscribed.
+            InvalidTopicError: A pattern is malformed.
+        """
+
+    def persistence_stats(self) -> dict[str, Any]:
+        """Counters of the event store: ``path``, ``durability``, ``stored_events``,
+        ``stored_bytes``, ``pending_deliveries`` (unacknowledged (event, consumer)
+        pairs), ``stored_dead_letters``, ``write_failures`` (publishes refused by
+        the store), ``background_write_errors``, ``writes_in_flight``,
+        ``acks_written``, ``redelivered`` (at start/subscribe) and ``replayed``.
+
+        Raises:
+            RuntimeError: Persistence is off.
+        """
+
+    def apply_retention(self) -> dict[str, int]:
+        """Applies retention now (it also runs every ``retention_interval``):
+        ``deleted_by_age``, ``deleted_by_size``, ``bytes_before``, ``bytes_after``."""
+
+    def get_stored_dead_letters(self) -> list[dict[str, Any]]:
+        """The dead letters kept in the store (they survive restarts), oldest first:
+        ``id``, ``event``, ``consumer``, ``errors``, ``attempts``, ``failed_at``."""
+
+    def flush_persistence(self) -> None:
+        """Writes collected acknowledgements and waits until everything is on
+        disk (``stop()`` does this too). Blocks; the GIL is released."""
+
     def replay_dead_letters(
         self, consumer: str | None = None, event_ids: list[str] | None = None
     ) -> int:
@@ -497,6 +592,20 @@ class EventBus(IEventBus):
     def _abort_pending(self) -> None: ...
     def _detach(self) -> None: ...
     def _outstanding(self) -> int: ...
+    def _persist_close_gate(self, fut: Any) -> None: ...
+    def _persist_unacked(self, names: list[str], upto: int) -> _StoredBatch: ...
+    def _persist_watermark(self) -> int: ...
+    def _persist_redelivery_done(self) -> None: ...
+    def _persist_replay_read(
+        self, since_us: int | None, until_us: int | None, topics: list[str] | None, to: str
+    ) -> _StoredBatch: ...
+    def _persist_push(self, batch: _StoredBatch) -> int: ...
+
+class _StoredBatch:
+    """Stored events waiting to be queued (private)."""
+
+    @property
+    def remaining(self) -> int: ...
 
 class _NativeConsumer:
     """Base class of the built-in consumers written in Rust.
