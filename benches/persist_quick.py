@@ -84,15 +84,25 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         mem = await run("in-memory", n, tasks)
         a = await run(
-            "persistent async", n, tasks, enable_persistence=True,
-            persistence_path=str(Path(d) / "a.db"), durability="async",
+            "persistent async",
+            n,
+            tasks,
+            enable_persistence=True,
+            persistence_path=str(Path(d) / "a.db"),
+            durability="async",
         )
         s = await run(
-            f"persistent sync ({tasks} tasks)", n, tasks, enable_persistence=True,
+            f"persistent sync ({tasks} tasks)",
+            n,
+            tasks,
+            enable_persistence=True,
             persistence_path=str(Path(d) / "s.db"),
         )
         s1 = await run(
-            "persistent sync (8 tasks)", n // 10, 8, enable_persistence=True,
+            "persistent sync (8 tasks)",
+            n // 10,
+            8,
+            enable_persistence=True,
             persistence_path=str(Path(d) / "s1.db"),
         )
     print(f"async / in-memory = {a / mem:.0%}; sync / in-memory = {s / mem:.0%}; s8={s1:,.0f}")
