@@ -270,6 +270,19 @@ impl<E: EventLike> Lane<E> {
         None
     }
 
+    fn push_many(self: &Arc<Self>, ds: Vec<Delivery<E>>) -> Vec<Delivery<E>> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return ds;
+        }
+        for d in ds {
+            let level = (d.entry.event.priority().clamp(1, PRIORITY_LEVELS as u8) - 1) as usize;
+            st.pending[level].push_back(d);
+            st.len += 1;
+        }
+        Vec::new()
+    }
+
     /// Hands out the next job if the lane is idle and has something ready.
     fn pump(self: &Arc<Self>) {
         let Some(shared) = self.shared.upgrade() else {
@@ -499,6 +512,9 @@ pub struct EngineCounters {
     pub dead_letters: usize,
     pub dead_letters_evicted: u64,
 }
+
+/// Deliveries bound for one lane.
+type LaneBatch<E> = (Arc<Lane<E>>, Vec<Delivery<E>>);
 
 type Listener<E> = Box<dyn Fn(&DeadLetter<E>) + Send + Sync>;
 
@@ -832,6 +848,86 @@ impl<E: EventLike> Engine<E> {
             }
         }
         Ok(())
+    }
+
+    /// Accepts many events, each for its route's lanes, taking each lane's lock
+    /// once for the whole batch. Returns how many were accepted; stops at the
+    /// first `NotRunning`, and counts `QueueFull` refusals as dropped.
+    pub fn publish_many(&self, events: Vec<(Arc<E>, Arc<Route<E>>)>) -> (usize, Option<Rejected>) {
+        let s = &self.shared;
+        if !s.accepting.load(Ordering::Acquire) {
+            return (0, Some(Rejected::NotRunning));
+        }
+        let max = s.max_queue.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let mut accepted = 0usize;
+        let mut entries = 0usize;
+        let mut refused = None;
+        // Deliveries grouped by lane, in first-seen lane order.
+        let mut groups: Vec<LaneBatch<E>> = Vec::new();
+        let mut last_route: Option<Arc<Route<E>>> = None;
+        let mut slots: Vec<usize> = Vec::new();
+        for (event, route) in events {
+            if route.lanes.is_empty() {
+                s.processed.fetch_add(1, Ordering::Relaxed);
+                accepted += 1;
+                continue;
+            }
+            if s.queued
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                    (q < max).then_some(q + 1)
+                })
+                .is_err()
+            {
+                s.dropped.fetch_add(1, Ordering::Relaxed);
+                refused = Some(Rejected::QueueFull);
+                continue;
+            }
+            if !last_route.as_ref().is_some_and(|r| Arc::ptr_eq(r, &route)) {
+                slots.clear();
+                for lane in &route.lanes {
+                    let pos = groups
+                        .iter()
+                        .position(|(l, _)| Arc::ptr_eq(l, lane))
+                        .unwrap_or_else(|| {
+                            groups.push((lane.clone(), Vec::new()));
+                            groups.len() - 1
+                        });
+                    slots.push(pos);
+                }
+                last_route = Some(route.clone());
+            }
+            let n = route.lanes.len() as u32;
+            let entry = Arc::new(Entry {
+                event,
+                unstarted: AtomicU32::new(n),
+                unfinished: AtomicU32::new(n),
+                accepted: now,
+            });
+            for &slot in &slots {
+                groups[slot].1.push(Delivery {
+                    entry: entry.clone(),
+                    attempt: 0,
+                    errors: Vec::new(),
+                });
+            }
+            accepted += 1;
+            entries += 1;
+        }
+        s.published.fetch_add(accepted as u64, Ordering::Relaxed);
+        // NOTE: counted before any lane can hand an entry out and finish it.
+        s.outstanding.fetch_add(entries, Ordering::AcqRel);
+        for (lane, deliveries) in groups {
+            let rejected = lane.push_many(deliveries);
+            for d in rejected {
+                if d.entry.unstarted.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    s.queued.fetch_sub(1, Ordering::AcqRel);
+                }
+                s.finish_entry(&d.entry);
+            }
+            lane.pump();
+        }
+        (accepted, refused)
     }
 
     /// Routes and accepts one event.

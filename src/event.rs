@@ -109,8 +109,8 @@ pub type MetaCell = Arc<Mutex<MetaState>>;
 pub struct EventView {
     pub id: Arc<str>,
     pub topic: Arc<str>,
-    pub event_type: String,
-    pub source: String,
+    pub event_type: Arc<str>,
+    pub source: Arc<str>,
     pub timestamp: DateTime<Utc>,
     /// The payload as JSON; `None` when no sink on the route needed it.
     pub data: Option<serde_json::Value>,

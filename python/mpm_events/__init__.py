@@ -12,10 +12,13 @@ import logging
 
 from mpm_events._core import (
     ConsumerConfig,
+    DeadLetterConsumer,
     Event,
     EventBus,
     EventMetadata,
+    LoggingConsumer,
     MetricsConsumer,
+    SocketIOConsumer,
     __version__,
 )
 from mpm_events.errors import (
@@ -43,6 +46,7 @@ __all__ = [
     "ConsumerConfig",
     "ConsumerConfigError",
     "ConsumerPriority",
+    "DeadLetterConsumer",
     "Event",
     "EventBus",
     "EventBusError",
@@ -54,10 +58,15 @@ __all__ = [
     "IEventProducer",
     "InvalidEventError",
     "InvalidTopicError",
+    "LoggingConsumer",
     "MetricsConsumer",
     "PersistenceError",
+    "SocketIOConsumer",
     "SystemEventProducer",
     "__version__",
 ]
 
 IEventConsumer.register(MetricsConsumer)
+IEventConsumer.register(LoggingConsumer)
+IEventConsumer.register(DeadLetterConsumer)
+IEventConsumer.register(SocketIOConsumer)

@@ -340,7 +340,8 @@ async def join(bus: EventBus, timeout: float | None = None) -> bool:
         await asyncio.wait_for(asyncio.shield(fut), timeout)
     except TimeoutError:
         raise TimeoutError(
-            f"join() timed out after {timeout:g}s with {bus._outstanding()} event(s) not yet handled"
+            f"join() timed out after {timeout:g}s with {bus._outstanding()} event(s)"
+            " not yet handled"
         ) from None
     return True
 

@@ -16,7 +16,9 @@ Topic patterns (consumer ``topics`` and :meth:`Event.matches_topic`):
   as does an empty topic or an empty segment (``a..b``, ``.a``, ``a.``).
 """
 
+import asyncio
 import os
+import pathlib
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from datetime import datetime, timedelta
 from re import Pattern
@@ -75,14 +77,74 @@ class _Job:
     def abandon(self, reason: str) -> None:
         """Ends the job: every event without an outcome fails with ``reason``."""
 
+    # The worker thread of a plain-function consumer records outcomes one by one:
+    def events(self) -> list[Event]:
+        """The job's events, in delivery order."""
+
+    @property
+    def batch(self) -> bool:
+        """True when the job is one ``consume_batch`` call."""
+
+    @property
+    def finished(self) -> bool:
+        """True once the job is closed (for example abandoned after a timeout)."""
+
+    def record_filtered(self) -> None:
+        """The filter skipped the next event."""
+
+    def record_value(self, value: Any) -> None:
+        """The next event's ``consume()`` returned ``value`` (truthy = success)."""
+
+    def record_error(self, exc: BaseException, stage: str) -> None:
+        """``stage`` (``"consume()"``, ``"filter_func"``, ...) raised ``exc``."""
+
+    def record_failure(self, message: str) -> None:
+        """The next event failed with ``message``."""
+
+    def record_batch(
+        self, pre: list[str | None], result: Any, exc: BaseException | None = None
+    ) -> None:
+        """Closes a batch job: per event None (in the batch), ``"filtered"`` or a
+        failure message; then the batch call's result or exception."""
+
+    def finish(self) -> None:
+        """Closes the job; events without an outcome fail."""
+
+@final
+class _JobSource:
+    """Where a plain-function consumer's worker thread takes its jobs (private)."""
+
+    def next_job(self) -> _Job | None:
+        """The next job, waiting without the GIL; None once the consumer is gone."""
+
+    def close(self) -> None:
+        """Makes :meth:`next_job` return None (used at interpreter exit)."""
+
+    def callables(
+        self,
+    ) -> tuple[
+        Callable[..., Any],
+        Callable[..., Any] | None,
+        Callable[..., Any] | None,
+        Callable[..., Any] | None,
+        Callable[..., Any] | None,
+        float,
+    ]:
+        """``(consume, consume_batch, filter_func, transform_func, error_handler, timeout)``."""
+
+    def event_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop that started the bus, for awaitables a consumer returns."""
+
 @final
 class EventMetadata:
     """Processing metadata of an event, kept up to date by the bus.
 
-    The bus updates it from its own threads while consumers run; each getter returns
-    a snapshot. ``consumers_processed`` and ``consumers_failed`` return a *new*
-    ``set`` and ``error_messages`` a *new* ``list`` on every access, so mutating the
-    returned object does not change the metadata; assign to the attribute instead.
+    The bus updates it from its own threads while consumers run.
+    ``consumers_processed`` and ``consumers_failed`` are live ``set`` objects and
+    ``error_messages`` a live ``list``, as in the original's dataclass: the same
+    object is returned on each access, code may mutate it, and the bus's own later
+    changes are applied to it at the next access. (The Rust consumers read the
+    bus's record, which does not include changes user code made to these objects.)
 
     Attributes:
         retry_count: The highest retry number any consumer has reached for the event
@@ -666,4 +728,204 @@ class MetricsConsumer(_NativeConsumer):
         *,
         name: str = "MetricsConsumer",
         topics: list[str] | None = None,
+    ) -> None: ...
+
+# --- Built-in consumers (branch `consumers`) --------------------------------
+# NOTE: MetricsConsumer above also logs the original's "=== Event Metrics
+# Report ===" (plus latency percentiles) to logger ``mpm_events.metrics`` every
+# ``report_interval`` seconds (checked as events arrive; <= 0 disables) and at
+# shutdown. get_metrics() adds latency_p50/p95/p99_ms, topic_counts,
+# type_counts and source_counts to the original's keys.
+
+@final
+class LoggingConsumer(_NativeConsumer):
+    """Logs events through Python ``logging``; formatting happens in Rust.
+
+    Each record is the original's ``_format_event``: ``[topic] type (id=<first
+    8>, source=...)``, then (if ``include_data`` and the payload is non-empty)
+    a newline and the payload as ``json.dumps(indent=2)`` (or ``str()`` when
+    ``format_json`` is False) cut to ``max_data_length`` characters plus
+    ``...``, then `` [retries=N, failed={'C'}]`` when the event was retried or
+    failed. Level: ERROR for events with failed consumers or ``error.`` topics,
+    WARNING for retried events or ``warning.`` topics, DEBUG for ``debug.``,
+    else ``log_level``.
+
+    Records are handed over in batches to one dedicated thread that attaches
+    to Python once per batch (never per event, never from a Tokio task); a
+    batch counts as consumed once logged, so after ``await bus.join()`` the
+    records exist. Priority LOW; topics ``**`` unless given.
+
+    Args:
+        log_level: DEBUG, INFO, WARNING, ERROR or CRITICAL (ValueError otherwise).
+        topics: Patterns to log; None means ``["**"]``.
+        format_json: Payload as indented JSON rather than ``str()``.
+        include_data: Append the payload.
+        max_data_length: Longest payload text before it is cut.
+        logger_name: The logger (keyword-only); default ``mpm_events.events``.
+        name: The consumer's name (keyword-only).
+    """
+
+    log_level: str
+    format_json: bool
+    include_data: bool
+    max_data_length: int
+    logger_name: str
+    def __init__(
+        self,
+        log_level: str = "INFO",
+        topics: list[str] | None = None,
+        format_json: bool = True,
+        include_data: bool = True,
+        max_data_length: int = 1000,
+        *,
+        logger_name: str = "mpm_events.events",
+        name: str = "LoggingConsumer",
+    ) -> None: ...
+
+@final
+class DeadLetterConsumer(_NativeConsumer):
+    """Persists failed events as JSON lines for analysis and replay.
+
+    Receives every event that exhausted its retries in ANY consumer of the bus
+    (and items a Rust consumer accepted but could not deliver, e.g. Socket.IO
+    items still buffered at shutdown), plus events on its own topics (default
+    ``error.**``, ``failed.**``) that already have failed consumers, retries
+    exhausted or error messages (the original's ``_should_store``). Priority
+    CRITICAL.
+
+    Files: ``<output_dir>/dead-letter-YYYYmmdd-HHMMSS.jsonl`` (UTC; a second
+    file started within the same second gets ``-1``, ``-2``, ...). A new file
+    is started at ``initialize()`` and when the next line would exceed
+    ``max_file_size``. Files not modified for ``retention_days`` are deleted at
+    ``initialize()`` and hourly while writing.
+
+    Line format (one JSON object, ``\\n``-terminated, written with one write)::
+
+        {"id", "topic", "type", "timestamp": ISO 8601, "source", "data",
+         "correlation_id", "priority": "NORMAL",
+         "metadata": {"retry_count", "consumers_failed": [...], "error_messages": [...]},
+         "dead_letter": {"consumer": name or null, "errors": [one per attempt],
+                         "attempts": n, "stored_at": ISO 8601}}
+
+    A line torn by a crash is skipped (and counted in ``lines_skipped``) on
+    read. See ``docs/dead-letters.md``.
+
+    Args:
+        output_dir: Directory; default ``~/.claude-mpm/dead-letter``.
+        max_file_size: Bytes per file before rotating (default 10 MiB).
+        retention_days: Days a file is kept.
+        topics: Own topics; None means ``["error.**", "failed.**"]``.
+        name: The consumer's name (keyword-only).
+    """
+
+    max_file_size: int
+    retention_days: float
+    def __init__(
+        self,
+        output_dir: str | os.PathLike[str] | None = None,
+        max_file_size: int = 10 * 1024 * 1024,
+        retention_days: float = 7,
+        topics: list[str] | None = None,
+        *,
+        name: str = "DeadLetterConsumer",
+    ) -> None: ...
+    @property
+    def output_dir(self) -> pathlib.Path:
+        """The directory of the dead-letter files."""
+
+    def files(self) -> list[pathlib.Path]:
+        """The dead-letter files, oldest first."""
+
+    def cleanup(self) -> int:
+        """Deletes files past retention now; returns how many."""
+
+    def replay_events(
+        self,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        topic_filter: str | None = None,
+    ) -> Awaitable[list[Event]]:
+        """Stored events (oldest first) as ``Event`` objects with their id,
+        timestamp, payload and metadata, ready for ``bus.publish``.
+
+        ``start_time``/``end_time`` bound the event timestamp (inclusive; naive
+        datetimes are UTC). ``topic_filter`` is a prefix as in the original
+        (``"hook."``) or, if it contains ``*``, a topic pattern (``"hook.*"``).
+        """
+
+@final
+class SocketIOConsumer(_NativeConsumer):
+    """Forwards events to a Socket.IO v5 server (the Claude MPM dashboard).
+
+    A Rust Socket.IO client over WebSocket (no OpenSSL; ``http``/``ws`` URLs).
+    Event name by topic prefix: ``hook.`` -> ``hook_event``, ``cli.`` ->
+    ``cli_event``, ``system.`` -> ``system_event``, ``agent.`` ->
+    ``agent_event``, ``build.`` -> ``build_event``, else ``claude_event``;
+    payload ``{id, type, topic, timestamp (ISO 8601), source, data,
+    correlation_id}``.
+
+    Delivery: a batch counts as consumed once accepted into the bounded buffer
+    (``buffer_limit`` items), so a server that is away never blocks the bus.
+    Buffered items are emitted in order with acks, at least once, across
+    reconnects (first connect retried too; backoff ``reconnect_delay``
+    doubling to ``max_reconnect_delay``). Items that do not fit fail their
+    attempt and, after the retries, reach the dead-letter queue and every
+    DeadLetterConsumer. ``shutdown()`` (``bus.stop()``) waits up to
+    ``flush_timeout`` seconds to deliver what is buffered; what is still
+    undelivered goes to the DeadLetterConsumers.
+
+    Config: name ``SocketIOConsumer``, topics ``**``, priority HIGH, the given
+    batch size/timeout, 3 retries, backoff 2.0.
+
+    Args:
+        socketio_server: A URL string (an original server object is ignored).
+        port_range: The default URL uses its first port on 127.0.0.1.
+        reconnect_delay: First reconnect delay, seconds.
+        max_reconnect_delay: Upper bound of the delay.
+        batch_size: Events per batch.
+        batch_timeout: Seconds to wait to fill a batch.
+        url: Server URL (keyword-only), e.g. ``http://127.0.0.1:8765``.
+        namespace: Socket.IO namespace.
+        auth: Auth payload of the namespace connect.
+        headers: Extra WebSocket handshake headers.
+        event_name: One name for every event, or ``{topic prefix: name}``
+            (longest prefix wins; others use the default mapping).
+        buffer_limit: Most accepted, undelivered items.
+        emit_per_batch: A name (or True for ``claude_event_batch``): one emit
+            per batch carrying the list of payloads.
+        flush_timeout: Seconds ``shutdown()`` waits to deliver the buffer.
+        name: The consumer's name.
+
+    ``get_metrics()``: connected, events_received, events_emitted,
+    events_failed, events_rejected, events_dead_lettered, buffered, in_flight,
+    reconnections, connection_attempts, resent, unacked,
+    average_emit_time_ms, emit_latency_p50_ms, emit_latency_p99_ms, last_error.
+    """
+
+    url: str
+    namespace: str
+    port_range: tuple[int, int]
+    reconnect_delay: float
+    max_reconnect_delay: float
+    batch_size: int
+    batch_timeout: float
+    buffer_limit: int
+    def __init__(
+        self,
+        socketio_server: str | object | None = None,
+        port_range: tuple[int, int] = (8765, 8785),
+        reconnect_delay: float = 1.0,
+        max_reconnect_delay: float = 30.0,
+        batch_size: int = 10,
+        batch_timeout: float = 0.1,
+        *,
+        url: str | None = None,
+        namespace: str = "/",
+        auth: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        event_name: str | dict[str, str] | None = None,
+        buffer_limit: int = 10_000,
+        emit_per_batch: str | bool | None = None,
+        flush_timeout: float = 5.0,
+        name: str = "SocketIOConsumer",
     ) -> None: ...

@@ -16,13 +16,15 @@ use super::config::ConsumerSpec;
 use super::errors::event_error;
 use super::event::{Event, EventRef};
 use super::executor::{Inbox, LoopExecutor, PyConsumer, ThreadExecutor};
-use super::native::{build_view, NativeConsumer, SinkExecutor};
+use super::native::{build_view, build_view_with, NativeConsumer, SinkExecutor, ViewMemo};
 use super::persist::{self, Persist};
 use super::{log_info, log_warning, runtime};
 use crate::dispatch::{Engine, Executor, Lane, LaneConfig, Rejected, Route};
 
 /// Items the loop handles per wake-up before letting other callbacks run.
 const LOOP_BUDGET: usize = 16_384;
+/// Events `publish_batch` hands to the engine at a time.
+const PUBLISH_SLICE: usize = 2048;
 /// Events per job for single-event consumers.
 const CHUNK: usize = 512;
 
@@ -103,6 +105,13 @@ impl Ready {
     fn close(&self) {}
 }
 
+/// What consecutive events of one publish call can share.
+#[derive(Default)]
+struct PrepMemo {
+    route: Option<Arc<Route<EventRef>>>,
+    view: ViewMemo,
+}
+
 struct Subscribed {
     consumer: Py<PyAny>,
     lane: Arc<Lane<EventRef>>,
@@ -164,7 +173,7 @@ impl EventBus {
                 Py::new(py, Event::from_foreign(event)?)?
             }
         };
-        let (eref, route) = self.prepare_event(py, owned)?;
+        let (eref, route) = self.prepare_event(py, owned, Utc::now(), &mut PrepMemo::default())?;
         if !self.shared.engine.is_accepting() || p.is_closing() {
             if !self.shared.warned_not_running.swap(true, Ordering::Relaxed) {
                 log_warning(
@@ -180,19 +189,86 @@ impl EventBus {
         p.submit(py, &self.shared.engine, eref, route, done)
     }
 
+    /// `publish_batch` with persistence: one durable publish per event, resolving to
+    /// how many were accepted.
+    fn publish_batch_durable(
+        &self,
+        p: &Arc<Persist>,
+        py: Python<'_>,
+        events: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        let event_loop = self
+            .shared
+            .inbox
+            .event_loop
+            .lock()
+            .as_ref()
+            .map(|l| l.clone_ref(py));
+        let mut aws = Vec::new();
+        for e in events
+            .try_iter()
+            .map_err(|_| event_error("publish_batch() expects an iterable of events"))?
+        {
+            let e = e?;
+            let lp = event_loop.as_ref().map(|l| l.clone_ref(py));
+            aws.push(persist::publish(p, py, lp, |done| {
+                self.accept_durable(p, &e, done)
+            })?);
+        }
+        helpers(py)?
+            .call_method1("count_true", (aws,))
+            .map(Bound::unbind)
+    }
+
     /// Validates an event, routes it and copies what Rust consumers on the
     /// route need.
+    /// Checks that an event can be published (valid topic, dict payload)
+    /// without accepting it.
+    fn check_event(&self, py: Python<'_>, owned: &Py<Event>, memo: &mut PrepMemo) -> PyResult<()> {
+        let e = owned.borrow(py);
+        let topic = e.topic.bind(py).to_cow()?;
+        if memo.route.as_ref().is_none_or(|r| *r.topic != *topic) {
+            memo.route = Some(
+                self.shared
+                    .engine
+                    .route_topic(&topic)
+                    .map_err(super::errors::topic_error)?,
+            );
+        }
+        if !e.data.bind(py).is_instance_of::<PyDict>() {
+            return Err(event_error(format!(
+                "Event.data must be a dict, got {}",
+                e.data.bind(py).get_type().name()?
+            )));
+        }
+        Ok(())
+    }
+
     fn prepare_event(
         &self,
         py: Python<'_>,
         owned: Py<Event>,
+        now: DateTime<Utc>,
+        memo: &mut PrepMemo,
     ) -> PyResult<(EventRef, Arc<Route<EventRef>>)> {
         let engine = &self.shared.engine;
-        let (mut eref, route) = EventRef::accept(py, owned, |topic| {
-            engine.route_topic(topic).map(|r| (r.topic.clone(), r))
+        let (mut eref, route) = EventRef::accept(py, owned, now, |topic| {
+            // NOTE: a batch is usually on few topics; skip the cache lock when the
+            // topic is the previous event's.
+            if let Some(r) = memo.route.as_ref().filter(|r| *r.topic == *topic) {
+                return Ok((r.topic.clone(), r.clone()));
+            }
+            let r = engine.route_topic(topic)?;
+            memo.route = Some(r.clone());
+            Ok((r.topic.clone(), r))
         })?;
         if route.needs_view > 0 {
-            eref.view = Some(Arc::new(build_view(py, &eref, route.needs_view >= 2)?));
+            eref.view = Some(Arc::new(build_view_with(
+                py,
+                &eref,
+                route.needs_view >= 2,
+                &mut memo.view,
+            )?));
         }
         Ok((eref, route))
     }
@@ -208,7 +284,7 @@ impl EventBus {
                 Py::new(py, Event::from_foreign(event)?)?
             }
         };
-        let eref = self.prepare_event(py, owned)?;
+        let eref = self.prepare_event(py, owned, Utc::now(), &mut PrepMemo::default())?;
         let result = self
             .shared
             .engine
@@ -454,68 +530,53 @@ impl EventBus {
     /// Publishes several events; awaitable of how many were accepted.
     fn publish_batch(&self, py: Python<'_>, events: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         if let Some(p) = &self.persist {
-            let event_loop = self
-                .shared
-                .inbox
-                .event_loop
-                .lock()
-                .as_ref()
-                .map(|l| l.clone_ref(py));
-            let mut aws = Vec::new();
-            for e in events
-                .try_iter()
-                .map_err(|_| event_error("publish_batch() expects an iterable of events"))?
-            {
-                let e = e?;
-                let lp = event_loop.as_ref().map(|l| l.clone_ref(py));
-                aws.push(persist::publish(p, py, lp, |done| {
-                    self.accept_durable(p, &e, done)
-                })?);
-            }
-            return helpers(py)?
-                .call_method1("count_true", (aws,))
-                .map(Bound::unbind);
+            return self.publish_batch_durable(p, py, events);
         }
-        let mut items = Vec::new();
+        let now = Utc::now();
+        let mut memo = PrepMemo::default();
+        // NOTE: every event is checked before any is accepted, so a bad event in
+        // the middle raises without a partial publish.
+        let mut owned_events: Vec<Py<Event>> = Vec::new();
         for (i, e) in events
             .try_iter()
             .map_err(|_| event_error("publish_batch() expects an iterable of events"))?
             .enumerate()
         {
             let e = e?;
-            // NOTE: every event is checked before any is accepted, so a bad event
-            // in the middle raises without a partial publish.
-            let owned: Py<Event> = match e.cast::<Event>() {
-                Ok(ev) => ev.clone().unbind(),
-                Err(_) => Py::new(
-                    py,
-                    Event::from_foreign(&e).map_err(|err| {
-                        event_error(format!("publish_batch(): event #{i}: {}", err.value(py)))
-                    })?,
-                )?,
-            };
-            let eref = self.prepare_event(py, owned).map_err(|err| {
+            let context = |err: PyErr| {
                 let cls = err.get_type(py);
                 PyErr::from_type(
                     cls,
                     format!("publish_batch(): event #{i}: {}", err.value(py)),
                 )
-            })?;
-            items.push(eref);
+            };
+            let owned: Py<Event> = match e.cast::<Event>() {
+                Ok(ev) => ev.clone().unbind(),
+                Err(_) => Py::new(py, Event::from_foreign(&e).map_err(context)?)?,
+            };
+            self.check_event(py, &owned, &mut memo).map_err(context)?;
+            owned_events.push(owned);
         }
-        let mut accepted = 0i64;
-        for (eref, lanes) in items {
-            match self.shared.engine.publish_to(Arc::new(eref), &lanes.lanes) {
-                Ok(()) => accepted += 1,
-                Err(Rejected::NotRunning) => {
-                    if !self.shared.warned_not_running.swap(true, Ordering::Relaxed) {
-                        log_warning(py, "Cannot publish events - bus not running");
-                    }
-                    break;
+        // NOTE: handed to the engine in slices, so consumers start on the first
+        // slice while the rest is being prepared.
+        let mut accepted = 0usize;
+        let mut rest = owned_events.into_iter().peekable();
+        while rest.peek().is_some() {
+            let mut slice = Vec::with_capacity(PUBLISH_SLICE);
+            for owned in rest.by_ref().take(PUBLISH_SLICE) {
+                let (eref, route) = self.prepare_event(py, owned, now, &mut memo)?;
+                slice.push((Arc::new(eref), route));
+            }
+            let (n, refused) = self.shared.engine.publish_many(slice);
+            accepted += n;
+            if refused == Some(Rejected::NotRunning) {
+                if !self.shared.warned_not_running.swap(true, Ordering::Relaxed) {
+                    log_warning(py, "Cannot publish events - bus not running");
                 }
-                Err(Rejected::QueueFull) => {}
+                break;
             }
         }
+        let accepted = accepted as i64;
         if accepted > 0 {
             self.shared
                 .last_event_us
@@ -673,7 +734,7 @@ impl EventBus {
             consumer.as_deref().is_none_or(|c| *l.consumer == *c)
                 && event_ids
                     .as_ref()
-                    .is_none_or(|ids| ids.iter().any(|i| *i == *l.event.id))
+                    .is_none_or(|ids| ids.iter().any(|i| *i == l.event.id(py)))
                 && lanes.contains_key(&l.consumer)
         });
         let mut n = 0;
@@ -690,7 +751,8 @@ impl EventBus {
                     py,
                     &format!(
                         "dead letter {} for {} could not be re-queued (queue full)",
-                        l.event.id, l.consumer
+                        l.event.id(py),
+                        l.consumer
                     ),
                 );
             }
@@ -756,6 +818,14 @@ impl EventBus {
             if sink.wants_dead_letters() {
                 self.shared.dead_letter_sinks.write().push(sink.clone());
             }
+            // NOTE: items a sink accepted but could not deliver later (e.g. still
+            // buffered for Socket.IO at shutdown) reach the dead-letter sinks too.
+            let dl_sinks = self.shared.dead_letter_sinks.clone();
+            sink.set_dead_letter_hook(Arc::new(move |item, consumer, errors, attempts| {
+                for s in dl_sinks.read().iter() {
+                    s.on_dead_letter(item.clone(), consumer, errors, attempts);
+                }
+            }));
             let executor = Arc::new(SinkExecutor {
                 sink,
                 timeout: spec.timeout,

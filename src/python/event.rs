@@ -925,8 +925,6 @@ impl Event {
 
 /// The engine's handle on an accepted event.
 pub struct EventRef {
-    /// The event's id.
-    pub id: Box<str>,
     /// The topic it was published on (shared with its cached route).
     pub topic: Arc<str>,
     /// 1..=4.
@@ -938,19 +936,39 @@ pub struct EventRef {
     /// Fields copied for Rust consumers, when one is on the event's route.
     pub view: Option<Arc<crate::event::EventView>>,
     /// Where acknowledgements go when the event is stored (`enable_persistence`).
-    pub durable: Option<Arc<super::persist::Acks>>,
+    pub durable: Option<Arc<super::persist::Durable>>,
 }
 
 impl EventRef {
+    /// The event's id (reads the Python object).
+    pub fn id(&self, py: Python<'_>) -> String {
+        self.event
+            .borrow(py)
+            .id
+            .bind(py)
+            .to_cow()
+            .map(|c| c.into_owned())
+            .unwrap_or_default()
+    }
+
     /// Checks `event` for publishing (its topic must be valid: `route` is asked
     /// for the topic's route, which validates it) and wraps it.
     pub fn accept<R>(
         py: Python<'_>,
         event: Py<Event>,
+        now: DateTime<Utc>,
         route: impl FnOnce(&str) -> Result<(Arc<str>, R), crate::topic::TopicError>,
     ) -> PyResult<(Self, R)> {
-        let (id, (topic, routed), priority, meta) = {
+        let ((topic, routed), priority, meta) = {
             let e = event.borrow(py);
+            // NOTE: our pyclasses do not report references to the GC (no
+            // __traverse__), so tracking an accepted event only makes every
+            // collection walk it; many events wait in lanes at once.
+            // Subclasses may have a __dict__ (and cycles through it): keep those.
+            if event.bind(py).get_type().is(py.get_type::<Event>()) {
+                // SAFETY: `event` is a live, GC-enabled object of our own type.
+                unsafe { pyo3::ffi::PyObject_GC_UnTrack(event.as_ptr().cast()) };
+            }
             let routed = route(&e.topic.bind(py).to_cow()?).map_err(topic_error)?;
             if !e.data.bind(py).is_instance_of::<PyDict>() {
                 return Err(event_error(format!(
@@ -958,17 +976,11 @@ impl EventRef {
                     type_name(e.data.bind(py))
                 )));
             }
-            (
-                e.id.bind(py).to_cow()?.into_owned(),
-                routed,
-                e.priority,
-                e.meta.clone(),
-            )
+            (routed, e.priority, e.meta.clone())
         };
-        meta.lock().published_at = Some(Utc::now());
+        meta.lock().published_at = Some(now);
         Ok((
             EventRef {
-                id: id.into(),
                 topic,
                 priority,
                 event,
@@ -1000,8 +1012,8 @@ impl EventLike for EventRef {
     }
 
     fn on_handled(&self, consumer: &Arc<str>) {
-        if let Some(acks) = &self.durable {
-            acks.ack(&self.id, consumer);
+        if let Some(d) = &self.durable {
+            d.ack(consumer);
         }
     }
 

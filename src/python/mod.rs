@@ -72,6 +72,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<executor::JobSource>()?;
     m.add_class::<native::NativeConsumer>()?;
     m.add_class::<consumers::MetricsConsumer>()?;
+    m.add_class::<consumers::LoggingConsumer>()?;
+    m.add_class::<consumers::DeadLetterConsumer>()?;
+    m.add_class::<consumers::SocketIOConsumer>()?;
     m.add_class::<persist::StoredBatch>()?;
     m.add_class::<persist::Pending>()?;
     Ok(())

@@ -96,8 +96,36 @@ pub fn to_json(obj: &Bound<'_, PyAny>, depth: usize) -> Result<Value, String> {
     ))
 }
 
+/// Recently seen field texts, so consecutive events share one allocation.
+#[derive(Default)]
+pub struct ViewMemo {
+    type_: Option<Arc<str>>,
+    source: Option<Arc<str>>,
+}
+
+fn interned(slot: &mut Option<Arc<str>>, text: &str) -> Arc<str> {
+    match slot {
+        Some(s) if **s == *text => s.clone(),
+        _ => {
+            let s: Arc<str> = text.into();
+            *slot = Some(s.clone());
+            s
+        }
+    }
+}
+
 /// Copies an event's fields (and, if `with_data`, its payload) for sinks.
 pub fn build_view(py: Python<'_>, eref: &EventRef, with_data: bool) -> PyResult<EventView> {
+    build_view_with(py, eref, with_data, &mut ViewMemo::default())
+}
+
+/// [`build_view`] sharing field texts with the previous event through `memo`.
+pub fn build_view_with(
+    py: Python<'_>,
+    eref: &EventRef,
+    with_data: bool,
+    memo: &mut ViewMemo,
+) -> PyResult<EventView> {
     let e = eref.event.borrow(py);
     let ts: DateTime<Utc> = e.timestamp.to_utc(py);
     let (data, data_error) = if with_data {
@@ -109,10 +137,10 @@ pub fn build_view(py: Python<'_>, eref: &EventRef, with_data: bool) -> PyResult<
         (None, None)
     };
     Ok(EventView {
-        id: eref.id.as_ref().into(),
+        id: e.id.bind(py).to_cow()?.as_ref().into(),
         topic: eref.topic.as_ref().into(),
-        event_type: e.type_.bind(py).to_cow()?.into_owned(),
-        source: e.source.bind(py).to_cow()?.into_owned(),
+        event_type: interned(&mut memo.type_, &e.type_.bind(py).to_cow()?),
+        source: interned(&mut memo.source, &e.source.bind(py).to_cow()?),
         timestamp: ts,
         data,
         data_error,
@@ -215,7 +243,7 @@ impl NativeConsumer {
                 Ok(ev) => ev.clone().unbind(),
                 Err(_) => Py::new(py, Event::from_foreign(&e)?)?,
             };
-            let (eref, ()) = EventRef::accept(py, owned, |topic| {
+            let (eref, ()) = EventRef::accept(py, owned, chrono::Utc::now(), |topic| {
                 crate::topic::validate_topic(topic).map(|()| (Arc::from(topic), ()))
             })?;
             let view = build_view(py, &eref, self.sink.needs_data())?;
@@ -238,9 +266,16 @@ impl NativeConsumer {
         self.config.clone_ref(py)
     }
 
-    /// Nothing to prepare: the Rust side starts with the object.
+    /// Prepares the Rust side (e.g. creates the dead-letter directory); False on failure.
     fn initialize(&self, py: Python<'_>) -> Py<super::bus::Ready> {
-        super::bus::Ready::of_bool(py, true)
+        let ok = match self.sink.initialize() {
+            Ok(()) => true,
+            Err(e) => {
+                super::log_error(py, &e);
+                false
+            }
+        };
+        super::bus::Ready::of_bool(py, ok)
     }
 
     /// Handles one event directly (the bus does not call this: it runs the Rust sink).

@@ -115,6 +115,27 @@ impl Acks {
     }
 }
 
+/// An event's handle on the acknowledgements (the engine's `EventRef` keeps no id
+/// of its own).
+pub struct Durable {
+    acks: Arc<Acks>,
+    id: Box<str>,
+}
+
+impl Durable {
+    fn new(acks: &Arc<Acks>, id: &str) -> Arc<Durable> {
+        Arc::new(Durable {
+            acks: acks.clone(),
+            id: id.into(),
+        })
+    }
+
+    /// `consumer` is done with the event.
+    pub fn ack(&self, consumer: &str) {
+        self.acks.ack(&self.id, consumer);
+    }
+}
+
 /// Counters and waiters shared with the writer's callbacks (no store handle: see
 /// [`Acks`]).
 struct Flight {
@@ -263,7 +284,8 @@ impl Persist {
             .iter()
             .map(|l| l.config.name.to_string())
             .collect();
-        eref.durable = Some(self.acks.clone());
+        eref.durable = Some(Durable::new(&self.acks, &stored.id));
+        let id = stored.id.clone();
         let engine = engine.clone();
         let flight = self.flight.clone();
         let acks = self.acks.clone();
@@ -272,7 +294,6 @@ impl Persist {
         let r = self.store.append_with(stored, targets, move |res| {
             let outcome = match res {
                 Ok(_) => {
-                    let id = eref.id.clone();
                     match engine.publish_to(Arc::new(eref), &route.lanes) {
                         Ok(()) => Ok(true),
                         Err(Rejected::QueueFull) => {
@@ -290,10 +311,7 @@ impl Persist {
                 }
                 Err(e) => {
                     cb_flight.failures.fetch_add(1, Ordering::Relaxed);
-                    Err(format!(
-                        "event {}: not stored, not dispatched: {e}",
-                        eref.id
-                    ))
+                    Err(format!("event {id}: not stored, not dispatched: {e}"))
                 }
             };
             done(outcome);
@@ -444,10 +462,10 @@ impl Persist {
                 continue;
             }
             let obj = py_event(py, &ev)?;
-            let (mut eref, ()) = EventRef::accept(py, obj, |topic| {
+            let (mut eref, ()) = EventRef::accept(py, obj, Utc::now(), |topic| {
                 crate::topic::validate_topic(topic).map(|()| (Arc::from(topic), ()))
             })?;
-            eref.durable = Some(self.acks.clone());
+            eref.durable = Some(Durable::new(&self.acks, &ev.id));
             if batch.replay {
                 // NOTE: a lane serves higher event priorities first; one level for the
                 // whole replay keeps it in store order (the Event keeps its priority).
@@ -578,7 +596,7 @@ pub fn stored_event(py: Python<'_>, eref: &EventRef) -> PyResult<StoredEvent> {
         None => {
             return Err(super::errors::event_error(format!(
                 "event {} cannot be stored: {}",
-                eref.id,
+                eref.id(py),
                 view.data_error
                     .as_deref()
                     .unwrap_or("payload not convertible to JSON")
@@ -587,10 +605,10 @@ pub fn stored_event(py: Python<'_>, eref: &EventRef) -> PyResult<StoredEvent> {
     };
     Ok(StoredEvent {
         seq: 0,
-        id: eref.id.to_string(),
+        id: eref.id(py),
         topic: eref.topic.to_string(),
-        event_type: view.event_type.clone(),
-        source: view.source.clone(),
+        event_type: view.event_type.to_string(),
+        source: view.source.to_string(),
         timestamp_us: view.timestamp.timestamp_micros(),
         published_us: Utc::now().timestamp_micros(),
         priority: view.priority,

@@ -3,6 +3,8 @@
 //! per consumer.
 
 use std::collections::{HashMap, VecDeque};
+
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,10 +24,12 @@ pub struct MetricsConfig {
     pub top_n: usize,
 }
 
+// NOTE: FxHash: keys are our own topic/type/source strings, not attacker-chosen
+// in a way that matters here, and SipHash dominated the per-event cost.
 struct State {
-    by_topic_type: HashMap<String, HashMap<String, u64>>,
-    by_source: HashMap<String, u64>,
-    errors: HashMap<String, u64>,
+    by_topic_type: FxHashMap<String, FxHashMap<String, u64>>,
+    by_source: FxHashMap<String, u64>,
+    errors: FxHashMap<String, u64>,
     total: u64,
     /// (second since start, events in that second), oldest first.
     window: VecDeque<(u64, u64)>,
@@ -34,11 +38,22 @@ struct State {
     latency_sum_us: f64,
 }
 
+/// Receives the periodic report text; the returned receiver (if any)
+/// completes once the report was written.
+pub type ReportFn = Box<dyn Fn(String) -> Option<tokio::sync::oneshot::Receiver<()>> + Send + Sync>;
+
+struct Reporter {
+    interval: Duration,
+    last: Mutex<Instant>,
+    out: ReportFn,
+}
+
 /// Counts everything it is given.
 pub struct MetricsSink {
     config: MetricsConfig,
     started: Instant,
     state: Mutex<State>,
+    reporter: Option<Reporter>,
 }
 
 fn top(map: HashMap<String, u64>, n: usize) -> Map<String, Value> {
@@ -54,16 +69,79 @@ impl MetricsSink {
             config,
             started: Instant::now(),
             state: Mutex::new(State {
-                by_topic_type: HashMap::new(),
-                by_source: HashMap::new(),
-                errors: HashMap::new(),
+                by_topic_type: FxHashMap::default(),
+                by_source: FxHashMap::default(),
+                errors: FxHashMap::default(),
                 total: 0,
                 window: VecDeque::new(),
                 peak_rate: 0.0,
                 latency_us: Histogram::new_with_bounds(1, 86_400_000_000, 2).expect("valid bounds"),
                 latency_sum_us: 0.0,
             }),
+            reporter: None,
         }
+    }
+
+    /// Sends [`MetricsSink::report`] to `out` every `interval` (checked when
+    /// events arrive, as the original) and once more at shutdown.
+    pub fn with_report(mut self, interval: Duration, out: ReportFn) -> Self {
+        self.reporter = Some(Reporter {
+            interval,
+            last: Mutex::new(Instant::now()),
+            out,
+        });
+        self
+    }
+
+    /// The original's `_report_metrics` text, plus the latency percentiles.
+    pub fn report(&self) -> String {
+        let m = self.snapshot();
+        let f = |k: &str| m[k].as_f64().unwrap_or(0.0);
+        let mut lines = vec![
+            "=== Event Metrics Report ===".to_string(),
+            format!("Total Events: {}", m["total_events"]),
+            format!("Rate: {:.2} events/sec", f("events_per_second")),
+            format!("Avg Latency: {:.1}ms", f("average_latency_ms")),
+            format!(
+                "Latency p50/p95/p99: {:.1}/{:.1}/{:.1}ms",
+                f("latency_p50_ms"),
+                f("latency_p95_ms"),
+                f("latency_p99_ms")
+            ),
+            format!("Unique Topics: {}", m["unique_topics"]),
+            format!("Unique Types: {}", m["unique_types"]),
+        ];
+        if let Some(top) = m["top_events"].as_object().filter(|t| !t.is_empty()) {
+            lines.push("\nTop Events:".into());
+            for (k, c) in top.iter().take(5) {
+                lines.push(format!("  {k}: {c}"));
+            }
+        }
+        if let Some(errs) = m["error_counts"].as_object().filter(|t| !t.is_empty()) {
+            lines.push("\nErrors by Consumer:".into());
+            for (k, c) in errs {
+                lines.push(format!("  {k}: {c}"));
+            }
+        }
+        lines.join("\n")
+    }
+
+    fn maybe_report(&self, force: bool) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        if let Some(r) = &self.reporter {
+            let due = {
+                let mut last = r.last.lock();
+                if force || last.elapsed() >= r.interval {
+                    *last = Instant::now();
+                    true
+                } else {
+                    false
+                }
+            };
+            if due {
+                return (r.out)(self.report());
+            }
+        }
+        None
     }
 
     /// Counts a batch of events (also used directly, outside a bus).
@@ -77,16 +155,16 @@ impl MetricsSink {
                 Some(t) => t,
                 None => st.by_topic_type.entry(v.topic.to_string()).or_default(),
             };
-            match types.get_mut(&v.event_type) {
+            match types.get_mut(&*v.event_type) {
                 Some(c) => *c += 1,
                 None => {
-                    types.insert(v.event_type.clone(), 1);
+                    types.insert(v.event_type.to_string(), 1);
                 }
             }
-            match st.by_source.get_mut(&v.source) {
+            match st.by_source.get_mut(&*v.source) {
                 Some(c) => *c += 1,
                 None => {
-                    st.by_source.insert(v.source.clone(), 1);
+                    st.by_source.insert(v.source.to_string(), 1);
                 }
             }
             let failed: Vec<Arc<str>> = {
@@ -167,8 +245,8 @@ impl MetricsSink {
             "top_topics": top(topics.clone(), n),
             "topic_counts": top(topics, usize::MAX),
             "type_counts": top(types, usize::MAX),
-            "source_counts": top(st.by_source.clone(), usize::MAX),
-            "error_counts": top(st.errors.clone(), usize::MAX),
+            "source_counts": top(st.by_source.iter().map(|(k, v)| (k.clone(), *v)).collect(), usize::MAX),
+            "error_counts": top(st.errors.iter().map(|(k, v)| (k.clone(), *v)).collect(), usize::MAX),
             "window_size_seconds": self.config.window_size,
         })
     }
@@ -181,8 +259,24 @@ impl Sink for MetricsSink {
 
     fn consume(self: Arc<Self>, items: Vec<SinkItem>) -> BoxFuture<Vec<Result<(), String>>> {
         self.record(&items);
+        let written = self.maybe_report(false);
         let n = items.len();
-        Box::pin(async move { vec![Ok(()); n] })
+        Box::pin(async move {
+            // NOTE: wait for the report, so that once the bus is idle it exists.
+            if let Some(w) = written {
+                let _ = w.await;
+            }
+            vec![Ok(()); n]
+        })
+    }
+
+    fn shutdown(self: Arc<Self>) -> BoxFuture<()> {
+        let written = self.maybe_report(true);
+        Box::pin(async move {
+            if let Some(w) = written {
+                let _ = w.await;
+            }
+        })
     }
 
     fn metrics(&self) -> Value {

@@ -10,8 +10,11 @@ use std::sync::Arc;
 
 use crate::event::EventView;
 
+pub mod dead_letter;
+pub mod logging;
 pub mod metrics;
 pub mod socketio;
+pub mod socketio_consumer;
 
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -25,6 +28,11 @@ pub struct SinkItem {
     pub attempt: u32,
 }
 
+/// Where a sink hands events it accepted but finally could not deliver (e.g.
+/// buffered Socket.IO items still undelivered at shutdown): `(item, consumer
+/// name, errors, attempts)`. The bus forwards them to its dead-letter sinks.
+pub type DeadLetterHook = Arc<dyn Fn(SinkItem, &str, &[String], u32) + Send + Sync>;
+
 /// A delivery back-end run by the engine without the GIL.
 pub trait Sink: Send + Sync + 'static {
     /// Whether the sink reads the payload (`EventView::data`); converting it to
@@ -34,6 +42,15 @@ pub trait Sink: Send + Sync + 'static {
     /// Handles a batch: one result per item, in order (`Err` = failed attempt,
     /// retried by the bus).
     fn consume(self: Arc<Self>, items: Vec<SinkItem>) -> BoxFuture<Vec<Result<(), String>>>;
+
+    /// Prepares the sink (the consumer's `initialize()`); `Err` fails the subscribe.
+    fn initialize(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Gives the sink the bus's dead-letter path for items it accepted but
+    /// could not deliver later (called when subscribed).
+    fn set_dead_letter_hook(&self, _hook: DeadLetterHook) {}
 
     /// Flushes and releases resources.
     fn shutdown(self: Arc<Self>) -> BoxFuture<()> {

@@ -1,0 +1,253 @@
+"""SocketIOConsumer against a real python-socketio AsyncServer (aiohttp) in a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from mpm_events import DeadLetterConsumer, Event, EventBus, IEventConsumer, SocketIOConsumer
+
+SERVER = Path(__file__).parent / "helpers" / "sio_server.py"
+
+
+class Server:
+    """The helper server; collects the JSON lines it prints."""
+
+    def __init__(self, port: int = 0, auth: str | None = None) -> None:
+        args = [sys.executable, str(SERVER), "--port", str(port)]
+        if auth:
+            args += ["--auth", auth]
+        self.args = args
+        self.lines: list[dict] = []
+        self.proc: asyncio.subprocess.Process | None = None
+        self.port = port
+        self._changed = asyncio.Event()
+
+    async def start(self) -> Server:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        first = json.loads(await asyncio.wait_for(self.proc.stdout.readline(), 10))
+        self.port = first["port"]
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        while line := await self.proc.stdout.readline():
+            self.lines.append(json.loads(line))
+            self._changed.set()
+
+    def events(self) -> list[dict]:
+        return [x for x in self.lines if "event" in x]
+
+    async def wait_for(self, cond, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not cond():
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def stop(self) -> None:
+        if self.proc and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        with contextlib.suppress(Exception):
+            await self._reader
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ev(topic: str, i: int, **kw) -> Event:
+    return Event(topic=topic, type=f"T{i}", source="test", data={"i": i, "nested": [1, "x"]}, **kw)
+
+
+@pytest.fixture
+async def server():
+    s = await Server().start()
+    yield s
+    await s.stop()
+
+
+async def test_names_payloads_and_stop_flushes(server):
+    c = SocketIOConsumer(url=f"http://127.0.0.1:{server.port}", batch_timeout=0.01)
+    assert isinstance(c, IEventConsumer)
+    cfg = c.config
+    assert (cfg.name, cfg.topics, cfg.priority.name) == ("SocketIOConsumer", ["**"], "HIGH")
+    assert (cfg.batch_size, cfg.max_retries, cfg.retry_backoff) == (10, 3, 2.0)
+    bus = EventBus()
+    await bus.start()
+    await bus.subscribe(c)
+    sent = [
+        ev("hook.pre_tool", 0, correlation_id="c-1"),
+        ev("system.heartbeat", 1),
+        ev("agent.delegation", 2),
+        ev("misc.thing", 3),
+    ]
+    for e in sent:
+        assert await bus.publish(e)
+    await bus.stop(timeout=10)  # stop() flushes the buffer before returning
+    # The server acked every event before stop() returned; its printed lines reach
+    # this process through a pipe, so wait for them to be read.
+    await server.wait_for(lambda: len(server.events()) >= len(sent))
+    got = server.events()
+    assert [g["event"] for g in got] == [
+        "hook_event",
+        "system_event",
+        "agent_event",
+        "claude_event",
+    ]
+    for e, g in zip(sent, got, strict=True):
+        p = g["data"]
+        assert list(p) == ["id", "type", "topic", "timestamp", "source", "data", "correlation_id"]
+        assert (p["id"], p["type"], p["topic"], p["source"]) == (e.id, e.type, e.topic, "test")
+        assert p["data"] == {"i": int(e.type[1:]), "nested": [1, "x"]}
+        assert datetime.fromisoformat(p["timestamp"]) == e.timestamp
+        assert p["correlation_id"] == e.correlation_id
+    m = c.get_metrics()
+    assert m["events_emitted"] == 4 and m["buffered"] == 0 and m["events_failed"] == 0
+    assert m["emit_latency_p50_ms"] > 0
+
+
+async def test_event_name_override_and_emit_per_batch(server):
+    c = SocketIOConsumer(
+        url=f"http://127.0.0.1:{server.port}",
+        event_name={"hook.": "claude_event"},
+        emit_per_batch="batch",
+        batch_size=3,
+        batch_timeout=0.05,
+    )
+    bus = EventBus()
+    await bus.start()
+    await bus.subscribe(c)
+    for i in range(3):
+        await bus.publish(ev("hook.x", i))
+    await bus.stop(timeout=10)
+    await server.wait_for(lambda: len(server.events()) >= 1)
+    (got,) = server.events()
+    assert got["event"] == "batch" and [p["data"]["i"] for p in got["data"]] == [0, 1, 2]
+
+
+async def test_server_restart_mid_stream_loses_nothing(server):
+    c = SocketIOConsumer(
+        url=f"http://127.0.0.1:{server.port}", reconnect_delay=0.05, max_reconnect_delay=0.2
+    )
+    bus = EventBus()
+    await bus.start()
+    await bus.subscribe(c)
+    ids = []
+    for i in range(20):
+        e = ev("hook.a", i)
+        ids.append(e.id)
+        await bus.publish(e)
+    await server.wait_for(lambda: len(server.events()) >= 5)
+    await server.stop()
+    for i in range(20, 40):
+        e = ev("hook.a", i)
+        ids.append(e.id)
+        await bus.publish(e)
+    assert await bus.join(timeout=10)
+    restarted = await Server(port=server.port).start()
+    try:
+        await bus.stop(timeout=10)
+        got = [g["data"]["id"] for g in server.events() + restarted.events()]
+        assert set(got) == set(ids)  # at least once
+        dups = len(got) - len(set(got))
+        m = c.get_metrics()
+        assert dups <= m["resent"]  # a duplicate only where an ack was lost
+        assert m["reconnections"] >= 1 and m["events_failed"] == 0
+    finally:
+        await restarted.stop()
+
+
+async def test_no_server_for_5s_then_one_appears():
+    port = free_port()
+    c = SocketIOConsumer(
+        url=f"http://127.0.0.1:{port}", reconnect_delay=0.1, max_reconnect_delay=0.5
+    )
+    bus = EventBus()
+    await bus.start()
+    await bus.subscribe(c)
+    for i in range(5):
+        await bus.publish(ev("cli.cmd", i))
+    assert await bus.join(timeout=10)  # accepted into the buffer: the lane is free
+    await asyncio.sleep(5)  # the scenario: five seconds without a server
+    m = c.get_metrics()
+    assert not m["connected"] and m["buffered"] == 5 and m["connection_attempts"] >= 5
+    srv = await Server(port=port).start()
+    try:
+        await srv.wait_for(lambda: len(srv.events()) == 5)
+        assert [g["event"] for g in srv.events()] == ["cli_event"] * 5
+        assert c.get_metrics()["connected"]
+    finally:
+        await bus.stop(timeout=10)
+        await srv.stop()
+
+
+async def test_refused_auth_goes_to_dead_letters_at_stop(tmp_path):
+    srv = await Server(auth="secret").start()
+    try:
+        dlc = DeadLetterConsumer(output_dir=tmp_path)
+        bad = SocketIOConsumer(
+            url=f"http://127.0.0.1:{srv.port}",
+            auth={"token": "wrong"},
+            reconnect_delay=0.05,
+            flush_timeout=0.3,
+        )
+        good = SocketIOConsumer(
+            url=f"http://127.0.0.1:{srv.port}", auth={"token": "secret"}, name="GoodSIO"
+        )
+        bus = EventBus()
+        await bus.start()
+        for x in (dlc, bad, good):
+            await bus.subscribe(x)
+        e = ev("hook.x", 1)
+        await bus.publish(e)
+        await srv.wait_for(lambda: any("refused" in x for x in srv.lines))
+        await bus.stop(timeout=10)
+        await srv.wait_for(lambda: len(srv.events()) >= 1)
+        assert [g["data"]["id"] for g in srv.events()] == [e.id]  # only the good client
+        m = bad.get_metrics()
+        assert not m["connected"] and m["last_error"] and m["events_dead_lettered"] == 1
+        (replayed,) = await dlc.replay_events()
+        assert replayed.id == e.id
+        (line,) = [json.loads(x) for f in dlc.files() for x in f.read_text().splitlines()]
+        assert line["dead_letter"]["consumer"] == "SocketIOConsumer"
+    finally:
+        await srv.stop()
+
+
+async def test_buffer_overflow_goes_to_dead_letters(tmp_path):
+    port = free_port()  # nobody listens
+    dlc = DeadLetterConsumer(output_dir=tmp_path)
+    c = SocketIOConsumer(
+        url=f"http://127.0.0.1:{port}", buffer_limit=3, batch_size=10, flush_timeout=0.2
+    )
+    bus = EventBus()
+    await bus.start()
+    await bus.subscribe(dlc)
+    await bus.subscribe(c)
+    ids = []
+    for i in range(10):
+        e = ev("hook.a", i)
+        ids.append(e.id)
+        await bus.publish(e)
+    assert await bus.join(timeout=10)  # 7 rejected, retried 3 times, dead-lettered
+    overflow = [d for d in bus.get_dead_letters()]
+    assert len(overflow) == 7
+    assert c.get_metrics()["buffered"] == 3
+    await bus.stop(timeout=10)  # the 3 buffered ones cannot be flushed either
+    stored = [e.id for e in await dlc.replay_events()]
+    assert sorted(stored) == sorted(ids)
+    recs = [json.loads(x) for f in dlc.files() for x in f.read_text().splitlines()]
+    assert sum("buffer full" in r["dead_letter"]["errors"][-1] for r in recs) == 7
+    assert all(r["dead_letter"]["consumer"] == "SocketIOConsumer" for r in recs)
