@@ -41,6 +41,9 @@ pub trait EventLike: Send + Sync + 'static {
     fn on_success(&self, consumer: &Arc<str>);
     /// Called when an attempt by `consumer` failed with `error`.
     fn on_failure(&self, consumer: &Arc<str>, error: &str);
+    /// Called when `consumer` is done with the event: handled or filtered out
+    /// (durable stores acknowledge it here).
+    fn on_handled(&self, _consumer: &Arc<str>) {}
 }
 
 /// An accepted event and its bookkeeping.
@@ -396,12 +399,14 @@ impl<E: EventLike> Lane<E> {
                     succeeded += 1;
                     latencies.push(now.saturating_duration_since(d.entry.accepted));
                     d.entry.event.on_success(&self.config.name);
+                    d.entry.event.on_handled(&self.config.name);
                     if let Some(s) = &shared {
                         s.finish_entry(&d.entry);
                     }
                 }
                 Outcome::Filtered => {
                     self.stats.filtered.fetch_add(1, Ordering::Relaxed);
+                    d.entry.event.on_handled(&self.config.name);
                     if let Some(s) = &shared {
                         s.finish_entry(&d.entry);
                     }

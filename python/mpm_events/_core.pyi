@@ -20,11 +20,17 @@ import asyncio
 import os
 import pathlib
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from re import Pattern
-from typing import Any, Protocol, TypeVar, final, type_check_only
+from typing import Any, Literal, Protocol, TypeVar, final, type_check_only
 
-from mpm_events.interfaces import ConsumerPriority, EventPriority, IEventBus
+from mpm_events.interfaces import (
+    ConsumerPriority,
+    EventPriority,
+    IEventBus,
+    IEventConsumer,
+    IEventProducer,
+)
 
 _T_co = TypeVar("_T_co", covariant=True)
 
@@ -368,13 +374,43 @@ class EventBus(IEventBus):
         batch_timeout: Kept for compatibility; batching is per consumer
             (``ConsumerConfig.batch_timeout``).
         enable_metrics: Kept for compatibility; metrics are always collected.
-        enable_persistence: Kept for compatibility; has no effect.
+        enable_persistence: Store every accepted event in a local SQLite database
+            before it is dispatched, with the consumers it was routed to; record each
+            consumer's acknowledgement (handled or filtered out) and the dead
+            letters; redeliver what a consumer (matched by name) has not
+            acknowledged when a bus starts on the same file again. See
+            ``docs/persistence.md``.
         dead_letter_capacity: How many dead letters are kept in memory (new,
             keyword-only); when full the oldest is evicted and counted in
             ``dead_letters_evicted``.
+        persistence_path: The database file (keyword-only, like all below). Default
+            ``$XDG_DATA_HOME/mpm-events/events.db``, else
+            ``~/.local/share/mpm-events/events.db``. Parent directories are created.
+        durability: ``"sync"`` (default): ``await publish(e)`` completes True only
+            once the event is fsynced; concurrent publishes share one fsync (group
+            commit). ``"async"``: ``publish`` returns at once; events are committed
+            at the next group commit and fsynced within ``flush_interval``, so a
+            power cut or OS crash can lose up to that window (a killed process loses
+            only what was still queued for the writer, well under a millisecond).
+        flush_interval: Seconds between forced syncs in ``"async"`` mode (0.05).
+        retention_max_age: Delete stored events older (by their ``timestamp``) than
+            this (a ``timedelta`` or seconds); None keeps them.
+        retention_max_bytes: Then delete the oldest stored events until the store
+            holds at most this many bytes of events; None for no limit.
+        compress_threshold: Payloads larger than this many JSON bytes are stored
+            LZ4-compressed (4096).
+        retention_interval: Seconds between background retention runs (60.0);
+            None to apply retention only through :meth:`apply_retention`.
+        persistence_hard_limit_bytes: Cap on the database file size (SQLite
+            ``max_page_count``): a publish that would grow it further returns False
+            and logs an error, as on a full disk; nothing is deleted.
 
     Raises:
-        ValueError: ``max_queue_size`` or ``dead_letter_capacity`` is below 1.
+        ValueError: ``max_queue_size`` or ``dead_letter_capacity`` is below 1, an
+            unknown ``durability``, or a non-positive interval.
+        PersistenceError: The store cannot be opened: corrupt or not an
+            mpm-events store, unreadable, newer schema. The message names the path
+            and what to do; the file is never modified or silently replaced.
     """
 
     max_queue_size: int
@@ -389,6 +425,14 @@ class EventBus(IEventBus):
         enable_persistence: bool = False,
         *,
         dead_letter_capacity: int = 10000,
+        persistence_path: str | os.PathLike[str] | None = None,
+        durability: Literal["sync", "async"] = "sync",
+        flush_interval: float = 0.05,
+        retention_max_age: timedelta | float | None = None,
+        retention_max_bytes: int | None = None,
+        compress_threshold: int = 4096,
+        retention_interval: float | None = 60.0,
+        persistence_hard_limit_bytes: int | None = None,
     ) -> None: ...
     @property
     def process_interval(self) -> float: ...
@@ -398,6 +442,9 @@ class EventBus(IEventBus):
     def enable_metrics(self) -> bool: ...
     @property
     def enable_persistence(self) -> bool: ...
+    @property
+    def persistence_path(self) -> str | None:
+        """The store's file, or None without persistence."""
     @property
     def is_running(self) -> bool:
         """True between :meth:`start` and :meth:`stop`."""
@@ -421,8 +468,14 @@ class EventBus(IEventBus):
         out on their own) and a warning is logged; no exception is raised.
         """
 
-    def publish(self, event: Event | Any) -> _Ready[bool]:
+    def publish(self, event: Event | Any) -> Coroutine[Any, Any, bool]:
         """Publishes one event; returns an already-complete awaitable.
+
+        With ``enable_persistence`` and ``durability="sync"`` the awaitable (a
+        coroutine, so ``create_task`` accepts it) completes once the event is on
+        disk and dispatched: True, or False with an error logged if it could not be
+        stored (disk full), in which case it is not dispatched either. With
+        ``"async"`` it is already complete; a later write failure is logged.
 
         The event is validated, routed and queued before this returns; ``await`` only
         reads the result. It never waits for a consumer.
@@ -530,6 +583,53 @@ class EventBus(IEventBus):
         ``attempts`` (int) and ``failed_at`` (UTC datetime).
         """
 
+    def replay(
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        topics: list[str] | str | None = None,
+        to: IEventConsumer | str | None = None,
+    ) -> Coroutine[Any, Any, int]:
+        """Re-delivers stored events to one subscribed consumer (persistence only).
+
+        Selects the stored events with ``since <= timestamp < until`` (either bound
+        None for open; naive datetimes are UTC) whose topic matches one of the
+        patterns ``topics`` (all if None) and queues them, in timestamp order, for
+        ``to`` only, with their original ids; other consumers and live traffic are
+        not affected. Resolves once all are queued (``join()`` waits for handling).
+
+        Returns:
+            How many events were queued.
+
+        Raises:
+            RuntimeError: Persistence is off or the bus is not running.
+            ValueError: ``to`` is not subscribed.
+            InvalidTopicError: A pattern is malformed.
+        """
+
+    def persistence_stats(self) -> dict[str, Any]:
+        """Counters of the event store: ``path``, ``durability``, ``stored_events``,
+        ``stored_bytes``, ``pending_deliveries`` (unacknowledged (event, consumer)
+        pairs), ``stored_dead_letters``, ``write_failures`` (publishes refused by
+        the store), ``background_write_errors``, ``writes_in_flight``,
+        ``acks_written``, ``redelivered`` (at start/subscribe) and ``replayed``.
+
+        Raises:
+            RuntimeError: Persistence is off.
+        """
+
+    def apply_retention(self) -> dict[str, int]:
+        """Applies retention now (it also runs every ``retention_interval``):
+        ``deleted_by_age``, ``deleted_by_size``, ``bytes_before``, ``bytes_after``."""
+
+    def get_stored_dead_letters(self) -> list[dict[str, Any]]:
+        """The dead letters kept in the store (they survive restarts), oldest first:
+        ``id``, ``event``, ``consumer``, ``errors``, ``attempts``, ``failed_at``."""
+
+    def flush_persistence(self) -> None:
+        """Writes collected acknowledgements and waits until everything is on
+        disk (``stop()`` does this too). Blocks; the GIL is released."""
+
     def replay_dead_letters(
         self, consumer: str | None = None, event_ids: list[str] | None = None
     ) -> int:
@@ -560,6 +660,20 @@ class EventBus(IEventBus):
     def _abort_pending(self) -> None: ...
     def _detach(self) -> None: ...
     def _outstanding(self) -> int: ...
+    def _persist_close_gate(self, fut: Any) -> None: ...
+    def _persist_unacked(self, names: list[str], upto: int) -> _StoredBatch: ...
+    def _persist_watermark(self) -> int: ...
+    def _persist_redelivery_done(self) -> None: ...
+    def _persist_replay_read(
+        self, since_us: int | None, until_us: int | None, topics: list[str] | None, to: str
+    ) -> _StoredBatch: ...
+    def _persist_push(self, batch: _StoredBatch) -> int: ...
+
+class _StoredBatch:
+    """Stored events waiting to be queued (private)."""
+
+    @property
+    def remaining(self) -> int: ...
 
 class _NativeConsumer:
     """Base class of the built-in consumers written in Rust.
@@ -821,3 +935,77 @@ class SocketIOConsumer(_NativeConsumer):
         flush_timeout: float = 5.0,
         name: str = "SocketIOConsumer",
     ) -> None: ...
+
+class HookEventProducer(IEventProducer):
+    """Publishes hook-system events (source ``hook_handler``); compiled.
+
+    Same methods, topics, types, priorities and payloads as the original's
+    ``HookEventProducer``. With our own (non-durable) :class:`EventBus` each helper
+    builds the event and hands it to the bus directly, without a coroutine per
+    event; with any other bus (a test double, the original's bus, a durable bus)
+    it awaits that bus's ``publish()``. A Python subclass that overrides
+    :meth:`publish` is honoured by every helper. Helpers never raise for a bus
+    failure: they return False and log to the ``mpm_events`` logger.
+
+    Args:
+        event_bus: The bus to publish to (any object with ``async publish(event)``).
+    """
+
+    def __init__(self, event_bus: IEventBus) -> None: ...
+    @property
+    def event_bus(self) -> IEventBus:
+        """The bus this producer publishes to."""
+
+    @property
+    def source_name(self) -> str:
+        """``"hook_handler"``."""
+
+    def publish(self, event: Event) -> Coroutine[Any, Any, bool]:
+        """Publishes one event; True if the bus accepted it (never raises)."""
+
+    def publish_batch(self, events: list[Event]) -> Coroutine[Any, Any, int]:
+        """Publishes several events one by one; returns how many were accepted."""
+
+    def publish_response(
+        self, response_data: dict[str, Any], correlation_id: str | None = None
+    ) -> Coroutine[Any, Any, bool]:
+        """``hook.response`` / ``AssistantResponse``, HIGH, data ``response_data``."""
+
+    def publish_tool_use(
+        self,
+        tool_name: str,
+        tool_params: dict[str, Any],
+        tool_result: Any | None = None,
+        correlation_id: str | None = None,
+    ) -> Coroutine[Any, Any, bool]:
+        """``hook.tool`` / ``ToolUse``, NORMAL, data ``{tool, params, result}``."""
+
+    def publish_error(
+        self,
+        error_type: str,
+        error_message: str,
+        error_details: dict[str, Any] | None = None,
+        correlation_id: str | None = None,
+    ) -> Coroutine[Any, Any, bool]:
+        """``hook.error`` / ``Error``, CRITICAL, data ``{error_type, message, details}``."""
+
+    def publish_subagent_event(
+        self,
+        subagent_name: str,
+        event_type: str,
+        event_data: dict[str, Any],
+        correlation_id: str | None = None,
+    ) -> Coroutine[Any, Any, bool]:
+        """``hook.subagent.<event_type lowercased>`` / ``Subagent<event_type>``, NORMAL,
+        data ``{subagent, **event_data}``."""
+
+    def publish_raw_hook_event(
+        self, hook_type: str, hook_data: dict[str, Any], correlation_id: str | None = None
+    ) -> Coroutine[Any, Any, bool]:
+        """A hook event whose topic (``hook.response|tool|error|subagent|generic``) and
+        priority (CRITICAL for error/critical, HIGH for response) follow ``hook_type``."""
+
+    def get_metrics(self) -> dict[str, Any]:
+        """``{events_published, events_failed, batch_published}``."""
+
+    def _count(self, published: int, failed: int, batches: int) -> None: ...

@@ -17,6 +17,7 @@ use super::errors::event_error;
 use super::event::{Event, EventRef};
 use super::executor::{Inbox, LoopExecutor, PyConsumer, ThreadExecutor};
 use super::native::{build_view, build_view_with, NativeConsumer, SinkExecutor, ViewMemo};
+use super::persist::{self, Persist};
 use super::{log_info, log_warning, runtime};
 use crate::dispatch::{Engine, Executor, Lane, LaneConfig, Rejected, Route};
 
@@ -137,9 +138,88 @@ pub struct EventBus {
     batch_timeout: f64,
     enable_metrics: bool,
     enable_persistence: bool,
+    persist: Option<Arc<Persist>>,
 }
 
 impl EventBus {
+    /// True when every accepted event is handled and no durable write is in flight.
+    fn idle(&self) -> bool {
+        self.shared.engine.is_idle() && self.persist.as_ref().is_none_or(|p| p.is_quiet())
+    }
+
+    fn persist(&self) -> PyResult<&Arc<Persist>> {
+        self.persist.as_ref().ok_or_else(|| {
+            PyRuntimeError::new_err(
+                "persistence is not enabled (EventBus(enable_persistence=True))",
+            )
+        })
+    }
+
+    /// `publish` with persistence: store, then dispatch; `fut` (sync durability) is
+    /// completed by the writer. Returns false if refused before writing.
+    fn accept_durable(
+        &self,
+        p: &Arc<Persist>,
+        event: &Bound<'_, PyAny>,
+        done: persist::Done,
+    ) -> PyResult<Result<(), String>> {
+        let py = event.py();
+        let owned: Py<Event> = match event.cast::<Event>() {
+            Ok(e) => e.clone().unbind(),
+            Err(_) => {
+                if event.is_none() {
+                    return Err(event_error("publish() expected an Event, got None"));
+                }
+                Py::new(py, Event::from_foreign(event)?)?
+            }
+        };
+        let (eref, route) = self.prepare_event(py, owned, Utc::now(), &mut PrepMemo::default())?;
+        if !self.shared.engine.is_accepting() || p.is_closing() {
+            if !self.shared.warned_not_running.swap(true, Ordering::Relaxed) {
+                log_warning(
+                    py,
+                    "Cannot publish event - bus not running (further refusals are not logged)",
+                );
+            }
+            return Ok(Err(String::new()));
+        }
+        self.shared
+            .last_event_us
+            .store(Utc::now().timestamp_micros(), Ordering::Relaxed);
+        p.submit(py, &self.shared.engine, eref, route, done)
+    }
+
+    /// `publish_batch` with persistence: one durable publish per event, resolving to
+    /// how many were accepted.
+    fn publish_batch_durable(
+        &self,
+        p: &Arc<Persist>,
+        py: Python<'_>,
+        events: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        let event_loop = self
+            .shared
+            .inbox
+            .event_loop
+            .lock()
+            .as_ref()
+            .map(|l| l.clone_ref(py));
+        let mut aws = Vec::new();
+        for e in events
+            .try_iter()
+            .map_err(|_| event_error("publish_batch() expects an iterable of events"))?
+        {
+            let e = e?;
+            let lp = event_loop.as_ref().map(|l| l.clone_ref(py));
+            aws.push(persist::publish(p, py, lp, |done| {
+                self.accept_durable(p, &e, done)
+            })?);
+        }
+        helpers(py)?
+            .call_method1("count_true", (aws,))
+            .map(Bound::unbind)
+    }
+
     /// Validates an event, routes it and copies what Rust consumers on the
     /// route need.
     /// Checks that an event can be published (valid topic, dict payload)
@@ -193,6 +273,11 @@ impl EventBus {
         Ok((eref, route))
     }
 
+    /// True when accepted events are written to a store first.
+    pub(crate) fn is_durable(&self) -> bool {
+        self.persist.is_some()
+    }
+
     pub(crate) fn accept(&self, event: &Bound<'_, PyAny>) -> PyResult<Result<(), Rejected>> {
         let py = event.py();
         let owned: Py<Event> = match event.cast::<Event>() {
@@ -232,7 +317,8 @@ impl EventBus {
 #[pymethods]
 impl EventBus {
     #[new]
-    #[pyo3(signature = (max_queue_size=10000, process_interval=0.01, batch_timeout=0.1, enable_metrics=true, enable_persistence=false, *, dead_letter_capacity=10000))]
+    #[pyo3(signature = (max_queue_size=10000, process_interval=0.01, batch_timeout=0.1, enable_metrics=true, enable_persistence=false, *, dead_letter_capacity=10000, persistence_path=None, durability="sync", flush_interval=0.05, retention_max_age=None, retention_max_bytes=None, compress_threshold=4096, retention_interval=60.0, persistence_hard_limit_bytes=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         max_queue_size: i64,
         process_interval: f64,
@@ -240,6 +326,14 @@ impl EventBus {
         enable_metrics: bool,
         enable_persistence: bool,
         dead_letter_capacity: i64,
+        persistence_path: Option<std::path::PathBuf>,
+        durability: &str,
+        flush_interval: f64,
+        retention_max_age: Option<&Bound<'_, PyAny>>,
+        retention_max_bytes: Option<u64>,
+        compress_threshold: usize,
+        retention_interval: Option<f64>,
+        persistence_hard_limit_bytes: Option<u64>,
     ) -> PyResult<Self> {
         if max_queue_size < 1 {
             return Err(PyValueError::new_err(format!(
@@ -290,6 +384,25 @@ impl EventBus {
                 }
             }));
         });
+        let persist = if enable_persistence {
+            let p = Persist::open(
+                persist::options(
+                    persistence_path,
+                    durability,
+                    flush_interval,
+                    retention_max_age,
+                    retention_max_bytes,
+                    compress_threshold,
+                    retention_interval,
+                    persistence_hard_limit_bytes,
+                )?,
+                inbox.clone(),
+            )?;
+            persist::listen_dead_letters(&p, &engine, &inbox);
+            Some(p)
+        } else {
+            None
+        };
         Ok(EventBus {
             shared: Arc::new(BusShared {
                 engine,
@@ -306,6 +419,7 @@ impl EventBus {
             batch_timeout,
             enable_metrics,
             enable_persistence,
+            persist,
         })
     }
 
@@ -360,8 +474,27 @@ impl EventBus {
         this.shared
             .warned_not_running
             .store(false, Ordering::Relaxed);
+        let watermark = match &this.persist {
+            Some(p) => p.watermark()?,
+            None => 0,
+        };
         this.shared.engine.start();
         this.shared.running.store(true, Ordering::Release);
+        if let Some(p) = &this.persist {
+            // NOTE: consumers subscribed before start get what they have not acked.
+            p.set_closing(false);
+            let names: Vec<String> = this
+                .shared
+                .consumers
+                .read()
+                .iter()
+                .map(|(n, _)| n.to_string())
+                .collect();
+            if !names.is_empty() {
+                p.redelivering.fetch_add(1, Ordering::AcqRel);
+                helpers(py)?.call_method1("start_redelivery", (slf, names, watermark))?;
+            }
+        }
         // NOTE: anything dispatched while no loop was attached is run now.
         this.shared.inbox.force_wake();
         log_info(py, "Event bus started");
@@ -375,17 +508,35 @@ impl EventBus {
     }
 
     /// Publishes one event; the returned awaitable is already complete.
-    fn publish(&self, py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<Py<Ready>> {
-        Ok(Ready::of_bool(py, self.accept(event)?.is_ok()))
+    fn publish(&self, py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        if let Some(p) = &self.persist {
+            let event_loop = self
+                .shared
+                .inbox
+                .event_loop
+                .lock()
+                .as_ref()
+                .map(|l| l.clone_ref(py));
+            return persist::publish(p, py, event_loop, |done| {
+                self.accept_durable(p, event, done)
+            });
+        }
+        Ok(Ready::of_bool(py, self.accept(event)?.is_ok()).into_any())
     }
 
     /// Publishes one event from any thread, without awaiting.
-    fn publish_nowait(&self, event: &Bound<'_, PyAny>) -> PyResult<bool> {
+    fn publish_nowait(&self, py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<bool> {
+        if let Some(p) = &self.persist {
+            return persist::publish_blocking(p, py, |done| self.accept_durable(p, event, done));
+        }
         Ok(self.accept(event)?.is_ok())
     }
 
     /// Publishes several events; awaitable of how many were accepted.
-    fn publish_batch(&self, py: Python<'_>, events: &Bound<'_, PyAny>) -> PyResult<Py<Ready>> {
+    fn publish_batch(&self, py: Python<'_>, events: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        if let Some(p) = &self.persist {
+            return self.publish_batch_durable(p, py, events);
+        }
         let now = Utc::now();
         let mut memo = PrepMemo::default();
         // NOTE: every event is checked before any is accepted, so a bad event in
@@ -436,7 +587,7 @@ impl EventBus {
                 .last_event_us
                 .store(Utc::now().timestamp_micros(), Ordering::Relaxed);
         }
-        Ready::of(py, accepted.into_pyobject(py)?.into_any().unbind())
+        Ready::of(py, accepted.into_pyobject(py)?.into_any().unbind()).map(Py::into_any)
     }
 
     /// Subscribes a consumer (see the stub); returns a coroutine.
@@ -786,7 +937,7 @@ impl EventBus {
 
     fn _run_pending(&self, py: Python<'_>) -> PyResult<bool> {
         let more = self.shared.inbox.run_pending(py, LOOP_BUDGET)?;
-        if self.shared.engine.is_idle() {
+        if self.idle() {
             let waiters: Vec<_> = self.shared.idle_waiters.lock().drain(..).collect();
             for w in waiters {
                 let w = w.bind(py);
@@ -799,7 +950,107 @@ impl EventBus {
     }
 
     fn _is_idle(&self) -> bool {
-        self.shared.engine.is_idle()
+        self.idle()
+    }
+
+    // ----- persistence (see persist.rs and docs/persistence.md) -----
+
+    /// Re-delivers stored events to one consumer (see the stub); returns a coroutine.
+    #[pyo3(signature = (since=None, until=None, topics=None, to=None))]
+    fn replay<'py>(
+        slf: &Bound<'py, Self>,
+        since: Option<&Bound<'py, PyAny>>,
+        until: Option<&Bound<'py, PyAny>>,
+        topics: Option<&Bound<'py, PyAny>>,
+        to: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        helpers(slf.py())?.call_method1("replay", (slf, since, until, topics, to))
+    }
+
+    /// Counters of the event store.
+    fn persistence_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.persist()?.stats(py)
+    }
+
+    /// Applies retention now; returns what it deleted.
+    fn apply_retention<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.persist()?.apply_retention(py)
+    }
+
+    /// The dead letters kept in the store (they survive restarts), oldest first.
+    fn get_stored_dead_letters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.persist()?.dead_letters(py)
+    }
+
+    /// Writes collected acknowledgements and waits until everything is on disk.
+    fn flush_persistence(&self, py: Python<'_>) -> PyResult<()> {
+        self.persist()?.flush(py)
+    }
+
+    #[getter]
+    fn persistence_path(&self) -> Option<String> {
+        self.persist
+            .as_ref()
+            .map(|p| p.path.to_string_lossy().into_owned())
+    }
+
+    fn _persist_close_gate(&self, py: Python<'_>, fut: Py<PyAny>) -> PyResult<()> {
+        let p = self.persist()?;
+        p.set_closing(true);
+        p.add_drain_waiter(py, fut);
+        Ok(())
+    }
+
+    fn _persist_unacked(
+        &self,
+        py: Python<'_>,
+        names: Vec<String>,
+        upto: i64,
+    ) -> PyResult<persist::StoredBatch> {
+        self.persist()?.unacked(py, names, upto)
+    }
+
+    fn _persist_redelivery_done(&self) -> PyResult<()> {
+        self.persist()?.redelivery_done();
+        Ok(())
+    }
+
+    fn _persist_watermark(&self) -> PyResult<i64> {
+        self.persist()?.watermark()
+    }
+
+    fn _persist_replay_read(
+        &self,
+        py: Python<'_>,
+        since_us: Option<i64>,
+        until_us: Option<i64>,
+        topics: Option<Vec<String>>,
+        to: String,
+    ) -> PyResult<persist::StoredBatch> {
+        let patterns = topics
+            .unwrap_or_default()
+            .iter()
+            .map(|t| crate::topic::Pattern::parse(t).map_err(super::errors::topic_error))
+            .collect::<PyResult<Vec<_>>>()?;
+        self.persist()?.replay(py, since_us, until_us, patterns, to)
+    }
+
+    fn _persist_push(
+        &self,
+        py: Python<'_>,
+        batch: &Bound<'_, persist::StoredBatch>,
+    ) -> PyResult<usize> {
+        let lanes: HashMap<Arc<str>, Arc<Lane<EventRef>>> = self
+            .shared
+            .consumers
+            .read()
+            .iter()
+            .map(|(n, s)| (n.clone(), s.lane.clone()))
+            .collect();
+        self.persist()?
+            .push(py, &self.shared.engine, batch.get(), |n| {
+                lanes.get(n).cloned()
+            })
     }
 
     fn _add_idle_waiter(&self, fut: Py<PyAny>) {

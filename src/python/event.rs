@@ -935,6 +935,8 @@ pub struct EventRef {
     pub meta: MetaCell,
     /// Fields copied for Rust consumers, when one is on the event's route.
     pub view: Option<Arc<crate::event::EventView>>,
+    /// Where acknowledgements go when the event is stored (`enable_persistence`).
+    pub durable: Option<Arc<super::persist::Durable>>,
 }
 
 impl EventRef {
@@ -984,6 +986,7 @@ impl EventRef {
                 event,
                 meta,
                 view: None,
+                durable: None,
             },
             routed,
         ))
@@ -1006,6 +1009,12 @@ impl EventLike for EventRef {
 
     fn on_success(&self, consumer: &Arc<str>) {
         self.meta.lock().record_success(consumer);
+    }
+
+    fn on_handled(&self, consumer: &Arc<str>) {
+        if let Some(d) = &self.durable {
+            d.ack(consumer);
+        }
     }
 
     fn on_failure(&self, consumer: &Arc<str>, error: &str) {

@@ -16,6 +16,7 @@ mod errors;
 mod event;
 mod executor;
 mod native;
+mod persist;
 mod producer;
 
 static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -76,5 +77,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<consumers::LoggingConsumer>()?;
     m.add_class::<consumers::DeadLetterConsumer>()?;
     m.add_class::<consumers::SocketIOConsumer>()?;
+    m.add_class::<persist::StoredBatch>()?;
+    m.add_class::<persist::Pending>()?;
     Ok(())
 }

@@ -113,9 +113,11 @@ impl HookEventProducer {
 impl HookEventProducer {
     #[new]
     fn new(py: Python<'_>, event_bus: Bound<'_, PyAny>) -> Self {
+        // NOTE: a durable bus must write before it accepts; its own publish() does.
         let fast = event_bus
             .cast::<EventBus>()
             .ok()
+            .filter(|b| !b.get().is_durable())
             .map(|b| b.clone().unbind());
         HookEventProducer {
             bus: event_bus.unbind(),

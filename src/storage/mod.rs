@@ -595,6 +595,14 @@ impl Store {
         })
     }
 
+    /// The highest seq committed so far (0 for an empty store). Events appended after
+    /// this call get higher seqs, so it separates stored history from live traffic.
+    pub fn last_seq(&self) -> Result<i64> {
+        let conn = self.reader.lock();
+        conn.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))
+            .map_err(|e| StorageError::from_sqlite(&self.path, e))
+    }
+
     /// The last error of a fire-and-forget write, if any (cleared by this call).
     pub fn take_async_error(&self) -> Option<StorageError> {
         self.shared.last_async_error.lock().take()

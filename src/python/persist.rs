@@ -1,0 +1,856 @@
+//! `enable_persistence=True`: the glue between the Python bus and the durable store
+//! ([`crate::storage::Store`]). See `docs/persistence.md` for the guarantees.
+//!
+//! * Publishing: the event is copied into a [`StoredEvent`] (on the publisher's thread,
+//!   with the GIL) and handed to the store's writer with `append_with`; the writer's
+//!   callback (on the writer thread, without the GIL) dispatches it into the engine
+//!   once it is committed (fsynced in `"sync"` mode) and then completes the publisher's
+//!   awaitable through the [`Inbox`] (`call_soon`). So many concurrent `publish` calls
+//!   share one group commit, and nothing is dispatched that is not stored.
+//! * Acknowledgements: [`Acks`] collects (event id, consumer) pairs from
+//!   `EventLike::on_handled` and sends them to the store in batches (never fsynced on
+//!   their own: a lost ack means one redelivery).
+//! * Restart redelivery and replay read rows into a [`StoredBatch`] off the event loop;
+//!   the bus then pushes them into the engine as the queue bound allows.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyList};
+
+use super::bus::Ready;
+use super::errors::PersistenceError;
+use super::event::{Event, EventRef};
+use super::executor::Inbox;
+use super::native::build_view;
+use super::{log_error, runtime};
+use crate::dispatch::{Engine, Lane, Rejected, Route};
+use crate::storage::{Durability, StorageError, Store, StoreOptions, StoredEvent};
+
+static JSON_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// Acks are sent to the store once this many are collected (or by the flusher task).
+const ACK_BATCH: usize = 1024;
+/// How often collected acks are sent at the latest.
+const ACK_FLUSH: Duration = Duration::from_millis(20);
+
+/// A storage error as a Python `PersistenceError` (the message names the path).
+pub fn persistence_error(e: &StorageError) -> PyErr {
+    PersistenceError::new_err(e.to_string())
+}
+
+/// The default store: `$XDG_DATA_HOME/mpm-events/events.db`, else
+/// `~/.local/share/mpm-events/events.db`.
+pub fn default_path() -> PyResult<PathBuf> {
+    let base = match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            Some(h) => PathBuf::from(h).join(".local").join("share"),
+            None => {
+                return Err(PersistenceError::new_err(
+                    "enable_persistence=True needs persistence_path= (neither XDG_DATA_HOME \
+                     nor HOME is set, so there is no default data directory)",
+                ))
+            }
+        },
+    };
+    Ok(base.join("mpm-events").join("events.db"))
+}
+
+/// Options of [`Persist::open`], read from the `EventBus` keyword arguments.
+pub struct PersistOptions {
+    pub path: PathBuf,
+    pub sync: bool,
+    pub flush_interval: Duration,
+    pub max_age: Option<Duration>,
+    pub max_bytes: Option<u64>,
+    pub retention_interval: Option<Duration>,
+    pub compress_threshold: usize,
+    pub hard_limit_bytes: Option<u64>,
+}
+
+/// Collected acknowledgements, sent to the store in batches.
+///
+/// NOTE: holds the store weakly: events (which hold this) may be dropped on the store's
+/// writer thread, and dropping the last handle of a store there would join the writer
+/// from itself.
+pub struct Acks {
+    store: Weak<Store>,
+    buf: Mutex<Vec<(String, String)>>,
+    sent: AtomicU64,
+}
+
+impl Acks {
+    /// Records that `consumer` handled event `id`.
+    pub fn ack(&self, id: &str, consumer: &str) {
+        let full = {
+            let mut b = self.buf.lock();
+            b.push((id.to_owned(), consumer.to_owned()));
+            b.len() >= ACK_BATCH
+        };
+        if full {
+            self.flush();
+        }
+    }
+
+    /// Sends what was collected to the store's writer (not waited for).
+    pub fn flush(&self) {
+        let pairs = std::mem::take(&mut *self.buf.lock());
+        if pairs.is_empty() {
+            return;
+        }
+        let n = pairs.len() as u64;
+        if let Some(store) = self.store.upgrade() {
+            if store.ack_many(pairs).is_ok() {
+                self.sent.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// An event's handle on the acknowledgements (the engine's `EventRef` keeps no id
+/// of its own).
+pub struct Durable {
+    acks: Arc<Acks>,
+    id: Box<str>,
+}
+
+impl Durable {
+    fn new(acks: &Arc<Acks>, id: &str) -> Arc<Durable> {
+        Arc::new(Durable {
+            acks: acks.clone(),
+            id: id.into(),
+        })
+    }
+
+    /// `consumer` is done with the event.
+    pub fn ack(&self, consumer: &str) {
+        self.acks.ack(&self.id, consumer);
+    }
+}
+
+/// Counters and waiters shared with the writer's callbacks (no store handle: see
+/// [`Acks`]).
+struct Flight {
+    pending: AtomicUsize,
+    failures: AtomicU64,
+    waiters: Mutex<Vec<Py<PyAny>>>,
+    inbox: Arc<Inbox>,
+}
+
+impl Flight {
+    fn done_one(self: &Arc<Self>) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // NOTE: join() counts writes in flight as outstanding; wake it.
+            self.inbox.wake();
+            if !self.waiters.lock().is_empty() {
+                let me = self.clone();
+                self.inbox
+                    .call_soon(Box::new(move |py| me.resolve_waiters(py)));
+            }
+        }
+    }
+
+    fn resolve_waiters(&self, py: Python<'_>) {
+        if self.pending.load(Ordering::Acquire) != 0 {
+            return;
+        }
+        let waiters: Vec<_> = self.waiters.lock().drain(..).collect();
+        for w in waiters {
+            let w = w.bind(py);
+            if let Ok(false) = w.call_method0("done").and_then(|d| d.is_truthy()) {
+                let _ = w.call_method1("set_result", (true,));
+            }
+        }
+    }
+}
+
+/// The persistence state of one bus.
+pub struct Persist {
+    pub store: Arc<Store>,
+    pub path: PathBuf,
+    pub sync: bool,
+    pub acks: Arc<Acks>,
+    flight: Arc<Flight>,
+    closing: AtomicBool,
+    /// Redeliveries started at `start()` and not finished (join() waits for them).
+    pub redelivering: AtomicUsize,
+    redelivered: AtomicU64,
+    replayed: AtomicU64,
+}
+
+/// How the outcome of one durable append is reported: `Ok(true)` dispatched, `Ok(false)`
+/// stored but refused by the engine, `Err(msg)` not stored.
+pub type Done = Box<dyn FnOnce(Result<bool, String>) + Send>;
+
+impl Persist {
+    /// Opens the store; a corrupt or unreadable file raises `PersistenceError`.
+    pub fn open(opts: PersistOptions, inbox: Arc<Inbox>) -> PyResult<Arc<Persist>> {
+        let mut so = StoreOptions::new(&opts.path);
+        so.durability = if opts.sync {
+            Durability::Sync
+        } else {
+            Durability::Async {
+                flush_interval: opts.flush_interval,
+            }
+        };
+        so.compress_threshold = opts.compress_threshold;
+        so.max_age = opts.max_age;
+        so.max_bytes = opts.max_bytes;
+        so.retention_interval = opts.retention_interval;
+        so.hard_limit_bytes = opts.hard_limit_bytes;
+        let store = Arc::new(Store::open(so).map_err(|e| persistence_error(&e))?);
+        let acks = Arc::new(Acks {
+            store: Arc::downgrade(&store),
+            buf: Mutex::new(Vec::new()),
+            sent: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&acks);
+        runtime().spawn(async move {
+            let mut tick = tokio::time::interval(ACK_FLUSH);
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(a) => a.flush(),
+                    None => return,
+                }
+            }
+        });
+        Ok(Arc::new(Persist {
+            store,
+            path: opts.path,
+            sync: opts.sync,
+            acks,
+            flight: Arc::new(Flight {
+                pending: AtomicUsize::new(0),
+                failures: AtomicU64::new(0),
+                waiters: Mutex::new(Vec::new()),
+                inbox,
+            }),
+            closing: AtomicBool::new(false),
+            redelivering: AtomicUsize::new(0),
+            redelivered: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
+        }))
+    }
+
+    /// Appends submitted and not yet answered by the writer.
+    pub fn pending(&self) -> usize {
+        self.flight.pending.load(Ordering::Acquire)
+    }
+
+    /// True when no write and no start-time redelivery is in progress.
+    pub fn is_quiet(&self) -> bool {
+        self.pending() == 0 && self.redelivering.load(Ordering::Acquire) == 0
+    }
+
+    /// A start-time redelivery finished.
+    pub fn redelivery_done(&self) {
+        self.redelivering.fetch_sub(1, Ordering::AcqRel);
+        self.flight.inbox.wake();
+    }
+
+    /// Whether new publishes are refused because the bus is stopping.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Refuse (`true`) or accept again (`false`) new publishes.
+    pub fn set_closing(&self, v: bool) {
+        self.closing.store(v, Ordering::Release);
+    }
+
+    /// Stores `eref` (routed to `lanes`), then dispatches it and calls `done` from the
+    /// writer thread. Returns `Err` (and does not call `done`) if the event could not
+    /// even be queued for the writer.
+    pub fn submit(
+        &self,
+        py: Python<'_>,
+        engine: &Engine<EventRef>,
+        mut eref: EventRef,
+        route: Arc<Route<EventRef>>,
+        done: Done,
+    ) -> PyResult<Result<(), String>> {
+        let stored = stored_event(py, &eref)?;
+        let targets: Vec<String> = route
+            .lanes
+            .iter()
+            .map(|l| l.config.name.to_string())
+            .collect();
+        eref.durable = Some(Durable::new(&self.acks, &stored.id));
+        let id = stored.id.clone();
+        let engine = engine.clone();
+        let flight = self.flight.clone();
+        let acks = self.acks.clone();
+        flight.pending.fetch_add(1, Ordering::AcqRel);
+        let cb_flight = flight.clone();
+        let r = self.store.append_with(stored, targets, move |res| {
+            let outcome = match res {
+                Ok(_) => {
+                    match engine.publish_to(Arc::new(eref), &route.lanes) {
+                        Ok(()) => Ok(true),
+                        Err(Rejected::QueueFull) => {
+                            // NOTE: stored but not accepted: publish reports False, so the
+                            // deliveries are acked to keep them from coming back at restart.
+                            for l in &route.lanes {
+                                acks.ack(&id, &l.config.name);
+                            }
+                            Ok(false)
+                        }
+                        // NOTE: the bus stopped meanwhile; the deliveries stay pending and
+                        // are redelivered when a bus starts on this store again.
+                        Err(Rejected::NotRunning) => Ok(false),
+                    }
+                }
+                Err(e) => {
+                    cb_flight.failures.fetch_add(1, Ordering::Relaxed);
+                    Err(format!("event {id}: not stored, not dispatched: {e}"))
+                }
+            };
+            done(outcome);
+            cb_flight.done_one();
+        });
+        match r {
+            Ok(()) => Ok(Ok(())),
+            Err(e) => {
+                flight.failures.fetch_add(1, Ordering::Relaxed);
+                flight.done_one();
+                Ok(Err(format!("event not stored, not dispatched: {e}")))
+            }
+        }
+    }
+
+    /// `done` for an awaitable `publish`: completes `fut` on the loop, logging failures.
+    pub fn done_future(&self, fut: Py<PyAny>) -> Done {
+        let inbox = self.flight.inbox.clone();
+        Box::new(move |outcome| {
+            inbox.call_soon(Box::new(move |py| {
+                let ok = match outcome {
+                    Ok(ok) => ok,
+                    Err(msg) => {
+                        log_error(py, &format!("publish failed: {msg}"));
+                        false
+                    }
+                };
+                let f = fut.bind(py);
+                if let Ok(false) = f.call_method0("done").and_then(|d| d.is_truthy()) {
+                    let _ = f.call_method1("set_result", (ok,));
+                }
+            }));
+        })
+    }
+
+    /// `done` that only logs failures (async durability: publish already returned).
+    pub fn done_log(&self) -> Done {
+        let inbox = self.flight.inbox.clone();
+        Box::new(move |outcome| {
+            if let Err(msg) = outcome {
+                inbox.call_soon(Box::new(move |py| {
+                    log_error(py, &format!("publish failed: {msg}"))
+                }));
+            }
+        })
+    }
+
+    /// Adds a future completed once no append is in flight.
+    pub fn add_drain_waiter(&self, py: Python<'_>, fut: Py<PyAny>) {
+        self.flight.waiters.lock().push(fut);
+        if self.pending() == 0 {
+            self.flight.resolve_waiters(py);
+        }
+    }
+
+    /// Sends collected acks and waits until everything queued is on disk.
+    pub fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        self.acks.flush();
+        let store = self.store.clone();
+        py.detach(move || store.flush())
+            .map_err(|e| persistence_error(&e))
+    }
+
+    /// Records one dead letter (the event was dead-lettered for `consumer`).
+    pub fn put_dead_letter(
+        &self,
+        py: Python<'_>,
+        eref: &EventRef,
+        consumer: &str,
+        errors: Vec<String>,
+        attempts: u32,
+    ) {
+        let stored = match stored_event(py, eref) {
+            Ok(s) => s,
+            Err(e) => return e.print(py),
+        };
+        let store = self.store.clone();
+        let consumer = consumer.to_owned();
+        // NOTE: the store answers after the commit; never wait for that on the loop.
+        runtime().spawn_blocking(move || {
+            if let Err(e) = store.put_dead_letter(&stored, &consumer, &errors, attempts) {
+                eprintln!("mpm_events: cannot store a dead letter: {e}");
+            }
+        });
+    }
+
+    /// The highest stored seq: what [`Persist::unacked`] is limited to, so that live
+    /// events (higher seqs, not acknowledged yet) are not delivered twice.
+    pub fn watermark(&self) -> PyResult<i64> {
+        self.store.last_seq().map_err(|e| persistence_error(&e))
+    }
+
+    /// Stored events up to seq `upto` that some of `names` have not acknowledged
+    /// (flushes acks first).
+    pub fn unacked(&self, py: Python<'_>, names: Vec<String>, upto: i64) -> PyResult<StoredBatch> {
+        self.flush(py)?;
+        let store = self.store.clone();
+        let rows = py
+            .detach(move || store.unacked(&names))
+            .map_err(|e| persistence_error(&e))?;
+        Ok(StoredBatch {
+            rows: Mutex::new(rows.into_iter().filter(|(e, _)| e.seq <= upto).collect()),
+            replay: false,
+        })
+    }
+
+    /// Stored events in a time window whose topic matches one of `patterns`, all for
+    /// consumer `to`.
+    pub fn replay(
+        &self,
+        py: Python<'_>,
+        since_us: Option<i64>,
+        until_us: Option<i64>,
+        patterns: Vec<crate::topic::Pattern>,
+        to: String,
+    ) -> PyResult<StoredBatch> {
+        self.acks.flush();
+        let store = self.store.clone();
+        let rows = py
+            .detach(move || {
+                store.replay(since_us, until_us, &|t| {
+                    patterns.is_empty() || patterns.iter().any(|p| p.matches(t))
+                })
+            })
+            .map_err(|e| persistence_error(&e))?;
+        Ok(StoredBatch {
+            rows: Mutex::new(rows.into_iter().map(|e| (e, vec![to.clone()])).collect()),
+            replay: true,
+        })
+    }
+
+    /// Pushes rows of `batch` into the engine (to the lanes `lane_of` finds for their
+    /// consumer names) until the queue is full. Returns how many were pushed.
+    pub fn push(
+        &self,
+        py: Python<'_>,
+        engine: &Engine<EventRef>,
+        batch: &StoredBatch,
+        lane_of: impl Fn(&str) -> Option<Arc<Lane<EventRef>>>,
+    ) -> PyResult<usize> {
+        let mut pushed = 0;
+        loop {
+            let Some((ev, names)) = batch.rows.lock().pop_front() else {
+                return Ok(pushed);
+            };
+            let lanes: Vec<_> = names.iter().filter_map(|n| lane_of(n)).collect();
+            if lanes.is_empty() {
+                continue;
+            }
+            let obj = py_event(py, &ev)?;
+            let (mut eref, ()) = EventRef::accept(py, obj, Utc::now(), |topic| {
+                crate::topic::validate_topic(topic).map(|()| (Arc::from(topic), ()))
+            })?;
+            eref.durable = Some(Durable::new(&self.acks, &ev.id));
+            if batch.replay {
+                // NOTE: a lane serves higher event priorities first; one level for the
+                // whole replay keeps it in store order (the Event keeps its priority).
+                eref.priority = 4;
+            }
+            let need = lanes.iter().map(|l| l.config.needs_view).max().unwrap_or(0);
+            if need > 0 {
+                eref.view = Some(Arc::new(build_view(py, &eref, need >= 2)?));
+            }
+            match engine.publish_to(Arc::new(eref), &lanes) {
+                Ok(()) => {
+                    pushed += 1;
+                    let c = if batch.replay {
+                        &self.replayed
+                    } else {
+                        &self.redelivered
+                    };
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(Rejected::QueueFull) => {
+                    batch.rows.lock().push_front((ev, names));
+                    return Ok(pushed);
+                }
+                Err(Rejected::NotRunning) => {
+                    batch.rows.lock().push_front((ev, names));
+                    return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                        "the bus stopped while stored events were being delivered",
+                    ));
+                }
+            }
+        }
+    }
+
+    /// `persistence_stats()`.
+    pub fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let store = self.store.clone();
+        let s = py
+            .detach(move || store.stats())
+            .map_err(|e| persistence_error(&e))?;
+        let d = PyDict::new(py);
+        d.set_item("path", self.path.to_string_lossy().into_owned())?;
+        d.set_item("durability", if self.sync { "sync" } else { "async" })?;
+        d.set_item("stored_events", s.events)?;
+        d.set_item("stored_bytes", s.total_bytes)?;
+        d.set_item("pending_deliveries", s.pending_deliveries)?;
+        d.set_item("stored_dead_letters", s.dead_letters)?;
+        d.set_item("background_write_errors", s.async_errors)?;
+        d.set_item(
+            "write_failures",
+            self.flight.failures.load(Ordering::Relaxed),
+        )?;
+        d.set_item("writes_in_flight", self.pending())?;
+        d.set_item("acks_written", self.acks.sent.load(Ordering::Relaxed))?;
+        d.set_item("redelivered", self.redelivered.load(Ordering::Relaxed))?;
+        d.set_item("replayed", self.replayed.load(Ordering::Relaxed))?;
+        Ok(d)
+    }
+
+    /// `apply_retention()`.
+    pub fn apply_retention<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let store = self.store.clone();
+        let r = py
+            .detach(move || store.apply_retention())
+            .map_err(|e| persistence_error(&e))?;
+        let d = PyDict::new(py);
+        d.set_item("deleted_by_age", r.deleted_by_age)?;
+        d.set_item("deleted_by_size", r.deleted_by_size)?;
+        d.set_item("bytes_before", r.bytes_before)?;
+        d.set_item("bytes_after", r.bytes_after)?;
+        Ok(d)
+    }
+
+    /// `get_stored_dead_letters()`.
+    pub fn dead_letters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let store = self.store.clone();
+        let rows = py
+            .detach(move || store.dead_letters())
+            .map_err(|e| persistence_error(&e))?;
+        let list = PyList::empty(py);
+        for r in rows {
+            let d = PyDict::new(py);
+            d.set_item("id", r.id)?;
+            d.set_item("event", py_event(py, &r.event)?)?;
+            d.set_item("consumer", r.consumer)?;
+            d.set_item("errors", r.errors)?;
+            d.set_item("attempts", r.attempts)?;
+            d.set_item(
+                "failed_at",
+                DateTime::<Utc>::from_timestamp_micros(r.failed_us),
+            )?;
+            list.append(d)?;
+        }
+        Ok(list)
+    }
+}
+
+impl Drop for Persist {
+    fn drop(&mut self) {
+        // NOTE: the store itself writes what is queued when its last handle goes.
+        self.acks.flush();
+    }
+}
+
+/// Stored events waiting to be pushed into the engine (restart redelivery or replay).
+#[pyclass(module = "mpm_events._core", name = "_StoredBatch", frozen)]
+pub struct StoredBatch {
+    rows: Mutex<VecDeque<(StoredEvent, Vec<String>)>>,
+    replay: bool,
+}
+
+#[pymethods]
+impl StoredBatch {
+    /// Rows not pushed yet.
+    #[getter]
+    fn remaining(&self) -> usize {
+        self.rows.lock().len()
+    }
+}
+
+/// The store's copy of an accepted event.
+pub fn stored_event(py: Python<'_>, eref: &EventRef) -> PyResult<StoredEvent> {
+    let view = match &eref.view {
+        Some(v) if v.data.is_some() => v.clone(),
+        _ => Arc::new(build_view(py, eref, true)?),
+    };
+    let data = match &view.data {
+        Some(d) => serde_json::to_vec(d).map_err(|e| super::errors::event_error(e.to_string()))?,
+        None => {
+            return Err(super::errors::event_error(format!(
+                "event {} cannot be stored: {}",
+                eref.id(py),
+                view.data_error
+                    .as_deref()
+                    .unwrap_or("payload not convertible to JSON")
+            )))
+        }
+    };
+    Ok(StoredEvent {
+        seq: 0,
+        id: eref.id(py),
+        topic: eref.topic.to_string(),
+        event_type: view.event_type.to_string(),
+        source: view.source.to_string(),
+        timestamp_us: view.timestamp.timestamp_micros(),
+        published_us: Utc::now().timestamp_micros(),
+        priority: view.priority,
+        correlation_id: view.correlation_id.clone(),
+        data_json: data,
+    })
+}
+
+/// A Python `Event` rebuilt from the store, with its original id.
+pub fn py_event(py: Python<'_>, ev: &StoredEvent) -> PyResult<Py<Event>> {
+    let loads = JSON_LOADS.import(py, "json", "loads")?;
+    let data = loads.call1((PyBytes::new(py, &ev.data_json),))?;
+    let kw = PyDict::new(py);
+    kw.set_item("id", &ev.id)?;
+    kw.set_item("topic", &ev.topic)?;
+    kw.set_item("type", &ev.event_type)?;
+    kw.set_item(
+        "timestamp",
+        DateTime::<Utc>::from_timestamp_micros(ev.timestamp_us).unwrap_or_else(Utc::now),
+    )?;
+    kw.set_item("source", &ev.source)?;
+    kw.set_item("data", data)?;
+    kw.set_item("correlation_id", &ev.correlation_id)?;
+    kw.set_item("priority", ev.priority)?;
+    Ok(py
+        .get_type::<Event>()
+        .call((), Some(&kw))?
+        .cast_into::<Event>()?
+        .unbind())
+}
+
+/// `publish` with persistence. Sync durability: an awaitable completed by the writer's
+/// callback (through the inbox) once the event is on disk. Async: an already-complete
+/// awaitable.
+pub fn publish(
+    p: &Arc<Persist>,
+    py: Python<'_>,
+    event_loop: Option<Py<PyAny>>,
+    submit: impl FnOnce(Done) -> PyResult<Result<(), String>>,
+) -> PyResult<Py<PyAny>> {
+    let refused = |py: Python<'_>, msg: String| {
+        if !msg.is_empty() {
+            log_error(py, &format!("publish failed: {msg}"));
+        }
+        Ready::of_bool(py, false).into_any()
+    };
+    if !p.sync {
+        return Ok(match submit(p.done_log())? {
+            Ok(()) => Ready::of_bool(py, true).into_any(),
+            Err(msg) => refused(py, msg),
+        });
+    }
+    let Some(event_loop) = event_loop else {
+        return Ok(match submit(Box::new(|_| {}))? {
+            // NOTE: not reachable (no loop means not started), kept total.
+            Ok(()) => Ready::of_bool(py, true).into_any(),
+            Err(msg) => refused(py, msg),
+        });
+    };
+    let fut = event_loop.bind(py).call_method0("create_future")?;
+    match submit(p.done_future(fut.clone().unbind()))? {
+        Ok(()) => {
+            let it = fut.call_method0("__await__")?.unbind();
+            Ok(Py::new(py, Pending { it })?.into_any())
+        }
+        Err(msg) => Ok(refused(py, msg)),
+    }
+}
+
+/// `publish_nowait` with persistence: blocks (GIL released) until the event is stored
+/// (sync durability) or queued (async).
+pub fn publish_blocking(
+    p: &Arc<Persist>,
+    py: Python<'_>,
+    submit: impl FnOnce(Done) -> PyResult<Result<(), String>>,
+) -> PyResult<bool> {
+    if !p.sync {
+        return Ok(match submit(p.done_log())? {
+            Ok(()) => true,
+            Err(msg) => {
+                if !msg.is_empty() {
+                    log_error(py, &format!("publish failed: {msg}"));
+                }
+                false
+            }
+        });
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let r = submit(Box::new(move |o| {
+        let _ = tx.send(o);
+    }))?;
+    let outcome = match r {
+        Ok(()) => py
+            .detach(move || rx.recv())
+            .unwrap_or_else(|_| Err("the event store stopped".into())),
+        Err(msg) => Err(msg),
+    };
+    Ok(match outcome {
+        Ok(ok) => ok,
+        Err(msg) => {
+            if !msg.is_empty() {
+                log_error(py, &format!("publish failed: {msg}"));
+            }
+            false
+        }
+    })
+}
+
+/// The awaitable of a sync-durability `publish`: a coroutine (in asyncio's sense, so
+/// `create_task` accepts it) that waits for the writer's answer.
+#[pyclass(module = "mpm_events._core", name = "_Pending", frozen)]
+pub struct Pending {
+    it: Py<PyAny>,
+}
+
+#[pymethods]
+impl Pending {
+    fn __await__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.it.bind(py).call_method0("__next__")
+    }
+    #[pyo3(signature = (value=None))]
+    fn send<'py>(
+        &self,
+        py: Python<'py>,
+        value: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let v = value.unwrap_or_else(|| py.None().into_bound(py));
+        self.it.bind(py).call_method1("send", (v,))
+    }
+    #[pyo3(signature = (typ, val=None, tb=None))]
+    fn throw<'py>(
+        &self,
+        py: Python<'py>,
+        typ: Bound<'py, PyAny>,
+        val: Option<Bound<'py, PyAny>>,
+        tb: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let exc = match val {
+            Some(v) if !v.is_none() => v,
+            _ => typ,
+        };
+        let _ = tb;
+        let _ = py;
+        self.it.bind(exc.py()).call_method1("throw", (exc,))
+    }
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        self.it.bind(py).call_method0("close").map(|_| ())
+    }
+}
+
+/// Builds [`PersistOptions`] from the `EventBus` keyword arguments.
+#[allow(clippy::too_many_arguments)]
+pub fn options(
+    path: Option<PathBuf>,
+    durability: &str,
+    flush_interval: f64,
+    max_age: Option<&Bound<'_, PyAny>>,
+    max_bytes: Option<u64>,
+    compress_threshold: usize,
+    retention_interval: Option<f64>,
+    hard_limit_bytes: Option<u64>,
+) -> PyResult<PersistOptions> {
+    use pyo3::exceptions::PyValueError;
+    let sync = match durability {
+        "sync" => true,
+        "async" => false,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "durability must be \"sync\" or \"async\", got {other:?}"
+            )))
+        }
+    };
+    let secs = |v: f64, what: &str| -> PyResult<Duration> {
+        if v.is_finite() && v > 0.0 {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            Err(PyValueError::new_err(format!(
+                "{what} must be a positive number of seconds, got {v}"
+            )))
+        }
+    };
+    let max_age = match max_age {
+        None => None,
+        Some(v) if v.is_none() => None,
+        Some(v) => {
+            // NOTE: a timedelta or a number of seconds.
+            let s: f64 = match v.call_method0("total_seconds") {
+                Ok(t) => t.extract()?,
+                Err(_) => v.extract().map_err(|_| {
+                    PyValueError::new_err("retention_max_age must be a timedelta or seconds")
+                })?,
+            };
+            Some(secs(s, "retention_max_age")?)
+        }
+    };
+    Ok(PersistOptions {
+        path: match path {
+            Some(p) => p,
+            None => default_path()?,
+        },
+        sync,
+        flush_interval: secs(flush_interval, "flush_interval")?,
+        max_age,
+        max_bytes,
+        retention_interval: retention_interval
+            .map(|v| secs(v, "retention_interval"))
+            .transpose()?,
+        compress_threshold,
+        hard_limit_bytes,
+    })
+}
+
+/// Stores every dead letter of `engine` (and drops its pending delivery, so it is not
+/// redelivered at restart). The copy is made on the event loop, where the payload can
+/// be read; if the bus is gone before that, the delivery stays pending and comes back
+/// at restart instead (at-least-once either way).
+pub fn listen_dead_letters(p: &Arc<Persist>, engine: &Engine<EventRef>, inbox: &Arc<Inbox>) {
+    let (weak, inbox) = (Arc::downgrade(p), Arc::downgrade(inbox));
+    engine.add_dead_letter_listener(move |letter| {
+        if letter.event.durable.is_none() {
+            return;
+        }
+        let (Some(inbox), weak) = (inbox.upgrade(), weak.clone()) else {
+            return;
+        };
+        let letter = letter.clone();
+        inbox.call_soon(Box::new(move |py| {
+            if let Some(p) = weak.upgrade() {
+                p.put_dead_letter(
+                    py,
+                    &letter.event,
+                    &letter.consumer,
+                    letter.errors.clone(),
+                    letter.attempts,
+                );
+            }
+        }));
+    });
+}
