@@ -235,10 +235,10 @@ impl EventBus {
                     .map_err(super::errors::topic_error)?,
             );
         }
-        if !e.data.bind(py).is_instance_of::<PyDict>() {
+        if !e.data.is_dict(py) {
             return Err(event_error(format!(
                 "Event.data must be a dict, got {}",
-                e.data.bind(py).get_type().name()?
+                "a non-dict"
             )));
         }
         Ok(())

@@ -509,6 +509,52 @@ fn check_timestamp<'py>(
     }
 }
 
+/// An event's payload: the caller's object, or (once the bus has accepted the
+/// event) a compact JSON copy turned back into a dict only if someone reads it.
+pub enum Payload {
+    /// A Python object (a dict, checked at construction and publish).
+    Object(Py<PyAny>),
+    /// Packed at publish: JSON text, and the dict made from it on first read.
+    Packed(Box<str>, PyOnceLock<Py<PyAny>>),
+}
+
+impl Payload {
+    /// The payload as a Python object (unpacking it, once, if needed).
+    pub fn get(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        match self {
+            Payload::Object(o) => Ok(o.clone_ref(py)),
+            Payload::Packed(json, cache) => cache
+                .get_or_try_init(py, || super::native::unpack_json(py, json))
+                .map(|o| o.clone_ref(py)),
+        }
+    }
+
+    /// Whether the payload is a dict.
+    pub fn is_dict(&self, py: Python<'_>) -> bool {
+        match self {
+            Payload::Object(o) => o.bind(py).is_instance_of::<PyDict>(),
+            Payload::Packed(..) => true,
+        }
+    }
+
+    fn type_name(&self, py: Python<'_>) -> String {
+        match self {
+            Payload::Object(o) => type_name(o.bind(py)),
+            Payload::Packed(..) => "dict".into(),
+        }
+    }
+
+    fn clone_ref(&self, py: Python<'_>) -> PyResult<Payload> {
+        Ok(match self {
+            Payload::Object(o) => Payload::Object(o.clone_ref(py)),
+            Payload::Packed(json, cache) => match cache.get(py) {
+                Some(o) => Payload::Object(o.clone_ref(py)),
+                None => Payload::Packed(json.clone(), PyOnceLock::new()),
+            },
+        })
+    }
+}
+
 /// An event's timestamp: made in Rust (and turned into a Python `datetime`
 /// only if someone reads it) or given by the caller.
 pub enum Timestamp {
@@ -568,7 +614,7 @@ pub struct Event {
     pub(crate) type_: Py<PyString>,
     pub(crate) timestamp: Timestamp,
     pub(crate) source: Py<PyString>,
-    pub(crate) data: Py<PyAny>,
+    pub(crate) data: Payload,
     pub(crate) meta: MetaCell,
     pub(crate) correlation_id: Option<Py<PyString>>,
     pub(crate) priority: u8,
@@ -598,7 +644,7 @@ impl Event {
             type_: type_.unbind(),
             timestamp: Timestamp::now(),
             source: source.unbind(),
-            data: data.unbind(),
+            data: Payload::Object(data.unbind()),
             meta: Arc::new(Mutex::new(MetaState::default())),
             correlation_id: correlation_id.map(Bound::unbind),
             priority,
@@ -717,7 +763,7 @@ impl Event {
                 _ => Timestamp::now(),
             },
             source: source.unbind(),
-            data: data.unbind(),
+            data: Payload::Object(data.unbind()),
             meta,
             correlation_id,
             priority,
@@ -770,12 +816,12 @@ impl Event {
         Ok(())
     }
     #[getter]
-    fn data(&self, py: Python<'_>) -> Py<PyAny> {
-        self.data.clone_ref(py)
+    fn data(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.data.get(py)
     }
     #[setter]
     fn set_data(&mut self, v: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.data = check_data(v)?.unbind();
+        self.data = Payload::Object(check_data(v)?.unbind());
         Ok(())
     }
     #[getter]
@@ -832,7 +878,7 @@ impl Event {
                 .call_method0("isoformat")?,
         )?;
         d.set_item("source", &self.source)?;
-        d.set_item("data", &self.data)?;
+        d.set_item("data", self.data.get(py)?)?;
         d.set_item("metadata", self.metadata().to_dict(py)?)?;
         d.set_item("correlation_id", &self.correlation_id)?;
         d.set_item(
@@ -908,18 +954,18 @@ impl Event {
         ))
     }
 
-    fn __copy__(&self, py: Python<'_>) -> Self {
-        Event {
+    fn __copy__(&self, py: Python<'_>) -> PyResult<Self> {
+        Ok(Event {
             id: self.id.clone_ref(py),
             topic: self.topic.clone_ref(py),
             type_: self.type_.clone_ref(py),
             timestamp: self.timestamp.clone_ref(py),
             source: self.source.clone_ref(py),
-            data: self.data.clone_ref(py),
+            data: self.data.clone_ref(py)?,
             meta: Arc::new(Mutex::new(self.meta.lock().snapshot())),
             correlation_id: self.correlation_id.as_ref().map(|c| c.clone_ref(py)),
             priority: self.priority,
-        }
+        })
     }
 }
 
@@ -970,14 +1016,24 @@ impl EventRef {
                 unsafe { pyo3::ffi::PyObject_GC_UnTrack(event.as_ptr().cast()) };
             }
             let routed = route(&e.topic.bind(py).to_cow()?).map_err(topic_error)?;
-            if !e.data.bind(py).is_instance_of::<PyDict>() {
+            if !e.data.is_dict(py) {
                 return Err(event_error(format!(
                     "Event.data must be a dict, got {}",
-                    type_name(e.data.bind(py))
+                    e.data.type_name(py)
                 )));
             }
             (routed, e.priority, e.meta.clone())
         };
+        // NOTE: an accepted event may wait in lanes for a while; a plain-JSON
+        // payload is kept as compact text instead of Python dicts (less memory,
+        // nothing for the GC to walk) and unpacked only if someone reads it.
+        if let Ok(mut e) = event.try_borrow_mut(py) {
+            if let Payload::Object(o) = &e.data {
+                if let Some(json) = super::native::pack_json(o.bind(py)) {
+                    e.data = Payload::Packed(json.into_boxed_str(), PyOnceLock::new());
+                }
+            }
+        }
         meta.lock().published_at = Some(now);
         Ok((
             EventRef {

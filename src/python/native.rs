@@ -114,6 +114,104 @@ fn interned(slot: &mut Option<Arc<str>>, text: &str) -> Arc<str> {
     }
 }
 
+/// Payload limits for packing: deeper or larger payloads stay Python objects.
+const PACK_MAX_DEPTH: usize = 32;
+const PACK_MAX_BYTES: usize = 64 * 1024;
+
+/// Writes a payload as JSON text if it holds only exact dicts (with str keys),
+/// lists, str, int (64-bit), finite float, bool and None, so that unpacking gives
+/// back equal values of the same types; None otherwise (the payload then stays
+/// the caller's object).
+pub fn pack_json(obj: &Bound<'_, PyAny>) -> Option<String> {
+    let mut out = String::with_capacity(128);
+    pack_into(obj, 0, &mut out).then_some(out)
+}
+
+fn pack_into(obj: &Bound<'_, PyAny>, depth: usize, out: &mut String) -> bool {
+    use std::fmt::Write;
+    if depth > PACK_MAX_DEPTH || out.len() > PACK_MAX_BYTES {
+        return false;
+    }
+    if obj.is_none() {
+        out.push_str("null");
+        return true;
+    }
+    if let Ok(b) = obj.cast_exact::<PyBool>() {
+        out.push_str(if b.is_true() { "true" } else { "false" });
+        return true;
+    }
+    if let Ok(s) = obj.cast_exact::<PyString>() {
+        let Ok(text) = s.to_cow() else { return false };
+        return serde_json::to_string(&*text)
+            .map(|j| out.push_str(&j))
+            .is_ok();
+    }
+    if obj.cast_exact::<PyInt>().is_ok() {
+        let Ok(i) = obj.extract::<i64>() else {
+            return false;
+        };
+        let _ = write!(out, "{i}");
+        return true;
+    }
+    if let Ok(f) = obj.cast_exact::<PyFloat>() {
+        let v = f.value();
+        if !v.is_finite() {
+            return false;
+        }
+        // NOTE: serde_json writes the shortest text that parses back to the same
+        // f64, always with a '.' or exponent, so it unpacks as a float again.
+        return serde_json::to_string(&v).map(|j| out.push_str(&j)).is_ok();
+    }
+    if let Ok(d) = obj.cast_exact::<PyDict>() {
+        out.push('{');
+        for (i, (k, v)) in d.iter().enumerate() {
+            let Ok(k) = k.cast_exact::<PyString>() else {
+                return false;
+            };
+            let Ok(key) = k.to_cow() else { return false };
+            if i > 0 {
+                out.push(',');
+            }
+            if serde_json::to_string(&*key)
+                .map(|j| out.push_str(&j))
+                .is_err()
+            {
+                return false;
+            }
+            out.push(':');
+            if !pack_into(&v, depth + 1, out) {
+                return false;
+            }
+        }
+        out.push('}');
+        return true;
+    }
+    if let Ok(l) = obj.cast_exact::<PyList>() {
+        out.push('[');
+        for (i, v) in l.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            if !pack_into(&v, depth + 1, out) {
+                return false;
+            }
+        }
+        out.push(']');
+        return true;
+    }
+    false
+}
+
+/// Turns packed JSON text back into Python objects.
+pub fn unpack_json(py: Python<'_>, json: &str) -> PyResult<Py<PyAny>> {
+    let value: Value = serde_json::from_str(json).map_err(|e| {
+        pyo3::exceptions::PyValueError::new_err(format!("corrupt packed payload: {e}"))
+    })?;
+    Ok(pythonize::pythonize(py, &value)
+        .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?
+        .unbind())
+}
+
 /// Copies an event's fields (and, if `with_data`, its payload) for sinks.
 pub fn build_view(py: Python<'_>, eref: &EventRef, with_data: bool) -> PyResult<EventView> {
     build_view_with(py, eref, with_data, &mut ViewMemo::default())
@@ -129,7 +227,13 @@ pub fn build_view_with(
     let e = eref.event.borrow(py);
     let ts: DateTime<Utc> = e.timestamp.to_utc(py);
     let (data, data_error) = if with_data {
-        match to_json(e.data.bind(py), 0) {
+        let converted = match &e.data {
+            super::event::Payload::Packed(json, _) => {
+                serde_json::from_str(json).map_err(|err| err.to_string())
+            }
+            super::event::Payload::Object(o) => to_json(o.bind(py), 0),
+        };
+        match converted {
             Ok(v) => (Some(v), None),
             Err(err) => (None, Some(err)),
         }
