@@ -527,6 +527,9 @@ pub struct Route<E: EventLike> {
     pub lanes: Vec<Arc<Lane<E>>>,
     /// Highest `needs_view` among the lanes.
     pub needs_view: u8,
+    /// Whether some lane has `needs_view == 0` (its executor reads the event
+    /// object itself).
+    pub any_plain: bool,
 }
 
 const ROUTE_CACHE_LIMIT: usize = 8192;
@@ -787,10 +790,12 @@ impl<E: EventLike> Engine<E> {
             .filter_map(|i| lanes_guard.get(*i).and_then(|l| l.clone()))
             .collect();
         let needs_view = lanes.iter().map(|l| l.config.needs_view).max().unwrap_or(0);
+        let any_plain = lanes.iter().any(|l| l.config.needs_view == 0);
         let route = Arc::new(Route {
             topic: topic.into(),
             lanes,
             needs_view,
+            any_plain,
         });
         let mut cache = self.shared.routes.lock();
         if cache.len() >= ROUTE_CACHE_LIMIT {

@@ -262,6 +262,11 @@ impl EventBus {
             memo.route = Some(r.clone());
             Ok((r.topic.clone(), r))
         })?;
+        // NOTE: only events some Python consumer will receive are packed (see
+        // `pack_payload`); Rust consumers get their own copy below.
+        if route.any_plain {
+            super::event::pack_payload(py, &eref.event);
+        }
         if route.needs_view > 0 {
             eref.view = Some(Arc::new(build_view_with(
                 py,

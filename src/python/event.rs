@@ -985,6 +985,21 @@ pub struct EventRef {
     pub durable: Option<Arc<super::persist::Durable>>,
 }
 
+/// Packs a plain-JSON payload of an accepted event into compact text.
+///
+/// An accepted event may wait in lanes for a while; keeping its payload as text
+/// instead of Python dicts costs less memory and gives the GC nothing to walk.
+/// It is unpacked (once) only if someone reads `event.data`.
+pub fn pack_payload(py: Python<'_>, event: &Py<Event>) {
+    if let Ok(mut e) = event.try_borrow_mut(py) {
+        if let Payload::Object(o) = &e.data {
+            if let Some(json) = super::native::pack_json(o.bind(py)) {
+                e.data = Payload::Packed(json.into_boxed_str(), PyOnceLock::new());
+            }
+        }
+    }
+}
+
 impl EventRef {
     /// The event's id (reads the Python object).
     pub fn id(&self, py: Python<'_>) -> String {
@@ -1024,16 +1039,6 @@ impl EventRef {
             }
             (routed, e.priority, e.meta.clone())
         };
-        // NOTE: an accepted event may wait in lanes for a while; a plain-JSON
-        // payload is kept as compact text instead of Python dicts (less memory,
-        // nothing for the GC to walk) and unpacked only if someone reads it.
-        if let Ok(mut e) = event.try_borrow_mut(py) {
-            if let Payload::Object(o) = &e.data {
-                if let Some(json) = super::native::pack_json(o.bind(py)) {
-                    e.data = Payload::Packed(json.into_boxed_str(), PyOnceLock::new());
-                }
-            }
-        }
         meta.lock().published_at = Some(now);
         Ok((
             EventRef {
