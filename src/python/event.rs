@@ -609,7 +609,7 @@ impl Timestamp {
 /// An event (see `_core.pyi` for the Python documentation).
 #[pyclass(module = "mpm_events._core", name = "Event", subclass, weakref)]
 pub struct Event {
-    pub(crate) id: Py<PyString>,
+    pub(crate) id: EventId,
     pub(crate) topic: Py<PyString>,
     pub(crate) type_: Py<PyString>,
     pub(crate) timestamp: Timestamp,
@@ -620,17 +620,54 @@ pub struct Event {
     pub(crate) priority: u8,
 }
 
-fn new_uuid(py: Python<'_>) -> Py<PyString> {
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    PyString::new(py, s).unbind()
+/// An event's id: a uuid4 made in Rust (turned into a Python str only when
+/// read) or the caller's str.
+pub enum EventId {
+    /// Generated for an event created without an id.
+    Fresh(uuid::Uuid, PyOnceLock<Py<PyString>>),
+    /// Given by the caller.
+    Given(Py<PyString>),
+}
+
+impl EventId {
+    fn fresh() -> Self {
+        EventId::Fresh(uuid::Uuid::new_v4(), PyOnceLock::new())
+    }
+
+    /// The id as a Python str.
+    pub fn to_py(&self, py: Python<'_>) -> Py<PyString> {
+        match self {
+            EventId::Given(s) => s.clone_ref(py),
+            EventId::Fresh(u, cell) => cell
+                .get_or_init(py, || {
+                    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+                    PyString::new(py, u.hyphenated().encode_lower(&mut buf)).unbind()
+                })
+                .clone_ref(py),
+        }
+    }
+
+    /// The id as Rust text.
+    pub fn text(&self, py: Python<'_>) -> String {
+        match self {
+            EventId::Given(s) => s.bind(py).to_cow().map(|c| c.into_owned()).unwrap_or_default(),
+            EventId::Fresh(u, _) => u.hyphenated().to_string(),
+        }
+    }
+
+    fn clone_ref(&self, py: Python<'_>) -> Self {
+        match self {
+            EventId::Given(s) => EventId::Given(s.clone_ref(py)),
+            EventId::Fresh(u, _) => EventId::Fresh(*u, PyOnceLock::new()),
+        }
+    }
 }
 
 impl Event {
     /// Builds an event from already-checked parts (used by the fast producers).
     #[allow(clippy::too_many_arguments)]
     pub fn from_parts(
-        py: Python<'_>,
+        _py: Python<'_>,
         topic: Bound<'_, PyString>,
         type_: Bound<'_, PyString>,
         source: Bound<'_, PyString>,
@@ -639,7 +676,7 @@ impl Event {
         priority: u8,
     ) -> PyResult<Self> {
         Ok(Event {
-            id: new_uuid(py),
+            id: EventId::fresh(),
             topic: topic.unbind(),
             type_: type_.unbind(),
             timestamp: Timestamp::now(),
@@ -693,7 +730,7 @@ impl Event {
 
     /// The id as Rust text.
     pub fn id_str(&self, py: Python<'_>) -> PyResult<String> {
-        Ok(self.id.bind(py).to_cow()?.into_owned())
+        Ok(self.id.text(py))
     }
 }
 
@@ -719,9 +756,9 @@ impl Event {
             _ => PyString::new(py, ""),
         };
         let id = if id.to_cow()?.is_empty() {
-            new_uuid(py)
+            EventId::fresh()
         } else {
-            id.unbind()
+            EventId::Given(id.unbind())
         };
         let empty = || PyString::new(py, "");
         let topic = topic
@@ -772,11 +809,11 @@ impl Event {
 
     #[getter]
     fn id(&self, py: Python<'_>) -> Py<PyString> {
-        self.id.clone_ref(py)
+        self.id.to_py(py)
     }
     #[setter]
     fn set_id(&mut self, v: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.id = check_str(v, "id")?.unbind();
+        self.id = EventId::Given(check_str(v, "id")?.unbind());
         Ok(())
     }
     #[getter]
@@ -867,7 +904,7 @@ impl Event {
     /// The event as a plain dict, with an ISO 8601 timestamp and the priority's name.
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        d.set_item("id", &self.id)?;
+        d.set_item("id", self.id.to_py(py))?;
         d.set_item("topic", &self.topic)?;
         d.set_item("type", &self.type_)?;
         d.set_item(
@@ -925,7 +962,7 @@ impl Event {
     fn __eq__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         match other.cast::<Event>() {
             Ok(o) => {
-                let same = self.id.bind(py).to_cow()? == o.borrow().id.bind(py).to_cow()?;
+                let same = self.id.text(py) == o.borrow().id.text(py);
                 Ok(pyo3::types::PyBool::new(py, same)
                     .to_owned()
                     .into_any()
@@ -936,13 +973,13 @@ impl Event {
     }
 
     fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {
-        self.id.bind(py).hash()
+        self.id.to_py(py).bind(py).hash()
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         Ok(format!(
             "Event(id={:?}, topic={:?}, type={:?}, source={:?}, priority={}, correlation_id={})",
-            self.id.bind(py).to_cow()?,
+            self.id.text(py),
             self.topic.bind(py).to_cow()?,
             self.type_.bind(py).to_cow()?,
             self.source.bind(py).to_cow()?,
@@ -1003,13 +1040,7 @@ pub fn pack_payload(py: Python<'_>, event: &Py<Event>) {
 impl EventRef {
     /// The event's id (reads the Python object).
     pub fn id(&self, py: Python<'_>) -> String {
-        self.event
-            .borrow(py)
-            .id
-            .bind(py)
-            .to_cow()
-            .map(|c| c.into_owned())
-            .unwrap_or_default()
+        self.event.borrow(py).id.text(py)
     }
 
     /// Checks `event` for publishing (its topic must be valid: `route` is asked

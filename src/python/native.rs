@@ -241,7 +241,7 @@ pub fn build_view_with(
         (None, None)
     };
     Ok(EventView {
-        id: e.id.bind(py).to_cow()?.as_ref().into(),
+        id: e.id.text(py).into(),
         topic: eref.topic.as_ref().into(),
         event_type: interned(&mut memo.type_, &e.type_.bind(py).to_cow()?),
         source: interned(&mut memo.source, &e.source.bind(py).to_cow()?),
