@@ -5,6 +5,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
+// NOTE: ThinVec (one pointer, no allocation while empty) keeps the per-event
+// metadata small: most events never fail and wait in lanes with empty lists.
+use thin_vec::ThinVec;
 
 /// Processing state of one event, shared by the Python `EventMetadata` view and
 /// the engine, which updates it without the GIL.
@@ -19,16 +22,16 @@ pub struct MetaState {
     /// When a consumer first handled it.
     pub consumed_at: Option<DateTime<Utc>>,
     /// Consumers that handled it.
-    pub processed: Vec<Arc<str>>,
+    pub processed: ThinVec<Arc<str>>,
     /// Consumers whose latest attempt failed.
-    pub failed: Vec<Arc<str>>,
+    pub failed: ThinVec<Arc<str>>,
     /// Every failure, `"<consumer>: <error>"`, oldest first.
-    pub errors: Vec<String>,
+    pub errors: ThinVec<String>,
     /// The binding layer's mirror of these fields as its own objects (Python
     /// sets and a list that user code may mutate), once someone asked for them.
     pub mirror: Option<Box<dyn std::any::Any + Send + Sync>>,
     /// Changes made by the engine since the mirror was last brought up to date.
-    pub pending: Vec<MetaOp>,
+    pub pending: ThinVec<MetaOp>,
 }
 
 /// A change to [`MetaState`] made by the engine, replayed onto the mirror.
@@ -79,7 +82,7 @@ impl MetaState {
             failed: self.failed.clone(),
             errors: self.errors.clone(),
             mirror: None,
-            pending: Vec::new(),
+            pending: ThinVec::new(),
         }
     }
 }
@@ -91,11 +94,11 @@ impl Default for MetaState {
             max_retries: 3,
             published_at: None,
             consumed_at: None,
-            processed: Vec::new(),
-            failed: Vec::new(),
-            errors: Vec::new(),
+            processed: ThinVec::new(),
+            failed: ThinVec::new(),
+            errors: ThinVec::new(),
             mirror: None,
-            pending: Vec::new(),
+            pending: ThinVec::new(),
         }
     }
 }

@@ -139,8 +139,8 @@ fn read_datetime(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<Option<DateTim
     )))
 }
 
-fn names_from(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<Vec<Arc<str>>> {
-    let mut out: Vec<Arc<str>> = Vec::new();
+fn names_from(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<thin_vec::ThinVec<Arc<str>>> {
+    let mut out: thin_vec::ThinVec<Arc<str>> = thin_vec::ThinVec::new();
     for item in obj
         .try_iter()
         .map_err(|_| PyTypeError::new_err(format!("EventMetadata.{field} must be a set of str")))?
@@ -246,9 +246,12 @@ impl EventMetadata {
             st.failed = names_from(v, "consumers_failed")?;
         }
         if let Some(v) = error_messages {
-            st.errors = v.extract().map_err(|_| {
-                PyTypeError::new_err("EventMetadata.error_messages must be a list of str")
-            })?;
+            st.errors = v
+                .extract::<Vec<String>>()
+                .map_err(|_| {
+                    PyTypeError::new_err("EventMetadata.error_messages must be a list of str")
+                })?
+                .into();
         }
         Ok(EventMetadata {
             cell: Arc::new(Mutex::new(st)),
@@ -347,7 +350,7 @@ impl EventMetadata {
         let list = PyList::new(py, &errors)?.unbind();
         self.mirror(py)?;
         let mut st = self.cell.lock();
-        st.errors = errors;
+        st.errors = errors.into();
         if let Some(m) = st
             .mirror
             .as_mut()
@@ -383,7 +386,7 @@ impl EventMetadata {
             self.cell.lock().snapshot(),
             other.get().cell.lock().snapshot(),
         );
-        let set = |v: &Vec<Arc<str>>| {
+        let set = |v: &[Arc<str>]| {
             let mut v: Vec<&str> = v.iter().map(|s| &**s).collect();
             v.sort_unstable();
             v.into_iter().map(str::to_owned).collect::<Vec<_>>()
@@ -416,7 +419,7 @@ impl EventMetadata {
             "consumers_failed",
             st.failed.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         )?;
-        d.set_item("error_messages", st.errors)?;
+        d.set_item("error_messages", st.errors.to_vec())?;
         Ok(d)
     }
 }
@@ -650,7 +653,11 @@ impl EventId {
     /// The id as Rust text.
     pub fn text(&self, py: Python<'_>) -> String {
         match self {
-            EventId::Given(s) => s.bind(py).to_cow().map(|c| c.into_owned()).unwrap_or_default(),
+            EventId::Given(s) => s
+                .bind(py)
+                .to_cow()
+                .map(|c| c.into_owned())
+                .unwrap_or_default(),
             EventId::Fresh(u, _) => u.hyphenated().to_string(),
         }
     }

@@ -81,7 +81,7 @@ pub fn serialize(v: &EventView, consumer: Option<&str>, errors: &[String], attem
         "metadata": {
             "retry_count": m.retry_count,
             "consumers_failed": m.failed.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
-            "error_messages": m.errors,
+            "error_messages": &m.errors[..],
         },
         "dead_letter": {
             "consumer": consumer,
@@ -320,7 +320,7 @@ impl Sink for DeadLetterSink {
                 if !should_store(&i.view) {
                     return Ok(());
                 }
-                let errors = i.view.meta.lock().errors.clone();
+                let errors = i.view.meta.lock().errors.to_vec();
                 let retries = i.view.meta.lock().retry_count.max(0) as u32;
                 self.store(&serialize(&i.view, None, &errors, retries))
             })

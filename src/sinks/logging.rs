@@ -330,7 +330,7 @@ mod tests {
         );
         let meta = MetaState {
             retry_count: 2,
-            failed: vec![Arc::from("C")],
+            failed: thin_vec::thin_vec![Arc::from("C")],
             ..MetaState::default()
         };
         let v = view("x", json!({}), meta);

@@ -172,7 +172,7 @@ impl MetricsSink {
                 if m.failed.is_empty() {
                     Vec::new()
                 } else {
-                    m.failed.clone()
+                    m.failed.to_vec()
                 }
             };
             for c in failed {
