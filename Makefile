@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 VENV_ENV := VIRTUAL_ENV=$(abspath $(VENV)) PATH="$(abspath $(VENV))/bin:$$PATH"
 
-.PHONY: all venv build test test-rust test-python demo lint bench clean
+.PHONY: all venv build test test-rust test-python test-wheel demo lint bench clean
 
 all: build
 
@@ -29,7 +29,14 @@ test-rust: venv ## Engine tests (no Python linked), sinks tested against a real 
 test-python: build
 	$(PY) -m pytest -q
 
-test: test-rust test-python ## Every test
+test-wheel: venv ## The release wheel installs and works in a clean virtualenv
+	rm -rf target/wheels target/wheel-venv
+	$(VENV_ENV) maturin build --release -q -o target/wheels
+	$(PYTHON) -m venv target/wheel-venv
+	target/wheel-venv/bin/python -m pip install -q --no-index target/wheels/*.whl
+	cd /tmp && $(abspath target/wheel-venv)/bin/python $(abspath tests/wheel_smoke.py)
+
+test: test-rust test-wheel test-python ## Every test (pytest last, so its summary closes the run)
 
 demo: build ## The main job: a simulated Claude session's hook stream through the bus
 	$(PY) -m mpm_events demo

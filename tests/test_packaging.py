@@ -1,0 +1,44 @@
+"""The built extension: abi3, no OpenSSL, stubs and markers shipped."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import mpm_events
+from mpm_events import _core
+
+PACKAGE = Path(mpm_events.__file__).parent
+
+
+def test_extension_needs_no_openssl() -> None:
+    if shutil.which("ldd") is None:
+        pytest.skip("ldd is not available")
+    out = subprocess.run(["ldd", _core.__file__], capture_output=True, text=True, check=True).stdout
+    linked = out.lower()
+    assert "libssl" not in linked and "libcrypto" not in linked, out
+    assert "libpython" not in linked, f"an abi3 extension must not link libpython:\n{out}"
+
+
+def test_extension_is_abi3_and_typed() -> None:
+    assert ".abi3." in Path(_core.__file__).name
+    assert (PACKAGE / "py.typed").is_file()
+    assert (PACKAGE / "_core.pyi").is_file()
+
+
+def test_version_comes_from_cargo_toml() -> None:
+    cargo = (Path(__file__).parent.parent / "Cargo.toml").read_text()
+    line = next(x for x in cargo.splitlines() if x.startswith("version = "))
+    assert mpm_events.__version__ == line.split('"')[1]
+
+
+def test_public_names() -> None:
+    for name in mpm_events.__all__:
+        assert hasattr(mpm_events, name), name
+    from mpm_events.interfaces import ConsumerPriority, IEventBus
+
+    assert ConsumerPriority.DEFERRED.value == 5
+    assert isinstance(mpm_events.EventBus(), IEventBus)
