@@ -6,9 +6,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 import mpm_events
+import pytest
 from mpm_events import _core
 
 PACKAGE = Path(mpm_events.__file__).parent

@@ -8,8 +8,6 @@ line and the rest of the code stays as it is::
 
 from __future__ import annotations
 
-import logging
-
 from mpm_events._core import (
     ConsumerConfig,
     DeadLetterConsumer,
@@ -37,8 +35,8 @@ from mpm_events.interfaces import (
 )
 from mpm_events.producers import HookEventProducer, SystemEventProducer
 
-# NOTE: a library stays silent unless the application configures logging.
-logging.getLogger("mpm_events").addHandler(logging.NullHandler())
+# NOTE: the package stays silent unless the application configures logging; the
+# NullHandler is attached when the first bus is made (see mpm_events._log).
 
 IEventBus.register(EventBus)
 

@@ -12,16 +12,17 @@ import atexit
 import concurrent.futures
 import datetime
 import inspect
-import logging
 import threading
 import types
 from collections.abc import Awaitable, Generator
 from typing import TYPE_CHECKING, Any
 
+from mpm_events import _log
+
 if TYPE_CHECKING:
     from mpm_events._core import EventBus, _Job, _JobSource
 
-logger = logging.getLogger("mpm_events")
+logger = _log.logger()
 
 # NOTE: the event loop keeps only weak references to tasks; these are ours.
 _tasks: set[asyncio.Task[Any]] = set()

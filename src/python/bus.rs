@@ -325,6 +325,7 @@ impl EventBus {
     #[pyo3(signature = (max_queue_size=10000, process_interval=0.01, batch_timeout=0.1, enable_metrics=true, enable_persistence=false, *, dead_letter_capacity=10000, persistence_path=None, durability="sync", flush_interval=0.05, retention_max_age=None, retention_max_bytes=None, compress_threshold=4096, retention_interval=60.0, persistence_hard_limit_bytes=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
+        py: Python<'_>,
         max_queue_size: i64,
         process_interval: f64,
         batch_timeout: f64,
@@ -340,6 +341,7 @@ impl EventBus {
         retention_interval: Option<f64>,
         persistence_hard_limit_bytes: Option<u64>,
     ) -> PyResult<Self> {
+        super::ensure_logger(py);
         if max_queue_size < 1 {
             return Err(PyValueError::new_err(format!(
                 "max_queue_size must be >= 1, got {max_queue_size}"

@@ -34,16 +34,24 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
-fn log(py: Python<'_>, level: &str, msg: &str) {
-    let logger = LOGGER.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+fn logger(py: Python<'_>) -> PyResult<&Py<PyAny>> {
+    LOGGER.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
         Ok(py
-            .import("logging")?
-            .call_method1("getLogger", ("mpm_events",))?
+            .import("mpm_events._log")?
+            .call_method0("logger")?
             .unbind())
-    });
-    if let Ok(logger) = logger {
+    })
+}
+
+fn log(py: Python<'_>, level: &str, msg: &str) {
+    if let Ok(logger) = logger(py) {
         let _ = logger.bind(py).call_method1(level, (msg,));
     }
+}
+
+/// Makes sure the `mpm_events` logger exists with its `NullHandler`.
+pub fn ensure_logger(py: Python<'_>) {
+    let _ = logger(py);
 }
 
 /// Logs at INFO to the `mpm_events` logger.
