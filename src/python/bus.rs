@@ -814,76 +814,69 @@ impl EventBus {
             log_warning(py, &format!("Consumer {} already subscribed", spec.name));
             return Ok(false);
         }
-        if let Ok(native) = consumer.cast::<NativeConsumer>() {
-            let sink = native.get().sink.clone();
-            let config = LaneConfig {
-                name: spec.name.clone(),
-                priority: spec.priority,
-                batch_size: spec.batch_size,
-                batch_timeout: spec.batch_timeout,
-                retry: spec.retry,
-                timeout: spec.timeout,
-                engine_timeout: false,
-                chunk: CHUNK,
-                needs_view: if sink.needs_data() { 2 } else { 1 },
-            };
-            if sink.wants_dead_letters() {
-                self.shared.dead_letter_sinks.write().push(sink.clone());
-            }
-            // NOTE: items a sink accepted but could not deliver later (e.g. still
-            // buffered for Socket.IO at shutdown) reach the dead-letter sinks too.
-            let dl_sinks = self.shared.dead_letter_sinks.clone();
-            sink.set_dead_letter_hook(Arc::new(move |item, consumer, errors, attempts| {
-                for s in dl_sinks.read().iter() {
-                    s.on_dead_letter(item.clone(), consumer, errors, attempts);
+        // Each kind of consumer gets its executor; the lane is the same.
+        let (executor, engine_timeout, needs_view): (Arc<dyn Executor<EventRef>>, bool, u8) =
+            if let Ok(native) = consumer.cast::<NativeConsumer>() {
+                let sink = native.get().sink.clone();
+                if sink.wants_dead_letters() {
+                    self.shared.dead_letter_sinks.write().push(sink.clone());
                 }
-            }));
-            let executor = Arc::new(SinkExecutor {
-                sink,
-                timeout: spec.timeout,
-            });
-            let lane = self
-                .shared
-                .engine
-                .add_lane(config, spec.patterns, spec.regex, executor);
-            consumers.push((
-                spec.name.clone(),
-                Subscribed {
-                    consumer: consumer.clone().unbind(),
-                    lane,
-                    topics: spec.topic_names,
-                },
-            ));
-            drop(consumers);
-            log_info(py, &format!("Subscribed Rust consumer {}", spec.name));
-            return Ok(true);
-        }
-        let consume = consumer.getattr("consume")?;
-        let batch_fn = if spec.batch_size > 1 {
-            consumer.getattr("consume_batch").ok()
-        } else {
-            None
-        };
-        let is_coro = INSPECT_ISCOROFN.import(py, "inspect", "iscoroutinefunction")?;
-        let target = batch_fn.as_ref().unwrap_or(&consume);
-        let is_async = is_coro.call1((target,))?.is_truthy()?;
-        let pc = Arc::new(PyConsumer {
-            name: spec.name.clone(),
-            consume: consume.unbind(),
-            consume_batch: batch_fn.map(Bound::unbind),
-            filter: spec.filter_func,
-            transform: spec.transform_func,
-            error_handler: spec.error_handler,
-            timeout: spec.timeout.as_secs_f64(),
-        });
-        let executor: Arc<dyn Executor<EventRef>> = if is_async {
-            Arc::new(LoopExecutor {
-                consumer: pc,
-                inbox: self.shared.inbox.clone(),
-            })
-        } else {
-            Arc::new(ThreadExecutor::new(py, pc, self.shared.inbox.clone())?)
-        };
+                // NOTE: items a sink accepted but could not deliver later (e.g.
+                // still buffered for Socket.IO at shutdown) reach the dead-letter
+                // sinks too.
+                let dl_sinks = self.shared.dead_letter_sinks.clone();
+                sink.set_dead_letter_hook(Arc::new(move |item, consumer, errors, attempts| {
+                    for s in dl_sinks.read().iter() {
+                        s.on_dead_letter(item.clone(), consumer, errors, attempts);
+                    }
+                }));
+                let needs_view = if sink.needs_data() { 2 } else { 1 };
+                (
+                    Arc::new(SinkExecutor {
+                        sink,
+                        timeout: spec.timeout,
+                    }),
+                    false,
+                    needs_view,
+                )
+            } else {
+                let consume = consumer.getattr("consume")?;
+                let batch_fn = if spec.batch_size > 1 {
+                    consumer.getattr("consume_batch").ok()
+                } else {
+                    None
+                };
+                let is_coro = INSPECT_ISCOROFN.import(py, "inspect", "iscoroutinefunction")?;
+                let target = batch_fn.as_ref().unwrap_or(&consume);
+                let is_async = is_coro.call1((target,))?.is_truthy()?;
+                let pc = Arc::new(PyConsumer {
+                    name: spec.name.clone(),
+                    consume: consume.unbind(),
+                    consume_batch: batch_fn.map(Bound::unbind),
+                    filter: spec.filter_func,
+                    transform: spec.transform_func,
+                    error_handler: spec.error_handler,
+                    timeout: spec.timeout.as_secs_f64(),
+                });
+                if is_async {
+                    (
+                        Arc::new(LoopExecutor {
+                            consumer: pc,
+                            inbox: self.shared.inbox.clone(),
+                        }),
+                        false,
+                        0,
+                    )
+                } else {
+                    // NOTE: a worker thread cannot interrupt a call; the engine
+                    // times it out instead.
+                    (
+                        Arc::new(ThreadExecutor::new(py, pc, self.shared.inbox.clone())?),
+                        true,
+                        0,
+                    )
+                }
+            };
         let config = LaneConfig {
             name: spec.name.clone(),
             priority: spec.priority,
@@ -891,9 +884,9 @@ impl EventBus {
             batch_timeout: spec.batch_timeout,
             retry: spec.retry,
             timeout: spec.timeout,
-            engine_timeout: !is_async,
+            engine_timeout,
             chunk: CHUNK,
-            needs_view: 0,
+            needs_view,
         };
         let lane = self
             .shared
