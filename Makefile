@@ -49,8 +49,9 @@ lint: venv
 	$(VENV)/bin/ruff format --check python tests benches
 	$(VENV)/bin/mypy python/mpm_events
 
-bench: build ## Benchmarks against claude-mpm 5.9.10 (writes docs/benchmarks.md)
+bench: build ## Benchmarks against claude-mpm 5.9.10 (writes docs/benchmarks.md), then Rust routing/dispatch
 	$(PY) benches/run.py $(BENCH_ARGS)
+	cargo bench --no-default-features --bench engine -- --warm-up-time 0.5 --measurement-time 2
 
 clean:
 	rm -rf target $(VENV) dist

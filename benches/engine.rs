@@ -1,0 +1,107 @@
+//! Rust-level benchmarks of routing and dispatch (`cargo bench --no-default-features`).
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+use _core::dispatch::{Engine, EventLike, Executor, Job, LaneConfig, Outcome};
+use _core::retry::RetryPolicy;
+use _core::topic::{Pattern, Router};
+
+fn router_with(n: usize) -> Router {
+    let mut r = Router::new();
+    r.add(0, 3, &[Pattern::parse("hook.**").unwrap()], None);
+    for i in 1..=n {
+        let p = Pattern::parse(&format!("idle.{i}.*")).unwrap();
+        r.add(i, 3, &[p], None);
+    }
+    r
+}
+
+fn routing(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route");
+    for n in [1usize, 100, 10_000] {
+        let r = router_with(n);
+        g.bench_with_input(BenchmarkId::new("cached", n), &r, |b, r| {
+            b.iter(|| black_box(r.route(black_box("hook.tool"))))
+        });
+        // NOTE: more distinct topics than the router caches, so lookups walk the trie.
+        let topics: Vec<String> = (0..20_000).map(|i| format!("hook.t{i}.x")).collect();
+        g.bench_with_input(BenchmarkId::new("uncached", n), &r, |b, r| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) % topics.len();
+                black_box(r.route(&topics[i]))
+            })
+        });
+    }
+    g.finish();
+}
+
+struct Ev(String);
+
+impl EventLike for Ev {
+    fn topic(&self) -> &str {
+        &self.0
+    }
+    fn priority(&self) -> u8 {
+        3
+    }
+    fn on_retry(&self, _: u32) {}
+    fn on_success(&self, _: &Arc<str>) {}
+    fn on_failure(&self, _: &Arc<str>, _: &str) {}
+}
+
+/// Finishes every job at once, on the publishing thread.
+struct Inline(AtomicU64);
+
+impl Executor<Ev> for Inline {
+    fn execute(&self, job: Arc<Job<Ev>>) {
+        self.0.fetch_add(job.items.len() as u64, Ordering::Relaxed);
+        job.record_all(std::iter::repeat_n(Outcome::Success, job.items.len()));
+        job.finish();
+    }
+}
+
+fn dispatch(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut g = c.benchmark_group("dispatch");
+    g.throughput(Throughput::Elements(1));
+    for consumers in [1usize, 5] {
+        let engine: Engine<Ev> = Engine::new(rt.handle().clone(), 1 << 20, 16);
+        for i in 0..consumers {
+            let cfg = LaneConfig {
+                name: format!("c{i}").into(),
+                priority: 3,
+                batch_size: 1,
+                batch_timeout: Duration::ZERO,
+                retry: RetryPolicy::default(),
+                timeout: Duration::from_secs(30),
+                engine_timeout: false,
+                chunk: 512,
+                needs_view: 0,
+            };
+            engine.add_lane(
+                cfg,
+                vec![Pattern::parse("hook.**").unwrap()],
+                None,
+                Arc::new(Inline(AtomicU64::new(0))),
+            );
+        }
+        engine.start();
+        g.bench_function(BenchmarkId::new("publish_and_deliver", consumers), |b| {
+            b.iter(|| engine.publish(Arc::new(Ev("hook.tool".into()))).unwrap())
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, routing, dispatch);
+criterion_main!(benches);
