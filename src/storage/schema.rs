@@ -194,6 +194,9 @@ pub fn init_writer(
     // Keep the WAL file from staying huge after a burst.
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
         .map_err(sq)?;
+    // NOTE: SQLite's default page cache is 2 MiB; the writer re-reads index pages
+    // of a growing store (seen as pread() in profiles) once that is exceeded.
+    conn.pragma_update(None, "cache_size", -65536).map_err(sq)?;
 
     if tables == 0 {
         let tx = conn.unchecked_transaction().map_err(sq)?;
