@@ -217,6 +217,14 @@ class Event:
         ValueError: An unparsable timestamp string or an out-of-range priority.
 
     Events compare equal when their ids are equal and hash by id.
+
+    Once the bus accepts an event for a Python consumer, a payload made only of
+    dicts (str keys), lists, str, int, float, bool and None is kept as compact JSON
+    text and turned back into an equal dict (once, then cached) the first time
+    ``data`` is read: consumers see the payload as it was at publish, not later
+    changes the producer makes to its own dict. Other payloads (or ones deeper than
+    32 levels or larger than 64 KiB) stay the caller's object. A generated ``id``
+    and ``timestamp`` likewise become Python objects only when read.
     """
 
     id: str
