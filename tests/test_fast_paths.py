@@ -1,0 +1,147 @@
+"""Behaviour of the fast paths: packed payloads, lazy ids, the compiled producer."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from conftest import Recorder, make_event
+from mpm_events import ConsumerPriority, Event, EventBus, HookEventProducer, IEventProducer
+from mpm_events.testing import RecordingBus
+
+
+async def test_plain_payload_is_a_snapshot_taken_at_publish(bus: EventBus) -> None:
+    data: dict[str, Any] = {
+        "text": 'héllo "quoted" \n',
+        "ints": [0, -1, 2**62],
+        "floats": [2.0, -0.0, 1e-300, 0.1],
+        "flags": [True, False, None],
+        "nested": {"a": {"b": [1, {"c": "d"}]}},
+    }
+    expected = {k: (v.copy() if isinstance(v, (list, dict)) else v) for k, v in data.items()}
+    rec = Recorder("rec", ["test.**"])
+    assert await bus.subscribe(rec)
+    event = make_event(data=data)
+    assert await bus.publish(event)
+    data["text"] = "changed after publish"
+    data["ints"].append(99)
+    await bus.join(timeout=5)
+    seen = rec.calls[0].event.data
+    assert seen == expected
+    # The same types come back: 2.0 stays a float, True stays a bool, 0 an int.
+    assert [type(x) for x in seen["floats"]] == [float] * 4
+    assert [type(x) for x in seen["flags"]] == [bool, bool, type(None)]
+    assert type(seen["ints"][0]) is int
+    assert list(seen) == list(expected)  # key order kept
+    assert event.data is seen  # unpacked once, then the same dict
+
+
+async def test_other_payloads_stay_the_callers_object(bus: EventBus) -> None:
+    rec = Recorder("rec", ["test.**"])
+    assert await bus.subscribe(rec)
+    payloads: list[dict[str, Any]] = [
+        {"when": datetime.now(UTC)},
+        {"pair": (1, 2)},
+        {"big": 2**70},
+        {"nan": float("nan")},
+        {1: "int key"},
+        {"deep": _nested(40)},
+    ]
+    events = [make_event(data=p) for p in payloads]
+    for e in events:
+        assert await bus.publish(e)
+    await bus.join(timeout=5)
+    assert [c.event.data for c in rec.calls] == [e.data for e in events]
+    for e, p in zip(events, payloads, strict=True):
+        assert e.data is p
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    for _ in range(depth):
+        d = {"x": d}
+    return d
+
+
+async def test_a_consumers_change_to_data_is_seen_by_later_consumers(bus: EventBus) -> None:
+    def mark(event: Any) -> bool:
+        event.data["marked"] = True
+        return True
+
+    first = Recorder("first", ["test.**"], behaviour=mark, priority=ConsumerPriority.CRITICAL)
+    later = Recorder("later", ["test.**"], priority=ConsumerPriority.LOW)
+    assert await bus.subscribe(first)
+    assert await bus.subscribe(later)
+    assert await bus.publish(make_event(data={"n": 1}))
+    await bus.join(timeout=5)
+    assert later.calls[0].event.data == {"n": 1, "marked": True}
+
+
+def test_generated_id_is_stable_and_a_uuid() -> None:
+    e = Event("", "a.b", "T")
+    first = e.id
+    assert e.id == first and isinstance(first, str) and len(first) == 36
+    assert hash(e) == hash(e) == hash(first)
+    assert e.to_dict()["id"] == first
+    assert Event(first, "a.b", "T") == e
+    assert Event("", "a.b", "T").id != first
+
+
+async def test_compiled_producer_publishes_into_our_bus(bus: EventBus) -> None:
+    rec = Recorder("rec", ["hook.**"])
+    assert await bus.subscribe(rec)
+    producer = HookEventProducer(bus)
+    assert isinstance(producer, IEventProducer)
+    assert producer.source_name == "hook_handler" and producer.event_bus is bus
+    assert await producer.publish_tool_use("Read", {"file_path": "/x"}, "ok", "corr-1")
+    assert await producer.publish_subagent_event("planner", "Start", {"task": "t"})
+    await bus.join(timeout=5)
+    tool, sub = (c.event for c in rec.calls)
+    assert (tool.topic, tool.type, tool.source, tool.correlation_id) == (
+        "hook.tool",
+        "ToolUse",
+        "hook_handler",
+        "corr-1",
+    )
+    assert tool.data == {"tool": "Read", "params": {"file_path": "/x"}, "result": "ok"}
+    assert (sub.topic, sub.type, sub.data) == (
+        "hook.subagent.start",
+        "SubagentStart",
+        {"subagent": "planner", "task": "t"},
+    )
+    assert producer.get_metrics()["events_published"] == 2
+
+
+async def test_compiled_producer_with_other_buses_never_raises() -> None:
+    class Broken:
+        async def publish(self, event: Event) -> bool:
+            raise RuntimeError("bus exploded")
+
+    producer = HookEventProducer(Broken())  # type: ignore[arg-type]
+    assert await producer.publish_error("E", "boom") is False
+    assert producer.get_metrics() == {
+        "events_published": 0,
+        "events_failed": 1,
+        "batch_published": 0,
+    }
+
+    recording = RecordingBus()
+    producer = HookEventProducer(recording)
+    assert await producer.publish_response({"content": "hi"}) is True
+    assert [e.topic for e in recording.events] == ["hook.response"]
+    assert await producer.publish_batch([make_event("hook.x"), make_event("hook.y")]) == 2
+    assert producer.get_metrics()["batch_published"] == 1
+
+
+async def test_a_subclass_overriding_publish_is_used_by_every_helper(bus: EventBus) -> None:
+    seen: list[str] = []
+
+    class Audited(HookEventProducer):
+        async def publish(self, event: Event) -> bool:  # type: ignore[override]
+            seen.append(event.topic)
+            return await super().publish(event)
+
+    producer = Audited(bus)
+    assert await producer.publish_tool_use("Read", {})
+    assert await producer.publish_raw_hook_event("CriticalError", {"x": 1})
+    assert seen == ["hook.tool", "hook.error"]
