@@ -145,3 +145,29 @@ async def test_a_subclass_overriding_publish_is_used_by_every_helper(bus: EventB
     assert await producer.publish_tool_use("Read", {})
     assert await producer.publish_raw_hook_event("CriticalError", {"x": 1})
     assert seen == ["hook.tool", "hook.error"]
+
+
+async def test_compiled_classes_can_be_subclassed_with_their_own_init() -> None:
+    class TaggedProducer(HookEventProducer):
+        def __init__(self, event_bus: Any, tag: str) -> None:
+            super().__init__(event_bus)
+            self.tag = tag
+
+    class MyBus(EventBus):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.label = "mine"
+
+    class MyEvent(Event):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.extra = 1
+
+    recording = RecordingBus()
+    producer = TaggedProducer(recording, "t")
+    assert producer.tag == "t" and producer.event_bus is recording
+    assert await producer.publish_tool_use("Read", {})
+    bus = MyBus(max_queue_size=5)
+    assert (bus.label, bus.max_queue_size) == ("mine", 5)
+    event = MyEvent("", "a.b", "T", data={"k": 1})
+    assert (event.extra, event.topic, event.data) == (1, "a.b", {"k": 1})

@@ -88,6 +88,16 @@ impl ConsumerConfig {
         })
     }
 
+    /// Accepts the constructor's arguments again so that a subclass's
+    /// `super().__init__(...)` works (the object is built in `__new__`).
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn __init__(
+        &self,
+        _args: &Bound<'_, pyo3::types::PyTuple>,
+        _kwargs: Option<&Bound<'_, pyo3::types::PyDict>>,
+    ) {
+    }
+
     #[getter]
     fn priority<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         consumer_priority_member(py, self.priority)

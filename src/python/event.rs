@@ -814,6 +814,16 @@ impl Event {
         })
     }
 
+    /// Accepts the constructor's arguments again so that a subclass's
+    /// `super().__init__(...)` works (the object is built in `__new__`).
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn __init__(
+        &self,
+        _args: &Bound<'_, pyo3::types::PyTuple>,
+        _kwargs: Option<&Bound<'_, pyo3::types::PyDict>>,
+    ) {
+    }
+
     #[getter]
     fn id(&self, py: Python<'_>) -> Py<PyString> {
         self.id.to_py(py)

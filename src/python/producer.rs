@@ -111,8 +111,16 @@ impl HookEventProducer {
 
 #[pymethods]
 impl HookEventProducer {
+    // NOTE: extra arguments are accepted (and ignored) so that a Python subclass
+    // may take its own constructor arguments, as it could with the original.
     #[new]
-    fn new(py: Python<'_>, event_bus: Bound<'_, PyAny>) -> Self {
+    #[pyo3(signature = (event_bus, *_args, **_kwargs))]
+    fn new(
+        py: Python<'_>,
+        event_bus: Bound<'_, PyAny>,
+        _args: &Bound<'_, pyo3::types::PyTuple>,
+        _kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> Self {
         // NOTE: a durable bus must write before it accepts; its own publish() does.
         let fast = event_bus
             .cast::<EventBus>()
@@ -127,6 +135,16 @@ impl HookEventProducer {
             failed: AtomicU64::new(0),
             batches: AtomicU64::new(0),
         }
+    }
+
+    /// Accepts the constructor's arguments again, so a subclass's
+    /// `super().__init__(event_bus)` works (the work is done in `__new__`).
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn __init__(
+        &self,
+        _args: &Bound<'_, pyo3::types::PyTuple>,
+        _kwargs: Option<&Bound<'_, PyDict>>,
+    ) {
     }
 
     /// The bus this producer publishes to.
