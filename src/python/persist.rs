@@ -32,7 +32,7 @@ use super::executor::Inbox;
 use super::native::build_view;
 use super::{log_error, runtime};
 use crate::dispatch::{Engine, Lane, Rejected, Route};
-use crate::storage::{Durability, StorageError, Store, StoreOptions, StoredEvent};
+use crate::storage::{AckKey, Durability, StorageError, Store, StoreOptions, StoredEvent};
 
 static JSON_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
@@ -83,16 +83,21 @@ pub struct PersistOptions {
 /// from itself.
 pub struct Acks {
     store: Weak<Store>,
-    buf: Mutex<Vec<(String, String)>>,
+    buf: Mutex<Vec<(AckKey, String)>>,
     sent: AtomicU64,
 }
 
 impl Acks {
     /// Records that `consumer` handled event `id`.
     pub fn ack(&self, id: &str, consumer: &str) {
+        self.ack_key(AckKey::Id(id.to_owned()), consumer);
+    }
+
+    /// Records that `consumer` handled the event stored as `key`.
+    pub fn ack_key(&self, key: AckKey, consumer: &str) {
         let full = {
             let mut b = self.buf.lock();
-            b.push((id.to_owned(), consumer.to_owned()));
+            b.push((key, consumer.to_owned()));
             b.len() >= ACK_BATCH
         };
         if full {
@@ -108,7 +113,7 @@ impl Acks {
         }
         let n = pairs.len() as u64;
         if let Some(store) = self.store.upgrade() {
-            if store.ack_many(pairs).is_ok() {
+            if store.ack_keys(pairs).is_ok() {
                 self.sent.fetch_add(n, Ordering::Relaxed);
             }
         }
@@ -120,6 +125,8 @@ impl Acks {
 pub struct Durable {
     acks: Arc<Acks>,
     id: Box<str>,
+    /// The store's sequence number once the event is stored (0 before).
+    seq: std::sync::atomic::AtomicI64,
 }
 
 impl Durable {
@@ -127,12 +134,23 @@ impl Durable {
         Arc::new(Durable {
             acks: acks.clone(),
             id: id.into(),
+            seq: std::sync::atomic::AtomicI64::new(0),
         })
+    }
+
+    /// Remembers where the event is stored, so acks delete by primary key.
+    fn stored_as(&self, seq: i64) {
+        self.seq.store(seq, Ordering::Release);
     }
 
     /// `consumer` is done with the event.
     pub fn ack(&self, consumer: &str) {
-        self.acks.ack(&self.id, consumer);
+        // NOTE: by sequence number when known: a primary-key delete instead of a
+        // lookup through the index on the (random) event ids.
+        match self.seq.load(Ordering::Acquire) {
+            0 => self.acks.ack(&self.id, consumer),
+            seq => self.acks.ack_key(AckKey::Seq(seq), consumer),
+        }
     }
 }
 
@@ -284,7 +302,8 @@ impl Persist {
             .iter()
             .map(|l| l.config.name.to_string())
             .collect();
-        eref.durable = Some(Durable::new(&self.acks, &stored.id));
+        let durable = Durable::new(&self.acks, &stored.id);
+        eref.durable = Some(durable.clone());
         let id = stored.id.clone();
         let engine = engine.clone();
         let flight = self.flight.clone();
@@ -293,7 +312,8 @@ impl Persist {
         let cb_flight = flight.clone();
         let r = self.store.append_with(stored, targets, move |res| {
             let outcome = match res {
-                Ok(_) => {
+                Ok(seq) => {
+                    durable.stored_as(seq);
                     match engine.publish_to(Arc::new(eref), &route.lanes) {
                         Ok(()) => Ok(true),
                         Err(Rejected::QueueFull) => {
@@ -465,7 +485,9 @@ impl Persist {
             let (mut eref, ()) = EventRef::accept(py, obj, Utc::now(), |topic| {
                 crate::topic::validate_topic(topic).map(|()| (Arc::from(topic), ()))
             })?;
-            eref.durable = Some(Durable::new(&self.acks, &ev.id));
+            let durable = Durable::new(&self.acks, &ev.id);
+            durable.stored_as(ev.seq);
+            eref.durable = Some(durable);
             if batch.replay {
                 // NOTE: a lane serves higher event priorities first; one level for the
                 // whole replay keeps it in store order (the Event keeps its priority).

@@ -33,6 +33,7 @@ use rusqlite::Connection;
 
 pub use compress::Codec;
 pub use error::{Result, StorageError};
+pub use writer::AckKey;
 
 use writer::{Cmd, DeadLetterCmd, Reply, Row, Writer, WriterConfig};
 
@@ -380,12 +381,22 @@ impl Store {
     /// commit and not waited for: a lost ack means one redelivery after a restart.
     pub fn ack(&self, event_id: &str, consumer: &str) -> Result<()> {
         self.send(Cmd::Ack {
-            pairs: vec![(event_id.to_string(), consumer.to_string())],
+            pairs: vec![(AckKey::Id(event_id.to_string()), consumer.to_string())],
         })
     }
 
     /// Several acks at once: `(event_id, consumer)` pairs.
     pub fn ack_many(&self, pairs: Vec<(String, String)>) -> Result<()> {
+        self.ack_keys(
+            pairs
+                .into_iter()
+                .map(|(id, c)| (AckKey::Id(id), c))
+                .collect(),
+        )
+    }
+
+    /// Several acks at once, each by event id or by sequence number.
+    pub fn ack_keys(&self, pairs: Vec<(AckKey, String)>) -> Result<()> {
         if pairs.is_empty() {
             return Ok(());
         }

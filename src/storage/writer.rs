@@ -55,13 +55,22 @@ pub(crate) struct DeadLetterCmd {
     pub failed_us: i64,
 }
 
+/// Which event an acknowledgement is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckKey {
+    /// By event id (looked up through the `events_by_id` index).
+    Id(String),
+    /// By the store's sequence number (a primary-key delete, cheaper).
+    Seq(i64),
+}
+
 pub(crate) enum Cmd {
     Append {
         rows: Vec<Row>,
         reply: Option<Reply<Vec<i64>>>,
     },
     Ack {
-        pairs: Vec<(String, String)>,
+        pairs: Vec<(AckKey, String)>,
     },
     DeadLetter {
         dl: Box<DeadLetterCmd>,
@@ -436,11 +445,16 @@ fn apply_one(
             Ok(Outcome::Seqs(seqs))
         }
         Cmd::Ack { pairs } => {
-            let mut del = tx.prepare_cached(
+            let mut by_id = tx.prepare_cached(
                 "DELETE FROM deliveries WHERE consumer = ?2 AND seq IN (SELECT seq FROM events WHERE id = ?1)",
             )?;
-            for (id, consumer) in pairs {
-                del.execute(params![id, consumer])?;
+            let mut by_seq =
+                tx.prepare_cached("DELETE FROM deliveries WHERE seq = ?1 AND consumer = ?2")?;
+            for (key, consumer) in pairs {
+                match key {
+                    AckKey::Id(id) => by_id.execute(params![id, consumer])?,
+                    AckKey::Seq(seq) => by_seq.execute(params![seq, consumer])?,
+                };
             }
             Ok(Outcome::Nothing)
         }
