@@ -134,9 +134,13 @@ struct BusShared {
 pub struct EventBus {
     shared: Arc<BusShared>,
     max_queue_size: AtomicI64,
+    #[pyo3(get)]
     process_interval: f64,
+    #[pyo3(get)]
     batch_timeout: f64,
+    #[pyo3(get)]
     enable_metrics: bool,
+    #[pyo3(get)]
     enable_persistence: bool,
     persist: Option<Arc<Persist>>,
 }
@@ -452,22 +456,6 @@ impl EventBus {
         self.max_queue_size.store(v, Ordering::Relaxed);
         self.shared.engine.set_max_queue(v as usize);
         Ok(())
-    }
-    #[getter]
-    fn process_interval(&self) -> f64 {
-        self.process_interval
-    }
-    #[getter]
-    fn batch_timeout(&self) -> f64 {
-        self.batch_timeout
-    }
-    #[getter]
-    fn enable_metrics(&self) -> bool {
-        self.enable_metrics
-    }
-    #[getter]
-    fn enable_persistence(&self) -> bool {
-        self.enable_persistence
     }
     #[getter]
     fn is_running(&self) -> bool {
