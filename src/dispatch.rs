@@ -65,7 +65,9 @@ pub struct Delivery<E> {
     /// 0 for the first attempt, n for the n-th retry.
     pub attempt: u32,
     /// Errors of earlier attempts.
-    pub errors: Vec<String>,
+    // NOTE: ThinVec: one pointer while empty; a lane holds one Delivery per
+    // waiting event, and most events never fail.
+    pub errors: thin_vec::ThinVec<String>,
 }
 
 /// The result of one item of a job.
@@ -577,7 +579,7 @@ impl<E: EventLike> Shared<E> {
             event: d.entry.event.clone(),
             consumer: lane.config.name.clone(),
             attempts: d.attempt,
-            errors: d.errors,
+            errors: d.errors.into(),
             at: SystemTime::now(),
         };
         for listener in self.dead_listeners.read().iter() {
@@ -840,7 +842,7 @@ impl<E: EventLike> Engine<E> {
             let d = Delivery {
                 entry: entry.clone(),
                 attempt: 0,
-                errors: Vec::new(),
+                errors: thin_vec::ThinVec::new(),
             };
             if let Some(d) = lane.push(d) {
                 // NOTE: the lane closed between routing and pushing (a concurrent
@@ -914,7 +916,7 @@ impl<E: EventLike> Engine<E> {
                 groups[slot].1.push(Delivery {
                     entry: entry.clone(),
                     attempt: 0,
-                    errors: Vec::new(),
+                    errors: thin_vec::ThinVec::new(),
                 });
             }
             accepted += 1;
