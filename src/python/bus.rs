@@ -105,6 +105,15 @@ impl Ready {
     fn close(&self) {}
 }
 
+/// Our `Event` itself, or a new one converted from an object with its attributes.
+fn as_event(event: &Bound<'_, PyAny>) -> PyResult<Py<Event>> {
+    match event.cast::<Event>() {
+        Ok(e) => Ok(e.clone().unbind()),
+        Err(_) if event.is_none() => Err(event_error("publish() expected an Event, got None")),
+        Err(_) => Py::new(event.py(), Event::from_foreign(event)?),
+    }
+}
+
 /// What consecutive events of one publish call can share.
 #[derive(Default)]
 struct PrepMemo {
@@ -168,15 +177,7 @@ impl EventBus {
         done: persist::Done,
     ) -> PyResult<Result<(), String>> {
         let py = event.py();
-        let owned: Py<Event> = match event.cast::<Event>() {
-            Ok(e) => e.clone().unbind(),
-            Err(_) => {
-                if event.is_none() {
-                    return Err(event_error("publish() expected an Event, got None"));
-                }
-                Py::new(py, Event::from_foreign(event)?)?
-            }
-        };
+        let owned = as_event(event)?;
         let (eref, route) = self.prepare_event(py, owned, Utc::now(), &mut PrepMemo::default())?;
         if !self.shared.engine.is_accepting() || p.is_closing() {
             if !self.shared.warned_not_running.swap(true, Ordering::Relaxed) {
@@ -289,15 +290,7 @@ impl EventBus {
 
     pub(crate) fn accept(&self, event: &Bound<'_, PyAny>) -> PyResult<Result<(), Rejected>> {
         let py = event.py();
-        let owned: Py<Event> = match event.cast::<Event>() {
-            Ok(e) => e.clone().unbind(),
-            Err(_) => {
-                if event.is_none() {
-                    return Err(event_error("publish() expected an Event, got None"));
-                }
-                Py::new(py, Event::from_foreign(event)?)?
-            }
-        };
+        let owned = as_event(event)?;
         let eref = self.prepare_event(py, owned, Utc::now(), &mut PrepMemo::default())?;
         let result = self
             .shared
