@@ -320,7 +320,7 @@ impl Persist {
                             // NOTE: stored but not accepted: publish reports False, so the
                             // deliveries are acked to keep them from coming back at restart.
                             for l in &route.lanes {
-                                acks.ack(&id, &l.config.name);
+                                acks.ack_key(AckKey::Seq(seq), &l.config.name);
                             }
                             Ok(false)
                         }
@@ -626,7 +626,12 @@ pub fn stored_event(py: Python<'_>, eref: &EventRef) -> PyResult<StoredEvent> {
         }
     };
     Ok(StoredEvent {
-        seq: 0,
+        // NOTE: known once the store has answered; lets a dead letter find its
+        // pending delivery by primary key.
+        seq: eref
+            .durable
+            .as_ref()
+            .map_or(0, |d| d.seq.load(Ordering::Acquire)),
         id: eref.id(py),
         topic: eref.topic.to_string(),
         event_type: view.event_type.to_string(),

@@ -58,7 +58,7 @@ pub(crate) struct DeadLetterCmd {
 /// Which event an acknowledgement is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AckKey {
-    /// By event id (looked up through the `events_by_id` index).
+    /// By event id (a scan of `events`: there is no index on ids; prefer `Seq`).
     Id(String),
     /// By the store's sequence number (a primary-key delete, cheaper).
     Seq(i64),
@@ -485,10 +485,17 @@ fn apply_one(
             ])?;
             let id = tx.last_insert_rowid();
             // The pending delivery moves to the dead-letter table: no redelivery at restart.
-            tx.prepare_cached(
-                "DELETE FROM deliveries WHERE consumer = ?2 AND seq IN (SELECT seq FROM events WHERE id = ?1)",
-            )?
-            .execute(params![e.id, dl.consumer])?;
+            if dl.event_seq > 0 {
+                tx.prepare_cached("DELETE FROM deliveries WHERE seq = ?1 AND consumer = ?2")?
+                    .execute(params![dl.event_seq, dl.consumer])?;
+            } else {
+                // NOTE: no index on ids (see schema.rs): this scans, but only for a dead
+                // letter whose stored row is unknown to the caller.
+                tx.prepare_cached(
+                    "DELETE FROM deliveries WHERE consumer = ?2 AND seq IN (SELECT seq FROM events WHERE id = ?1)",
+                )?
+                .execute(params![e.id, dl.consumer])?;
+            }
             Ok(Outcome::Id(id))
         }
         Cmd::RemoveDeadLetters { ids, .. } => {
