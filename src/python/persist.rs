@@ -609,13 +609,22 @@ impl StoredBatch {
 
 /// The store's copy of an accepted event.
 pub fn stored_event(py: Python<'_>, eref: &EventRef) -> PyResult<StoredEvent> {
-    let view = match &eref.view {
-        Some(v) if v.data.is_some() => v.clone(),
-        _ => Arc::new(build_view(py, eref, true)?),
+    // NOTE: a payload packed at publish already is JSON text: store it as is rather
+    // than parsing it into a Value and serializing that again.
+    let packed = match &eref.event.borrow(py).data {
+        super::event::Payload::Packed(json, _) => Some(json.as_bytes().to_vec()),
+        super::event::Payload::Object(_) => None,
     };
-    let data = match &view.data {
-        Some(d) => serde_json::to_vec(d).map_err(|e| super::errors::event_error(e.to_string()))?,
-        None => {
+    let view = match &eref.view {
+        Some(v) if packed.is_some() || v.data.is_some() => v.clone(),
+        _ => Arc::new(build_view(py, eref, packed.is_none())?),
+    };
+    let data = match (packed, &view.data) {
+        (Some(bytes), _) => bytes,
+        (None, Some(d)) => {
+            serde_json::to_vec(d).map_err(|e| super::errors::event_error(e.to_string()))?
+        }
+        (None, None) => {
             return Err(super::errors::event_error(format!(
                 "event {} cannot be stored: {}",
                 eref.id(py),
