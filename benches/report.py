@@ -71,6 +71,12 @@ def check_targets(workloads: dict[str, Any]) -> dict[str, Any]:
     verdict("W6", None if w6 is None else w6 >= 2e6, f"{w6:,.0f} events/s" if w6 else "-")
     w7 = ours("W7")
     verdict("W7", None if w7 is None else w7 <= 30, f"+{w7:.1f} ms" if w7 is not None else "-")
+    if "W8" in workloads:
+        w8 = ours("W8")
+        verdict("W8", None if w8 is None else w8 >= 1e5, f"{w8:,.0f} events/s" if w8 else "-")
+    if "W9" in workloads:
+        w9 = ours("W9")
+        verdict("W9", None if w9 is None else w9 >= 80, f"{w9:.0f}% of in-memory" if w9 else "-")
     return out
 
 
@@ -276,6 +282,12 @@ object (the original's or ours) and uses only the shared API, so both run the sa
 - **W5**: in a fresh process, a `hook.**` consumer is parked inside `consume`, 100,000
   tool-use events are published, and resident memory growth (`/proc/self/statm`) is
   divided by 100,000. RSS sees native allocations; the tracemalloc figure does not.
+- **W8** (ours only, issue 4): the hook stream from 256 concurrent publishing tasks into one
+  consumer on a bus with `enable_persistence=True, durability="sync"` (SQLite/WAL on the local
+  disk; each `publish` completes once its event is on disk, group commit), until the consumer
+  has seen every event.
+- **W9** (ours only, issue 4): the same with `durability="async"`, as a percentage of the same
+  workload on an in-memory bus measured right before it.
 - **W6** (ours only): `publish_batch` of 1,000,000 events into `MetricsConsumer`, until
   `join()` returns.
 - **W7**: wall time of `python -c "import ..."` minus a paired `python -c "pass"`,

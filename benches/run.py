@@ -57,6 +57,7 @@ class Sizes:
     w5: int = 100_000
     w6: int = 1_000_000
     w7_runs: int = 21
+    w8: int = 51_200
     chart_seconds: float = 0.4
     chart_max: int = 100_000
     chart_rounds: int = 3
@@ -72,6 +73,7 @@ QUICK = Sizes(
     w5=20_000,
     w6=100_000,
     w7_runs=5,
+    w8=10_240,
     chart_seconds=0.1,
     chart_max=10_000,
     chart_rounds=1,
@@ -106,7 +108,37 @@ WORKLOADS = [
     ),
     Workload("W6", "publish_batch into MetricsConsumer", "throughput", "events/s", True, ">= 2M/s"),
     Workload("W7", "import time over a bare interpreter", "added", "ms", False, "<= 30 ms"),
+    Workload(
+        "W8",
+        "durable sync publishing, 256 tasks (issue 4)",
+        "throughput",
+        "events/s",
+        True,
+        ">= 100k/s",
+    ),
+    Workload(
+        "W9",
+        "durable async, % of in-memory (issue 4)",
+        "throughput",
+        "% of in-memory",
+        True,
+        ">= 80%",
+    ),
 ]
+
+
+def durable_ratio(impl: Any, n_events: int) -> dict[str, Any]:
+    """W9: durable "async" throughput as a percentage of the in-memory bus, same workload."""
+    memory = measure(wl.durable_stream, impl, n_events, 256, None)
+    durable = measure(wl.durable_stream, impl, n_events, 256, "async")
+    for r in (memory, durable):
+        if "error" in r:
+            return r
+    return {
+        "value": 100.0 * durable["value"] / memory["value"],
+        "async_events_per_s": durable["value"],
+        "in_memory_events_per_s": memory["value"],
+    }
 
 
 def log(message: str) -> None:
@@ -272,6 +304,12 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
             # W6 needs publish_batch/join and a Rust-native consumer: ours only.
             if name == impls.OURS and hasattr(impl, "MetricsConsumer"):
                 todo.append(("W6", partial(measure, wl.batch_to_metrics, impl, sizes.w6)))
+            # W8/W9 measure our durable store (issue 4); the original has none.
+            if name == impls.OURS:
+                todo.append(
+                    ("W8", partial(measure, wl.durable_stream, impl, sizes.w8, 256, "sync"))
+                )
+                todo.append(("W9", partial(durable_ratio, impl, sizes.w8)))
             for key, fn in todo:
                 if not selected(key):
                     continue

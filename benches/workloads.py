@@ -279,3 +279,48 @@ async def await_floor(n: int) -> dict[str, Any]:
         "max_events_per_s_one_consumer": 1e9 / await_ns,
         "perf_counter_ns_overhead_ns": percentile(overhead, 50),
     }
+
+
+async def durable_stream(
+    impl: types.SimpleNamespace, n_events: int, tasks: int, durability: str | None
+) -> dict[str, Any]:
+    """W8/W9 (ours only): tool-use events from ``tasks`` concurrent publishing tasks
+    into one consumer on a durable bus (``durability`` "sync" or "async") or, with
+    ``durability=None``, on an in-memory bus with the same workload; timed from the first
+    publish until the consumer has seen every event."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mpm-bench-") as tmp:
+        kwargs: dict[str, Any] = {}
+        if durability is not None:
+            kwargs = {
+                "enable_persistence": True,
+                "persistence_path": f"{tmp}/events.db",
+                "durability": durability,
+            }
+        bus = impl.EventBus(max_queue_size=queue_size_for(n_events), **kwargs)
+        await bus.start()
+        tracker = Tracker(1)
+        per_task = n_events // tasks
+        total = per_task * tasks
+        consumer = counting_consumer_class(impl)("durable", ["hook.**"], total, tracker)
+        assert await bus.subscribe(consumer), "subscribe refused"
+        producer = impl.HookEventProducer(bus)
+        gc.collect()
+        refused = 0
+
+        async def publisher(start: int) -> None:
+            nonlocal refused
+            for i in range(start, start + per_task):
+                if not await producer.publish_tool_use("Bash", {"command": "ls -la", "n": i}):
+                    refused += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(publisher(t * per_task) for t in range(tasks)))
+        if refused:
+            await bus.stop()
+            raise RuntimeError(f"bus refused {refused} of {total} events")
+        await _wait(tracker, "durable_stream")
+        seconds = time.perf_counter() - t0
+        await bus.stop()
+    return {"n_events": total, "tasks": tasks, "seconds": seconds, "value": total / seconds}
