@@ -171,3 +171,16 @@ async def test_compiled_classes_can_be_subclassed_with_their_own_init() -> None:
     assert (bus.label, bus.max_queue_size) == ("mine", 5)
     event = MyEvent("", "a.b", "T", data={"k": 1})
     assert (event.extra, event.topic, event.data) == (1, "a.b", {"k": 1})
+
+
+async def test_compiled_producer_rejects_bad_arguments_clearly(bus: EventBus) -> None:
+    import pytest
+    from mpm_events import InvalidEventError
+
+    producer = HookEventProducer(bus)
+    with pytest.raises(InvalidEventError, match="event_data must be a mapping"):
+        await producer.publish_subagent_event("planner", "Start", [1, 2])  # type: ignore[arg-type]
+    with pytest.raises(InvalidEventError, match="correlation_id must be a str or None, got int"):
+        await producer.publish_tool_use("Read", {}, None, 5)  # type: ignore[arg-type]
+    assert bus.is_running
+    assert await producer.publish_tool_use("Read", {}, None, "c-1")

@@ -202,13 +202,7 @@ impl EventBus {
         py: Python<'_>,
         events: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
-        let event_loop = self
-            .shared
-            .inbox
-            .event_loop
-            .lock()
-            .as_ref()
-            .map(|l| l.clone_ref(py));
+        let event_loop = self.shared.inbox.current_loop(py);
         let mut aws = Vec::new();
         for e in events
             .try_iter()
@@ -508,13 +502,7 @@ impl EventBus {
     /// Publishes one event; the returned awaitable is already complete.
     fn publish(&self, py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         if let Some(p) = &self.persist {
-            let event_loop = self
-                .shared
-                .inbox
-                .event_loop
-                .lock()
-                .as_ref()
-                .map(|l| l.clone_ref(py));
+            let event_loop = self.shared.inbox.current_loop(py);
             return persist::publish(p, py, event_loop, |done| {
                 self.accept_durable(p, event, done)
             });

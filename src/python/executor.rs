@@ -84,6 +84,11 @@ impl Inbox {
         self.rx.as_raw_fd()
     }
 
+    /// The loop that runs coroutine consumers, if the bus was started.
+    pub fn current_loop(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.event_loop.lock().as_ref().map(|l| l.clone_ref(py))
+    }
+
     /// Wakes the loop unless a wake-up is already pending.
     pub fn wake(&self) {
         if !self.wake_pending.swap(true, Ordering::AcqRel) {
@@ -314,11 +319,7 @@ impl JobSource {
 
     /// The event loop that started the bus (for awaitables), if any.
     fn event_loop(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.inbox
-            .event_loop
-            .lock()
-            .as_ref()
-            .map(|l| l.clone_ref(py))
+        self.inbox.current_loop(py)
     }
 }
 

@@ -94,9 +94,22 @@ impl HookEventProducer {
         topic: &str,
         type_: Bound<'py, PyString>,
         data: Bound<'py, PyAny>,
-        correlation_id: Option<Bound<'py, PyString>>,
+        correlation_id: Option<Bound<'py, PyAny>>,
         priority: u8,
     ) -> PyResult<Event> {
+        let correlation_id = match correlation_id {
+            Some(c) if !c.is_none() => Some(c.cast_into::<PyString>().map_err(|e| {
+                super::errors::event_error(format!(
+                    "correlation_id must be a str or None, got {}",
+                    e.into_inner()
+                        .get_type()
+                        .name()
+                        .map(|n| n.to_string())
+                        .unwrap_or_default()
+                ))
+            })?),
+            _ => None,
+        };
         Event::from_parts(
             py,
             PyString::new(py, topic),
@@ -192,7 +205,7 @@ impl HookEventProducer {
     fn publish_response<'py>(
         slf: &Bound<'py, Self>,
         response_data: Bound<'py, PyAny>,
-        correlation_id: Option<Bound<'py, PyString>>,
+        correlation_id: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let e = slf.get().make(
@@ -213,7 +226,7 @@ impl HookEventProducer {
         tool_name: Bound<'py, PyAny>,
         tool_params: Bound<'py, PyAny>,
         tool_result: Option<Bound<'py, PyAny>>,
-        correlation_id: Option<Bound<'py, PyString>>,
+        correlation_id: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let data = PyDict::new(py);
@@ -238,7 +251,7 @@ impl HookEventProducer {
         error_type: Bound<'py, PyAny>,
         error_message: Bound<'py, PyAny>,
         error_details: Option<Bound<'py, PyAny>>,
-        correlation_id: Option<Bound<'py, PyString>>,
+        correlation_id: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let data = PyDict::new(py);
@@ -268,12 +281,17 @@ impl HookEventProducer {
         subagent_name: Bound<'py, PyAny>,
         event_type: &str,
         event_data: Bound<'py, PyAny>,
-        correlation_id: Option<Bound<'py, PyString>>,
+        correlation_id: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let data = PyDict::new(py);
         data.set_item("subagent", subagent_name)?;
-        data.update(event_data.cast::<pyo3::types::PyMapping>()?)?;
+        let mapping = event_data.cast::<pyo3::types::PyMapping>().map_err(|_| {
+            super::errors::event_error(
+                "publish_subagent_event(): event_data must be a mapping (a dict)",
+            )
+        })?;
+        data.update(mapping)?;
         let topic = format!("hook.subagent.{}", event_type.to_lowercase());
         let type_ = PyString::new(py, &format!("Subagent{event_type}"));
         let e = slf
@@ -288,7 +306,7 @@ impl HookEventProducer {
         slf: &Bound<'py, Self>,
         hook_type: Bound<'py, PyString>,
         hook_data: Bound<'py, PyAny>,
-        correlation_id: Option<Bound<'py, PyString>>,
+        correlation_id: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let kind = hook_type.to_cow()?.to_lowercase();
