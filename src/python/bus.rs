@@ -277,9 +277,22 @@ impl EventBus {
         Ok((eref, route))
     }
 
-    /// True when accepted events are written to a store first.
-    pub(crate) fn is_durable(&self) -> bool {
-        self.persist.is_some()
+    /// Whether a publish is answered at once: in memory, or durable with "async"
+    /// durability (a "sync" publish is answered after the commit).
+    pub(crate) fn answers_at_once(&self) -> bool {
+        self.persist.as_ref().is_none_or(|p| !p.sync)
+    }
+
+    /// Publishes `event` and says whether it was accepted, for callers that need the
+    /// answer now (the compiled producer). Only for buses that [`answers_at_once`]
+    /// (Self::answers_at_once): a "sync" durable bus would block here until the commit.
+    pub(crate) fn publish_now(&self, event: &Bound<'_, PyAny>) -> PyResult<bool> {
+        match &self.persist {
+            None => Ok(self.accept(event)?.is_ok()),
+            Some(p) => {
+                persist::publish_blocking(p, event.py(), |done| self.accept_durable(p, event, done))
+            }
+        }
     }
 
     pub(crate) fn accept(&self, event: &Bound<'_, PyAny>) -> PyResult<Result<(), Rejected>> {

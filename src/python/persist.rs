@@ -32,7 +32,7 @@ use super::executor::Inbox;
 use super::native::build_view;
 use super::{log_error, runtime};
 use crate::dispatch::{Engine, Lane, Rejected, Route};
-use crate::storage::{AckKey, Durability, StorageError, Store, StoreOptions, StoredEvent};
+use crate::storage::{AckKey, Durability, StorageError, Store, StoreOptions, StoredEvent, Targets};
 
 static JSON_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
@@ -197,6 +197,10 @@ pub struct Persist {
     pub sync: bool,
     pub acks: Arc<Acks>,
     flight: Arc<Flight>,
+    /// The consumer names of the last route stored (a route's events share one list).
+    // NOTE: weak, so that a route dropped from the engine's cache (after an unsubscribe)
+    // does not keep its lanes alive; the pointer cannot be reused while this is held.
+    last_targets: Mutex<Option<(Weak<Route<EventRef>>, Targets)>>,
     closing: AtomicBool,
     /// Redeliveries started at `start()` and not finished (join() waits for them).
     pub redelivering: AtomicUsize,
@@ -252,6 +256,7 @@ impl Persist {
                 waiters: Mutex::new(Vec::new()),
                 inbox,
             }),
+            last_targets: Mutex::new(None),
             closing: AtomicBool::new(false),
             redelivering: AtomicUsize::new(0),
             redelivered: AtomicU64::new(0),
@@ -285,6 +290,24 @@ impl Persist {
         self.closing.store(v, Ordering::Release);
     }
 
+    /// The names of the consumers on `route`, shared with the previous event's when the
+    /// route is the same.
+    fn targets(&self, route: &Arc<Route<EventRef>>) -> Targets {
+        let mut last = self.last_targets.lock();
+        match &*last {
+            Some((r, t)) if std::ptr::eq(r.as_ptr(), Arc::as_ptr(route)) => t.clone(),
+            _ => {
+                let t: Targets = route
+                    .lanes
+                    .iter()
+                    .map(|l| l.config.name.to_string())
+                    .collect();
+                *last = Some((Arc::downgrade(route), t.clone()));
+                t
+            }
+        }
+    }
+
     /// Stores `eref` (routed to `lanes`), then dispatches it and calls `done` from the
     /// writer thread. Returns `Err` (and does not call `done`) if the event could not
     /// even be queued for the writer.
@@ -297,11 +320,7 @@ impl Persist {
         done: Done,
     ) -> PyResult<Result<(), String>> {
         let stored = stored_event(py, &eref)?;
-        let targets: Vec<String> = route
-            .lanes
-            .iter()
-            .map(|l| l.config.name.to_string())
-            .collect();
+        let targets = self.targets(&route);
         let durable = Durable::new(&self.acks, &stored.id);
         eref.durable = Some(durable.clone());
         let id = stored.id.clone();

@@ -61,8 +61,8 @@ impl HookEventProducer {
 
     /// Publishes directly into our bus; never raises.
     fn send_fast(&self, py: Python<'_>, bus: &Py<EventBus>, event: &Bound<'_, PyAny>) -> bool {
-        let ok = match bus.get().accept(event) {
-            Ok(r) => r.is_ok(),
+        let ok = match bus.get().publish_now(event) {
+            Ok(ok) => ok,
             Err(e) => {
                 super::log_error(py, &format!("Error publishing hook event: {}", e.value(py)));
                 false
@@ -134,11 +134,12 @@ impl HookEventProducer {
         _args: &Bound<'_, pyo3::types::PyTuple>,
         _kwargs: Option<&Bound<'_, PyDict>>,
     ) -> Self {
-        // NOTE: a durable bus must write before it accepts; its own publish() does.
+        // NOTE: a "sync" durable bus answers only after the commit; its own publish()
+        // returns the awaitable for that. Every other bus of ours answers at once.
         let fast = event_bus
             .cast::<EventBus>()
             .ok()
-            .filter(|b| !b.get().is_durable())
+            .filter(|b| b.get().answers_at_once())
             .map(|b| b.clone().unbind());
         HookEventProducer {
             bus: event_bus.unbind(),

@@ -33,7 +33,7 @@ use rusqlite::Connection;
 
 pub use compress::Codec;
 pub use error::{Result, StorageError};
-pub use writer::AckKey;
+pub use writer::{AckKey, Targets};
 
 use writer::{Cmd, DeadLetterCmd, Reply, Row, Writer, WriterConfig};
 
@@ -287,7 +287,7 @@ impl Store {
         rrx.recv().unwrap_or(Err(StorageError::Closed))
     }
 
-    fn encode(&self, mut ev: StoredEvent, targets: Vec<String>) -> Result<Row> {
+    fn encode(&self, mut ev: StoredEvent, targets: impl Into<Targets>) -> Result<Row> {
         if !(1..=4).contains(&ev.priority) {
             return Err(StorageError::InvalidEvent(format!(
                 "priority {} of event {} is not in 1..=4",
@@ -299,7 +299,11 @@ impl Store {
         let (codec, stored) = compress::encode(&ev.data_json, self.compress_threshold);
         ev.data_json = stored;
         ev.seq = 0;
-        Ok(Row { ev, codec, targets })
+        Ok(Row {
+            ev,
+            codec,
+            targets: targets.into(),
+        })
     }
 
     /// Store one event routed to `targets` (consumer names) and return its seq.
@@ -307,7 +311,7 @@ impl Store {
     /// Sync mode: returns once the event is on disk. Async mode: returns once it is
     /// committed (not yet fsynced). Errors ([`StorageError::Full`], ...) mean it was not
     /// stored; nothing stored before is affected.
-    pub fn append(&self, ev: StoredEvent, targets: Vec<String>) -> Result<i64> {
+    pub fn append(&self, ev: StoredEvent, targets: impl Into<Targets>) -> Result<i64> {
         let row = self.encode(ev, targets)?;
         let seqs = self.call(|reply| Cmd::Append {
             rows: vec![row],
@@ -337,7 +341,7 @@ impl Store {
     ///
     /// NOTE: blocks only if 65,536 commands are already queued (back-pressure when the
     /// disk cannot keep up); the same holds for every write method.
-    pub fn append_async(&self, ev: StoredEvent, targets: Vec<String>) -> Result<()> {
+    pub fn append_async(&self, ev: StoredEvent, targets: impl Into<Targets>) -> Result<()> {
         let row = self.encode(ev, targets)?;
         self.send(Cmd::Append {
             rows: vec![row],
@@ -351,7 +355,7 @@ impl Store {
     pub fn append_with(
         &self,
         ev: StoredEvent,
-        targets: Vec<String>,
+        targets: impl Into<Targets>,
         done: impl FnOnce(Result<i64>) + Send + 'static,
     ) -> Result<()> {
         let row = self.encode(ev, targets)?;
@@ -368,7 +372,7 @@ impl Store {
     pub fn append_deferred(
         &self,
         ev: StoredEvent,
-        targets: Vec<String>,
+        targets: impl Into<Targets>,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<i64>>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.append_with(ev, targets, move |r| {
@@ -416,6 +420,7 @@ impl Store {
         if consumers.is_empty() {
             return Ok(Vec::new());
         }
+        self.checkpoint()?;
         let sq = |e| StorageError::from_sqlite(&self.path, e);
         let conn = self.reader.lock();
         let mut out: Vec<(StoredEvent, Vec<String>)> = Vec::new();
@@ -588,8 +593,18 @@ impl Store {
         self.call(|reply| Cmd::Retention { reply })
     }
 
+    /// Has the writer put the deliveries it keeps in memory into the `deliveries` table,
+    /// so the read connection sees them all. A closed store has nothing in memory.
+    fn checkpoint(&self) -> Result<()> {
+        match self.call(|reply| Cmd::Checkpoint { reply }) {
+            Err(StorageError::Closed) => Ok(()),
+            r => r,
+        }
+    }
+
     /// Counters (a few `count(*)` queries on the read connection).
     pub fn stats(&self) -> Result<StoreStats> {
+        self.checkpoint()?;
         let sq = |e| StorageError::from_sqlite(&self.path, e);
         let conn = self.reader.lock();
         let count = |sql: &str| -> Result<u64> {

@@ -16,13 +16,20 @@ use super::Durability;
 pub const APPLICATION_ID: i32 = 0x4D50_4D45;
 
 /// `PRAGMA user_version`: the schema version this code writes and understands.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// The 16-byte header every SQLite 3 database file starts with.
 const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
 
-/// Schema version 1. Created in one transaction on a new (empty) file.
-const SCHEMA_V1: &str = r#"
+/// The current schema (version 2). Created in one transaction on a new (empty) file.
+///
+/// A delivery (event, consumer) is pending while it has a row in `deliveries`, or, for
+/// an event above `store_meta.deliveries_through`, while the consumer is named in the
+/// event's `targets` (JSON array). The writer keeps the deliveries of recent events in
+/// memory, drops each as it is acknowledged, and only the ones still pending at a
+/// checkpoint become `deliveries` rows (and the mark moves up). After a crash, every
+/// target of an event above the mark counts as pending again: at-least-once.
+const SCHEMA: &str = r#"
 CREATE TABLE events (
     seq            INTEGER PRIMARY KEY AUTOINCREMENT,
     id             TEXT    NOT NULL,
@@ -35,7 +42,8 @@ CREATE TABLE events (
     correlation_id TEXT,
     codec          INTEGER NOT NULL DEFAULT 0,
     data           BLOB    NOT NULL,
-    size_bytes     INTEGER NOT NULL
+    size_bytes     INTEGER NOT NULL,
+    targets        TEXT
 );
 CREATE INDEX events_by_time ON events (timestamp_us, seq);
 
@@ -44,6 +52,12 @@ CREATE TABLE deliveries (
     consumer TEXT    NOT NULL,
     PRIMARY KEY (seq, consumer)
 ) WITHOUT ROWID;
+
+CREATE TABLE store_meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO store_meta (key, value) VALUES ('deliveries_through', 0);
 
 CREATE TABLE dead_letters (
     dl_id          INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -204,7 +218,7 @@ pub fn init_writer(
 
     if tables == 0 {
         let tx = conn.unchecked_transaction().map_err(sq)?;
-        tx.execute_batch(SCHEMA_V1).map_err(sq)?;
+        tx.execute_batch(SCHEMA).map_err(sq)?;
         tx.pragma_update(None, "application_id", APPLICATION_ID)
             .map_err(sq)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -215,8 +229,25 @@ pub fn init_writer(
             path: path.to_path_buf(),
             detail: format!("the mpm-events schema is missing (schema version {version})"),
         });
+    } else if version == 1 {
+        migrate_v1_to_v2(conn).map_err(sq)?;
     }
     Ok(())
+}
+
+/// Version 1 kept every pending delivery in `deliveries`; version 2 adds the events'
+/// `targets` and the `deliveries_through` mark (see [`SCHEMA`]). Every version-1 event
+/// already has its rows in `deliveries`, so the mark starts at the last seq.
+fn migrate_v1_to_v2(conn: &Connection) -> rusqlite::Result<()> {
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(
+        "ALTER TABLE events ADD COLUMN targets TEXT;
+         CREATE TABLE store_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+         INSERT INTO store_meta (key, value)
+             SELECT 'deliveries_through', coalesce(max(seq), 0) FROM events;",
+    )?;
+    tx.pragma_update(None, "user_version", 2)?;
+    tx.commit()
 }
 
 /// `synchronous` for the durability mode: FULL fsyncs the WAL at every commit (Sync);

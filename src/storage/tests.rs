@@ -787,3 +787,138 @@ fn unacked_with_many_consumer_names() {
     assert_eq!(un[0].1, consumers);
     assert_eq!(un[1].1, names(&["c0001", "c1100"]));
 }
+
+fn pending_ids(store: &Store, consumers: &[&str]) -> Vec<(String, Vec<String>)> {
+    store
+        .unacked(&names(consumers))
+        .unwrap()
+        .into_iter()
+        .map(|(e, c)| (e.id, c))
+        .collect()
+}
+
+#[test]
+fn acks_before_and_after_a_checkpoint() {
+    let dir = tmp();
+    let path = dir.path().join("e.db");
+    let store = Store::open(StoreOptions::new(&path)).unwrap();
+    let s1 = store.append(ev("e1", "t", 1), names(&["A", "B"])).unwrap();
+    let s2 = store.append(ev("e2", "t", 2), names(&["A"])).unwrap();
+    // Acked while the deliveries are only in the writer's memory.
+    store.ack_keys(vec![(AckKey::Seq(s1), "A".into())]).unwrap();
+    // stats() checkpoints: what is still pending becomes rows.
+    assert_eq!(store.stats().unwrap().pending_deliveries, 2);
+    // Acked after the checkpoint: the rows go.
+    store.ack_keys(vec![(AckKey::Seq(s2), "A".into())]).unwrap();
+    store.ack("e1", "nobody").unwrap();
+    assert_eq!(store.stats().unwrap().pending_deliveries, 1);
+    let s3 = store.append(ev("e3", "t", 3), names(&["A", "B"])).unwrap();
+    store.ack("e3", "B").unwrap();
+    assert_eq!(
+        pending_ids(&store, &["A", "B"]),
+        vec![("e1".into(), names(&["B"])), ("e3".into(), names(&["A"]))]
+    );
+    assert!(s3 > s2);
+    store.close().unwrap();
+    let store = Store::open(StoreOptions::new(&path)).unwrap();
+    assert_eq!(
+        pending_ids(&store, &["A", "B"]),
+        vec![("e1".into(), names(&["B"])), ("e3".into(), names(&["A"]))]
+    );
+}
+
+#[test]
+fn deliveries_kept_in_memory_come_back_after_a_crash() {
+    let dir = tmp();
+    let path = dir.path().join("e.db");
+    let store = Store::open(StoreOptions::new(&path)).unwrap();
+    store.append(ev("e1", "t", 1), names(&["A", "B"])).unwrap();
+    store.append(ev("e2", "t", 2), names(&["B"])).unwrap();
+    store.append(ev("e3", "t", 3), vec![]).unwrap();
+    store.ack("e1", "A").unwrap();
+    store.close().unwrap();
+    // What a writer killed before its first checkpoint leaves: the events with their
+    // targets, no delivery rows, the mark below them.
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "DELETE FROM deliveries; UPDATE store_meta SET value = 0 WHERE key = 'deliveries_through';",
+        )
+        .unwrap();
+    }
+    let store = Store::open(StoreOptions::new(&path)).unwrap();
+    // At least once: the ack that was only in memory is lost, nothing else.
+    assert_eq!(
+        pending_ids(&store, &["A", "B"]),
+        vec![
+            ("e1".into(), names(&["A", "B"])),
+            ("e2".into(), names(&["B"]))
+        ]
+    );
+    store.ack("e1", "A").unwrap();
+    store.ack("e1", "B").unwrap();
+    let s4 = store.append(ev("e4", "t", 4), names(&["A"])).unwrap();
+    assert!(s4 > 3);
+    store.close().unwrap();
+    let store = Store::open(StoreOptions::new(&path)).unwrap();
+    assert_eq!(
+        pending_ids(&store, &["A", "B"]),
+        vec![("e2".into(), names(&["B"])), ("e4".into(), names(&["A"]))]
+    );
+}
+
+#[test]
+fn version_1_store_is_migrated_with_its_pending_deliveries() {
+    let dir = tmp();
+    let path = dir.path().join("v1.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             CREATE TABLE events (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, topic TEXT NOT NULL,
+                 event_type TEXT NOT NULL, source TEXT NOT NULL, timestamp_us INTEGER NOT NULL,
+                 published_us INTEGER NOT NULL,
+                 priority INTEGER NOT NULL CHECK (priority BETWEEN 1 AND 4),
+                 correlation_id TEXT, codec INTEGER NOT NULL DEFAULT 0, data BLOB NOT NULL,
+                 size_bytes INTEGER NOT NULL);
+             CREATE INDEX events_by_time ON events (timestamp_us, seq);
+             CREATE TABLE deliveries (seq INTEGER NOT NULL, consumer TEXT NOT NULL,
+                 PRIMARY KEY (seq, consumer)) WITHOUT ROWID;
+             CREATE TABLE dead_letters (
+                 dl_id INTEGER PRIMARY KEY AUTOINCREMENT, event_seq INTEGER,
+                 event_id TEXT NOT NULL, topic TEXT NOT NULL, event_type TEXT NOT NULL,
+                 source TEXT NOT NULL, timestamp_us INTEGER NOT NULL,
+                 published_us INTEGER NOT NULL, priority INTEGER NOT NULL, correlation_id TEXT,
+                 codec INTEGER NOT NULL DEFAULT 0, data BLOB NOT NULL, consumer TEXT NOT NULL,
+                 errors_json TEXT NOT NULL, attempts INTEGER NOT NULL, failed_us INTEGER NOT NULL);
+             INSERT INTO events (id, topic, event_type, source, timestamp_us, published_us,
+                 priority, data, size_bytes) VALUES
+                 ('old1', 't', 'x', 's', 1, 1, 2, CAST('{}' AS BLOB), 50),
+                 ('old2', 't', 'x', 's', 2, 2, 2, CAST('{}' AS BLOB), 50);
+             INSERT INTO deliveries VALUES (2, 'A');
+             PRAGMA application_id = 1297108293;
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let store = Store::open(StoreOptions::new(&path)).unwrap();
+    assert_eq!(
+        pending_ids(&store, &["A"]),
+        vec![("old2".into(), names(&["A"]))]
+    );
+    store.append(ev("new", "t", 3), names(&["A"])).unwrap();
+    store.ack("old2", "A").unwrap();
+    store.close().unwrap();
+    let store = Store::open(StoreOptions::new(&path)).unwrap();
+    assert_eq!(
+        pending_ids(&store, &["A"]),
+        vec![("new".into(), names(&["A"]))]
+    );
+    drop(store);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let v: i32 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 2);
+}

@@ -1,6 +1,7 @@
 //! The single writer thread: owns the write connection and applies everything queued
 //! in one transaction per round (group commit).
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -17,6 +18,18 @@ use super::{now_us, Durability, RetentionReport, Shared, StoredEvent};
 /// one huge burst does not delay every waiter behind one giant commit.
 const MAX_BATCH_EVENTS: usize = 16_384;
 
+/// Longest time the deliveries of new events stay in memory only (see [`Recent`]): after
+/// a crash, events acknowledged within this window are delivered again.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Most events whose deliveries are kept in memory before a checkpoint writes them.
+// NOTE: 24 bytes a slot, so at most 24 MiB; a consumer that lags by more than this
+// only costs a checkpoint (rows for what it has not acknowledged yet) per that many events.
+const MAX_RECENT: usize = 1 << 20;
+
+/// The consumers an event was routed to; events of one route share one list.
+pub type Targets = Arc<[String]>;
+
 /// Completion callback of a command. Runs on the writer thread, so it must be quick
 /// (send on a channel, wake a future).
 pub(crate) type Reply<T> = Box<dyn FnOnce(Result<T>) + Send>;
@@ -27,7 +40,7 @@ pub(crate) struct Row {
     pub ev: StoredEvent,
     pub codec: Codec,
     /// Consumers the event was routed to (for restart redelivery).
-    pub targets: Vec<String>,
+    pub targets: Targets,
 }
 
 impl Row {
@@ -86,6 +99,10 @@ pub(crate) enum Cmd {
     Flush {
         reply: Reply<()>,
     },
+    /// Write the in-memory deliveries to the `deliveries` table (before reading it).
+    Checkpoint {
+        reply: Reply<()>,
+    },
     Shutdown,
 }
 
@@ -95,6 +112,81 @@ enum Outcome {
     Id(i64),
     Count(usize),
     Nothing,
+}
+
+/// Pending deliveries of the events appended since the last checkpoint, in memory.
+///
+/// NOTE: writing a `deliveries` row per (event, consumer) at append and deleting it at
+/// the acknowledgement was most of the writer's work per event. Most deliveries are
+/// acknowledged within milliseconds, so they are tracked here and only the ones still
+/// pending at a checkpoint (every [`CHECKPOINT_EVERY`], at flush, close, retention, or
+/// when [`MAX_RECENT`] events wait) become rows. The events' `targets` column lets a
+/// restart after a crash rebuild what was in memory (see `schema.rs`).
+struct Recent {
+    /// The seq of `slots[0]`; deliveries of lower seqs are rows of `deliveries`.
+    base: i64,
+    /// From `base` on, one per seq: the event's targets and one bit per target still
+    /// pending (`None`: no such event, or its deliveries went to the table directly).
+    slots: VecDeque<Option<(Targets, u64)>>,
+    /// The JSON of the last targets written (their `Arc` is shared by a route's events).
+    last_json: Option<(Targets, String)>,
+}
+
+impl Recent {
+    /// Tracks the deliveries of event `seq`; false if they must go to the table now
+    /// (more than 64 targets, or a seq below `base`).
+    fn push(&mut self, seq: i64, targets: &Targets) -> bool {
+        let end = self.base + self.slots.len() as i64;
+        if targets.len() > 64 || seq < end {
+            return false;
+        }
+        for _ in end..seq {
+            self.slots.push_back(None);
+        }
+        let mask = if targets.len() == 64 {
+            u64::MAX
+        } else {
+            (1u64 << targets.len()) - 1
+        };
+        self.slots
+            .push_back((mask != 0).then(|| (targets.clone(), mask)));
+        true
+    }
+
+    /// Marks `consumer`'s delivery of `seq` done; false if `seq` is not tracked here
+    /// (its delivery, if any, is a row of `deliveries`).
+    fn ack(&mut self, seq: i64, consumer: &str) -> bool {
+        if seq < self.base {
+            return false;
+        }
+        let Some(slot) = self.slots.get_mut((seq - self.base) as usize) else {
+            return false;
+        };
+        if let Some((targets, mask)) = slot {
+            if let Some(i) = targets.iter().position(|t| t == consumer) {
+                *mask &= !(1u64 << i);
+                if *mask == 0 {
+                    *slot = None;
+                }
+            }
+        }
+        true
+    }
+
+    /// The `targets` column of an event: a JSON array of names (`NULL` if none).
+    fn targets_json(&mut self, targets: &Targets) -> Option<String> {
+        if targets.is_empty() {
+            return None;
+        }
+        match &self.last_json {
+            Some((t, json)) if Arc::ptr_eq(t, targets) => Some(json.clone()),
+            _ => {
+                let json = serde_json::to_string(&**targets).unwrap_or_else(|_| "[]".into());
+                self.last_json = Some((targets.clone(), json.clone()));
+                Some(json)
+            }
+        }
+    }
 }
 
 pub(crate) struct WriterConfig {
@@ -113,6 +205,8 @@ pub(crate) struct Writer {
     total_bytes: u64,
     /// Something was committed since the last forced sync (Async mode).
     dirty: bool,
+    /// Deliveries of events since the last checkpoint.
+    recent: Recent,
 }
 
 impl Writer {
@@ -125,13 +219,57 @@ impl Writer {
         shared
             .total_bytes
             .store(total_bytes as u64, Ordering::Relaxed);
+        let through =
+            restore_deliveries(&conn).map_err(|e| StorageError::from_sqlite(&cfg.path, e))?;
         Ok(Writer {
             conn,
             cfg,
             shared,
             total_bytes: total_bytes as u64,
             dirty: false,
+            recent: Recent {
+                base: through + 1,
+                slots: VecDeque::new(),
+                last_json: None,
+            },
         })
+    }
+
+    /// Writes the deliveries still pending in memory to the `deliveries` table and moves
+    /// the `deliveries_through` mark past them, in one transaction.
+    fn checkpoint(&mut self) -> Result<()> {
+        if self.recent.slots.is_empty() {
+            return Ok(());
+        }
+        let through = self.recent.base + self.recent.slots.len() as i64 - 1;
+        let res = (|| -> rusqlite::Result<()> {
+            let tx = self.conn.unchecked_transaction()?;
+            {
+                let mut ins = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO deliveries (seq, consumer) VALUES (?1, ?2)",
+                )?;
+                for (i, slot) in self.recent.slots.iter().enumerate() {
+                    if let Some((targets, mask)) = slot {
+                        let seq = self.recent.base + i as i64;
+                        for (j, t) in targets.iter().enumerate() {
+                            if mask & (1u64 << j) != 0 {
+                                ins.execute(params![seq, t])?;
+                            }
+                        }
+                    }
+                }
+                tx.prepare_cached(
+                    "UPDATE store_meta SET value = ?1 WHERE key = 'deliveries_through'",
+                )?
+                .execute([through])?;
+            }
+            tx.commit()
+        })();
+        res.map_err(|e| self.sq(e))?;
+        self.recent.slots.clear();
+        self.recent.base = through + 1;
+        self.dirty = true;
+        Ok(())
     }
 
     fn sq(&self, e: rusqlite::Error) -> StorageError {
@@ -151,12 +289,17 @@ impl Writer {
             None
         };
         let mut next_flush = flush_every.map(|d| Instant::now() + d);
+        let mut next_checkpoint = Instant::now() + CHECKPOINT_EVERY;
         let mut next_retention = retention_every.map(|d| Instant::now() + d);
         let mut batch: Vec<Cmd> = Vec::new();
         let mut shutting_down = false;
 
         while !shutting_down {
-            let deadline = [next_flush, next_retention].into_iter().flatten().min();
+            let checkpoint_due = (!self.recent.slots.is_empty()).then_some(next_checkpoint);
+            let deadline = [next_flush, next_retention, checkpoint_due]
+                .into_iter()
+                .flatten()
+                .min();
             let first = match deadline {
                 Some(d) => match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
                     Ok(c) => Some(c),
@@ -191,10 +334,18 @@ impl Writer {
                         next = rx.try_recv().ok();
                     }
                 }
-                self.process(std::mem::take(&mut batch));
+                // NOTE: drained, not taken: `batch` keeps its capacity (up to
+                // MAX_BATCH_EVENTS commands) instead of growing again every round.
+                self.process(batch.drain(..));
             }
 
             let now = Instant::now();
+            if now >= next_checkpoint || self.recent.slots.len() >= MAX_RECENT || shutting_down {
+                if let Err(e) = self.checkpoint() {
+                    self.shared.record_async_error(e);
+                }
+                next_checkpoint = now + CHECKPOINT_EVERY;
+            }
             if let (Some(at), Some(every)) = (next_flush, flush_every) {
                 if now >= at || shutting_down {
                     if self.dirty {
@@ -230,7 +381,7 @@ impl Writer {
 
     /// Apply one round of commands: all writes in one transaction, then the control
     /// commands (flush, retention) in order.
-    fn process(&mut self, cmds: Vec<Cmd>) {
+    fn process(&mut self, cmds: impl ExactSizeIterator<Item = Cmd>) {
         let mut writes = Vec::with_capacity(cmds.len());
         let mut controls = Vec::new();
         for c in cmds {
@@ -239,7 +390,9 @@ impl Writer {
                 | Cmd::Ack { .. }
                 | Cmd::DeadLetter { .. }
                 | Cmd::RemoveDeadLetters { .. } => writes.push(c),
-                Cmd::Retention { .. } | Cmd::Flush { .. } => controls.push(c),
+                Cmd::Retention { .. } | Cmd::Flush { .. } | Cmd::Checkpoint { .. } => {
+                    controls.push(c)
+                }
                 Cmd::Shutdown => {}
             }
         }
@@ -268,9 +421,16 @@ impl Writer {
         for c in controls {
             match c {
                 Cmd::Flush { reply } => {
-                    let r = if self.dirty { self.sync_now() } else { Ok(()) };
+                    let r = self.checkpoint().and_then(|()| {
+                        if self.dirty {
+                            self.sync_now()
+                        } else {
+                            Ok(())
+                        }
+                    });
                     answer(reply, r);
                 }
+                Cmd::Checkpoint { reply } => answer(reply, self.checkpoint()),
                 Cmd::Retention { reply } => answer(reply, self.retention()),
                 _ => {}
             }
@@ -288,16 +448,29 @@ impl Writer {
     /// Run `cmds` in one transaction. On error the transaction is rolled back (nothing
     /// of it is stored) and the error returned.
     fn apply_in_tx(&mut self, cmds: &[Cmd]) -> Result<(Vec<Outcome>, i64)> {
-        let tx = self.conn.unchecked_transaction().map_err(|e| self.sq(e))?;
+        let path = &self.cfg.path;
+        let sq = |e| StorageError::from_sqlite(path, e);
+        let tx = self.conn.unchecked_transaction().map_err(sq)?;
         let mut outcomes = Vec::with_capacity(cmds.len());
-        let mut delta = 0i64;
+        let mut apply = Apply {
+            tx: &tx,
+            recent: &mut self.recent,
+            staged: Vec::with_capacity(cmds.len()),
+            delta: 0,
+        };
         for c in cmds {
-            let o = apply_one(&tx, c, &mut delta).map_err(|e| self.sq(e))?;
+            let o = apply.one(c).map_err(sq)?;
             outcomes.push(o);
         }
+        let Apply { staged, delta, .. } = apply;
         // NOTE: in Sync mode (synchronous=FULL) this commit is the one fsync shared by
         // every publisher in the batch. Dropping `tx` on the error paths rolls back.
-        tx.commit().map_err(|e| self.sq(e))?;
+        tx.commit().map_err(sq)?;
+        // Only now: a rolled-back append must not leave deliveries behind in memory.
+        for (seq, targets) in staged {
+            let tracked = self.recent.push(seq, &targets);
+            debug_assert!(tracked, "staged deliveries are always trackable");
+        }
         Ok((outcomes, delta))
     }
 
@@ -330,6 +503,8 @@ impl Writer {
     /// Delete events older than `max_age`, then the oldest until the total is at most
     /// `max_bytes`; their pending deliveries go with them. Dead letters are not touched.
     pub fn retention(&mut self) -> Result<RetentionReport> {
+        // Every pending delivery in the table first, so deleting rows covers them all.
+        self.checkpoint()?;
         let bytes_before = self.total_bytes;
         let tx = self.conn.unchecked_transaction().map_err(|e| self.sq(e))?;
         let mut report = RetentionReport {
@@ -403,26 +578,84 @@ impl Writer {
     }
 }
 
-fn apply_one(
-    tx: &rusqlite::Transaction<'_>,
-    cmd: &Cmd,
-    delta: &mut i64,
-) -> rusqlite::Result<Outcome> {
-    match cmd {
-        Cmd::Append { rows, .. } => {
-            let mut ins = tx.prepare_cached(
-                "INSERT INTO events (id, topic, event_type, source, timestamp_us, published_us, \
-                 priority, correlation_id, codec, data, size_bytes) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?;
-            let mut ins_d = tx.prepare_cached(
-                "INSERT OR IGNORE INTO deliveries (seq, consumer) VALUES (?1, ?2)",
-            )?;
-            let mut seqs = Vec::with_capacity(rows.len());
-            for row in rows {
-                let e = &row.ev;
-                let size = row.size_bytes() as i64;
-                ins.execute(params![
+/// The rows written by one group transaction.
+struct Apply<'a> {
+    tx: &'a rusqlite::Transaction<'a>,
+    recent: &'a mut Recent,
+    /// Deliveries of the appended events, tracked in `recent` once the commit succeeded.
+    staged: Vec<(i64, Targets)>,
+    /// Change of the stored bytes.
+    delta: i64,
+}
+
+impl Apply<'_> {
+    fn one(&mut self, cmd: &Cmd) -> rusqlite::Result<Outcome> {
+        let tx = self.tx;
+        match cmd {
+            Cmd::Append { rows, .. } => {
+                let mut ins = tx.prepare_cached(
+                    "INSERT INTO events (id, topic, event_type, source, timestamp_us, published_us, \
+                     priority, correlation_id, codec, data, size_bytes, targets) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                )?;
+                let mut seqs = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let e = &row.ev;
+                    let size = row.size_bytes() as i64;
+                    // NOTE: an event with more targets than `Recent` tracks gets its
+                    // deliveries as rows now and no `targets` (nothing to rebuild).
+                    let tracked = row.targets.len() <= 64;
+                    let targets_json = if tracked {
+                        self.recent.targets_json(&row.targets)
+                    } else {
+                        None
+                    };
+                    ins.execute(params![
+                        e.id,
+                        e.topic,
+                        e.event_type,
+                        e.source,
+                        e.timestamp_us,
+                        e.published_us,
+                        e.priority,
+                        e.correlation_id,
+                        row.codec as i64,
+                        e.data_json,
+                        size,
+                        targets_json
+                    ])?;
+                    let seq = tx.last_insert_rowid();
+                    if tracked {
+                        self.staged.push((seq, row.targets.clone()));
+                    } else {
+                        let mut ins_d = tx.prepare_cached(
+                            "INSERT OR IGNORE INTO deliveries (seq, consumer) VALUES (?1, ?2)",
+                        )?;
+                        for t in row.targets.iter() {
+                            ins_d.execute(params![seq, t])?;
+                        }
+                    }
+                    self.delta += size;
+                    seqs.push(seq);
+                }
+                Ok(Outcome::Seqs(seqs))
+            }
+            Cmd::Ack { pairs } => {
+                for (key, consumer) in pairs {
+                    self.ack(key, consumer)?;
+                }
+                Ok(Outcome::Nothing)
+            }
+            Cmd::DeadLetter { dl, .. } => {
+                let e = &dl.row.ev;
+                tx.prepare_cached(
+                    "INSERT INTO dead_letters (event_seq, event_id, topic, event_type, source, \
+                     timestamp_us, published_us, priority, correlation_id, codec, data, consumer, \
+                     errors_json, attempts, failed_us) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                )?
+                .execute(params![
+                    (dl.event_seq > 0).then_some(dl.event_seq),
                     e.id,
                     e.topic,
                     e.event_type,
@@ -431,83 +664,91 @@ fn apply_one(
                     e.published_us,
                     e.priority,
                     e.correlation_id,
-                    row.codec as i64,
+                    dl.row.codec as i64,
                     e.data_json,
-                    size
+                    dl.consumer,
+                    dl.errors_json,
+                    dl.attempts,
+                    dl.failed_us
                 ])?;
-                let seq = tx.last_insert_rowid();
-                for t in &row.targets {
-                    ins_d.execute(params![seq, t])?;
-                }
-                *delta += size;
-                seqs.push(seq);
-            }
-            Ok(Outcome::Seqs(seqs))
-        }
-        Cmd::Ack { pairs } => {
-            let mut by_id = tx.prepare_cached(
-                "DELETE FROM deliveries WHERE consumer = ?2 AND seq IN (SELECT seq FROM events WHERE id = ?1)",
-            )?;
-            let mut by_seq =
-                tx.prepare_cached("DELETE FROM deliveries WHERE seq = ?1 AND consumer = ?2")?;
-            for (key, consumer) in pairs {
-                match key {
-                    AckKey::Id(id) => by_id.execute(params![id, consumer])?,
-                    AckKey::Seq(seq) => by_seq.execute(params![seq, consumer])?,
+                let id = tx.last_insert_rowid();
+                // The pending delivery moves to the dead-letter table: no redelivery at restart.
+                let key = if dl.event_seq > 0 {
+                    AckKey::Seq(dl.event_seq)
+                } else {
+                    AckKey::Id(e.id.clone())
                 };
+                self.ack(&key, &dl.consumer)?;
+                Ok(Outcome::Id(id))
             }
-            Ok(Outcome::Nothing)
-        }
-        Cmd::DeadLetter { dl, .. } => {
-            let e = &dl.row.ev;
-            tx.prepare_cached(
-                "INSERT INTO dead_letters (event_seq, event_id, topic, event_type, source, \
-                 timestamp_us, published_us, priority, correlation_id, codec, data, consumer, \
-                 errors_json, attempts, failed_us) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-            )?
-            .execute(params![
-                (dl.event_seq > 0).then_some(dl.event_seq),
-                e.id,
-                e.topic,
-                e.event_type,
-                e.source,
-                e.timestamp_us,
-                e.published_us,
-                e.priority,
-                e.correlation_id,
-                dl.row.codec as i64,
-                e.data_json,
-                dl.consumer,
-                dl.errors_json,
-                dl.attempts,
-                dl.failed_us
-            ])?;
-            let id = tx.last_insert_rowid();
-            // The pending delivery moves to the dead-letter table: no redelivery at restart.
-            if dl.event_seq > 0 {
-                tx.prepare_cached("DELETE FROM deliveries WHERE seq = ?1 AND consumer = ?2")?
-                    .execute(params![dl.event_seq, dl.consumer])?;
-            } else {
-                // NOTE: no index on ids (see schema.rs): this scans, but only for a dead
-                // letter whose stored row is unknown to the caller.
-                tx.prepare_cached(
-                    "DELETE FROM deliveries WHERE consumer = ?2 AND seq IN (SELECT seq FROM events WHERE id = ?1)",
-                )?
-                .execute(params![e.id, dl.consumer])?;
+            Cmd::RemoveDeadLetters { ids, .. } => {
+                let mut del = tx.prepare_cached("DELETE FROM dead_letters WHERE dl_id = ?1")?;
+                let mut n = 0;
+                for id in ids {
+                    n += del.execute([id])?;
+                }
+                Ok(Outcome::Count(n))
             }
-            Ok(Outcome::Id(id))
-        }
-        Cmd::RemoveDeadLetters { ids, .. } => {
-            let mut del = tx.prepare_cached("DELETE FROM dead_letters WHERE dl_id = ?1")?;
-            let mut n = 0;
-            for id in ids {
-                n += del.execute([id])?;
+            Cmd::Retention { .. } | Cmd::Flush { .. } | Cmd::Checkpoint { .. } | Cmd::Shutdown => {
+                Ok(Outcome::Nothing)
             }
-            Ok(Outcome::Count(n))
         }
-        Cmd::Retention { .. } | Cmd::Flush { .. } | Cmd::Shutdown => Ok(Outcome::Nothing),
     }
+
+    /// `consumer` is done with the event: in memory if it is recent, else its row goes.
+    fn ack(&mut self, key: &AckKey, consumer: &str) -> rusqlite::Result<()> {
+        match key {
+            AckKey::Seq(seq) => self.ack_seq(*seq, consumer),
+            AckKey::Id(id) => {
+                // NOTE: no index on ids (see schema.rs): this scans, but only for an ack
+                // whose stored row is unknown to the caller.
+                let seqs = self
+                    .tx
+                    .prepare_cached("SELECT seq FROM events WHERE id = ?1")?
+                    .query_map([id], |r| r.get(0))?
+                    .collect::<rusqlite::Result<Vec<i64>>>()?;
+                seqs.into_iter()
+                    .try_for_each(|seq| self.ack_seq(seq, consumer))
+            }
+        }
+    }
+
+    fn ack_seq(&mut self, seq: i64, consumer: &str) -> rusqlite::Result<()> {
+        if !self.recent.ack(seq, consumer) {
+            self.tx
+                .prepare_cached("DELETE FROM deliveries WHERE seq = ?1 AND consumer = ?2")?
+                .execute(params![seq, consumer])?;
+        }
+        Ok(())
+    }
+}
+
+/// At open: turn the targets of events above the `deliveries_through` mark (left in
+/// memory by a writer that did not close cleanly) into `deliveries` rows, and return the
+/// new mark (the last seq).
+fn restore_deliveries(conn: &Connection) -> rusqlite::Result<i64> {
+    let tx = conn.unchecked_transaction()?;
+    let through: i64 = tx.query_row(
+        "SELECT value FROM store_meta WHERE key = 'deliveries_through'",
+        [],
+        |r| r.get(0),
+    )?;
+    let last: i64 = tx.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?;
+    if last > through {
+        tx.execute(
+            "INSERT OR IGNORE INTO deliveries (seq, consumer) \
+             SELECT e.seq, j.value FROM events e, json_each(e.targets) j \
+             WHERE e.seq > ?1 AND e.targets IS NOT NULL",
+            [through],
+        )?;
+    }
+    let mark = last.max(through);
+    tx.execute(
+        "UPDATE store_meta SET value = ?1 WHERE key = 'deliveries_through'",
+        [mark],
+    )?;
+    tx.commit()?;
+    Ok(mark)
 }
 
 /// Call a reply, keeping the writer alive if the caller's callback panics.
@@ -568,7 +809,7 @@ fn deliver(shared: &Shared, cmds: Vec<Cmd>, results: Vec<Result<Outcome>>) {
                     shared.record_async_error(e);
                 }
             }
-            Cmd::Retention { .. } | Cmd::Flush { .. } | Cmd::Shutdown => {}
+            Cmd::Retention { .. } | Cmd::Flush { .. } | Cmd::Checkpoint { .. } | Cmd::Shutdown => {}
         }
     }
 }
