@@ -658,7 +658,11 @@ impl EventId {
                 .to_cow()
                 .map(|c| c.into_owned())
                 .unwrap_or_default(),
-            EventId::Fresh(u, _) => u.hyphenated().to_string(),
+            EventId::Fresh(u, _) => {
+                // NOTE: encode_lower into a buffer skips the fmt machinery of to_string().
+                let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+                u.hyphenated().encode_lower(&mut buf).to_owned()
+            }
         }
     }
 

@@ -99,11 +99,12 @@ pub fn to_json(obj: &Bound<'_, PyAny>, depth: usize) -> Result<Value, String> {
 /// Recently seen field texts, so consecutive events share one allocation.
 #[derive(Default)]
 pub struct ViewMemo {
-    type_: Option<Arc<str>>,
-    source: Option<Arc<str>>,
+    pub(crate) type_: Option<Arc<str>>,
+    pub(crate) source: Option<Arc<str>>,
 }
 
-fn interned(slot: &mut Option<Arc<str>>, text: &str) -> Arc<str> {
+/// `text` as an `Arc<str>`, shared with the previous call's when it is the same text.
+pub(crate) fn interned(slot: &mut Option<Arc<str>>, text: &str) -> Arc<str> {
     match slot {
         Some(s) if **s == *text => s.clone(),
         _ => {

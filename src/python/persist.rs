@@ -29,7 +29,7 @@ use super::bus::Ready;
 use super::errors::PersistenceError;
 use super::event::{Event, EventRef};
 use super::executor::Inbox;
-use super::native::build_view;
+use super::native::{build_view, interned, ViewMemo};
 use super::{log_error, runtime};
 use crate::dispatch::{Engine, Lane, Rejected, Route};
 use crate::storage::{AckKey, Durability, StorageError, Store, StoreOptions, StoredEvent, Targets};
@@ -83,21 +83,16 @@ pub struct PersistOptions {
 /// from itself.
 pub struct Acks {
     store: Weak<Store>,
-    buf: Mutex<Vec<(AckKey, String)>>,
+    buf: Mutex<Vec<(AckKey, Arc<str>)>>,
     sent: AtomicU64,
 }
 
 impl Acks {
-    /// Records that `consumer` handled event `id`.
-    pub fn ack(&self, id: &str, consumer: &str) {
-        self.ack_key(AckKey::Id(id.to_owned()), consumer);
-    }
-
     /// Records that `consumer` handled the event stored as `key`.
-    pub fn ack_key(&self, key: AckKey, consumer: &str) {
+    pub fn ack_key(&self, key: AckKey, consumer: &Arc<str>) {
         let full = {
             let mut b = self.buf.lock();
-            b.push((key, consumer.to_owned()));
+            b.push((key, consumer.clone()));
             b.len() >= ACK_BATCH
         };
         if full {
@@ -120,20 +115,17 @@ impl Acks {
     }
 }
 
-/// An event's handle on the acknowledgements (the engine's `EventRef` keeps no id
-/// of its own).
+/// An event's handle on the acknowledgements.
 pub struct Durable {
     acks: Arc<Acks>,
-    id: Box<str>,
     /// The store's sequence number once the event is stored (0 before).
     seq: std::sync::atomic::AtomicI64,
 }
 
 impl Durable {
-    fn new(acks: &Arc<Acks>, id: &str) -> Arc<Durable> {
+    fn new(acks: &Arc<Acks>) -> Arc<Durable> {
         Arc::new(Durable {
             acks: acks.clone(),
-            id: id.into(),
             seq: std::sync::atomic::AtomicI64::new(0),
         })
     }
@@ -144,11 +136,11 @@ impl Durable {
     }
 
     /// `consumer` is done with the event.
-    pub fn ack(&self, consumer: &str) {
-        // NOTE: by sequence number when known: a primary-key delete instead of a
-        // lookup through the index on the (random) event ids.
+    pub fn ack(&self, consumer: &Arc<str>) {
+        // NOTE: an event is dispatched only once stored (`stored_as` comes first), so
+        // the seq is known; 0 would mean nothing stored, so nothing to acknowledge.
         match self.seq.load(Ordering::Acquire) {
-            0 => self.acks.ack(&self.id, consumer),
+            0 => {}
             seq => self.acks.ack_key(AckKey::Seq(seq), consumer),
         }
     }
@@ -201,6 +193,8 @@ pub struct Persist {
     // NOTE: weak, so that a route dropped from the engine's cache (after an unsubscribe)
     // does not keep its lanes alive; the pointer cannot be reused while this is held.
     last_targets: Mutex<Option<(Weak<Route<EventRef>>, Targets)>>,
+    /// The last event type and source stored, shared by the next events that have them.
+    names: Mutex<ViewMemo>,
     closing: AtomicBool,
     /// Redeliveries started at `start()` and not finished (join() waits for them).
     pub redelivering: AtomicUsize,
@@ -257,6 +251,7 @@ impl Persist {
                 inbox,
             }),
             last_targets: Mutex::new(None),
+            names: Mutex::new(ViewMemo::default()),
             closing: AtomicBool::new(false),
             redelivering: AtomicUsize::new(0),
             redelivered: AtomicU64::new(0),
@@ -319,9 +314,9 @@ impl Persist {
         route: Arc<Route<EventRef>>,
         done: Done,
     ) -> PyResult<Result<(), String>> {
-        let stored = stored_event(py, &eref)?;
+        let stored = stored_event(py, &eref, &self.names)?;
         let targets = self.targets(&route);
-        let durable = Durable::new(&self.acks, &stored.id);
+        let durable = Durable::new(&self.acks);
         eref.durable = Some(durable.clone());
         let id = stored.id.clone();
         let engine = engine.clone();
@@ -423,7 +418,7 @@ impl Persist {
         errors: Vec<String>,
         attempts: u32,
     ) {
-        let stored = match stored_event(py, eref) {
+        let stored = match stored_event(py, eref, &self.names) {
             Ok(s) => s,
             Err(e) => return e.print(py),
         };
@@ -504,7 +499,7 @@ impl Persist {
             let (mut eref, ()) = EventRef::accept(py, obj, Utc::now(), |topic| {
                 crate::topic::validate_topic(topic).map(|()| (Arc::from(topic), ()))
             })?;
-            let durable = Durable::new(&self.acks, &ev.id);
+            let durable = Durable::new(&self.acks);
             durable.stored_as(ev.seq);
             eref.durable = Some(durable);
             if batch.replay {
@@ -627,31 +622,42 @@ impl StoredBatch {
 }
 
 /// The store's copy of an accepted event.
-pub fn stored_event(py: Python<'_>, eref: &EventRef) -> PyResult<StoredEvent> {
-    // NOTE: a payload packed at publish already is JSON text: store it as is rather
-    // than parsing it into a Value and serializing that again.
-    let packed = match &eref.event.borrow(py).data {
-        super::event::Payload::Packed(json, _) => Some(json.as_bytes().to_vec()),
-        super::event::Payload::Object(_) => None,
-    };
-    let view = match &eref.view {
-        Some(v) if packed.is_some() || v.data.is_some() => v.clone(),
-        _ => Arc::new(build_view(py, eref, packed.is_none())?),
-    };
-    let data = match (packed, &view.data) {
-        (Some(bytes), _) => bytes,
-        (None, Some(d)) => {
-            serde_json::to_vec(d).map_err(|e| super::errors::event_error(e.to_string()))?
+pub fn stored_event(
+    py: Python<'_>,
+    eref: &EventRef,
+    names: &Mutex<ViewMemo>,
+) -> PyResult<StoredEvent> {
+    let e = eref.event.borrow(py);
+    let data = match &e.data {
+        // NOTE: a payload packed at publish already is JSON text: store it as is rather
+        // than parsing it into a Value and serializing that again.
+        super::event::Payload::Packed(json, _) => json.as_bytes().to_vec(),
+        super::event::Payload::Object(_) => {
+            let view = match &eref.view {
+                Some(v) if v.data.is_some() => v.clone(),
+                _ => Arc::new(build_view(py, eref, true)?),
+            };
+            match &view.data {
+                Some(d) => serde_json::to_vec(d)
+                    .map_err(|err| super::errors::event_error(err.to_string()))?,
+                None => {
+                    return Err(super::errors::event_error(format!(
+                        "event {} cannot be stored: {}",
+                        e.id.text(py),
+                        view.data_error
+                            .as_deref()
+                            .unwrap_or("payload not convertible to JSON")
+                    )))
+                }
+            }
         }
-        (None, None) => {
-            return Err(super::errors::event_error(format!(
-                "event {} cannot be stored: {}",
-                eref.id(py),
-                view.data_error
-                    .as_deref()
-                    .unwrap_or("payload not convertible to JSON")
-            )))
-        }
+    };
+    let (event_type, source) = {
+        let mut memo = names.lock();
+        (
+            interned(&mut memo.type_, &e.type_.bind(py).to_cow()?),
+            interned(&mut memo.source, &e.source.bind(py).to_cow()?),
+        )
     };
     Ok(StoredEvent {
         // NOTE: known once the store has answered; lets a dead letter find its
@@ -660,14 +666,17 @@ pub fn stored_event(py: Python<'_>, eref: &EventRef) -> PyResult<StoredEvent> {
             .durable
             .as_ref()
             .map_or(0, |d| d.seq.load(Ordering::Acquire)),
-        id: eref.id(py),
-        topic: eref.topic.to_string(),
-        event_type: view.event_type.to_string(),
-        source: view.source.to_string(),
-        timestamp_us: view.timestamp.timestamp_micros(),
+        id: e.id.text(py),
+        topic: eref.topic.clone(),
+        event_type,
+        source,
+        timestamp_us: e.timestamp.to_utc(py).timestamp_micros(),
         published_us: Utc::now().timestamp_micros(),
-        priority: view.priority,
-        correlation_id: view.correlation_id.clone(),
+        priority: e.priority,
+        correlation_id: match &e.correlation_id {
+            Some(c) => Some(c.bind(py).to_cow()?.into_owned()),
+            None => None,
+        },
         data_json: data,
     })
 }
@@ -678,13 +687,13 @@ pub fn py_event(py: Python<'_>, ev: &StoredEvent) -> PyResult<Py<Event>> {
     let data = loads.call1((PyBytes::new(py, &ev.data_json),))?;
     let kw = PyDict::new(py);
     kw.set_item("id", &ev.id)?;
-    kw.set_item("topic", &ev.topic)?;
-    kw.set_item("type", &ev.event_type)?;
+    kw.set_item("topic", &*ev.topic)?;
+    kw.set_item("type", &*ev.event_type)?;
     kw.set_item(
         "timestamp",
         DateTime::<Utc>::from_timestamp_micros(ev.timestamp_us).unwrap_or_else(Utc::now),
     )?;
-    kw.set_item("source", &ev.source)?;
+    kw.set_item("source", &*ev.source)?;
     kw.set_item("data", data)?;
     kw.set_item("correlation_id", &ev.correlation_id)?;
     kw.set_item("priority", ev.priority)?;

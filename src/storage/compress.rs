@@ -24,14 +24,14 @@ impl Codec {
 
 /// Encode `data` for storage: compressed if it is above `threshold` bytes and
 /// compression saves space, raw otherwise.
-pub fn encode(data: &[u8], threshold: usize) -> (Codec, Vec<u8>) {
+pub fn encode(data: Vec<u8>, threshold: usize) -> (Codec, Vec<u8>) {
     if data.len() > threshold {
-        let packed = lz4_flex::compress_prepend_size(data);
+        let packed = lz4_flex::compress_prepend_size(&data);
         if packed.len() < data.len() {
             return (Codec::Lz4, packed);
         }
     }
-    (Codec::None, data.to_vec())
+    (Codec::None, data)
 }
 
 /// Decode a stored payload back to the raw JSON bytes.
@@ -48,7 +48,7 @@ mod tests {
 
     #[test]
     fn small_payload_stays_raw() {
-        let (c, b) = encode(b"{\"a\":1}", 4096);
+        let (c, b) = encode(b"{\"a\":1}".to_vec(), 4096);
         assert_eq!(c, Codec::None);
         assert_eq!(b, b"{\"a\":1}");
     }
@@ -56,7 +56,7 @@ mod tests {
     #[test]
     fn large_payload_round_trips_compressed() {
         let data = format!("{{\"text\":\"{}\"}}", "abc".repeat(5000)).into_bytes();
-        let (c, b) = encode(&data, 4096);
+        let (c, b) = encode(data.clone(), 4096);
         assert_eq!(c, Codec::Lz4);
         assert!(b.len() < data.len());
         assert_eq!(decode(c, b).unwrap(), data);
@@ -66,7 +66,7 @@ mod tests {
     fn incompressible_payload_stays_raw() {
         let mut rng = fastrand::Rng::with_seed(7);
         let data: Vec<u8> = (0..10_000).map(|_| rng.u8(..)).collect();
-        let (c, _) = encode(&data, 16);
+        let (c, _) = encode(data.clone(), 16);
         assert_eq!(c, Codec::None);
     }
 }

@@ -107,11 +107,13 @@ pub struct StoredEvent {
     /// The event's id (kept as given, so consumers can de-duplicate redeliveries).
     pub id: String,
     /// Topic, e.g. `hook.tool.use`.
-    pub topic: String,
+    // NOTE: Arc<str> for the three names: events of one route or producer share them
+    // instead of allocating copies per event on the publishing thread.
+    pub topic: Arc<str>,
     /// Event type.
-    pub event_type: String,
+    pub event_type: Arc<str>,
     /// Producer name.
-    pub source: String,
+    pub source: Arc<str>,
     /// Event time, unix microseconds UTC (what replay windows and retention use).
     pub timestamp_us: i64,
     /// When the bus accepted it, unix microseconds UTC.
@@ -296,7 +298,8 @@ impl Store {
         }
         // NOTE: compression runs on the publisher's thread, not the writer's, so that
         // it is spread over the publishers instead of serialising behind the writer.
-        let (codec, stored) = compress::encode(&ev.data_json, self.compress_threshold);
+        let (codec, stored) =
+            compress::encode(std::mem::take(&mut ev.data_json), self.compress_threshold);
         ev.data_json = stored;
         ev.seq = 0;
         Ok(Row {
@@ -385,7 +388,7 @@ impl Store {
     /// commit and not waited for: a lost ack means one redelivery after a restart.
     pub fn ack(&self, event_id: &str, consumer: &str) -> Result<()> {
         self.send(Cmd::Ack {
-            pairs: vec![(AckKey::Id(event_id.to_string()), consumer.to_string())],
+            pairs: vec![(AckKey::Id(event_id.to_string()), consumer.into())],
         })
     }
 
@@ -394,13 +397,13 @@ impl Store {
         self.ack_keys(
             pairs
                 .into_iter()
-                .map(|(id, c)| (AckKey::Id(id), c))
+                .map(|(id, c)| (AckKey::Id(id), c.into()))
                 .collect(),
         )
     }
 
     /// Several acks at once, each by event id or by sequence number.
-    pub fn ack_keys(&self, pairs: Vec<(AckKey, String)>) -> Result<()> {
+    pub fn ack_keys(&self, pairs: Vec<(AckKey, Arc<str>)>) -> Result<()> {
         if pairs.is_empty() {
             return Ok(());
         }
@@ -677,9 +680,9 @@ impl Store {
         Ok(StoredEvent {
             seq,
             id: r.get(1).map_err(sq)?,
-            topic: r.get(2).map_err(sq)?,
-            event_type: r.get(3).map_err(sq)?,
-            source: r.get(4).map_err(sq)?,
+            topic: r.get::<_, String>(2).map_err(sq)?.into(),
+            event_type: r.get::<_, String>(3).map_err(sq)?.into(),
+            source: r.get::<_, String>(4).map_err(sq)?.into(),
             timestamp_us: r.get(5).map_err(sq)?,
             published_us: r.get(6).map_err(sq)?,
             priority: r.get(7).map_err(sq)?,

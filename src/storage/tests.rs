@@ -16,9 +16,9 @@ fn ev(id: &str, topic: &str, ts: i64) -> StoredEvent {
     StoredEvent {
         seq: 0,
         id: id.to_string(),
-        topic: topic.to_string(),
-        event_type: "test".to_string(),
-        source: "unit".to_string(),
+        topic: topic.into(),
+        event_type: "test".into(),
+        source: "unit".into(),
         timestamp_us: ts,
         published_us: ts + 1,
         priority: 2,

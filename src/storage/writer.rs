@@ -83,7 +83,7 @@ pub(crate) enum Cmd {
         reply: Option<Reply<Vec<i64>>>,
     },
     Ack {
-        pairs: Vec<(AckKey, String)>,
+        pairs: Vec<(AckKey, Arc<str>)>,
     },
     DeadLetter {
         dl: Box<DeadLetterCmd>,
@@ -612,9 +612,9 @@ impl Apply<'_> {
                     };
                     ins.execute(params![
                         e.id,
-                        e.topic,
-                        e.event_type,
-                        e.source,
+                        &*e.topic,
+                        &*e.event_type,
+                        &*e.source,
                         e.timestamp_us,
                         e.published_us,
                         e.priority,
