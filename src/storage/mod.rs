@@ -33,9 +33,9 @@ use rusqlite::Connection;
 
 pub use compress::Codec;
 pub use error::{Result, StorageError};
-pub use writer::{AckKey, Targets};
+pub use writer::{AckKey, AppendSource, Reply, Row, Targets};
 
-use writer::{Cmd, DeadLetterCmd, Reply, Row, Writer, WriterConfig};
+use writer::{Cmd, DeadLetterCmd, Writer, WriterConfig};
 
 /// How many commands may wait for the writer before publishers block (back-pressure
 /// instead of unbounded memory when the disk is slower than the publishers).
@@ -289,7 +289,9 @@ impl Store {
         rrx.recv().unwrap_or(Err(StorageError::Closed))
     }
 
-    fn encode(&self, mut ev: StoredEvent, targets: impl Into<Targets>) -> Result<Row> {
+    /// Check and encode (compress) an event for [`Store::append_from`], on the caller's
+    /// thread.
+    pub fn prepare(&self, mut ev: StoredEvent, targets: impl Into<Targets>) -> Result<Row> {
         if !(1..=4).contains(&ev.priority) {
             return Err(StorageError::InvalidEvent(format!(
                 "priority {} of event {} is not in 1..=4",
@@ -315,7 +317,7 @@ impl Store {
     /// committed (not yet fsynced). Errors ([`StorageError::Full`], ...) mean it was not
     /// stored; nothing stored before is affected.
     pub fn append(&self, ev: StoredEvent, targets: impl Into<Targets>) -> Result<i64> {
-        let row = self.encode(ev, targets)?;
+        let row = self.prepare(ev, targets)?;
         let seqs = self.call(|reply| Cmd::Append {
             rows: vec![row],
             reply: Some(reply),
@@ -327,7 +329,7 @@ impl Store {
     pub fn append_batch(&self, evs: Vec<(StoredEvent, Vec<String>)>) -> Result<Vec<i64>> {
         let rows = evs
             .into_iter()
-            .map(|(e, t)| self.encode(e, t))
+            .map(|(e, t)| self.prepare(e, t))
             .collect::<Result<Vec<_>>>()?;
         if rows.is_empty() {
             return Ok(Vec::new());
@@ -345,7 +347,7 @@ impl Store {
     /// NOTE: blocks only if 65,536 commands are already queued (back-pressure when the
     /// disk cannot keep up); the same holds for every write method.
     pub fn append_async(&self, ev: StoredEvent, targets: impl Into<Targets>) -> Result<()> {
-        let row = self.encode(ev, targets)?;
+        let row = self.prepare(ev, targets)?;
         self.send(Cmd::Append {
             rows: vec![row],
             reply: None,
@@ -361,13 +363,19 @@ impl Store {
         targets: impl Into<Targets>,
         done: impl FnOnce(Result<i64>) + Send + 'static,
     ) -> Result<()> {
-        let row = self.encode(ev, targets)?;
+        let row = self.prepare(ev, targets)?;
         self.send(Cmd::Append {
             rows: vec![row],
             reply: Some(Box::new(move |r: Result<Vec<i64>>| {
                 done(r.and_then(|s| s.first().copied().ok_or(StorageError::Closed)))
             })),
         })
+    }
+
+    /// Have the writer take the rows queued in `source` at its next round (see
+    /// [`AppendSource`]): one command for however many rows are queued by then.
+    pub fn append_from(&self, source: Arc<dyn AppendSource>) -> Result<()> {
+        self.send(Cmd::AppendFrom(source))
     }
 
     /// Like [`Store::append_with`], returning a receiver to `.await` (from async code) for
@@ -532,7 +540,7 @@ impl Store {
         attempts: u32,
     ) -> Result<i64> {
         let event_seq = event.seq;
-        let mut row = self.encode(event.clone(), Vec::new())?;
+        let mut row = self.prepare(event.clone(), Vec::new())?;
         row.ev.seq = event_seq;
         let errors_json =
             serde_json::to_string(errors).map_err(|e| StorageError::InvalidEvent(e.to_string()))?;

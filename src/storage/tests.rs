@@ -922,3 +922,53 @@ fn version_1_store_is_migrated_with_its_pending_deliveries() {
         .unwrap();
     assert_eq!(v, 2);
 }
+
+/// A queue of rows the writer takes in batches, as the bus uses it.
+struct TestSource {
+    rows: parking_lot::Mutex<Vec<Row>>,
+    seqs: Arc<parking_lot::Mutex<Vec<i64>>>,
+    takes: std::sync::atomic::AtomicUsize,
+}
+
+impl AppendSource for TestSource {
+    fn take(&self) -> Option<(Vec<Row>, Reply<Vec<i64>>)> {
+        let rows = std::mem::take(&mut *self.rows.lock());
+        if rows.is_empty() {
+            return None;
+        }
+        self.takes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let seqs = self.seqs.clone();
+        Some((rows, Box::new(move |r| seqs.lock().extend(r.unwrap()))))
+    }
+}
+
+#[test]
+fn append_from_takes_everything_queued_in_one_go() {
+    let dir = tmp();
+    let store = Store::open(StoreOptions::new(dir.path().join("e.db"))).unwrap();
+    let src = Arc::new(TestSource {
+        rows: parking_lot::Mutex::new(Vec::new()),
+        seqs: Arc::new(parking_lot::Mutex::new(Vec::new())),
+        takes: 0.into(),
+    });
+    for i in 0..100 {
+        let row = store
+            .prepare(ev(&format!("e{i}"), "t", i), names(&["A"]))
+            .unwrap();
+        src.rows.lock().push(row);
+    }
+    // One command for all of them; a second one finds nothing left.
+    store.append_from(src.clone()).unwrap();
+    store.append_from(src.clone()).unwrap();
+    store.flush().unwrap();
+    assert_eq!(src.takes.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let seqs = src.seqs.lock().clone();
+    assert_eq!(seqs.len(), 100);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    let got = all(&store);
+    assert_eq!(got.len(), 100);
+    assert_eq!(got[7].id, "e7");
+    assert_eq!(got[7].seq, seqs[7]);
+    assert_eq!(pending_ids(&store, &["A"]).len(), 100);
+}

@@ -18,6 +18,18 @@ use super::{now_us, Durability, RetentionReport, Shared, StoredEvent};
 /// one huge burst does not delay every waiter behind one giant commit.
 const MAX_BATCH_EVENTS: usize = 16_384;
 
+/// In Async mode, how long the writer waits for more events before committing a round
+/// that has fewer than [`LINGER_BELOW_EVENTS`].
+///
+/// NOTE: every commit rewrites the pages at the growing end of the table and its index
+/// into the WAL, and every round wakes the consumers once; rounds of a few events made
+/// both a large share of the cost per event. The price is at most this much latency
+/// before an event is dispatched (the publisher does not wait in Async mode).
+const ASYNC_LINGER: Duration = Duration::from_micros(500);
+
+/// Rounds with at least this many events are committed without lingering.
+const LINGER_BELOW_EVENTS: usize = 1024;
+
 /// Longest time the deliveries of new events stay in memory only (see [`Recent`]): after
 /// a crash, events acknowledged within this window are delivered again.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
@@ -32,10 +44,11 @@ pub type Targets = Arc<[String]>;
 
 /// Completion callback of a command. Runs on the writer thread, so it must be quick
 /// (send on a channel, wake a future).
-pub(crate) type Reply<T> = Box<dyn FnOnce(Result<T>) + Send>;
+pub type Reply<T> = Box<dyn FnOnce(Result<T>) + Send>;
 
-/// An event ready to be inserted: payload already encoded by the caller's thread.
-pub(crate) struct Row {
+/// An event ready to be inserted: payload already encoded by the caller's thread
+/// (made by [`super::Store::prepare`]).
+pub struct Row {
     /// The event; `data_json` holds the *stored* bytes (compressed if `codec` says so).
     pub ev: StoredEvent,
     pub codec: Codec,
@@ -77,11 +90,22 @@ pub enum AckKey {
     Seq(i64),
 }
 
+/// A queue of rows the writer takes from when it is told to (see
+/// [`super::Store::append_from`]): publishers push to it, and only the push that finds
+/// it empty sends the writer a command, so the writer takes many rows per command.
+pub trait AppendSource: Send + Sync {
+    /// Everything queued now, and the callback for their seqs (in order) or the error;
+    /// `None` if nothing is queued.
+    fn take(&self) -> Option<(Vec<Row>, Reply<Vec<i64>>)>;
+}
+
 pub(crate) enum Cmd {
     Append {
         rows: Vec<Row>,
         reply: Option<Reply<Vec<i64>>>,
     },
+    /// Take the rows queued in a source and append them as one `Append`.
+    AppendFrom(Arc<dyn AppendSource>),
     Ack {
         pairs: Vec<(AckKey, Arc<str>)>,
     },
@@ -290,6 +314,10 @@ impl Writer {
         };
         let mut next_flush = flush_every.map(|d| Instant::now() + d);
         let mut next_checkpoint = Instant::now() + CHECKPOINT_EVERY;
+        let linger = match self.cfg.durability {
+            Durability::Async { .. } => Some(ASYNC_LINGER),
+            Durability::Sync => None,
+        };
         let mut next_retention = retention_every.map(|d| Instant::now() + d);
         let mut batch: Vec<Cmd> = Vec::new();
         let mut shutting_down = false;
@@ -321,6 +349,7 @@ impl Writer {
                 // Group commit: take everything already queued (up to a bound).
                 let mut events = 0usize;
                 let mut next = Some(first);
+                let mut linger_until = linger.map(|d| Instant::now() + d);
                 while let Some(c) = next.take() {
                     match c {
                         Cmd::Shutdown => shutting_down = true,
@@ -328,10 +357,31 @@ impl Writer {
                             events += rows.len();
                             batch.push(c)
                         }
+                        Cmd::AppendFrom(source) => {
+                            if let Some((rows, reply)) = source.take() {
+                                events += rows.len();
+                                batch.push(Cmd::Append {
+                                    rows,
+                                    reply: Some(reply),
+                                });
+                            }
+                        }
+                        // Someone waits for this one: answer without lingering.
+                        Cmd::Flush { .. } | Cmd::Checkpoint { .. } | Cmd::Retention { .. } => {
+                            linger_until = None;
+                            batch.push(c)
+                        }
                         other => batch.push(other),
                     }
                     if !shutting_down && events < MAX_BATCH_EVENTS {
                         next = rx.try_recv().ok();
+                        if let (None, Some(until)) = (&next, linger_until) {
+                            if events < LINGER_BELOW_EVENTS {
+                                next = rx
+                                    .recv_timeout(until.saturating_duration_since(Instant::now()))
+                                    .ok();
+                            }
+                        }
                     }
                 }
                 // NOTE: drained, not taken: `batch` keeps its capacity (up to
@@ -393,7 +443,8 @@ impl Writer {
                 Cmd::Retention { .. } | Cmd::Flush { .. } | Cmd::Checkpoint { .. } => {
                     controls.push(c)
                 }
-                Cmd::Shutdown => {}
+                // Turned into `Append` when it was received.
+                Cmd::AppendFrom(_) | Cmd::Shutdown => {}
             }
         }
         if !writes.is_empty() {
@@ -452,17 +503,20 @@ impl Writer {
         let sq = |e| StorageError::from_sqlite(path, e);
         let tx = self.conn.unchecked_transaction().map_err(sq)?;
         let mut outcomes = Vec::with_capacity(cmds.len());
-        let mut apply = Apply {
-            tx: &tx,
-            recent: &mut self.recent,
-            staged: Vec::with_capacity(cmds.len()),
-            delta: 0,
+        let (staged, delta) = {
+            let mut apply = Apply {
+                tx: &tx,
+                recent: &mut self.recent,
+                staged: Vec::with_capacity(cmds.len()),
+                delta: 0,
+                insert: None,
+            };
+            for c in cmds {
+                let o = apply.one(c).map_err(sq)?;
+                outcomes.push(o);
+            }
+            (apply.staged, apply.delta)
         };
-        for c in cmds {
-            let o = apply.one(c).map_err(sq)?;
-            outcomes.push(o);
-        }
-        let Apply { staged, delta, .. } = apply;
         // NOTE: in Sync mode (synchronous=FULL) this commit is the one fsync shared by
         // every publisher in the batch. Dropping `tx` on the error paths rolls back.
         tx.commit().map_err(sq)?;
@@ -477,23 +531,20 @@ impl Writer {
     /// Make everything committed so far durable (Async mode; Sync-mode commits already are).
     fn sync_now(&mut self) -> Result<()> {
         if let Durability::Async { .. } = self.cfg.durability {
-            // NOTE: with synchronous=NORMAL a WAL commit is not fsynced; a checkpoint first
-            // fsyncs the WAL, then copies it into the database file and fsyncs that. If a
-            // reader keeps the checkpoint from covering the whole WAL, fsync the WAL file
-            // directly so the "durable within flush_interval" promise still holds.
-            let (busy, log, done): (i64, i64, i64) = self
-                .conn
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })
-                .map_err(|e| self.sq(e))?;
-            if busy != 0 || done < log {
-                let mut wal = self.cfg.path.clone().into_os_string();
-                wal.push("-wal");
-                let wal = PathBuf::from(wal);
-                if let Ok(f) = std::fs::File::open(&wal) {
-                    f.sync_data().map_err(|e| StorageError::io(&wal, e))?;
-                }
+            // NOTE: committed transactions are in the WAL; fsyncing it makes them durable
+            // (what synchronous=FULL does at every commit). A checkpoint here instead
+            // (as before) copied the hot pages of the tables into the database file every
+            // flush interval, a tenth of the writer's time; SQLite's automatic
+            // checkpoints (every 1000 WAL pages) copy them often enough.
+            let mut wal = self.cfg.path.clone().into_os_string();
+            wal.push("-wal");
+            let wal = PathBuf::from(wal);
+            match std::fs::File::open(&wal) {
+                Ok(f) => f.sync_data().map_err(|e| StorageError::io(&wal, e))?,
+                // No WAL file: everything was checkpointed into the database (and
+                // fsynced by that checkpoint).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StorageError::io(&wal, e)),
             }
         }
         self.dirty = false;
@@ -586,18 +637,23 @@ struct Apply<'a> {
     staged: Vec<(i64, Targets)>,
     /// Change of the stored bytes.
     delta: i64,
+    /// The event insert, prepared once per transaction (most appends are of one event).
+    insert: Option<rusqlite::CachedStatement<'a>>,
 }
 
-impl Apply<'_> {
+impl<'a> Apply<'a> {
     fn one(&mut self, cmd: &Cmd) -> rusqlite::Result<Outcome> {
         let tx = self.tx;
         match cmd {
             Cmd::Append { rows, .. } => {
-                let mut ins = tx.prepare_cached(
-                    "INSERT INTO events (id, topic, event_type, source, timestamp_us, published_us, \
-                     priority, correlation_id, codec, data, size_bytes, targets) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                )?;
+                let ins = match &mut self.insert {
+                    Some(ins) => ins,
+                    empty => empty.insert(tx.prepare_cached(
+                        "INSERT INTO events (id, topic, event_type, source, timestamp_us, \
+                         published_us, priority, correlation_id, codec, data, size_bytes, targets) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                    )?),
+                };
                 let mut seqs = Vec::with_capacity(rows.len());
                 for row in rows {
                     let e = &row.ev;
@@ -689,9 +745,11 @@ impl Apply<'_> {
                 }
                 Ok(Outcome::Count(n))
             }
-            Cmd::Retention { .. } | Cmd::Flush { .. } | Cmd::Checkpoint { .. } | Cmd::Shutdown => {
-                Ok(Outcome::Nothing)
-            }
+            Cmd::Retention { .. }
+            | Cmd::Flush { .. }
+            | Cmd::Checkpoint { .. }
+            | Cmd::AppendFrom(_)
+            | Cmd::Shutdown => Ok(Outcome::Nothing),
         }
     }
 
@@ -809,7 +867,11 @@ fn deliver(shared: &Shared, cmds: Vec<Cmd>, results: Vec<Result<Outcome>>) {
                     shared.record_async_error(e);
                 }
             }
-            Cmd::Retention { .. } | Cmd::Flush { .. } | Cmd::Checkpoint { .. } | Cmd::Shutdown => {}
+            Cmd::Retention { .. }
+            | Cmd::Flush { .. }
+            | Cmd::Checkpoint { .. }
+            | Cmd::AppendFrom(_)
+            | Cmd::Shutdown => {}
         }
     }
 }
