@@ -1052,7 +1052,7 @@ pub fn pack_payload(py: Python<'_>, event: &Py<Event>) {
     if let Ok(mut e) = event.try_borrow_mut(py) {
         if let Payload::Object(o) = &e.data {
             if let Some(json) = super::native::pack_json(o.bind(py)) {
-                e.data = Payload::Packed(json.into_boxed_str(), PyOnceLock::new());
+                e.data = Payload::Packed(json, PyOnceLock::new());
             }
         }
     }

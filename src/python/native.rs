@@ -123,9 +123,30 @@ const PACK_MAX_BYTES: usize = 64 * 1024;
 /// lists, str, int (64-bit), finite float, bool and None, so that unpacking gives
 /// back equal values of the same types; None otherwise (the payload then stays
 /// the caller's object).
-pub fn pack_json(obj: &Bound<'_, PyAny>) -> Option<String> {
-    let mut out = String::with_capacity(128);
-    pack_into(obj, 0, &mut out).then_some(out)
+pub fn pack_json(obj: &Bound<'_, PyAny>) -> Option<Box<str>> {
+    thread_local! {
+        static BUF: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(256));
+    }
+    // NOTE: the text is written into a reused buffer and then copied into an
+    // allocation of its exact size, because it lives as long as the event waits in
+    // lanes: mimalloc's realloc keeps a block in place when it shrinks to half its
+    // size or more, so `into_boxed_str()` on a 128-byte String holding a 70-byte
+    // payload kept all 128 bytes (48 B per queued event).
+    BUF.with(|buf| match buf.try_borrow_mut() {
+        Ok(mut out) => {
+            out.clear();
+            let ok = pack_into(obj, 0, &mut out);
+            let packed = ok.then(|| Box::from(out.as_str()));
+            if out.capacity() > 4 * 1024 {
+                *out = String::with_capacity(256);
+            }
+            packed
+        }
+        Err(_) => {
+            let mut out = String::new();
+            pack_into(obj, 0, &mut out).then(|| out.into_boxed_str())
+        }
+    })
 }
 
 fn pack_into(obj: &Bound<'_, PyAny>, depth: usize, out: &mut String) -> bool {
