@@ -452,7 +452,7 @@ fn read_metadata(obj: &Bound<'_, PyAny>) -> PyResult<MetaCell> {
     Ok(m.cell)
 }
 
-fn type_name(obj: &Bound<'_, PyAny>) -> String {
+pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
     obj.get_type()
         .name()
         .map(|n| n.to_string())
@@ -1033,14 +1033,59 @@ pub struct EventRef {
     pub topic: Arc<str>,
     /// 1..=4.
     pub priority: u8,
-    /// The Python object consumers receive.
-    pub event: Py<Event>,
+    /// The Python object, or the fields it will be made from.
+    body: Body,
     /// Its metadata, updated by the engine without the GIL.
     pub meta: MetaCell,
     /// Fields copied for Rust consumers, when one is on the event's route.
     pub view: Option<Arc<crate::event::EventView>>,
     /// Where acknowledgements go when the event is stored (`enable_persistence`).
     pub durable: Option<Arc<super::persist::Durable>>,
+}
+
+/// The fields of an event made by the compiled producer, kept in Rust until a
+/// Python consumer needs the `Event` object.
+pub struct EventParts {
+    /// The event id.
+    pub id: uuid::Uuid,
+    /// Creation time.
+    pub timestamp: DateTime<Utc>,
+    /// `Event.type`.
+    pub type_: Py<PyString>,
+    /// `Event.source`.
+    pub source: Py<PyString>,
+    /// `Event.correlation_id`.
+    pub correlation_id: Option<Py<PyString>>,
+    /// The payload: packed JSON text, or the dict when it could not be packed
+    /// (or no Python consumer is on the route).
+    pub data: PartsData,
+}
+
+/// The payload of [`EventParts`].
+pub enum PartsData {
+    /// JSON text (see [`pack_payload`]).
+    Packed(Box<str>),
+    /// A dict.
+    Object(Py<PyAny>),
+}
+
+// NOTE: an event waiting in lanes costs far less as Rust fields than as a Python
+// `Event` object (plus its topic string): about 100 bytes against 260 on the
+// Python heap. Every consumer gets the same object, made once on first use.
+enum Body {
+    /// An `Event` given to `publish()` (or already made).
+    Object(Py<Event>),
+    /// A producer-made event; the `Event` is made from it on first use.
+    Parts(EventParts, PyOnceLock<Py<Event>>),
+}
+
+/// Where an event's fields are read from: its `Event` object once there is one
+/// (user code may have changed it), else the Rust fields it was made from.
+pub enum Source<'a> {
+    /// The Python object.
+    Object(&'a Py<Event>),
+    /// The Rust fields (no object was made yet).
+    Parts(&'a EventParts),
 }
 
 /// Packs a plain-JSON payload of an accepted event into compact text.
@@ -1058,10 +1103,89 @@ pub fn pack_payload(py: Python<'_>, event: &Py<Event>) {
     }
 }
 
+/// The GC need not track an accepted event of our own type.
+fn untrack(py: Python<'_>, event: &Py<Event>) {
+    // NOTE: our pyclasses do not report references to the GC (no
+    // __traverse__), so tracking an accepted event only makes every
+    // collection walk it; many events wait in lanes at once.
+    // Subclasses may have a __dict__ (and cycles through it): keep those.
+    if event.bind(py).get_type().is(py.get_type::<Event>()) {
+        // SAFETY: `event` is a live, GC-enabled object of our own type.
+        unsafe { pyo3::ffi::PyObject_GC_UnTrack(event.as_ptr().cast()) };
+    }
+}
+
 impl EventRef {
-    /// The event's id (reads the Python object).
+    /// The event's id.
     pub fn id(&self, py: Python<'_>) -> String {
-        self.event.borrow(py).id.text(py)
+        match self.source(py) {
+            Source::Object(e) => e.borrow(py).id.text(py),
+            Source::Parts(p) => p.id.hyphenated().to_string(),
+        }
+    }
+
+    /// The `Event` object consumers receive, made (once) if the event was
+    /// published as Rust fields.
+    pub fn event(&self, py: Python<'_>) -> PyResult<&Py<Event>> {
+        match &self.body {
+            Body::Object(e) => Ok(e),
+            Body::Parts(p, made) => made.get_or_try_init(py, || {
+                let e = Py::new(
+                    py,
+                    Event {
+                        id: EventId::Fresh(p.id, PyOnceLock::new()),
+                        topic: PyString::new(py, &self.topic).unbind(),
+                        type_: p.type_.clone_ref(py),
+                        timestamp: Timestamp::Now(p.timestamp, PyOnceLock::new()),
+                        source: p.source.clone_ref(py),
+                        data: match &p.data {
+                            PartsData::Packed(json) => {
+                                Payload::Packed(json.clone(), PyOnceLock::new())
+                            }
+                            PartsData::Object(o) => Payload::Object(o.clone_ref(py)),
+                        },
+                        meta: self.meta.clone(),
+                        correlation_id: p.correlation_id.as_ref().map(|c| c.clone_ref(py)),
+                        priority: self.priority,
+                    },
+                )?;
+                untrack(py, &e);
+                Ok(e)
+            }),
+        }
+    }
+
+    /// Where the event's fields are to be read from now.
+    pub fn source(&self, py: Python<'_>) -> Source<'_> {
+        match &self.body {
+            Body::Object(e) => Source::Object(e),
+            Body::Parts(p, made) => match made.get(py) {
+                Some(e) => Source::Object(e),
+                None => Source::Parts(p),
+            },
+        }
+    }
+
+    /// Wraps a producer-made event whose topic was routed (`topic` is the
+    /// route's) and whose payload was checked to be a dict.
+    pub fn from_parts(
+        topic: Arc<str>,
+        priority: u8,
+        parts: EventParts,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let meta = MetaState {
+            published_at: Some(now),
+            ..MetaState::default()
+        };
+        EventRef {
+            topic,
+            priority,
+            body: Body::Parts(parts, PyOnceLock::new()),
+            meta: Arc::new(Mutex::new(meta)),
+            view: None,
+            durable: None,
+        }
     }
 
     /// Checks `event` for publishing (its topic must be valid: `route` is asked
@@ -1074,14 +1198,7 @@ impl EventRef {
     ) -> PyResult<(Self, R)> {
         let ((topic, routed), priority, meta) = {
             let e = event.borrow(py);
-            // NOTE: our pyclasses do not report references to the GC (no
-            // __traverse__), so tracking an accepted event only makes every
-            // collection walk it; many events wait in lanes at once.
-            // Subclasses may have a __dict__ (and cycles through it): keep those.
-            if event.bind(py).get_type().is(py.get_type::<Event>()) {
-                // SAFETY: `event` is a live, GC-enabled object of our own type.
-                unsafe { pyo3::ffi::PyObject_GC_UnTrack(event.as_ptr().cast()) };
-            }
+            untrack(py, &event);
             let routed = route(&e.topic.bind(py).to_cow()?).map_err(topic_error)?;
             if !e.data.is_dict(py) {
                 return Err(event_error(format!(
@@ -1096,7 +1213,7 @@ impl EventRef {
             EventRef {
                 topic,
                 priority,
-                event,
+                body: Body::Object(event),
                 meta,
                 view: None,
                 durable: None,

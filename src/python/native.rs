@@ -246,19 +246,48 @@ pub fn build_view_with(
     with_data: bool,
     memo: &mut ViewMemo,
 ) -> PyResult<EventView> {
-    let e = eref.event.borrow(py);
+    let convert = |converted: Result<Value, String>| match converted {
+        Ok(v) => (Some(v), None),
+        Err(err) => (None, Some(err)),
+    };
+    let e = match eref.source(py) {
+        super::event::Source::Object(e) => e.borrow(py),
+        super::event::Source::Parts(p) => {
+            let (data, data_error) = if with_data {
+                convert(match &p.data {
+                    super::event::PartsData::Packed(json) => {
+                        serde_json::from_str(json).map_err(|err| err.to_string())
+                    }
+                    super::event::PartsData::Object(o) => to_json(o.bind(py), 0),
+                })
+            } else {
+                (None, None)
+            };
+            return Ok(EventView {
+                id: p.id.hyphenated().to_string().into(),
+                topic: eref.topic.as_ref().into(),
+                event_type: interned(&mut memo.type_, &p.type_.bind(py).to_cow()?),
+                source: interned(&mut memo.source, &p.source.bind(py).to_cow()?),
+                timestamp: p.timestamp,
+                data,
+                data_error,
+                correlation_id: match &p.correlation_id {
+                    Some(c) => Some(c.bind(py).to_cow()?.into_owned()),
+                    None => None,
+                },
+                priority: eref.priority,
+                meta: eref.meta.clone(),
+            });
+        }
+    };
     let ts: DateTime<Utc> = e.timestamp.to_utc(py);
     let (data, data_error) = if with_data {
-        let converted = match &e.data {
+        convert(match &e.data {
             super::event::Payload::Packed(json, _) => {
                 serde_json::from_str(json).map_err(|err| err.to_string())
             }
             super::event::Payload::Object(o) => to_json(o.bind(py), 0),
-        };
-        match converted {
-            Ok(v) => (Some(v), None),
-            Err(err) => (None, Some(err)),
-        }
+        })
     } else {
         (None, None)
     };
