@@ -174,19 +174,17 @@ impl EventMetadata {
     /// Creates the Python containers, or replays the engine's changes onto them.
     fn mirror(&self, py: Python<'_>) -> PyResult<MirrorRefs> {
         let mut st = self.cell.lock();
-        if st.mirror.is_none() {
+        if st.mirror().is_none() {
             let m = PyMirror {
                 processed: PySet::new(py, st.processed.iter().map(|n| &**n))?.unbind(),
-                failed: PySet::new(py, st.failed.iter().map(|n| &**n))?.unbind(),
-                errors: PyList::new(py, &st.errors)?.unbind(),
+                failed: PySet::new(py, st.failed().iter().map(|n| &**n))?.unbind(),
+                errors: PyList::new(py, st.errors())?.unbind(),
             };
-            st.mirror = Some(Box::new(m));
-            st.pending.clear();
+            st.set_mirror(Box::new(m));
         }
-        let pending = std::mem::take(&mut st.pending);
+        let pending = st.take_pending();
         let m = st
-            .mirror
-            .as_ref()
+            .mirror()
             .and_then(|m| m.downcast_ref::<PyMirror>())
             .expect("mirror");
         for op in pending {
@@ -228,11 +226,9 @@ impl EventMetadata {
         consumers_failed: Option<&Bound<'_, PyAny>>,
         error_messages: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let mut st = MetaState {
-            retry_count,
-            max_retries,
-            ..MetaState::default()
-        };
+        let mut st = MetaState::default();
+        st.retry_count = retry_count;
+        st.max_retries = max_retries;
         if let Some(v) = published_at {
             st.published_at = read_datetime(v, "published_at")?;
         }
@@ -243,15 +239,16 @@ impl EventMetadata {
             st.processed = names_from(v, "consumers_processed")?;
         }
         if let Some(v) = consumers_failed {
-            st.failed = names_from(v, "consumers_failed")?;
+            st.set_failed(names_from(v, "consumers_failed")?);
         }
         if let Some(v) = error_messages {
-            st.errors = v
-                .extract::<Vec<String>>()
-                .map_err(|_| {
-                    PyTypeError::new_err("EventMetadata.error_messages must be a list of str")
-                })?
-                .into();
+            st.set_errors(
+                v.extract::<Vec<String>>()
+                    .map_err(|_| {
+                        PyTypeError::new_err("EventMetadata.error_messages must be a list of str")
+                    })?
+                    .into(),
+            );
         }
         Ok(EventMetadata {
             cell: Arc::new(Mutex::new(st)),
@@ -307,11 +304,7 @@ impl EventMetadata {
         self.mirror(py)?;
         let mut st = self.cell.lock();
         st.processed = names;
-        if let Some(m) = st
-            .mirror
-            .as_mut()
-            .and_then(|m| m.downcast_mut::<PyMirror>())
-        {
+        if let Some(m) = st.mirror_mut().and_then(|m| m.downcast_mut::<PyMirror>()) {
             m.processed = set;
         }
         Ok(())
@@ -327,12 +320,8 @@ impl EventMetadata {
         let set = PySet::new(py, names.iter().map(|n| &**n))?.unbind();
         self.mirror(py)?;
         let mut st = self.cell.lock();
-        st.failed = names;
-        if let Some(m) = st
-            .mirror
-            .as_mut()
-            .and_then(|m| m.downcast_mut::<PyMirror>())
-        {
+        st.set_failed(names);
+        if let Some(m) = st.mirror_mut().and_then(|m| m.downcast_mut::<PyMirror>()) {
             m.failed = set;
         }
         Ok(())
@@ -350,12 +339,8 @@ impl EventMetadata {
         let list = PyList::new(py, &errors)?.unbind();
         self.mirror(py)?;
         let mut st = self.cell.lock();
-        st.errors = errors.into();
-        if let Some(m) = st
-            .mirror
-            .as_mut()
-            .and_then(|m| m.downcast_mut::<PyMirror>())
-        {
+        st.set_errors(errors.into());
+        if let Some(m) = st.mirror_mut().and_then(|m| m.downcast_mut::<PyMirror>()) {
             m.errors = list;
         }
         Ok(())
@@ -370,8 +355,8 @@ impl EventMetadata {
             st.published_at.map(|d| d.to_rfc3339()).unwrap_or_else(|| "None".into()),
             st.consumed_at.map(|d| d.to_rfc3339()).unwrap_or_else(|| "None".into()),
             st.processed,
-            st.failed,
-            st.errors
+            st.failed(),
+            st.errors()
         )
     }
 
@@ -396,8 +381,8 @@ impl EventMetadata {
             && a.published_at == b.published_at
             && a.consumed_at == b.consumed_at
             && set(&a.processed) == set(&b.processed)
-            && set(&a.failed) == set(&b.failed)
-            && a.errors == b.errors
+            && set(a.failed()) == set(b.failed())
+            && a.errors() == b.errors()
     }
 
     /// The metadata as a plain dict (datetimes as ISO 8601 strings).
@@ -417,9 +402,12 @@ impl EventMetadata {
         )?;
         d.set_item(
             "consumers_failed",
-            st.failed.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            st.failed()
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
         )?;
-        d.set_item("error_messages", st.errors.to_vec())?;
+        d.set_item("error_messages", st.errors().to_vec())?;
         Ok(d)
     }
 }
@@ -1174,10 +1162,8 @@ impl EventRef {
         parts: EventParts,
         now: DateTime<Utc>,
     ) -> Self {
-        let meta = MetaState {
-            published_at: Some(now),
-            ..MetaState::default()
-        };
+        let mut meta = MetaState::default();
+        meta.published_at = Some(now);
         EventRef {
             topic,
             priority,
