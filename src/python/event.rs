@@ -663,7 +663,8 @@ impl EventId {
 }
 
 impl Event {
-    /// Builds an event from already-checked parts (used by the fast producers).
+    /// Builds an event from already-checked parts (used by the producer when it
+    /// publishes through `publish()`).
     #[allow(clippy::too_many_arguments)]
     pub fn from_parts(
         _py: Python<'_>,

@@ -2,17 +2,18 @@
 //!
 //! Hook handlers publish an event per tool use; building the event and handing
 //! it to our bus here costs no coroutine, no Python frame and no Python-level
-//! dict of metrics per event. With any other bus (a test double, the original's
-//! bus) the producer awaits that bus's `publish()` like the original does.
+//! dict of metrics per event; the bus keeps the event's fields in Rust and makes
+//! the `Event` object only when a Python consumer first needs it. With any other
+//! bus (a test double, the original's bus) the producer awaits that bus's
+//! `publish()` with an `Event`, like the original does.
 
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::Utc;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyType};
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use std::borrow::Cow;
-
-use chrono::Utc;
 
 use super::bus::{EventBus, Ready};
 use super::event::{Event, EventParts};
@@ -122,7 +123,7 @@ impl HookEventProducer {
         slf.call_method1("publish", (event,))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Checks the arguments common to every helper and collects the fields.
     fn make<'py>(
         &self,
         topic: impl Into<Cow<'static, str>>,
