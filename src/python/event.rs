@@ -1032,17 +1032,21 @@ pub struct EventRef {
     pub durable: Option<Arc<super::persist::Durable>>,
 }
 
-/// The fields of an event made by the compiled producer, kept in Rust until a
-/// Python consumer needs the `Event` object.
+// NOTE: every queued event holds one `Arc<EventRef>` (W5, bytes per queued
+// event); with the Arc's 16 bytes it fits mimalloc's 128-byte size class.
+const _: () = assert!(std::mem::size_of::<EventRef>() <= 112);
+
+/// The fields of an event made by the compiled `HookEventProducer`, kept in Rust
+/// until a Python consumer needs the `Event` object. Its source is always the
+/// producer's ([`hook_source`]).
 pub struct EventParts {
     /// The event id.
     pub id: uuid::Uuid,
-    /// Creation time.
-    pub timestamp: DateTime<Utc>,
+    /// Creation time, in nanoseconds since the Unix epoch (exact for 1677..2262;
+    /// see [`EventParts::new`]).
+    timestamp_ns: i64,
     /// `Event.type`.
     pub type_: Py<PyString>,
-    /// `Event.source`.
-    pub source: Py<PyString>,
     /// `Event.correlation_id`.
     pub correlation_id: Option<Py<PyString>>,
     /// The payload: packed JSON text, or the dict when it could not be packed
@@ -1058,6 +1062,35 @@ pub enum PartsData {
     Object(Py<PyAny>),
 }
 
+impl EventParts {
+    /// Fields of a new event made now, with a fresh id.
+    pub fn new(type_: Py<PyString>, correlation_id: Option<Py<PyString>>, data: PartsData) -> Self {
+        // NOTE: the clock reads nanoseconds as i64 until the year 2262.
+        let timestamp_ns = Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        EventParts {
+            id: uuid::Uuid::new_v4(),
+            timestamp_ns,
+            type_,
+            correlation_id,
+            data,
+        }
+    }
+
+    /// Creation time.
+    pub fn timestamp(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_nanos(self.timestamp_ns)
+    }
+}
+
+static HOOK_SOURCE: PyOnceLock<Py<PyString>> = PyOnceLock::new();
+
+/// `"hook_handler"`, the source of every `HookEventProducer` event (one shared str).
+pub fn hook_source(py: Python<'_>) -> &Bound<'_, PyString> {
+    HOOK_SOURCE
+        .get_or_init(py, || PyString::new(py, "hook_handler").unbind())
+        .bind(py)
+}
+
 // NOTE: an event waiting in lanes costs far less as Rust fields than as a Python
 // `Event` object (plus its topic string): about 100 bytes against 260 on the
 // Python heap. Every consumer gets the same object, made once on first use.
@@ -1065,7 +1098,54 @@ enum Body {
     /// An `Event` given to `publish()` (or already made).
     Object(Py<Event>),
     /// A producer-made event; the `Event` is made from it on first use.
-    Parts(EventParts, PyOnceLock<Py<Event>>),
+    Parts(EventParts, MadeEvent),
+}
+
+/// The `Event` made from [`EventParts`]: set once, read and written only with
+/// the GIL held.
+// NOTE: PyOnceLock would do, but takes 16 bytes to this one's 8, and these 8 keep
+// `Arc<EventRef>` within mimalloc's 128-byte size class (W5, bytes per queued
+// event). The GIL is what serialises access: every method takes a `Python`
+// token, and this abi3 extension cannot be loaded by a free-threaded CPython.
+struct MadeEvent(std::cell::UnsafeCell<Option<Py<Event>>>);
+
+// SAFETY: the cell is only read or written by `MadeEvent::get` and
+// `MadeEvent::get_or_try_init`, which require the GIL (a `Python` token), so no
+// two threads access it at once; it goes from `None` to `Some` once and is never
+// changed again, so references handed out stay valid while `self` lives. The
+// `Py` inside is `Send + Sync` (dropping it without the GIL defers the decref).
+unsafe impl Sync for MadeEvent {}
+
+impl MadeEvent {
+    fn new() -> Self {
+        MadeEvent(std::cell::UnsafeCell::new(None))
+    }
+
+    fn get(&self, _py: Python<'_>) -> Option<&Py<Event>> {
+        // SAFETY: see `impl Sync`: the GIL is held and the value never changes once set.
+        unsafe { (*self.0.get()).as_ref() }
+    }
+
+    fn get_or_try_init(
+        &self,
+        py: Python<'_>,
+        make: impl FnOnce() -> PyResult<Py<Event>>,
+    ) -> PyResult<&Py<Event>> {
+        if let Some(e) = self.get(py) {
+            return Ok(e);
+        }
+        let made = make()?;
+        // NOTE: `make` runs Python (allocation, maybe a GC pass and finalizers);
+        // if that re-entered and set the cell, keep the first object.
+        // SAFETY: see `impl Sync`; no reference into the cell exists while it is `None`.
+        unsafe {
+            let slot = &mut *self.0.get();
+            if slot.is_none() {
+                *slot = Some(made);
+            }
+            Ok(slot.as_ref().expect("just set"))
+        }
+    }
 }
 
 /// Where an event's fields are read from: its `Event` object once there is one
@@ -1125,8 +1205,8 @@ impl EventRef {
                         id: EventId::Fresh(p.id, PyOnceLock::new()),
                         topic: PyString::new(py, &self.topic).unbind(),
                         type_: p.type_.clone_ref(py),
-                        timestamp: Timestamp::Now(p.timestamp, PyOnceLock::new()),
-                        source: p.source.clone_ref(py),
+                        timestamp: Timestamp::Now(p.timestamp(), PyOnceLock::new()),
+                        source: hook_source(py).clone().unbind(),
                         data: match &p.data {
                             PartsData::Packed(json) => {
                                 Payload::Packed(json.clone(), PyOnceLock::new())
@@ -1168,7 +1248,7 @@ impl EventRef {
         EventRef {
             topic,
             priority,
-            body: Body::Parts(parts, PyOnceLock::new()),
+            body: Body::Parts(parts, MadeEvent::new()),
             meta: Arc::new(Mutex::new(meta)),
             view: None,
             durable: None,

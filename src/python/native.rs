@@ -267,8 +267,8 @@ pub fn build_view_with(
                 id: p.id.hyphenated().to_string().into(),
                 topic: eref.topic.as_ref().into(),
                 event_type: interned(&mut memo.type_, &p.type_.bind(py).to_cow()?),
-                source: interned(&mut memo.source, &p.source.bind(py).to_cow()?),
-                timestamp: p.timestamp,
+                source: interned(&mut memo.source, &super::event::hook_source(py).to_cow()?),
+                timestamp: p.timestamp(),
                 data,
                 data_error,
                 correlation_id: match &p.correlation_id {

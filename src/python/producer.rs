@@ -10,7 +10,6 @@
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use chrono::Utc;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyType};
@@ -103,18 +102,9 @@ impl HookEventProducer {
                     correlation_id,
                     priority,
                 } = draft;
-                let timestamp = Utc::now();
-                let source = this.source.clone_ref(py);
-                let result =
-                    bus.get()
-                        .accept_parts(py, &topic, priority, data, |data| EventParts {
-                            id: uuid::Uuid::new_v4(),
-                            timestamp,
-                            type_: type_.unbind(),
-                            source,
-                            correlation_id: correlation_id.map(Bound::unbind),
-                            data,
-                        });
+                let result = bus.get().accept_parts(py, &topic, priority, data, |data| {
+                    EventParts::new(type_.unbind(), correlation_id.map(Bound::unbind), data)
+                });
                 let ok = this.settle(py, result.map(|r| r.is_ok()));
                 return Ok(Ready::of_bool(py, ok).into_bound(py).into_any());
             }
@@ -201,7 +191,8 @@ impl HookEventProducer {
         HookEventProducer {
             bus: event_bus.unbind(),
             fast,
-            source: PyString::new(py, "hook_handler").unbind(),
+            // NOTE: the one shared str, which events kept as fields also report.
+            source: super::event::hook_source(py).clone().unbind(),
             published: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             batches: AtomicU64::new(0),
