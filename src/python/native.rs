@@ -327,7 +327,7 @@ impl Executor<EventRef> for SinkExecutor {
                     Some(v) if !needs_data || v.data.is_some() => {
                         items.push(SinkItem {
                             view: v.clone(),
-                            attempt: d.attempt,
+                            attempt: d.attempt(),
                         });
                     }
                     Some(v) => {
