@@ -5,8 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from conftest import Recorder, make_event
-from mpm_events import ConsumerPriority, Event, EventBus, HookEventProducer, IEventProducer
+from conftest import Recorder, SyncRecorder, make_event
+from mpm_events import (
+    ConsumerPriority,
+    Event,
+    EventBus,
+    HookEventProducer,
+    IEventProducer,
+    MetricsConsumer,
+)
 from mpm_events.testing import RecordingBus
 
 
@@ -110,6 +117,44 @@ async def test_compiled_producer_publishes_into_our_bus(bus: EventBus) -> None:
         {"subagent": "planner", "task": "t"},
     )
     assert producer.get_metrics()["events_published"] == 2
+
+
+async def test_compiled_producer_events_are_made_once_and_shared(bus: EventBus) -> None:
+    # The bus keeps a producer-made event as fields and makes its Event for the
+    # first Python consumer: every consumer, the dead letters and the metadata
+    # must still see one and the same event.
+    metrics = MetricsConsumer()
+    first = Recorder("first", ["hook.**"], priority=ConsumerPriority.HIGH)
+    second = SyncRecorder("second", ["hook.tool"])
+    failing = Recorder("failing", ["hook.tool"], behaviour=lambda e: False, max_retries=0)
+    for c in (metrics, first, second, failing):
+        assert await bus.subscribe(c)
+    producer = HookEventProducer(bus)
+    assert await producer.publish_tool_use("Bash", {"command": "ls"}, None, "corr-9")
+    await bus.join(timeout=5)
+    (a,), (b,), (f,) = ([c.event for c in r.calls] for r in (first, second, failing))
+    assert a is b is f
+    assert a.source == "hook_handler" and a.correlation_id == "corr-9"
+    assert a.timestamp <= a.metadata.published_at
+    assert sorted(a.metadata.consumers_processed) == ["MetricsConsumer", "first", "second"]
+    assert a.metadata.consumers_failed == {"failing"}
+    (letter,) = bus.get_dead_letters()
+    assert letter["event"] is a
+    m = metrics.get_metrics()
+    assert (m["source_counts"], m["type_counts"]) == ({"hook_handler": 1}, {"ToolUse": 1})
+
+
+async def test_compiled_producer_events_for_rust_consumers_only(bus: EventBus) -> None:
+    # No Python consumer: the Rust consumer reads the fields the bus kept.
+    metrics = MetricsConsumer()
+    assert await bus.subscribe(metrics)
+    producer = HookEventProducer(bus)
+    assert await producer.publish_error("E", "boom", {"k": [1, 2]}, "c")
+    assert await producer.publish_raw_hook_event("PreToolUse", [1]) is False  # type: ignore[arg-type]
+    await bus.join(timeout=5)
+    m = metrics.get_metrics()
+    assert (m["total_events"], m["topic_counts"]) == (1, {"hook.error": 1})
+    assert producer.get_metrics()["events_failed"] == 1
 
 
 async def test_compiled_producer_with_other_buses_never_raises() -> None:

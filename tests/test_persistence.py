@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mpm_events import Event, EventBus, PersistenceError
+from mpm_events import Event, EventBus, HookEventProducer, PersistenceError
 from persist_helpers import Recorder, wait_for
 
 HERE = Path(__file__).parent
@@ -379,6 +379,33 @@ async def test_async_durability_and_publish_nowait(tmp_path: Path) -> None:
     await bus.join(10)
     assert sorted(rec.ids) == sorted(e.id for e in sent)
     assert bus.persistence_stats()["stored_events"] == 200
+    await bus.stop()
+
+
+@pytest.mark.parametrize("durability", ["async", "sync"])
+async def test_compiled_producer_into_a_durable_bus_stores_its_events(
+    tmp_path: Path, durability: str
+) -> None:
+    # The producer keeps events as Rust fields only on in-memory buses: a durable
+    # bus must store every event, with its fields, before delivering it.
+    path = tmp_path / "producer.db"
+    bus = durable_bus(path, durability=durability, flush_interval=0.02)
+    rec = Recorder("r")
+    await bus.subscribe(rec)
+    await bus.start()
+    producer = HookEventProducer(bus)
+    for i in range(20):
+        assert await producer.publish_tool_use("Bash", {"n": i}, None, f"c{i}")
+    await bus.join(10)
+    assert bus.persistence_stats()["stored_events"] == 20
+    target = Recorder("target", topics=["nothing.matches"])
+    await bus.subscribe(target)
+    assert await bus.replay(topics=["hook.tool"], to=target) == 20
+    await bus.join(10)
+    assert sorted(target.ids) == sorted(rec.ids)
+    got = {e.id: (e.source, e.type, e.correlation_id, e.data["params"]) for e in target.events}
+    want = {e.id: (e.source, e.type, e.correlation_id, e.data["params"]) for e in rec.events}
+    assert got == want and want[rec.ids[0]][0] == "hook_handler"
     await bus.stop()
 
 

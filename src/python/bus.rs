@@ -14,7 +14,7 @@ use pyo3::types::{PyDict, PyList, PyString};
 
 use super::config::ConsumerSpec;
 use super::errors::event_error;
-use super::event::{Event, EventRef};
+use super::event::{Event, EventParts, EventRef, PartsData};
 use super::executor::{Inbox, LoopExecutor, PyConsumer, ThreadExecutor};
 use super::native::{build_view, build_view_with, NativeConsumer, SinkExecutor, ViewMemo};
 use super::persist::{self, Persist};
@@ -264,7 +264,7 @@ impl EventBus {
         // NOTE: only events some Python consumer will receive are packed (see
         // `pack_payload`); Rust consumers get their own copy below.
         if route.any_plain {
-            super::event::pack_payload(py, &eref.event);
+            super::event::pack_payload(py, eref.event(py)?);
         }
         if route.needs_view > 0 {
             eref.view = Some(Arc::new(build_view_with(
@@ -275,6 +275,11 @@ impl EventBus {
             )?));
         }
         Ok((eref, route))
+    }
+
+    /// True when accepted events are written to a store first.
+    pub(crate) fn is_durable(&self) -> bool {
+        self.persist.is_some()
     }
 
     /// Whether a publish is answered at once: in memory, or durable with "async"
@@ -299,10 +304,55 @@ impl EventBus {
         let py = event.py();
         let owned = as_event(event)?;
         let eref = self.prepare_event(py, owned, Utc::now(), &mut PrepMemo::default())?;
-        let result = self
+        Ok(self.dispatch(py, eref.0, &eref.1))
+    }
+
+    /// [`EventBus::accept`] for an event given as fields by the compiled producer:
+    /// the `Event` object is made only when a Python consumer needs it.
+    pub(crate) fn accept_parts(
+        &self,
+        py: Python<'_>,
+        topic: &str,
+        priority: u8,
+        data: Bound<'_, PyAny>,
+        make: impl FnOnce(PartsData) -> EventParts,
+    ) -> PyResult<Result<(), Rejected>> {
+        // NOTE: the same checks, in the same order and with the same errors, as
+        // `EventRef::accept` on an `Event` with these fields.
+        let route = self
             .shared
             .engine
-            .publish_to(Arc::new(eref.0), &eref.1.lanes);
+            .route_topic(topic)
+            .map_err(super::errors::topic_error)?;
+        if !data.is_instance_of::<PyDict>() {
+            return Err(event_error(format!(
+                "Event.data must be a dict, got {}",
+                super::event::type_name(&data)
+            )));
+        }
+        // NOTE: as `pack_payload` would: only for events a Python consumer receives.
+        let data = match route.any_plain {
+            true => match super::native::pack_json(&data) {
+                Some(json) => PartsData::Packed(json),
+                None => PartsData::Object(data.unbind()),
+            },
+            false => PartsData::Object(data.unbind()),
+        };
+        let mut eref = EventRef::from_parts(route.topic.clone(), priority, make(data), Utc::now());
+        if route.needs_view > 0 {
+            eref.view = Some(Arc::new(build_view(py, &eref, route.needs_view >= 2)?));
+        }
+        Ok(self.dispatch(py, eref, &route))
+    }
+
+    /// Hands an accepted event to the engine.
+    fn dispatch(
+        &self,
+        py: Python<'_>,
+        eref: EventRef,
+        route: &Route<EventRef>,
+    ) -> Result<(), Rejected> {
+        let result = self.shared.engine.publish_to(Arc::new(eref), &route.lanes);
         match result {
             Ok(()) => {
                 self.shared
@@ -319,7 +369,7 @@ impl EventBus {
             }
             Err(Rejected::QueueFull) => {}
         }
-        Ok(result)
+        result
     }
 }
 
@@ -704,7 +754,7 @@ impl EventBus {
         let list = PyList::empty(py);
         for l in self.shared.engine.dead_letters() {
             let d = PyDict::new(py);
-            d.set_item("event", l.event.event.clone_ref(py))?;
+            d.set_item("event", l.event.event(py)?.clone_ref(py))?;
             d.set_item("consumer", l.consumer.as_ref())?;
             d.set_item("errors", &l.errors)?;
             d.set_item("attempts", l.attempts)?;

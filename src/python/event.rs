@@ -174,19 +174,17 @@ impl EventMetadata {
     /// Creates the Python containers, or replays the engine's changes onto them.
     fn mirror(&self, py: Python<'_>) -> PyResult<MirrorRefs> {
         let mut st = self.cell.lock();
-        if st.mirror.is_none() {
+        if st.mirror().is_none() {
             let m = PyMirror {
                 processed: PySet::new(py, st.processed.iter().map(|n| &**n))?.unbind(),
-                failed: PySet::new(py, st.failed.iter().map(|n| &**n))?.unbind(),
-                errors: PyList::new(py, &st.errors)?.unbind(),
+                failed: PySet::new(py, st.failed().iter().map(|n| &**n))?.unbind(),
+                errors: PyList::new(py, st.errors())?.unbind(),
             };
-            st.mirror = Some(Box::new(m));
-            st.pending.clear();
+            st.set_mirror(Box::new(m));
         }
-        let pending = std::mem::take(&mut st.pending);
+        let pending = st.take_pending();
         let m = st
-            .mirror
-            .as_ref()
+            .mirror()
             .and_then(|m| m.downcast_ref::<PyMirror>())
             .expect("mirror");
         for op in pending {
@@ -228,11 +226,9 @@ impl EventMetadata {
         consumers_failed: Option<&Bound<'_, PyAny>>,
         error_messages: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let mut st = MetaState {
-            retry_count,
-            max_retries,
-            ..MetaState::default()
-        };
+        let mut st = MetaState::default();
+        st.retry_count = retry_count;
+        st.max_retries = max_retries;
         if let Some(v) = published_at {
             st.published_at = read_datetime(v, "published_at")?;
         }
@@ -243,15 +239,16 @@ impl EventMetadata {
             st.processed = names_from(v, "consumers_processed")?;
         }
         if let Some(v) = consumers_failed {
-            st.failed = names_from(v, "consumers_failed")?;
+            st.set_failed(names_from(v, "consumers_failed")?);
         }
         if let Some(v) = error_messages {
-            st.errors = v
-                .extract::<Vec<String>>()
-                .map_err(|_| {
-                    PyTypeError::new_err("EventMetadata.error_messages must be a list of str")
-                })?
-                .into();
+            st.set_errors(
+                v.extract::<Vec<String>>()
+                    .map_err(|_| {
+                        PyTypeError::new_err("EventMetadata.error_messages must be a list of str")
+                    })?
+                    .into(),
+            );
         }
         Ok(EventMetadata {
             cell: Arc::new(Mutex::new(st)),
@@ -307,11 +304,7 @@ impl EventMetadata {
         self.mirror(py)?;
         let mut st = self.cell.lock();
         st.processed = names;
-        if let Some(m) = st
-            .mirror
-            .as_mut()
-            .and_then(|m| m.downcast_mut::<PyMirror>())
-        {
+        if let Some(m) = st.mirror_mut().and_then(|m| m.downcast_mut::<PyMirror>()) {
             m.processed = set;
         }
         Ok(())
@@ -327,12 +320,8 @@ impl EventMetadata {
         let set = PySet::new(py, names.iter().map(|n| &**n))?.unbind();
         self.mirror(py)?;
         let mut st = self.cell.lock();
-        st.failed = names;
-        if let Some(m) = st
-            .mirror
-            .as_mut()
-            .and_then(|m| m.downcast_mut::<PyMirror>())
-        {
+        st.set_failed(names);
+        if let Some(m) = st.mirror_mut().and_then(|m| m.downcast_mut::<PyMirror>()) {
             m.failed = set;
         }
         Ok(())
@@ -350,12 +339,8 @@ impl EventMetadata {
         let list = PyList::new(py, &errors)?.unbind();
         self.mirror(py)?;
         let mut st = self.cell.lock();
-        st.errors = errors.into();
-        if let Some(m) = st
-            .mirror
-            .as_mut()
-            .and_then(|m| m.downcast_mut::<PyMirror>())
-        {
+        st.set_errors(errors.into());
+        if let Some(m) = st.mirror_mut().and_then(|m| m.downcast_mut::<PyMirror>()) {
             m.errors = list;
         }
         Ok(())
@@ -370,8 +355,8 @@ impl EventMetadata {
             st.published_at.map(|d| d.to_rfc3339()).unwrap_or_else(|| "None".into()),
             st.consumed_at.map(|d| d.to_rfc3339()).unwrap_or_else(|| "None".into()),
             st.processed,
-            st.failed,
-            st.errors
+            st.failed(),
+            st.errors()
         )
     }
 
@@ -396,8 +381,8 @@ impl EventMetadata {
             && a.published_at == b.published_at
             && a.consumed_at == b.consumed_at
             && set(&a.processed) == set(&b.processed)
-            && set(&a.failed) == set(&b.failed)
-            && a.errors == b.errors
+            && set(a.failed()) == set(b.failed())
+            && a.errors() == b.errors()
     }
 
     /// The metadata as a plain dict (datetimes as ISO 8601 strings).
@@ -417,9 +402,12 @@ impl EventMetadata {
         )?;
         d.set_item(
             "consumers_failed",
-            st.failed.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            st.failed()
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
         )?;
-        d.set_item("error_messages", st.errors.to_vec())?;
+        d.set_item("error_messages", st.errors().to_vec())?;
         Ok(d)
     }
 }
@@ -452,7 +440,7 @@ fn read_metadata(obj: &Bound<'_, PyAny>) -> PyResult<MetaCell> {
     Ok(m.cell)
 }
 
-fn type_name(obj: &Bound<'_, PyAny>) -> String {
+pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
     obj.get_type()
         .name()
         .map(|n| n.to_string())
@@ -675,7 +663,8 @@ impl EventId {
 }
 
 impl Event {
-    /// Builds an event from already-checked parts (used by the fast producers).
+    /// Builds an event from already-checked parts (used by the producer when it
+    /// publishes through `publish()`).
     #[allow(clippy::too_many_arguments)]
     pub fn from_parts(
         _py: Python<'_>,
@@ -1033,14 +1022,139 @@ pub struct EventRef {
     pub topic: Arc<str>,
     /// 1..=4.
     pub priority: u8,
-    /// The Python object consumers receive.
-    pub event: Py<Event>,
+    /// The Python object, or the fields it will be made from.
+    body: Body,
     /// Its metadata, updated by the engine without the GIL.
     pub meta: MetaCell,
     /// Fields copied for Rust consumers, when one is on the event's route.
     pub view: Option<Arc<crate::event::EventView>>,
     /// Where acknowledgements go when the event is stored (`enable_persistence`).
     pub durable: Option<Arc<super::persist::Durable>>,
+}
+
+// NOTE: every queued event holds one `Arc<EventRef>` (W5, bytes per queued
+// event); with the Arc's 16 bytes it fits mimalloc's 128-byte size class.
+const _: () = assert!(std::mem::size_of::<EventRef>() <= 112);
+
+/// The fields of an event made by the compiled `HookEventProducer`, kept in Rust
+/// until a Python consumer needs the `Event` object. Its source is always the
+/// producer's ([`hook_source`]).
+pub struct EventParts {
+    /// The event id.
+    pub id: uuid::Uuid,
+    /// Creation time, in nanoseconds since the Unix epoch (exact for 1677..2262;
+    /// see [`EventParts::new`]).
+    timestamp_ns: i64,
+    /// `Event.type`.
+    pub type_: Py<PyString>,
+    /// `Event.correlation_id`.
+    pub correlation_id: Option<Py<PyString>>,
+    /// The payload: packed JSON text, or the dict when it could not be packed
+    /// (or no Python consumer is on the route).
+    pub data: PartsData,
+}
+
+/// The payload of [`EventParts`].
+pub enum PartsData {
+    /// JSON text (see [`pack_payload`]).
+    Packed(Box<str>),
+    /// A dict.
+    Object(Py<PyAny>),
+}
+
+impl EventParts {
+    /// Fields of a new event made now, with a fresh id.
+    pub fn new(type_: Py<PyString>, correlation_id: Option<Py<PyString>>, data: PartsData) -> Self {
+        // NOTE: the clock reads nanoseconds as i64 until the year 2262.
+        let timestamp_ns = Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        EventParts {
+            id: uuid::Uuid::new_v4(),
+            timestamp_ns,
+            type_,
+            correlation_id,
+            data,
+        }
+    }
+
+    /// Creation time.
+    pub fn timestamp(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_nanos(self.timestamp_ns)
+    }
+}
+
+static HOOK_SOURCE: PyOnceLock<Py<PyString>> = PyOnceLock::new();
+
+/// `"hook_handler"`, the source of every `HookEventProducer` event (one shared str).
+pub fn hook_source(py: Python<'_>) -> &Bound<'_, PyString> {
+    HOOK_SOURCE
+        .get_or_init(py, || PyString::new(py, "hook_handler").unbind())
+        .bind(py)
+}
+
+// NOTE: an event waiting in lanes costs far less as Rust fields than as a Python
+// `Event` object (plus its topic string): about 100 bytes against 260 on the
+// Python heap. Every consumer gets the same object, made once on first use.
+enum Body {
+    /// An `Event` given to `publish()` (or already made).
+    Object(Py<Event>),
+    /// A producer-made event; the `Event` is made from it on first use.
+    Parts(EventParts, MadeEvent),
+}
+
+/// The `Event` made from [`EventParts`]: set once, read and written only with
+/// the GIL held.
+// NOTE: PyOnceLock would do, but takes 16 bytes to this one's 8, and these 8 keep
+// `Arc<EventRef>` within mimalloc's 128-byte size class (W5, bytes per queued
+// event). The GIL is what serialises access: every method takes a `Python`
+// token, and this abi3 extension cannot be loaded by a free-threaded CPython.
+struct MadeEvent(std::cell::UnsafeCell<Option<Py<Event>>>);
+
+// SAFETY: the cell is only read or written by `MadeEvent::get` and
+// `MadeEvent::get_or_try_init`, which require the GIL (a `Python` token), so no
+// two threads access it at once; it goes from `None` to `Some` once and is never
+// changed again, so references handed out stay valid while `self` lives. The
+// `Py` inside is `Send + Sync` (dropping it without the GIL defers the decref).
+unsafe impl Sync for MadeEvent {}
+
+impl MadeEvent {
+    fn new() -> Self {
+        MadeEvent(std::cell::UnsafeCell::new(None))
+    }
+
+    fn get(&self, _py: Python<'_>) -> Option<&Py<Event>> {
+        // SAFETY: see `impl Sync`: the GIL is held and the value never changes once set.
+        unsafe { (*self.0.get()).as_ref() }
+    }
+
+    fn get_or_try_init(
+        &self,
+        py: Python<'_>,
+        make: impl FnOnce() -> PyResult<Py<Event>>,
+    ) -> PyResult<&Py<Event>> {
+        if let Some(e) = self.get(py) {
+            return Ok(e);
+        }
+        let made = make()?;
+        // NOTE: `make` runs Python (allocation, maybe a GC pass and finalizers);
+        // if that re-entered and set the cell, keep the first object.
+        // SAFETY: see `impl Sync`; no reference into the cell exists while it is `None`.
+        unsafe {
+            let slot = &mut *self.0.get();
+            if slot.is_none() {
+                *slot = Some(made);
+            }
+            Ok(slot.as_ref().expect("just set"))
+        }
+    }
+}
+
+/// Where an event's fields are read from: its `Event` object once there is one
+/// (user code may have changed it), else the Rust fields it was made from.
+pub enum Source<'a> {
+    /// The Python object.
+    Object(&'a Py<Event>),
+    /// The Rust fields (no object was made yet).
+    Parts(&'a EventParts),
 }
 
 /// Packs a plain-JSON payload of an accepted event into compact text.
@@ -1052,16 +1166,93 @@ pub fn pack_payload(py: Python<'_>, event: &Py<Event>) {
     if let Ok(mut e) = event.try_borrow_mut(py) {
         if let Payload::Object(o) = &e.data {
             if let Some(json) = super::native::pack_json(o.bind(py)) {
-                e.data = Payload::Packed(json.into_boxed_str(), PyOnceLock::new());
+                e.data = Payload::Packed(json, PyOnceLock::new());
             }
         }
     }
 }
 
+/// The GC need not track an accepted event of our own type.
+fn untrack(py: Python<'_>, event: &Py<Event>) {
+    // NOTE: our pyclasses do not report references to the GC (no
+    // __traverse__), so tracking an accepted event only makes every
+    // collection walk it; many events wait in lanes at once.
+    // Subclasses may have a __dict__ (and cycles through it): keep those.
+    if event.bind(py).get_type().is(py.get_type::<Event>()) {
+        // SAFETY: `event` is a live, GC-enabled object of our own type.
+        unsafe { pyo3::ffi::PyObject_GC_UnTrack(event.as_ptr().cast()) };
+    }
+}
+
 impl EventRef {
-    /// The event's id (reads the Python object).
+    /// The event's id.
     pub fn id(&self, py: Python<'_>) -> String {
-        self.event.borrow(py).id.text(py)
+        match self.source(py) {
+            Source::Object(e) => e.borrow(py).id.text(py),
+            Source::Parts(p) => p.id.hyphenated().to_string(),
+        }
+    }
+
+    /// The `Event` object consumers receive, made (once) if the event was
+    /// published as Rust fields.
+    pub fn event(&self, py: Python<'_>) -> PyResult<&Py<Event>> {
+        match &self.body {
+            Body::Object(e) => Ok(e),
+            Body::Parts(p, made) => made.get_or_try_init(py, || {
+                let e = Py::new(
+                    py,
+                    Event {
+                        id: EventId::Fresh(p.id, PyOnceLock::new()),
+                        topic: PyString::new(py, &self.topic).unbind(),
+                        type_: p.type_.clone_ref(py),
+                        timestamp: Timestamp::Now(p.timestamp(), PyOnceLock::new()),
+                        source: hook_source(py).clone().unbind(),
+                        data: match &p.data {
+                            PartsData::Packed(json) => {
+                                Payload::Packed(json.clone(), PyOnceLock::new())
+                            }
+                            PartsData::Object(o) => Payload::Object(o.clone_ref(py)),
+                        },
+                        meta: self.meta.clone(),
+                        correlation_id: p.correlation_id.as_ref().map(|c| c.clone_ref(py)),
+                        priority: self.priority,
+                    },
+                )?;
+                untrack(py, &e);
+                Ok(e)
+            }),
+        }
+    }
+
+    /// Where the event's fields are to be read from now.
+    pub fn source(&self, py: Python<'_>) -> Source<'_> {
+        match &self.body {
+            Body::Object(e) => Source::Object(e),
+            Body::Parts(p, made) => match made.get(py) {
+                Some(e) => Source::Object(e),
+                None => Source::Parts(p),
+            },
+        }
+    }
+
+    /// Wraps a producer-made event whose topic was routed (`topic` is the
+    /// route's) and whose payload was checked to be a dict.
+    pub fn from_parts(
+        topic: Arc<str>,
+        priority: u8,
+        parts: EventParts,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let mut meta = MetaState::default();
+        meta.published_at = Some(now);
+        EventRef {
+            topic,
+            priority,
+            body: Body::Parts(parts, MadeEvent::new()),
+            meta: Arc::new(Mutex::new(meta)),
+            view: None,
+            durable: None,
+        }
     }
 
     /// Checks `event` for publishing (its topic must be valid: `route` is asked
@@ -1074,14 +1265,7 @@ impl EventRef {
     ) -> PyResult<(Self, R)> {
         let ((topic, routed), priority, meta) = {
             let e = event.borrow(py);
-            // NOTE: our pyclasses do not report references to the GC (no
-            // __traverse__), so tracking an accepted event only makes every
-            // collection walk it; many events wait in lanes at once.
-            // Subclasses may have a __dict__ (and cycles through it): keep those.
-            if event.bind(py).get_type().is(py.get_type::<Event>()) {
-                // SAFETY: `event` is a live, GC-enabled object of our own type.
-                unsafe { pyo3::ffi::PyObject_GC_UnTrack(event.as_ptr().cast()) };
-            }
+            untrack(py, &event);
             let routed = route(&e.topic.bind(py).to_cow()?).map_err(topic_error)?;
             if !e.data.is_dict(py) {
                 return Err(event_error(format!(
@@ -1096,7 +1280,7 @@ impl EventRef {
             EventRef {
                 topic,
                 priority,
-                event,
+                body: Body::Object(event),
                 meta,
                 view: None,
                 durable: None,

@@ -464,7 +464,7 @@ impl PyJob {
         err: &PyErr,
     ) -> Option<Bound<'py, PyAny>> {
         let h = self.consumer.error_handler.as_ref()?;
-        let event = self.job.items[index].entry.event.event.bind(py);
+        let event = self.job.items[index].entry.event.event(py).ok()?.bind(py);
         let result = h
             .bind(py)
             .call1((event, err.value(py)))
@@ -569,13 +569,13 @@ impl PyJob {
                 this.job.finish();
                 return Ok(None);
             }
-            let event = this.job.items[i]
-                .entry
-                .event
-                .event
-                .bind(py)
-                .clone()
-                .into_any();
+            let event = match this.job.items[i].entry.event.event(py) {
+                Ok(e) => e.bind(py).clone().into_any(),
+                Err(e) => {
+                    flush(&mut pending);
+                    return Err(e);
+                }
+            };
             let target = match this.prepare(py, event) {
                 Prepared::Filtered => {
                     pending.push(Outcome::Filtered);
@@ -627,7 +627,7 @@ impl PyJob {
             st.pre = vec![None; self.job.items.len()];
             st.members.clear();
             for (i, item) in self.job.items.iter().enumerate() {
-                let event = item.entry.event.event.bind(py).clone().into_any();
+                let event = item.entry.event.event(py)?.bind(py).clone().into_any();
                 match self.prepare(py, event) {
                     Prepared::Ready(t) => {
                         events.append(t)?;
@@ -736,13 +736,13 @@ impl PyJob {
 
     /// The events of the job, in delivery order (sync worker).
     fn events<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        PyList::new(
-            py,
-            self.job
-                .items
-                .iter()
-                .map(|d| d.entry.event.event.clone_ref(py)),
-        )
+        let events = self
+            .job
+            .items
+            .iter()
+            .map(|d| d.entry.event.event(py).map(|e| e.clone_ref(py)))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, events)
     }
 
     /// True when the job calls `consume_batch` (sync worker).

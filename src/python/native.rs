@@ -123,9 +123,30 @@ const PACK_MAX_BYTES: usize = 64 * 1024;
 /// lists, str, int (64-bit), finite float, bool and None, so that unpacking gives
 /// back equal values of the same types; None otherwise (the payload then stays
 /// the caller's object).
-pub fn pack_json(obj: &Bound<'_, PyAny>) -> Option<String> {
-    let mut out = String::with_capacity(128);
-    pack_into(obj, 0, &mut out).then_some(out)
+pub fn pack_json(obj: &Bound<'_, PyAny>) -> Option<Box<str>> {
+    thread_local! {
+        static BUF: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(256));
+    }
+    // NOTE: the text is written into a reused buffer and then copied into an
+    // allocation of its exact size, because it lives as long as the event waits in
+    // lanes: mimalloc's realloc keeps a block in place when it shrinks to half its
+    // size or more, so `into_boxed_str()` on a 128-byte String holding a 70-byte
+    // payload kept all 128 bytes (48 B per queued event).
+    BUF.with(|buf| match buf.try_borrow_mut() {
+        Ok(mut out) => {
+            out.clear();
+            let ok = pack_into(obj, 0, &mut out);
+            let packed = ok.then(|| Box::from(out.as_str()));
+            if out.capacity() > 4 * 1024 {
+                *out = String::with_capacity(256);
+            }
+            packed
+        }
+        Err(_) => {
+            let mut out = String::new();
+            pack_into(obj, 0, &mut out).then(|| out.into_boxed_str())
+        }
+    })
 }
 
 fn pack_into(obj: &Bound<'_, PyAny>, depth: usize, out: &mut String) -> bool {
@@ -225,19 +246,48 @@ pub fn build_view_with(
     with_data: bool,
     memo: &mut ViewMemo,
 ) -> PyResult<EventView> {
-    let e = eref.event.borrow(py);
+    let convert = |converted: Result<Value, String>| match converted {
+        Ok(v) => (Some(v), None),
+        Err(err) => (None, Some(err)),
+    };
+    let e = match eref.source(py) {
+        super::event::Source::Object(e) => e.borrow(py),
+        super::event::Source::Parts(p) => {
+            let (data, data_error) = if with_data {
+                convert(match &p.data {
+                    super::event::PartsData::Packed(json) => {
+                        serde_json::from_str(json).map_err(|err| err.to_string())
+                    }
+                    super::event::PartsData::Object(o) => to_json(o.bind(py), 0),
+                })
+            } else {
+                (None, None)
+            };
+            return Ok(EventView {
+                id: p.id.hyphenated().to_string().into(),
+                topic: eref.topic.as_ref().into(),
+                event_type: interned(&mut memo.type_, &p.type_.bind(py).to_cow()?),
+                source: interned(&mut memo.source, &super::event::hook_source(py).to_cow()?),
+                timestamp: p.timestamp(),
+                data,
+                data_error,
+                correlation_id: match &p.correlation_id {
+                    Some(c) => Some(c.bind(py).to_cow()?.into_owned()),
+                    None => None,
+                },
+                priority: eref.priority,
+                meta: eref.meta.clone(),
+            });
+        }
+    };
     let ts: DateTime<Utc> = e.timestamp.to_utc(py);
     let (data, data_error) = if with_data {
-        let converted = match &e.data {
+        convert(match &e.data {
             super::event::Payload::Packed(json, _) => {
                 serde_json::from_str(json).map_err(|err| err.to_string())
             }
             super::event::Payload::Object(o) => to_json(o.bind(py), 0),
-        };
-        match converted {
-            Ok(v) => (Some(v), None),
-            Err(err) => (None, Some(err)),
-        }
+        })
     } else {
         (None, None)
     };
@@ -277,7 +327,7 @@ impl Executor<EventRef> for SinkExecutor {
                     Some(v) if !needs_data || v.data.is_some() => {
                         items.push(SinkItem {
                             view: v.clone(),
-                            attempt: d.attempt,
+                            attempt: d.attempt(),
                         });
                     }
                     Some(v) => {

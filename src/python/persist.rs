@@ -747,7 +747,7 @@ pub fn stored_event(
     eref: &EventRef,
     names: &Mutex<ViewMemo>,
 ) -> PyResult<StoredEvent> {
-    let e = eref.event.borrow(py);
+    let e = eref.event(py)?.borrow(py);
     let data = match &e.data {
         // NOTE: a payload packed at publish already is JSON text: store it as is rather
         // than parsing it into a Value and serializing that again.

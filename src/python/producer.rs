@@ -2,9 +2,12 @@
 //!
 //! Hook handlers publish an event per tool use; building the event and handing
 //! it to our bus here costs no coroutine, no Python frame and no Python-level
-//! dict of metrics per event. With any other bus (a test double, the original's
-//! bus) the producer awaits that bus's `publish()` like the original does.
+//! dict of metrics per event; the bus keeps the event's fields in Rust and makes
+//! the `Event` object only when a Python consumer first needs it. With any other
+//! bus (a test double, the original's bus) the producer awaits that bus's
+//! `publish()` with an `Event`, like the original does.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use pyo3::prelude::*;
@@ -12,7 +15,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyType};
 
 use super::bus::{EventBus, Ready};
-use super::event::Event;
+use super::event::{Event, EventParts};
 
 static SLOW_PUBLISH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static SLOW_BATCH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -59,9 +62,9 @@ impl HookEventProducer {
         }
     }
 
-    /// Publishes directly into our bus; never raises.
-    fn send_fast(&self, py: Python<'_>, bus: &Py<EventBus>, event: &Bound<'_, PyAny>) -> bool {
-        let ok = match bus.get().publish_now(event) {
+    /// Logs a failed publish into our bus and counts the outcome; never raises.
+    fn settle(&self, py: Python<'_>, result: PyResult<bool>) -> bool {
+        let ok = match result {
             Ok(ok) => ok,
             Err(e) => {
                 super::log_error(py, &format!("Error publishing hook event: {}", e.value(py)));
@@ -72,31 +75,53 @@ impl HookEventProducer {
         ok
     }
 
-    /// Hands a new event to the bus: directly into ours, else through `publish()`.
-    fn send<'py>(slf: &Bound<'py, Self>, event: Event) -> PyResult<Bound<'py, PyAny>> {
+    /// Publishes directly into our bus; never raises.
+    fn send_fast(&self, py: Python<'_>, bus: &Py<EventBus>, event: &Bound<'_, PyAny>) -> bool {
+        self.settle(py, bus.get().publish_now(event))
+    }
+
+    /// Hands a new event to the bus: directly into ours (as fields, without an
+    /// `Event` object, unless the bus stores its events), else as an `Event`
+    /// through `publish()`.
+    fn send<'py>(slf: &Bound<'py, Self>, draft: Draft<'py>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        let event = Bound::new(py, event)?.into_any();
         let this = slf.get();
         if let Some(bus) = &this.fast {
             if Self::publish_is_ours(slf)? {
-                return Ok(Ready::of_bool(py, this.send_fast(py, bus, &event))
-                    .into_bound(py)
-                    .into_any());
+                // NOTE: a durable bus stores the Event it accepts: give it one.
+                if bus.get().is_durable() {
+                    let event = Bound::new(py, draft.into_event(py, this.source.bind(py))?)?;
+                    return Ok(Ready::of_bool(py, this.send_fast(py, bus, event.as_any()))
+                        .into_bound(py)
+                        .into_any());
+                }
+                let Draft {
+                    topic,
+                    type_,
+                    data,
+                    correlation_id,
+                    priority,
+                } = draft;
+                let result = bus.get().accept_parts(py, &topic, priority, data, |data| {
+                    EventParts::new(type_.unbind(), correlation_id.map(Bound::unbind), data)
+                });
+                let ok = this.settle(py, result.map(|r| r.is_ok()));
+                return Ok(Ready::of_bool(py, ok).into_bound(py).into_any());
             }
         }
+        let event = Bound::new(py, draft.into_event(py, this.source.bind(py))?)?;
         slf.call_method1("publish", (event,))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Checks the arguments common to every helper and collects the fields.
     fn make<'py>(
         &self,
-        py: Python<'py>,
-        topic: &str,
+        topic: impl Into<Cow<'static, str>>,
         type_: Bound<'py, PyString>,
         data: Bound<'py, PyAny>,
         correlation_id: Option<Bound<'py, PyAny>>,
         priority: u8,
-    ) -> PyResult<Event> {
+    ) -> PyResult<Draft<'py>> {
         let correlation_id = match correlation_id {
             Some(c) if !c.is_none() => Some(c.cast_into::<PyString>().map_err(|e| {
                 super::errors::event_error(format!(
@@ -110,14 +135,36 @@ impl HookEventProducer {
             })?),
             _ => None,
         };
-        Event::from_parts(
-            py,
-            PyString::new(py, topic),
+        Ok(Draft {
+            topic: topic.into(),
             type_,
-            self.source.bind(py).clone(),
             data,
             correlation_id,
             priority,
+        })
+    }
+}
+
+/// The fields of an event the producer is about to publish.
+struct Draft<'py> {
+    topic: Cow<'static, str>,
+    type_: Bound<'py, PyString>,
+    data: Bound<'py, PyAny>,
+    correlation_id: Option<Bound<'py, PyString>>,
+    priority: u8,
+}
+
+impl<'py> Draft<'py> {
+    /// The `Event` with these fields.
+    fn into_event(self, py: Python<'py>, source: &Bound<'py, PyString>) -> PyResult<Event> {
+        Event::from_parts(
+            py,
+            PyString::new(py, &self.topic),
+            self.type_,
+            source.clone(),
+            self.data,
+            self.correlation_id,
+            self.priority,
         )
     }
 }
@@ -144,7 +191,8 @@ impl HookEventProducer {
         HookEventProducer {
             bus: event_bus.unbind(),
             fast,
-            source: PyString::new(py, "hook_handler").unbind(),
+            // NOTE: the one shared str, which events kept as fields also report.
+            source: super::event::hook_source(py).clone().unbind(),
             published: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             batches: AtomicU64::new(0),
@@ -210,7 +258,6 @@ impl HookEventProducer {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let e = slf.get().make(
-            py,
             "hook.response",
             PyString::new(py, "AssistantResponse"),
             response_data,
@@ -235,7 +282,6 @@ impl HookEventProducer {
         data.set_item(pyo3::intern!(py, "params"), tool_params)?;
         data.set_item(pyo3::intern!(py, "result"), tool_result)?;
         let e = slf.get().make(
-            py,
             "hook.tool",
             pyo3::intern!(py, "ToolUse").clone(),
             data.into_any(),
@@ -264,7 +310,6 @@ impl HookEventProducer {
         };
         data.set_item("details", details)?;
         let e = slf.get().make(
-            py,
             "hook.error",
             PyString::new(py, "Error"),
             data.into_any(),
@@ -297,7 +342,7 @@ impl HookEventProducer {
         let type_ = PyString::new(py, &format!("Subagent{event_type}"));
         let e = slf
             .get()
-            .make(py, &topic, type_, data.into_any(), correlation_id, 3)?;
+            .make(topic, type_, data.into_any(), correlation_id, 3)?;
         Self::send(slf, e)
     }
 
@@ -309,7 +354,6 @@ impl HookEventProducer {
         hook_data: Bound<'py, PyAny>,
         correlation_id: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
         let kind = hook_type.to_cow()?.to_lowercase();
         let topic = if kind.contains("response") {
             "hook.response"
@@ -331,7 +375,7 @@ impl HookEventProducer {
         };
         let e = slf
             .get()
-            .make(py, topic, hook_type, hook_data, correlation_id, priority)?;
+            .make(topic, hook_type, hook_data, correlation_id, priority)?;
         Self::send(slf, e)
     }
 

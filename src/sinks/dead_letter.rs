@@ -80,8 +80,8 @@ pub fn serialize(v: &EventView, consumer: Option<&str>, errors: &[String], attem
         "priority": priority_name(v.priority),
         "metadata": {
             "retry_count": m.retry_count,
-            "consumers_failed": m.failed.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
-            "error_messages": &m.errors[..],
+            "consumers_failed": m.failed().iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+            "error_messages": m.errors(),
         },
         "dead_letter": {
             "consumer": consumer,
@@ -95,7 +95,7 @@ pub fn serialize(v: &EventView, consumer: Option<&str>, errors: &[String], attem
 /// The original's `_should_store`: failed consumers, retries exhausted, or errors.
 pub fn should_store(v: &EventView) -> bool {
     let m = v.meta.lock();
-    !m.failed.is_empty() || m.retry_count >= m.max_retries || !m.errors.is_empty()
+    !m.failed().is_empty() || m.retry_count >= m.max_retries || !m.errors().is_empty()
 }
 
 /// `(time part, counter)` of a file name, for ordering; `None` if not ours.
@@ -320,7 +320,7 @@ impl Sink for DeadLetterSink {
                 if !should_store(&i.view) {
                     return Ok(());
                 }
-                let errors = i.view.meta.lock().errors.to_vec();
+                let errors = i.view.meta.lock().errors().to_vec();
                 let retries = i.view.meta.lock().retry_count.max(0) as u32;
                 self.store(&serialize(&i.view, None, &errors, retries))
             })

@@ -204,8 +204,8 @@ impl LoggingSink {
         if m.retry_count > 0 {
             info.push(format!("retries={}", m.retry_count));
         }
-        if !m.failed.is_empty() {
-            let names: Vec<String> = m.failed.iter().map(|f| python_str_repr(f)).collect();
+        if !m.failed().is_empty() {
+            let names: Vec<String> = m.failed().iter().map(|f| python_str_repr(f)).collect();
             info.push(format!("failed={{{}}}", names.join(", ")));
         }
         if !info.is_empty() {
@@ -218,7 +218,7 @@ impl LoggingSink {
     pub fn level(&self, v: &EventView) -> u32 {
         {
             let m = v.meta.lock();
-            if !m.failed.is_empty() {
+            if !m.failed().is_empty() {
                 return ERROR;
             }
             if m.retry_count > 0 {
@@ -328,11 +328,9 @@ mod tests {
             s.format(&v),
             "[hook.x] T (id=01234567, source=src)\n{\n  \"b\": 1,\n  \"a\": \"\\u00e9\"\n}"
         );
-        let meta = MetaState {
-            retry_count: 2,
-            failed: thin_vec::thin_vec![Arc::from("C")],
-            ..MetaState::default()
-        };
+        let mut meta = MetaState::default();
+        meta.retry_count = 2;
+        meta.set_failed(thin_vec::thin_vec![Arc::from("C")]);
         let v = view("x", json!({}), meta);
         assert_eq!(
             s.format(&v),

@@ -169,10 +169,10 @@ impl MetricsSink {
             }
             let failed: Vec<Arc<str>> = {
                 let m = v.meta.lock();
-                if m.failed.is_empty() {
+                if m.failed().is_empty() {
                     Vec::new()
                 } else {
-                    m.failed.to_vec()
+                    m.failed().to_vec()
                 }
             };
             for c in failed {
@@ -290,10 +290,8 @@ mod tests {
     use crate::event::{EventView, MetaState};
 
     fn item(topic: &str, ty: &str, failed: &[&str]) -> SinkItem {
-        let meta = MetaState {
-            failed: failed.iter().map(|f| Arc::from(*f)).collect(),
-            ..MetaState::default()
-        };
+        let mut meta = MetaState::default();
+        meta.set_failed(failed.iter().map(|f| Arc::from(*f)).collect());
         SinkItem {
             view: Arc::new(EventView {
                 id: "x".into(),
