@@ -179,6 +179,19 @@ impl EventBus {
         let py = event.py();
         let owned = as_event(event)?;
         let (eref, route) = self.prepare_event(py, owned, Utc::now(), &mut PrepMemo::default())?;
+        self.submit_durable(py, p, eref, route, done)
+    }
+
+    /// Hands an accepted event to the store (which dispatches it once stored), unless
+    /// the bus stopped accepting.
+    fn submit_durable(
+        &self,
+        py: Python<'_>,
+        p: &Arc<Persist>,
+        eref: EventRef,
+        route: Arc<Route<EventRef>>,
+        done: persist::Done,
+    ) -> PyResult<Result<(), String>> {
         if !self.shared.engine.is_accepting() || p.is_closing() {
             if !self.shared.warned_not_running.swap(true, Ordering::Relaxed) {
                 log_warning(
@@ -277,11 +290,6 @@ impl EventBus {
         Ok((eref, route))
     }
 
-    /// True when accepted events are written to a store first.
-    pub(crate) fn is_durable(&self) -> bool {
-        self.persist.is_some()
-    }
-
     /// Whether a publish is answered at once: in memory, or durable with "async"
     /// durability (a "sync" publish is answered after the commit).
     pub(crate) fn answers_at_once(&self) -> bool {
@@ -316,7 +324,7 @@ impl EventBus {
         priority: u8,
         data: Bound<'_, PyAny>,
         make: impl FnOnce(PartsData) -> EventParts,
-    ) -> PyResult<Result<(), Rejected>> {
+    ) -> PyResult<bool> {
         // NOTE: the same checks, in the same order and with the same errors, as
         // `EventRef::accept` on an `Event` with these fields.
         let route = self
@@ -330,8 +338,9 @@ impl EventBus {
                 super::event::type_name(&data)
             )));
         }
-        // NOTE: as `pack_payload` would: only for events a Python consumer receives.
-        let data = match route.any_plain {
+        // NOTE: as `pack_payload` would: only for events a Python consumer receives,
+        // or that are stored (the store keeps the JSON text as is).
+        let data = match route.any_plain || self.persist.is_some() {
             true => match super::native::pack_json(&data) {
                 Some(json) => PartsData::Packed(json),
                 None => PartsData::Object(data.unbind()),
@@ -342,7 +351,20 @@ impl EventBus {
         if route.needs_view > 0 {
             eref.view = Some(Arc::new(build_view(py, &eref, route.needs_view >= 2)?));
         }
-        Ok(self.dispatch(py, eref, &route))
+        match &self.persist {
+            None => Ok(self.dispatch(py, eref, &route).is_ok()),
+            // NOTE: only buses that answer at once get here (the producer's fast path):
+            // "async" durability, whose failures are logged by the writer's callback.
+            Some(p) => match self.submit_durable(py, p, eref, route, p.done_log())? {
+                Ok(()) => Ok(true),
+                Err(msg) => {
+                    if !msg.is_empty() {
+                        super::log_error(py, &format!("publish failed: {msg}"));
+                    }
+                    Ok(false)
+                }
+            },
+        }
     }
 
     /// Hands an accepted event to the engine.

@@ -646,11 +646,7 @@ impl EventId {
                 .to_cow()
                 .map(|c| c.into_owned())
                 .unwrap_or_default(),
-            EventId::Fresh(u, _) => {
-                // NOTE: encode_lower into a buffer skips the fmt machinery of to_string().
-                let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-                u.hyphenated().encode_lower(&mut buf).to_owned()
-            }
+            EventId::Fresh(u, _) => uuid_text(u),
         }
     }
 
@@ -1082,6 +1078,13 @@ impl EventParts {
     }
 }
 
+/// A uuid as the usual lower-case hyphenated text.
+pub fn uuid_text(u: &uuid::Uuid) -> String {
+    // NOTE: encode_lower into a buffer skips the fmt machinery of to_string().
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    u.hyphenated().encode_lower(&mut buf).to_owned()
+}
+
 static HOOK_SOURCE: PyOnceLock<Py<PyString>> = PyOnceLock::new();
 
 /// `"hook_handler"`, the source of every `HookEventProducer` event (one shared str).
@@ -1189,7 +1192,7 @@ impl EventRef {
     pub fn id(&self, py: Python<'_>) -> String {
         match self.source(py) {
             Source::Object(e) => e.borrow(py).id.text(py),
-            Source::Parts(p) => p.id.hyphenated().to_string(),
+            Source::Parts(p) => uuid_text(&p.id),
         }
     }
 

@@ -27,7 +27,7 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 
 use super::bus::Ready;
 use super::errors::PersistenceError;
-use super::event::{Event, EventRef};
+use super::event::{hook_source, uuid_text, Event, EventRef, PartsData, Source};
 use super::executor::Inbox;
 use super::native::{build_view, interned, ViewMemo};
 use super::{log_error, runtime};
@@ -747,6 +747,38 @@ pub fn stored_event(
     eref: &EventRef,
     names: &Mutex<ViewMemo>,
 ) -> PyResult<StoredEvent> {
+    let seq = eref
+        .durable
+        .as_ref()
+        .map_or(0, |d| d.seq.load(Ordering::Acquire));
+    // NOTE: a producer-made event with a packed payload is stored from its fields,
+    // without making the `Event` object (which a Python consumer may never need).
+    if let Source::Parts(p) = eref.source(py) {
+        if let PartsData::Packed(json) = &p.data {
+            let (event_type, source) = {
+                let mut memo = names.lock();
+                (
+                    interned(&mut memo.type_, &p.type_.bind(py).to_cow()?),
+                    interned(&mut memo.source, &hook_source(py).to_cow()?),
+                )
+            };
+            return Ok(StoredEvent {
+                seq,
+                id: uuid_text(&p.id),
+                topic: eref.topic.clone(),
+                event_type,
+                source,
+                timestamp_us: p.timestamp().timestamp_micros(),
+                published_us: Utc::now().timestamp_micros(),
+                priority: eref.priority,
+                correlation_id: match &p.correlation_id {
+                    Some(c) => Some(c.bind(py).to_cow()?.into_owned()),
+                    None => None,
+                },
+                data_json: json.as_bytes().to_vec(),
+            });
+        }
+    }
     let e = eref.event(py)?.borrow(py);
     let data = match &e.data {
         // NOTE: a payload packed at publish already is JSON text: store it as is rather
@@ -782,10 +814,7 @@ pub fn stored_event(
     Ok(StoredEvent {
         // NOTE: known once the store has answered; lets a dead letter find its
         // pending delivery by primary key.
-        seq: eref
-            .durable
-            .as_ref()
-            .map_or(0, |d| d.seq.load(Ordering::Acquire)),
+        seq,
         id: e.id.text(py),
         topic: eref.topic.clone(),
         event_type,

@@ -81,20 +81,12 @@ impl HookEventProducer {
     }
 
     /// Hands a new event to the bus: directly into ours (as fields, without an
-    /// `Event` object, unless the bus stores its events), else as an `Event`
-    /// through `publish()`.
+    /// `Event` object), else as an `Event` through `publish()`.
     fn send<'py>(slf: &Bound<'py, Self>, draft: Draft<'py>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let this = slf.get();
         if let Some(bus) = &this.fast {
             if Self::publish_is_ours(slf)? {
-                // NOTE: a durable bus stores the Event it accepts: give it one.
-                if bus.get().is_durable() {
-                    let event = Bound::new(py, draft.into_event(py, this.source.bind(py))?)?;
-                    return Ok(Ready::of_bool(py, this.send_fast(py, bus, event.as_any()))
-                        .into_bound(py)
-                        .into_any());
-                }
                 let Draft {
                     topic,
                     type_,
@@ -105,7 +97,7 @@ impl HookEventProducer {
                 let result = bus.get().accept_parts(py, &topic, priority, data, |data| {
                     EventParts::new(type_.unbind(), correlation_id.map(Bound::unbind), data)
                 });
-                let ok = this.settle(py, result.map(|r| r.is_ok()));
+                let ok = this.settle(py, result);
                 return Ok(Ready::of_bool(py, ok).into_bound(py).into_any());
             }
         }
