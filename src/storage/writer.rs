@@ -51,7 +51,7 @@ const COLUMNS: usize = 12;
 
 /// `INSERT INTO events ...` for `n` rows.
 fn insert_sql(n: usize) -> String {
-    let row = format!("({})", vec!["?"; COLUMNS].join(", "));
+    let row = format!("({})", ["?"; COLUMNS].join(", "));
     format!(
         "INSERT INTO events (id, topic, event_type, source, timestamp_us, published_us, \
          priority, correlation_id, codec, data, size_bytes, targets) VALUES {}",
