@@ -18,18 +18,6 @@ use super::{now_us, Durability, RetentionReport, Shared, StoredEvent};
 /// one huge burst does not delay every waiter behind one giant commit.
 const MAX_BATCH_EVENTS: usize = 16_384;
 
-/// In Async mode, how long the writer waits for more events before committing a round
-/// that has fewer than [`LINGER_BELOW_EVENTS`].
-///
-/// NOTE: every commit rewrites the pages at the growing end of the table and its index
-/// into the WAL, and every round wakes the consumers once; rounds of a few events made
-/// both a large share of the cost per event. The price is at most this much latency
-/// before an event is dispatched (the publisher does not wait in Async mode).
-const ASYNC_LINGER: Duration = Duration::from_micros(500);
-
-/// Rounds with at least this many events are committed without lingering.
-const LINGER_BELOW_EVENTS: usize = 1024;
-
 /// Longest time the deliveries of new events stay in memory only (see [`Recent`]): after
 /// a crash, events acknowledged within this window are delivered again.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
@@ -370,10 +358,6 @@ impl Writer {
         };
         let mut next_flush = flush_every.map(|d| Instant::now() + d);
         let mut next_checkpoint = Instant::now() + CHECKPOINT_EVERY;
-        let linger = match self.cfg.durability {
-            Durability::Async { .. } => Some(ASYNC_LINGER),
-            Durability::Sync => None,
-        };
         let mut next_retention = retention_every.map(|d| Instant::now() + d);
         let mut batch: Vec<Cmd> = Vec::new();
         let mut shutting_down = false;
@@ -405,7 +389,6 @@ impl Writer {
                 // Group commit: take everything already queued (up to a bound).
                 let mut events = 0usize;
                 let mut next = Some(first);
-                let mut linger_until = linger.map(|d| Instant::now() + d);
                 while let Some(c) = next.take() {
                     match c {
                         Cmd::Shutdown => shutting_down = true,
@@ -422,22 +405,10 @@ impl Writer {
                                 });
                             }
                         }
-                        // Someone waits for this one: answer without lingering.
-                        Cmd::Flush { .. } | Cmd::Checkpoint { .. } | Cmd::Retention { .. } => {
-                            linger_until = None;
-                            batch.push(c)
-                        }
                         other => batch.push(other),
                     }
                     if !shutting_down && events < MAX_BATCH_EVENTS {
                         next = rx.try_recv().ok();
-                        if let (None, Some(until)) = (&next, linger_until) {
-                            if events < LINGER_BELOW_EVENTS {
-                                next = rx
-                                    .recv_timeout(until.saturating_duration_since(Instant::now()))
-                                    .ok();
-                            }
-                        }
                     }
                 }
                 // NOTE: drained, not taken: `batch` keeps its capacity (up to
