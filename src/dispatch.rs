@@ -876,6 +876,16 @@ impl<E: EventLike> Engine<E> {
     /// once for the whole batch. Returns how many were accepted; stops at the
     /// first `NotRunning`, and counts `QueueFull` refusals as dropped.
     pub fn publish_many(&self, events: Vec<(Arc<E>, Arc<Route<E>>)>) -> (usize, Option<Rejected>) {
+        self.publish_many_with(events, |_| {})
+    }
+
+    /// [`Engine::publish_many`], calling `on_full(i)` for each event `i` (its index in
+    /// `events`) refused because the queue was full.
+    pub fn publish_many_with(
+        &self,
+        events: Vec<(Arc<E>, Arc<Route<E>>)>,
+        mut on_full: impl FnMut(usize),
+    ) -> (usize, Option<Rejected>) {
         let s = &self.shared;
         if !s.accepting.load(Ordering::Acquire) {
             return (0, Some(Rejected::NotRunning));
@@ -889,7 +899,7 @@ impl<E: EventLike> Engine<E> {
         let mut groups: Vec<LaneBatch<E>> = Vec::new();
         let mut last_route: Option<Arc<Route<E>>> = None;
         let mut slots: Vec<usize> = Vec::new();
-        for (event, route) in events {
+        for (i, (event, route)) in events.into_iter().enumerate() {
             if route.lanes.is_empty() {
                 s.processed.fetch_add(1, Ordering::Relaxed);
                 accepted += 1;
@@ -903,6 +913,7 @@ impl<E: EventLike> Engine<E> {
             {
                 s.dropped.fetch_add(1, Ordering::Relaxed);
                 refused = Some(Rejected::QueueFull);
+                on_full(i);
                 continue;
             }
             if !last_route.as_ref().is_some_and(|r| Arc::ptr_eq(r, &route)) {

@@ -253,23 +253,34 @@ fn dispatch_stored(
 ) {
     match (res, engine) {
         (Ok(seqs), Some(engine)) => {
+            // NOTE: one engine call for the whole batch: each lane's lock is taken and
+            // its consumer woken once, not once per event.
+            let mut events = Vec::with_capacity(items.len());
+            let mut rest = Vec::with_capacity(items.len());
             for (item, seq) in items.into_iter().zip(seqs) {
                 item.durable.stored_as(seq);
-                let outcome = match engine.publish_to(Arc::new(item.eref), &item.route.lanes) {
-                    Ok(()) => Ok(true),
-                    Err(Rejected::QueueFull) => {
-                        // NOTE: stored but not accepted: publish reports False, so the
-                        // deliveries are acked to keep them from coming back at restart.
-                        for l in &item.route.lanes {
-                            acks.ack_key(AckKey::Seq(seq), &l.config.name);
-                        }
-                        Ok(false)
-                    }
+                events.push((Arc::new(item.eref), item.route.clone()));
+                rest.push((seq, item.route, item.done));
+            }
+            let mut full = vec![false; rest.len()];
+            let (_, refused) = engine.publish_many_with(events, |i| full[i] = true);
+            let stopped = matches!(refused, Some(Rejected::NotRunning));
+            for ((seq, route, done), full) in rest.into_iter().zip(full) {
+                let outcome = if stopped {
                     // NOTE: the bus stopped meanwhile; the deliveries stay pending and
                     // are redelivered when a bus starts on this store again.
-                    Err(Rejected::NotRunning) => Ok(false),
+                    Ok(false)
+                } else if full {
+                    // NOTE: stored but not accepted: publish reports False, so the
+                    // deliveries are acked to keep them from coming back at restart.
+                    for l in &route.lanes {
+                        acks.ack_key(AckKey::Seq(seq), &l.config.name);
+                    }
+                    Ok(false)
+                } else {
+                    Ok(true)
                 };
-                (item.done)(outcome);
+                done(outcome);
                 flight.done_one();
             }
         }
