@@ -280,7 +280,7 @@ fn dispatch_stored(
                 } else {
                     Ok(true)
                 };
-                done(outcome);
+                done.finish(&flight.inbox, outcome);
                 flight.done_one();
             }
         }
@@ -291,10 +291,11 @@ fn dispatch_stored(
             };
             for item in items {
                 flight.failures.fetch_add(1, Ordering::Relaxed);
-                (item.done)(Err(format!(
+                let msg = format!(
                     "event on topic {}: not stored, not dispatched: {e}",
                     item.eref.topic
-                )));
+                );
+                item.done.finish(&flight.inbox, Err(msg));
                 flight.done_one();
             }
         }
@@ -325,7 +326,28 @@ pub struct Persist {
 
 /// How the outcome of one durable append is reported: `Ok(true)` dispatched, `Ok(false)`
 /// stored but refused by the engine, `Err(msg)` not stored.
-pub type Done = Box<dyn FnOnce(Result<bool, String>) + Send>;
+pub enum Done {
+    /// Only log a failure (async durability: `publish` already returned).
+    // NOTE: no callback object per event on the hot async path.
+    Log,
+    /// Hand the outcome to this callback (on the writer thread).
+    Call(Box<dyn FnOnce(Result<bool, String>) + Send>),
+}
+
+impl Done {
+    fn finish(self, inbox: &Inbox, outcome: Result<bool, String>) {
+        match self {
+            Done::Log => {
+                if let Err(msg) = outcome {
+                    inbox.call_soon(Box::new(move |py| {
+                        log_error(py, &format!("publish failed: {msg}"))
+                    }));
+                }
+            }
+            Done::Call(f) => f(outcome),
+        }
+    }
+}
 
 impl Persist {
     /// Opens the store; a corrupt or unreadable file raises `PersistenceError`.
@@ -495,7 +517,7 @@ impl Persist {
     /// `done` for an awaitable `publish`: completes `fut` on the loop, logging failures.
     pub fn done_future(&self, fut: Py<PyAny>) -> Done {
         let inbox = self.flight.inbox.clone();
-        Box::new(move |outcome| {
+        Done::Call(Box::new(move |outcome| {
             inbox.call_soon(Box::new(move |py| {
                 let ok = match outcome {
                     Ok(ok) => ok,
@@ -509,19 +531,12 @@ impl Persist {
                     let _ = f.call_method1("set_result", (ok,));
                 }
             }));
-        })
+        }))
     }
 
     /// `done` that only logs failures (async durability: publish already returned).
     pub fn done_log(&self) -> Done {
-        let inbox = self.flight.inbox.clone();
-        Box::new(move |outcome| {
-            if let Err(msg) = outcome {
-                inbox.call_soon(Box::new(move |py| {
-                    log_error(py, &format!("publish failed: {msg}"))
-                }));
-            }
-        })
+        Done::Log
     }
 
     /// Adds a future completed once no append is in flight.
@@ -886,7 +901,7 @@ pub fn publish(
         });
     }
     let Some(event_loop) = event_loop else {
-        return Ok(match submit(Box::new(|_| {}))? {
+        return Ok(match submit(Done::Call(Box::new(|_| {})))? {
             // NOTE: not reachable (no loop means not started), kept total.
             Ok(()) => Ready::of_bool(py, true).into_any(),
             Err(msg) => refused(py, msg),
@@ -921,9 +936,9 @@ pub fn publish_blocking(
         });
     }
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    let r = submit(Box::new(move |o| {
+    let r = submit(Done::Call(Box::new(move |o| {
         let _ = tx.send(o);
-    }))?;
+    })))?;
     let outcome = match r {
         Ok(()) => py
             .detach(move || rx.recv())
