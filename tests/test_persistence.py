@@ -251,6 +251,33 @@ async def test_replay_by_time_window_and_topic(tmp_path: Path) -> None:
     await bus.stop()
 
 
+async def test_stored_timestamps_are_exact_to_the_microsecond(tmp_path: Path) -> None:
+    """UTC, other-offset and naive datetimes are stored exactly (the UTC ones take a
+    fast path through datetime.timestamp())."""
+    bus = durable_bus(tmp_path / "events.db")
+    target = Recorder("target", topics=["nothing.matches"])
+    await bus.subscribe(target)
+    await bus.start()
+    rng = random.Random(11)
+    stamps = [
+        dt.datetime(1970, 1, 1, 0, 0, 0, 1, tzinfo=UTC),
+        dt.datetime(2026, 11, 27, 8, 0, 0, 999_999, tzinfo=UTC),
+        dt.datetime(2099, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        dt.datetime(2026, 6, 1, 12, 0, 0, 500_001, tzinfo=dt.timezone(dt.timedelta(hours=-7))),
+    ]
+    stamps += [
+        dt.datetime(2026, 1, 1, tzinfo=UTC) + dt.timedelta(microseconds=rng.randrange(10**14))
+        for _ in range(300)
+    ]
+    for ts in stamps:
+        assert await bus.publish(ev("hook.ts", ts=ts))
+    await bus.join(10)
+    assert await bus.replay(since=dt.datetime(1969, 1, 1, tzinfo=UTC), to=target) == len(stamps)
+    await bus.join(10)
+    assert sorted(e.timestamp for e in target.events) == sorted(stamps)
+    await bus.stop()
+
+
 # ----- retention -----
 
 
