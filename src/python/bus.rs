@@ -612,7 +612,9 @@ impl EventBus {
         let mut memo = PrepMemo::default();
         // NOTE: every event is checked before any is accepted, so a bad event in
         // the middle raises without a partial publish.
-        let mut owned_events: Vec<Py<Event>> = Vec::new();
+        // NOTE: sized up front: growing a million-entry Vec by doubling showed up as
+        // reallocation copies and fresh pages in the W6 profile.
+        let mut owned_events: Vec<Py<Event>> = Vec::with_capacity(events.len().unwrap_or(0));
         for (i, e) in events
             .try_iter()
             .map_err(|_| event_error("publish_batch() expects an iterable of events"))?
