@@ -551,8 +551,11 @@ impl Payload {
 pub enum Timestamp {
     /// Set by the bus at creation time.
     Now(DateTime<Utc>, PyOnceLock<Py<PyAny>>),
-    /// Given by the caller (a `datetime`).
-    Given(Py<PyAny>),
+    /// Given by the caller (a `datetime`), with its UTC time.
+    // NOTE: converted once when set (datetimes are immutable) instead of at every
+    // read by the engine (views for Rust consumers, the store, logging); under the
+    // stable ABI the conversion costs Python calls.
+    Given(Py<PyAny>, DateTime<Utc>),
 }
 
 impl Timestamp {
@@ -560,10 +563,24 @@ impl Timestamp {
         Timestamp::Now(Utc::now(), PyOnceLock::new())
     }
 
+    /// A caller's `datetime` (naive datetimes are taken as UTC).
+    fn given(t: Bound<'_, PyAny>) -> Self {
+        let utc = utc_fast(&t).unwrap_or_else(|| {
+            t.extract::<DateTime<Utc>>()
+                .or_else(|_| {
+                    t.extract::<DateTime<chrono::FixedOffset>>()
+                        .map(|d| d.with_timezone(&Utc))
+                })
+                .or_else(|_| t.extract::<chrono::NaiveDateTime>().map(|n| n.and_utc()))
+                .unwrap_or_else(|_| Utc::now())
+        });
+        Timestamp::Given(t.unbind(), utc)
+    }
+
     /// The Python `datetime`.
     pub fn to_py(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         match self {
-            Timestamp::Given(p) => Ok(p.clone_ref(py)),
+            Timestamp::Given(p, _) => Ok(p.clone_ref(py)),
             Timestamp::Now(dt, cell) => cell
                 .get_or_try_init(py, || {
                     Ok::<_, PyErr>(dt.into_pyobject(py)?.into_any().unbind())
@@ -573,29 +590,16 @@ impl Timestamp {
     }
 
     /// The time in UTC (naive datetimes are taken as UTC).
-    pub fn to_utc(&self, py: Python<'_>) -> DateTime<Utc> {
+    pub fn to_utc(&self, _py: Python<'_>) -> DateTime<Utc> {
         match self {
-            Timestamp::Now(dt, _) => *dt,
-            Timestamp::Given(p) => {
-                let t = p.bind(py);
-                if let Some(dt) = utc_fast(t) {
-                    return dt;
-                }
-                t.extract::<DateTime<Utc>>()
-                    .or_else(|_| {
-                        t.extract::<DateTime<chrono::FixedOffset>>()
-                            .map(|d| d.with_timezone(&Utc))
-                    })
-                    .or_else(|_| t.extract::<chrono::NaiveDateTime>().map(|n| n.and_utc()))
-                    .unwrap_or_else(|_| Utc::now())
-            }
+            Timestamp::Now(dt, _) | Timestamp::Given(_, dt) => *dt,
         }
     }
 
     fn clone_ref(&self, py: Python<'_>) -> Self {
         match self {
             Timestamp::Now(dt, _) => Timestamp::Now(*dt, PyOnceLock::new()),
-            Timestamp::Given(p) => Timestamp::Given(p.clone_ref(py)),
+            Timestamp::Given(p, dt) => Timestamp::Given(p.clone_ref(py), *dt),
         }
     }
 }
@@ -826,7 +830,7 @@ impl Event {
             topic: topic.unbind(),
             type_: type_.unbind(),
             timestamp: match timestamp {
-                Some(t) if !t.is_none() => Timestamp::Given(check_timestamp(py, Some(t))?.unbind()),
+                Some(t) if !t.is_none() => Timestamp::given(check_timestamp(py, Some(t))?),
                 _ => Timestamp::now(),
             },
             source: source.unbind(),
@@ -880,7 +884,7 @@ impl Event {
     }
     #[setter]
     fn set_timestamp(&mut self, py: Python<'_>, v: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.timestamp = Timestamp::Given(check_timestamp(py, Some(v))?.unbind());
+        self.timestamp = Timestamp::given(check_timestamp(py, Some(v))?);
         Ok(())
     }
     #[getter]
