@@ -13,7 +13,7 @@
 //! time, so each consumer sees its events in priority order, and a failed item
 //! waits for its retry on a timer without holding the lane back.
 
-use std::collections::VecDeque;
+use crate::queue::ChunkedQueue;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
@@ -226,7 +226,7 @@ impl<E: EventLike> Job<E> {
 }
 
 struct LaneState<E> {
-    pending: [VecDeque<Delivery<E>>; PRIORITY_LEVELS],
+    pending: [ChunkedQueue<Delivery<E>>; PRIORITY_LEVELS],
     len: usize,
     in_flight: Option<u64>,
     next_token: u64,
@@ -497,7 +497,7 @@ impl<E: EventLike> Lane<E> {
         let mut st = self.state.lock();
         st.closed = true;
         st.len = 0;
-        st.pending.iter_mut().flat_map(|q| q.drain(..)).collect()
+        st.pending.iter_mut().flat_map(|q| q.drain_all()).collect()
     }
 
     fn flush_batches(self: &Arc<Self>) {
@@ -1004,13 +1004,14 @@ impl<E: EventLike> Lane<E> {
     fn close_pending(&self) -> Vec<Delivery<E>> {
         let mut st = self.state.lock();
         st.len = 0;
-        st.pending.iter_mut().flat_map(|q| q.drain(..)).collect()
+        st.pending.iter_mut().flat_map(|q| q.drain_all()).collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::VecDeque;
     use std::sync::atomic::AtomicBool;
 
     struct Ev {

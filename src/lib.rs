@@ -12,6 +12,7 @@ pub mod python;
 pub mod dead_letter;
 pub mod dispatch;
 pub mod event;
+pub mod queue;
 pub mod retry;
 pub mod stats;
 pub mod storage;
