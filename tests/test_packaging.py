@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import mpm_events
@@ -41,3 +42,23 @@ def test_public_names() -> None:
 
     assert ConsumerPriority.DEFERRED.value == 5
     assert isinstance(mpm_events.EventBus(), IEventBus)
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="Linux only")
+def test_allocator_arena_is_kept_out_of_huge_pages() -> None:
+    """The extension gives mimalloc a 1 GiB arena advised MADV_NOHUGEPAGE (flag "nh"),
+    and only that mapping: the host's own memory keeps its huge-page setting."""
+    code = (
+        "import re, mpm_events\n"
+        "n = 0\n"
+        "for block in re.split(r'\\n(?=[0-9a-f]+-[0-9a-f]+ )', open('/proc/self/smaps').read()):\n"
+        "    a, b = (int(x, 16) for x in block.split()[0].split('-'))\n"
+        "    flags = re.search(r'VmFlags:(.*)', block).group(1).split()\n"
+        "    if b - a == 1 << 30 and 'nh' in flags:\n"
+        "        n += 1\n"
+        "print(n)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "1"
