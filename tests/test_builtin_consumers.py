@@ -309,3 +309,13 @@ async def test_dead_letter_replay_by_time_window_and_topic(tmp_path):
     assert await ids(topic_filter="hook.*") == [0, 3]
     assert await ids(topic_filter="hook.**") == [0, 1, 3]
     assert dlc.get_metrics()["events_replayed"] == 4 + 3 + 2 + 2 + 1 + 3 + 2 + 3
+
+
+async def test_replay_events_window_must_be_datetimes(tmp_path) -> None:
+    dlc = DeadLetterConsumer(output_dir=tmp_path)
+    with pytest.raises(
+        TypeError, match="start_time and end_time must be datetimes or None, got str"
+    ):
+        await dlc.replay_events(start_time="yesterday")
+    # A naive datetime is taken as UTC; an empty store replays nothing.
+    assert await dlc.replay_events(start_time=datetime(2026, 1, 1)) == []

@@ -386,7 +386,8 @@ class EventBus(IEventBus):
             before it is dispatched, with the consumers it was routed to; record each
             consumer's acknowledgement (handled or filtered out) and the dead
             letters; redeliver what a consumer (matched by name) has not
-            acknowledged when a bus starts on the same file again. See
+            acknowledged when a bus starts on the same file again (after a
+            crash, also what was acknowledged in its last second). See
             ``docs/persistence.md``.
         dead_letter_capacity: How many dead letters are kept in memory (new,
             keyword-only); when full the oldest is evicted and counted in

@@ -5,7 +5,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyCFunction, PyDict, PyList, PySet};
 use serde_json::Value;
@@ -241,11 +241,12 @@ fn to_utc(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<DateTime<Utc>>> {
     let Some(o) = obj.filter(|o| !o.is_none()) else {
         return Ok(None);
     };
-    if let Ok(t) = o.extract::<DateTime<chrono::FixedOffset>>() {
-        return Ok(Some(t.with_timezone(&Utc)));
-    }
-    // NOTE: a naive datetime is taken as UTC (stored timestamps are UTC).
-    Ok(Some(o.extract::<chrono::NaiveDateTime>()?.and_utc()))
+    super::event::datetime_utc(o).map(Some).ok_or_else(|| {
+        PyTypeError::new_err(format!(
+            "start_time and end_time must be datetimes or None, got {}",
+            super::event::type_name(o)
+        ))
+    })
 }
 
 fn record_to_event(py: Python<'_>, rec: &Value) -> PyResult<Py<PyAny>> {

@@ -120,19 +120,12 @@ fn read_datetime(obj: &Bound<'_, PyAny>, field: &str) -> PyResult<Option<DateTim
     if obj.is_none() {
         return Ok(None);
     }
-    if let Ok(dt) = obj.extract::<DateTime<Utc>>() {
+    if let Some(dt) = datetime_utc(obj) {
         return Ok(Some(dt));
-    }
-    // NOTE: naive datetimes are taken as UTC, like the original's isoformat round trip.
-    if let Ok(naive) = obj.extract::<chrono::NaiveDateTime>() {
-        return Ok(Some(naive.and_utc()));
     }
     if let Ok(s) = obj.extract::<String>() {
         let parsed = parse_timestamp(obj.py(), &s)?;
         return read_datetime(&parsed, field);
-    }
-    if let Ok(dt) = obj.extract::<DateTime<chrono::FixedOffset>>() {
-        return Ok(Some(dt.with_timezone(&Utc)));
     }
     Err(PyTypeError::new_err(format!(
         "EventMetadata.{field} must be a datetime or None"
@@ -565,15 +558,7 @@ impl Timestamp {
 
     /// A caller's `datetime` (naive datetimes are taken as UTC).
     fn given(t: Bound<'_, PyAny>) -> Self {
-        let utc = utc_fast(&t).unwrap_or_else(|| {
-            t.extract::<DateTime<Utc>>()
-                .or_else(|_| {
-                    t.extract::<DateTime<chrono::FixedOffset>>()
-                        .map(|d| d.with_timezone(&Utc))
-                })
-                .or_else(|_| t.extract::<chrono::NaiveDateTime>().map(|n| n.and_utc()))
-                .unwrap_or_else(|_| Utc::now())
-        });
+        let utc = datetime_utc(&t).unwrap_or_else(Utc::now);
         Timestamp::Given(t.unbind(), utc)
     }
 
@@ -590,7 +575,7 @@ impl Timestamp {
     }
 
     /// The time in UTC (naive datetimes are taken as UTC).
-    pub fn to_utc(&self, _py: Python<'_>) -> DateTime<Utc> {
+    pub fn to_utc(&self) -> DateTime<Utc> {
         match self {
             Timestamp::Now(dt, _) | Timestamp::Given(_, dt) => *dt,
         }
@@ -605,6 +590,19 @@ impl Timestamp {
 }
 
 static UTC_TZ: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// A `datetime` in UTC; naive datetimes are taken as UTC (stored and published
+/// timestamps are UTC, like the original's isoformat round trip). `None` if `t` is not
+/// a datetime.
+pub(crate) fn datetime_utc(t: &Bound<'_, PyAny>) -> Option<DateTime<Utc>> {
+    if let Some(dt) = utc_fast(t) {
+        return Some(dt);
+    }
+    t.extract::<DateTime<chrono::FixedOffset>>()
+        .map(|d| d.with_timezone(&Utc))
+        .or_else(|_| t.extract::<chrono::NaiveDateTime>().map(|n| n.and_utc()))
+        .ok()
+}
 
 /// A datetime whose tzinfo is `datetime.timezone.utc` (what `datetime.now(UTC)` makes),
 /// converted with one method call; `None` for any other datetime.

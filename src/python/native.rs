@@ -264,7 +264,7 @@ pub fn build_view_with(
                 (None, None)
             };
             return Ok(EventView {
-                id: p.id.hyphenated().to_string().into(),
+                id: super::event::uuid_text(&p.id).into(),
                 topic: eref.topic.as_ref().into(),
                 event_type: interned(&mut memo.type_, &p.type_.bind(py).to_cow()?),
                 source: interned(&mut memo.source, &super::event::hook_source(py).to_cow()?),
@@ -280,7 +280,7 @@ pub fn build_view_with(
             });
         }
     };
-    let ts: DateTime<Utc> = e.timestamp.to_utc(py);
+    let ts: DateTime<Utc> = e.timestamp.to_utc();
     let (data, data_error) = if with_data {
         convert(match &e.data {
             super::event::Payload::Packed(json, _) => {

@@ -2,12 +2,13 @@
 //! ([`crate::storage::Store`]). See `docs/persistence.md` for the guarantees.
 //!
 //! * Publishing: the event is copied into a [`StoredEvent`] (on the publisher's thread,
-//!   with the GIL) and handed to the store's writer with `append_with`; the writer's
-//!   callback (on the writer thread, without the GIL) dispatches it into the engine
-//!   once it is committed (fsynced in `"sync"` mode) and then completes the publisher's
-//!   awaitable through the [`Inbox`] (`call_soon`). So many concurrent `publish` calls
-//!   share one group commit, and nothing is dispatched that is not stored.
-//! * Acknowledgements: [`Acks`] collects (event id, consumer) pairs from
+//!   with the GIL) and queued in the bus's [`Outbox`]; the store's writer takes the
+//!   whole outbox at once (`Store::append_from`) and its callback (on the writer thread,
+//!   without the GIL) dispatches the batch into the engine once it is committed
+//!   (fsynced in `"sync"` mode) and then answers each publisher (through the [`Inbox`]
+//!   for awaitables). So many concurrent `publish` calls share one group commit, and
+//!   nothing is dispatched that is not stored.
+//! * Acknowledgements: [`Acks`] collects (seq, consumer) pairs from
 //!   `EventLike::on_handled` and sends them to the store in batches (never fsynced on
 //!   their own: a lost ack means one redelivery).
 //! * Restart redelivery and replay read rows into a [`StoredBatch`] off the event loop;
@@ -845,7 +846,7 @@ pub fn stored_event(
         topic: eref.topic.clone(),
         event_type,
         source,
-        timestamp_us: e.timestamp.to_utc(py).timestamp_micros(),
+        timestamp_us: e.timestamp.to_utc().timestamp_micros(),
         published_us: Utc::now().timestamp_micros(),
         priority: e.priority,
         correlation_id: match &e.correlation_id {

@@ -195,7 +195,7 @@ impl Recent {
     /// Tracks the deliveries of event `seq`; false if they must go to the table now
     /// (more than 64 targets, or a seq below `base`).
     fn push(&mut self, seq: i64, targets: &Targets) -> bool {
-        let end = self.base + self.slots.len() as i64;
+        let end = self.end();
         if targets.len() > 64 || seq < end {
             return false;
         }
@@ -210,6 +210,11 @@ impl Recent {
         self.slots
             .push_back((mask != 0).then(|| (targets.clone(), mask)));
         true
+    }
+
+    /// The lowest seq [`Recent::push`] accepts next.
+    fn end(&self) -> i64 {
+        self.base + self.slots.len() as i64
     }
 
     /// Marks `consumer`'s delivery of `seq` done; false if `seq` is not tracked here
@@ -550,8 +555,9 @@ impl Writer {
         tx.commit().map_err(sq)?;
         // Only now: a rolled-back append must not leave deliveries behind in memory.
         for (seq, targets) in staged {
+            // Cannot fail: `inserted` staged only seqs above everything tracked.
             let tracked = self.recent.push(seq, &targets);
-            debug_assert!(tracked, "staged deliveries are always trackable");
+            debug_assert!(tracked);
         }
         Ok((outcomes, delta))
     }
@@ -772,7 +778,11 @@ impl<'a> Apply<'a> {
     fn inserted(&mut self, row: &Row, seq: i64, seqs: &mut Vec<i64>) -> rusqlite::Result<()> {
         // NOTE: an event with more targets than `Recent` tracks gets its deliveries
         // as rows now and no `targets` (nothing to rebuild); see `Recent::json_for`.
-        if row.targets.len() <= 64 {
+        // So does one whose seq `Recent` could not take after the commit (not above
+        // everything tracked; AUTOINCREMENT makes that impossible, but a delivery
+        // must never depend on it).
+        let next = self.staged.last().map_or(self.recent.end(), |(s, _)| s + 1);
+        if row.targets.len() <= 64 && seq >= next {
             self.staged.push((seq, row.targets.clone()));
         } else {
             let mut ins_d = self.tx.prepare_cached(
