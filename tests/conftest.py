@@ -208,3 +208,35 @@ async def make_bus():
     yield factory
     for b in made:
         await b.stop(timeout=5)
+
+
+BUS_KINDS = ["memory", "durable"]
+
+
+@pytest.fixture
+async def started_bus(tmp_path: Path):
+    """Factory ``await started_bus(kind, **kw)``: a started in-memory (``"memory"``) or
+    durable (``"durable"``: ``enable_persistence=True``, a store in ``tmp_path``) bus.
+
+    Every bus it made is stopped after the test, also when the test fails, so no bus
+    leaks into later tests.
+    """
+    made: list[EventBus] = []
+
+    async def factory(kind: str, *, start: bool = True, **kw: Any) -> EventBus:
+        if kind == "durable":
+            kw.setdefault("enable_persistence", True)
+            kw.setdefault("persistence_path", str(tmp_path / f"events-{len(made)}.db"))
+        elif kind != "memory":
+            raise ValueError(f"unknown bus kind {kind!r}")
+        b = EventBus(**kw)
+        made.append(b)
+        if start:
+            await b.start()
+        return b
+
+    try:
+        yield factory
+    finally:
+        for b in made:
+            await b.stop(timeout=5)
