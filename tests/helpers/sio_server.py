@@ -9,6 +9,10 @@ that request acks receive them; with ``--events a,b`` only those names are
 handled, and other events are neither printed nor acknowledged (as
 python-socketio does for events without a handler). With ``--auth TOKEN`` a client must connect with
 the auth payload ``{"token": TOKEN}``, otherwise the connection is refused.
+With ``--namespace NS`` the handlers serve that namespace only. A connection line
+also carries the namespace and the handshake's HTTP headers:
+``{"connect": SID, "namespace": NS, "headers": {"x-token": "...", ...}}`` (names
+lowercased).
 """
 
 import argparse
@@ -34,7 +38,9 @@ async def main():
         default=None,
         help="comma-separated event names to handle; others are ignored and NOT acked",
     )
+    parser.add_argument("--namespace", default="/")
     args = parser.parse_args()
+    ns = args.namespace
 
     # NOTE: async_handlers=False runs handlers inline in arrival order, so the
     # printed order is exactly the order in which events reached the server.
@@ -42,12 +48,16 @@ async def main():
     app = web.Application()
     sio.attach(app)
 
-    @sio.event
     async def connect(sid, environ, auth=None):
         if args.auth is not None and (not isinstance(auth, dict) or auth.get("token") != args.auth):
             emit_line({"refused": auth})
             raise socketio.exceptions.ConnectionRefusedError("bad auth token")
-        emit_line({"connect": sid})
+        headers = {
+            k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")
+        }
+        emit_line({"connect": sid, "namespace": ns, "headers": headers})
+
+    sio.on("connect", connect, namespace=ns)
 
     async def catch_all(event, sid, data=None):
         emit_line({"event": event, "data": data, "sid": sid})
@@ -61,10 +71,10 @@ async def main():
         return handler
 
     if args.events is None:
-        sio.on("*", catch_all)
+        sio.on("*", catch_all, namespace=ns)
     else:
         for name in args.events.split(","):
-            sio.on(name, named_handler(name))
+            sio.on(name, named_handler(name), namespace=ns)
 
     runner = web.AppRunner(app)
     await runner.setup()
