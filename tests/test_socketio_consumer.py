@@ -7,7 +7,7 @@ import json
 from datetime import datetime
 
 import pytest
-from mpm_events import DeadLetterConsumer, Event, EventBus, IEventConsumer, SocketIOConsumer
+from mpm_events import DeadLetterConsumer, Event, IEventConsumer, SocketIOConsumer
 from sio_helpers import Server, free_port
 
 
@@ -22,14 +22,13 @@ async def server():
     await s.stop()
 
 
-async def test_names_payloads_and_stop_flushes(server):
+async def test_names_payloads_and_stop_flushes(server, started_bus):
     c = SocketIOConsumer(url=f"http://127.0.0.1:{server.port}", batch_timeout=0.01)
     assert isinstance(c, IEventConsumer)
     cfg = c.config
     assert (cfg.name, cfg.topics, cfg.priority.name) == ("SocketIOConsumer", ["**"], "HIGH")
     assert (cfg.batch_size, cfg.max_retries, cfg.retry_backoff) == (10, 3, 2.0)
-    bus = EventBus()
-    await bus.start()
+    bus = await started_bus("memory")
     await bus.subscribe(c)
     sent = [
         ev("hook.pre_tool", 0, correlation_id="c-1"),
@@ -62,7 +61,7 @@ async def test_names_payloads_and_stop_flushes(server):
     assert m["emit_latency_p50_ms"] > 0
 
 
-async def test_event_name_override_and_emit_per_batch(server):
+async def test_event_name_override_and_emit_per_batch(server, started_bus):
     c = SocketIOConsumer(
         url=f"http://127.0.0.1:{server.port}",
         event_name={"hook.": "claude_event"},
@@ -70,8 +69,7 @@ async def test_event_name_override_and_emit_per_batch(server):
         batch_size=3,
         batch_timeout=0.05,
     )
-    bus = EventBus()
-    await bus.start()
+    bus = await started_bus("memory")
     await bus.subscribe(c)
     for i in range(3):
         await bus.publish(ev("hook.x", i))
@@ -81,24 +79,32 @@ async def test_event_name_override_and_emit_per_batch(server):
     assert got["event"] == "batch" and [p["data"]["i"] for p in got["data"]] == [0, 1, 2]
 
 
-async def test_server_restart_mid_stream_loses_nothing(server):
+async def test_server_killed_mid_stream_then_restarted_loses_nothing(server, started_bus):
+    # A paced stream is still being published when the server dies (not an outage
+    # between two bursts): some events reach the first server, some are in flight
+    # or buffered when it dies, the rest are published while it is away.
     c = SocketIOConsumer(
-        url=f"http://127.0.0.1:{server.port}", reconnect_delay=0.05, max_reconnect_delay=0.2
+        url=server.url, reconnect_delay=0.05, max_reconnect_delay=0.2, batch_size=1
     )
-    bus = EventBus()
-    await bus.start()
+    bus = await started_bus("memory")
     await bus.subscribe(c)
-    ids = []
-    for i in range(20):
-        e = ev("hook.a", i)
-        ids.append(e.id)
-        await bus.publish(e)
+    total = 200
+    ids: list[str] = []
+
+    async def stream() -> None:
+        for i in range(total):
+            e = ev("hook.a", i)
+            ids.append(e.id)
+            assert await bus.publish(e)
+            await asyncio.sleep(0.005)  # the pace of the stream
+
+    producer = asyncio.create_task(stream())
     await server.wait_for(lambda: len(server.events()) >= 5)
     await server.stop()
-    for i in range(20, 40):
-        e = ev("hook.a", i)
-        ids.append(e.id)
-        await bus.publish(e)
+    assert not producer.done(), "the stream had ended before the server went away"
+    await asyncio.wait_for(producer, 30)
+    first = {g["data"]["id"] for g in server.events()}
+    assert 5 <= len(first) < total
     assert await bus.join(timeout=10)
     restarted = await Server(port=server.port).start()
     try:
@@ -111,6 +117,7 @@ async def test_server_restart_mid_stream_loses_nothing(server):
         await restarted.wait_for(lambda: set(received()) >= set(ids))
         got = received()
         assert set(got) == set(ids)  # at least once
+        assert set(ids) - first <= {g["data"]["id"] for g in restarted.events()}
         dups = len(got) - len(set(got))
         m = c.get_metrics()
         assert dups <= m["resent"]  # a duplicate only where an ack was lost
@@ -119,13 +126,12 @@ async def test_server_restart_mid_stream_loses_nothing(server):
         await restarted.stop()
 
 
-async def test_no_server_for_5s_then_one_appears():
+async def test_no_server_for_5s_then_one_appears(started_bus):
     port = free_port()
     c = SocketIOConsumer(
         url=f"http://127.0.0.1:{port}", reconnect_delay=0.1, max_reconnect_delay=0.5
     )
-    bus = EventBus()
-    await bus.start()
+    bus = await started_bus("memory")
     await bus.subscribe(c)
     for i in range(5):
         await bus.publish(ev("cli.cmd", i))
@@ -143,7 +149,7 @@ async def test_no_server_for_5s_then_one_appears():
         await srv.stop()
 
 
-async def test_refused_auth_goes_to_dead_letters_at_stop(tmp_path):
+async def test_refused_auth_goes_to_dead_letters_at_stop(tmp_path, started_bus):
     srv = await Server(auth="secret").start()
     try:
         dlc = DeadLetterConsumer(output_dir=tmp_path)
@@ -156,8 +162,7 @@ async def test_refused_auth_goes_to_dead_letters_at_stop(tmp_path):
         good = SocketIOConsumer(
             url=f"http://127.0.0.1:{srv.port}", auth={"token": "secret"}, name="GoodSIO"
         )
-        bus = EventBus()
-        await bus.start()
+        bus = await started_bus("memory")
         for x in (dlc, bad, good):
             await bus.subscribe(x)
         e = ev("hook.x", 1)
@@ -176,14 +181,13 @@ async def test_refused_auth_goes_to_dead_letters_at_stop(tmp_path):
         await srv.stop()
 
 
-async def test_buffer_overflow_goes_to_dead_letters(tmp_path):
+async def test_buffer_overflow_goes_to_dead_letters(tmp_path, started_bus):
     port = free_port()  # nobody listens
     dlc = DeadLetterConsumer(output_dir=tmp_path)
     c = SocketIOConsumer(
         url=f"http://127.0.0.1:{port}", buffer_limit=3, batch_size=10, flush_timeout=0.2
     )
-    bus = EventBus()
-    await bus.start()
+    bus = await started_bus("memory")
     await bus.subscribe(dlc)
     await bus.subscribe(c)
     ids = []
