@@ -240,3 +240,20 @@ async def started_bus(tmp_path: Path):
     finally:
         for b in made:
             await b.stop(timeout=5)
+
+
+@pytest.fixture
+async def stop_after():
+    """``stop_after(bus)`` registers a bus a test made itself (an example's own
+    ``EventBus()``); each is stopped after the test, also when the test fails."""
+    buses: list[EventBus] = []
+
+    def register(b: EventBus) -> EventBus:
+        buses.append(b)
+        return b
+
+    try:
+        yield register
+    finally:
+        for b in buses:
+            await b.stop(timeout=5)

@@ -14,29 +14,40 @@ from mpm_events import (
     IEventConsumer,
     SystemEventProducer,
 )
+from sio_helpers import Server
 
 
-async def test_basic_setup_example():
+async def test_basic_setup_example(stop_after):
     # from claude_mpm.services.events import EventBus, SocketIOConsumer, LoggingConsumer
     from mpm_events import EventBus, LoggingConsumer, SocketIOConsumer
 
-    bus = EventBus()
-    await bus.start()
+    dashboard = await Server().start()  # a real python-socketio server, on a free port
     try:
-        socketio_consumer = SocketIOConsumer()
-        await bus.subscribe(socketio_consumer)
+        bus = stop_after(EventBus())
+        await bus.start()
+
+        # the example's SocketIOConsumer(), pointed at the dashboard's port
+        socketio_consumer = SocketIOConsumer(port_range=(dashboard.port, dashboard.port + 20))
+        assert await bus.subscribe(socketio_consumer)
 
         logging_consumer = LoggingConsumer(topics=["hook.**"])
         assert await bus.subscribe(logging_consumer)
         producer = HookEventProducer(bus)
         assert await producer.publish_response({"content": "x"})
         await bus.join(timeout=10)
+        await bus.stop(timeout=5)  # flushes the Socket.IO buffer
+        await dashboard.wait_for(lambda: len(dashboard.events()) >= 1)
+        (got,) = dashboard.events()
+        assert got["event"] == "hook_event"
+        assert (got["data"]["topic"], got["data"]["type"]) == ("hook.response", "AssistantResponse")
+        assert got["data"]["data"] == {"content": "x"}
+        assert logging_consumer.get_metrics()["events_logged"] == 1
     finally:
-        await bus.stop(timeout=5)
+        await dashboard.stop()
 
 
-async def test_publishing_events_example():
-    bus = EventBus()
+async def test_publishing_events_example(stop_after):
+    bus = stop_after(EventBus())
     await bus.start()
     seen = Recorder("seen", ["hook.**"])
     await bus.subscribe(seen)
@@ -67,7 +78,7 @@ async def test_publishing_events_example():
     }
 
 
-async def test_custom_consumer_example(capsys):
+async def test_custom_consumer_example(capsys, stop_after):
     class CustomConsumer(IEventConsumer):
         def __init__(self):
             self._config = ConsumerConfig(
@@ -102,7 +113,7 @@ async def test_custom_consumer_example(capsys):
         def get_metrics(self) -> dict:
             return {}
 
-    bus = EventBus()
+    bus = stop_after(EventBus())
     await bus.start()
     assert await bus.subscribe(CustomConsumer())
     system = SystemEventProducer(bus)
@@ -113,7 +124,7 @@ async def test_custom_consumer_example(capsys):
     assert out == ["Processing: system.lifecycle.startup - ServiceStartup"]
 
 
-async def test_configuration_example():
+async def test_configuration_example(stop_after):
     bus = EventBus(
         max_queue_size=10000,  # Maximum queued events
         process_interval=0.01,  # Processing frequency
@@ -121,6 +132,7 @@ async def test_configuration_example():
         enable_metrics=True,  # Track metrics
         enable_persistence=False,  # Persist to disk
     )
+    stop_after(bus)
 
     def my_filter(event):
         return event.data.get("keep", True)
@@ -155,8 +167,8 @@ async def test_configuration_example():
     assert [call.event.data for call in c.calls] == [{"keep": True, "seen": True}]
 
 
-async def test_migration_example():
-    event_bus = EventBus()
+async def test_migration_example(stop_after):
+    event_bus = stop_after(EventBus())
     await event_bus.start()
     seen = Recorder("seen")
     await event_bus.subscribe(seen)
