@@ -35,8 +35,24 @@ def ev(topic: str = "hook.test", ts: dt.datetime | None = None, **data: object) 
     return Event(topic=topic, type="t", source="test", data=dict(data), **kw)
 
 
+_made: list[EventBus] = []
+
+
 def durable_bus(path: Path, **kw: object) -> EventBus:
-    return EventBus(enable_persistence=True, persistence_path=str(path), **kw)
+    bus = EventBus(enable_persistence=True, persistence_path=str(path), **kw)
+    _made.append(bus)
+    return bus
+
+
+@pytest.fixture(autouse=True)
+async def _stop_every_bus():
+    """Every bus a test made is stopped after it, also when the test fails (a leaked
+    bus would hold its store and threads into later tests)."""
+    try:
+        yield
+    finally:
+        while _made:
+            await _made.pop().stop(timeout=5)
 
 
 # ----- crash: nothing acknowledged is lost -----
@@ -105,11 +121,13 @@ async def test_sigkill_loses_no_acknowledged_event(tmp_path: Path, seed: int) ->
     await bus.stop()
     # The redelivered events were acknowledged: a third start delivers nothing.
     bus2 = durable_bus(path)
-    await bus2.start()
     rec2 = Recorder("crash-consumer")
     await bus2.subscribe(rec2)
+    await bus2.start()  # a redelivery would start here...
+    assert await bus2.join(30)  # ...and join() waits for it to be handled
     assert rec2.ids == []
-    assert bus2.persistence_stats()["pending_deliveries"] == 0
+    stats = bus2.persistence_stats()
+    assert (stats["redelivered"], stats["pending_deliveries"]) == (0, 0)
     await bus2.stop()
 
 
@@ -209,8 +227,10 @@ async def test_dead_letters_are_stored_and_survive_restart(tmp_path: Path) -> No
     assert all("refused on purpose" in d["errors"][0] for d in letters)
     await bus2.start()
     rec = Recorder("bad")
-    await bus2.subscribe(rec)
+    await bus2.subscribe(rec)  # queues what "bad" did not acknowledge...
+    assert await bus2.join(10)  # ...and join() waits until it was handled
     assert rec.ids == [], "a dead-lettered event is not redelivered"
+    assert bus2.persistence_stats()["redelivered"] == 0
     await bus2.stop()
 
 
@@ -402,11 +422,16 @@ async def test_async_durability_and_publish_nowait(tmp_path: Path) -> None:
     await bus.subscribe(rec)
     await bus.start()
     sent = [ev(i=i) for i in range(200)]
-    assert all([await bus.publish(e) for e in sent])
+    assert all([await bus.publish(e) for e in sent[:100]])
+    assert all([bus.publish_nowait(e) for e in sent[100:]])  # returns at once too
     await bus.join(10)
     assert sorted(rec.ids) == sorted(e.id for e in sent)
     assert bus.persistence_stats()["stored_events"] == 200
     await bus.stop()
+    con = sqlite3.connect(path)
+    stored = {r[0] for r in con.execute("SELECT id FROM events")}
+    con.close()
+    assert stored == {e.id for e in sent}, "publish_nowait's events are in the store too"
 
 
 @pytest.mark.parametrize("durability", ["async", "sync"])
