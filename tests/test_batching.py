@@ -36,11 +36,12 @@ async def test_partial_batch_flushed_after_batch_timeout(bus):
     t0 = time.monotonic()
     for _ in range(3):
         await bus.publish(make_event())
-    await wait_until(lambda: c.batches, what="partial batch flushed")
+    await wait_until(lambda: c.batches, 30, what="partial batch flushed")
     elapsed = time.monotonic() - t0
     assert [len(b) for b in c.batches] == [3]
     assert elapsed >= 0.1, "partial batch flushed long before batch_timeout"
-    assert elapsed < 4.0
+    # generous: a loaded 2-core machine may be late, only "never" is a bug
+    assert elapsed < 20.0
 
 
 async def test_batch_consumer_not_called_one_by_one(bus):

@@ -102,7 +102,8 @@ def test_default_demo_consumers_together(tmp_path: Path) -> None:
     progress = [x for x in out.splitlines() if x.startswith("progress: ")]
     assert 2 <= len(progress) <= 15, out
     assert "\r" not in out
-    assert took < 20, f"the default demo took {took:.1f} s"
+    # about 3 s of paced events; generous for a loaded 2-core machine
+    assert took < 60, f"the default demo took {took:.1f} s"
 
 
 def test_demo_forwards_to_socketio_dashboard(tmp_path: Path) -> None:

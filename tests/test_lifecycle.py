@@ -11,8 +11,8 @@ from conftest import Recorder, fail_times, make_event
 from mpm_events import EventBus, IEventBus
 
 
-async def test_publish_before_start_returns_false_and_warns(caplog):
-    b = EventBus()
+async def test_publish_before_start_returns_false_and_warns(caplog, stop_after):
+    b = stop_after(EventBus())
     c = Recorder("c")
     with caplog.at_level(logging.WARNING, logger="mpm_events"):
         assert await b.publish(make_event()) is False
@@ -29,8 +29,8 @@ async def test_publish_before_start_returns_false_and_warns(caplog):
         await b.stop()
 
 
-async def test_start_and_stop_are_idempotent():
-    b = EventBus()
+async def test_start_and_stop_are_idempotent(stop_after):
+    b = stop_after(EventBus())
     assert isinstance(b, IEventBus)
     await b.start()
     await b.start()
@@ -44,8 +44,8 @@ async def test_start_and_stop_are_idempotent():
     assert await b.publish(make_event()) is False
 
 
-async def test_stop_drains_the_queue_then_calls_shutdown():
-    b = EventBus()
+async def test_stop_drains_the_queue_then_calls_shutdown(stop_after):
+    b = stop_after(EventBus())
     await b.start()
 
     async def slow(event):
@@ -63,8 +63,8 @@ async def test_stop_drains_the_queue_then_calls_shutdown():
     assert c.shutdown_after_calls == 30, "shutdown() ran before the queue was drained"
 
 
-async def test_stop_fires_waiting_retries_and_flushes_partial_batches():
-    b = EventBus()
+async def test_stop_fires_waiting_retries_and_flushes_partial_batches(stop_after):
+    b = stop_after(EventBus())
     await b.start()
     r = Recorder("r", ["**"], behaviour=fail_times(1), retry_delay=60.0)
     bt = Recorder("bt", ["**"], batch_size=50, batch_timeout=60.0)
@@ -74,7 +74,8 @@ async def test_stop_fires_waiting_retries_and_flushes_partial_batches():
     await b.publish(e)
     t0 = time.monotonic()
     await b.stop(timeout=10)
-    assert time.monotonic() - t0 < 5, "stop() waited out a 60 s backoff or batch timeout"
+    # generous for a loaded machine; what matters is not waiting out the 60 s
+    assert time.monotonic() - t0 < 30, "stop() waited out a 60 s backoff or batch timeout"
     assert r.ids == [e.id, e.id]
     assert "r" in e.metadata.consumers_processed
     assert [len(x) for x in bt.batches] == [1]
@@ -82,8 +83,8 @@ async def test_stop_fires_waiting_retries_and_flushes_partial_batches():
     assert bt.shutdown_after_calls == 1
 
 
-async def test_stop_with_timeout_returns_with_a_hung_consumer():
-    b = EventBus()
+async def test_stop_with_timeout_returns_with_a_hung_consumer(stop_after):
+    b = stop_after(EventBus())
     await b.start()
 
     async def hang(event):
@@ -95,7 +96,7 @@ async def test_stop_with_timeout_returns_with_a_hung_consumer():
         await b.publish(make_event())
     t0 = time.monotonic()
     await b.stop(timeout=0.3)
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 30, "stop(timeout) waited for the 60 s consume timeout"
     assert not b.is_running
     assert c.shut_down == 1
     # what was still queued went to the dead-letter queue rather than vanishing
@@ -139,8 +140,8 @@ async def test_subscribe_unsubscribe(bus):
     assert await bus.subscribe(Recorder("c"))
 
 
-async def test_restart_after_stop():
-    b = EventBus()
+async def test_restart_after_stop(stop_after):
+    b = stop_after(EventBus())
     await b.start()
     c = Recorder("c")
     await b.subscribe(c)

@@ -56,8 +56,7 @@ async def test_backoff_delays_grow(bus):
     assert g[0] >= 0.04
     assert g[1] >= 0.08
     assert g[2] >= 0.16
-    assert g[2] > g[0] * 2
-    assert sum(g) < 5.0
+    assert sum(g) < 20.0  # generous: scheduling on a loaded machine only adds to a gap
 
 
 async def test_backoff_is_capped_by_max_retry_delay(bus):
@@ -77,7 +76,7 @@ async def test_backoff_is_capped_by_max_retry_delay(bus):
     g = gaps(c.calls)
     assert g[1] >= 0.08
     assert g[2] >= 0.08
-    assert max(g) < 1.0, g
+    assert max(g) < 3.0, g  # uncapped the third would be 5 s (+-10 %)
 
 
 async def test_dead_letter_after_max_retries(bus):
