@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "maturin>=1.7,<2" "pytest>=8" "pytest-asyncio>=0.24" pytest-timeout \
-		"python-socketio[asyncio_client]>=5.11" aiohttp ruff mypy matplotlib
+		"python-socketio[asyncio_client]>=5.11" aiohttp ruff mypy matplotlib abi3audit
 	$(PY) -m pip install -q --no-deps claude-mpm==5.9.10
 	touch $@
 
@@ -29,9 +29,12 @@ test-rust: venv ## Engine tests (no Python linked), sinks tested against a real 
 test-python: build
 	$(PY) -m pytest -q
 
-test-wheel: venv ## The release wheel installs and works in a clean virtualenv
+test-wheel: venv ## The release wheel is abi3-clean, installs and works in a clean virtualenv
 	rm -rf target/wheels target/wheel-venv
 	$(VENV_ENV) maturin build --release -q -o target/wheels
+# NOTE: only CPython 3.11 exists here; abi3audit fails if the extension uses anything
+# outside 3.11's stable ABI, which later CPythons (3.12-3.14) keep.
+	$(VENV)/bin/abi3audit --strict --summary target/wheels/*.whl
 	$(PYTHON) -m venv target/wheel-venv
 	target/wheel-venv/bin/python -m pip install -q --no-index target/wheels/*.whl
 	cd /tmp && $(abspath target/wheel-venv)/bin/python $(abspath tests/wheel_smoke.py)
