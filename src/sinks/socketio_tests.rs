@@ -2,36 +2,69 @@
 //! (`tests/helpers/sio_server.py`), started as a child process.
 //!
 //! The server's python is `$MPM_TEST_PYTHON`, else `.venv/bin/python` in the
-//! crate root; without it (or without python-socketio) the server tests are
-//! skipped with a message.
+//! crate root. When `MPM_TEST_PYTHON` is set (as `make test-rust` does) it must be
+//! able to run the server: a server test panics saying why if it cannot (for
+//! example python-socketio missing), so a broken setup never passes for a good
+//! one. When it is not set and no `.venv` python has python-socketio, each server
+//! test prints `SKIPPED <test>: ...` straight to the terminal (the test harness
+//! would hide an ordinary `eprintln!`) and returns; cargo's harness has no
+//! runtime skip, so it still counts as passed, but visibly.
 
 use super::*;
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 
-fn python() -> Option<PathBuf> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let py = std::env::var_os("MPM_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join(".venv/bin/python"));
-    let ok = Command::new(&py)
+/// Whether `py` can run the server: Ok, or why not (the import error, or why it
+/// could not be started).
+fn server_python_ok(py: &Path) -> Result<(), String> {
+    let out = Command::new(py)
         .args(["-c", "import socketio, aiohttp"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if ok {
-        Some(py)
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("cannot run it: {e}"))?;
+    if out.status.success() {
+        Ok(())
     } else {
-        eprintln!(
-            "SKIPPED: no python with python-socketio and aiohttp at {} \
-             (set MPM_TEST_PYTHON or create .venv)",
-            py.display()
-        );
-        None
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or("").trim().to_string();
+        Err(format!(
+            "`import socketio, aiohttp` failed ({}): {last}",
+            out.status
+        ))
+    }
+}
+
+/// The python for the test server, or None to skip `test` (see the module docs).
+fn python(test: &str) -> Option<PathBuf> {
+    if let Some(py) = std::env::var_os("MPM_TEST_PYTHON") {
+        let py = PathBuf::from(py);
+        if let Err(why) = server_python_ok(&py) {
+            panic!(
+                "{test}: MPM_TEST_PYTHON={} cannot run the Socket.IO test server: {why}. \
+                 Install python-socketio[asyncio_client] and aiohttp into it (`make venv`), \
+                 or unset MPM_TEST_PYTHON to skip the server tests",
+                py.display()
+            );
+        }
+        return Some(py);
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    match server_python_ok(&venv) {
+        Ok(()) => Some(venv),
+        Err(why) => {
+            // NOTE: written to the real stderr, not through eprintln!, which the
+            // test harness captures and shows only for failing tests.
+            let _ = writeln!(
+                std::io::stderr(),
+                "\nSKIPPED {test}: no python with python-socketio and aiohttp \
+                 (MPM_TEST_PYTHON is not set; {}: {why})",
+                venv.display()
+            );
+            None
+        }
     }
 }
 
@@ -255,7 +288,9 @@ fn ack_parsing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sinks_names_and_payloads_arrive_in_order() {
-    let Some(py) = python() else { return };
+    let Some(py) = python("sinks_names_and_payloads_arrive_in_order") else {
+        return;
+    };
     let mut server = Server::spawn(&py, 0, None);
     let sink = SocketIoSink::start(fast_config(server.url()));
     let topics = [
@@ -295,7 +330,9 @@ async fn sinks_names_and_payloads_arrive_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sinks_emit_per_batch_sends_one_array() {
-    let Some(py) = python() else { return };
+    let Some(py) = python("sinks_emit_per_batch_sends_one_array") else {
+        return;
+    };
     let mut server = Server::spawn(&py, 0, None);
     let cfg = SocketIoConfig {
         emit_per_batch: Some("claude_batch".into()),
@@ -322,7 +359,9 @@ async fn sinks_emit_per_batch_sends_one_array() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sinks_server_restart_mid_stream_loses_nothing() {
-    let Some(py) = python() else { return };
+    let Some(py) = python("sinks_server_restart_mid_stream_loses_nothing") else {
+        return;
+    };
     let mut first = Server::spawn(&py, 0, None);
     let port = first.port;
     let sink = SocketIoSink::start(fast_config(first.url()));
@@ -387,7 +426,9 @@ async fn sinks_server_restart_mid_stream_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sinks_no_server_for_5s_then_one_appears() {
-    let Some(py) = python() else { return };
+    let Some(py) = python("sinks_no_server_for_5s_then_one_appears") else {
+        return;
+    };
     let port = free_port();
     let cfg = SocketIoConfig {
         reconnect_initial: Duration::from_millis(200),
@@ -423,7 +464,9 @@ async fn sinks_no_server_for_5s_then_one_appears() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sinks_refused_auth_keeps_items_and_reports_error() {
-    let Some(py) = python() else { return };
+    let Some(py) = python("sinks_refused_auth_keeps_items_and_reports_error") else {
+        return;
+    };
     let mut server = Server::spawn(&py, 0, Some("s3cret"));
     let cfg = SocketIoConfig {
         auth: Some(json!({ "token": "wrong" })),
@@ -462,7 +505,9 @@ async fn sinks_refused_auth_keeps_items_and_reports_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sinks_accepted_auth_delivers() {
-    let Some(py) = python() else { return };
+    let Some(py) = python("sinks_accepted_auth_delivers") else {
+        return;
+    };
     let mut server = Server::spawn(&py, 0, Some("s3cret"));
     let cfg = SocketIoConfig {
         auth: Some(json!({ "token": "s3cret" })),
@@ -506,7 +551,9 @@ async fn sinks_overflow_hands_items_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sinks_shutdown_flushes_a_single_item() {
-    let Some(py) = python() else { return };
+    let Some(py) = python("sinks_shutdown_flushes_a_single_item") else {
+        return;
+    };
     let mut server = Server::spawn(&py, 0, None);
     // Like a short-lived hook process: start, send one, shut down at once.
     let sink = SocketIoSink::start(fast_config(server.url()));
@@ -528,7 +575,9 @@ async fn sinks_shutdown_flushes_a_single_item() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sinks_unacked_events_count_as_delivered_after_ack_timeout() {
-    let Some(py) = python() else { return };
+    let Some(py) = python("sinks_unacked_events_count_as_delivered_after_ack_timeout") else {
+        return;
+    };
     // Only claude_event has a handler: hook_event reaches the server un-acked.
     let mut server = Server::spawn_with(&py, 0, None, Some("claude_event"));
     let cfg = SocketIoConfig {
@@ -555,7 +604,9 @@ async fn sinks_unacked_events_count_as_delivered_after_ack_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sinks_shutdown_close_barrier_confirms_unacked_items() {
-    let Some(py) = python() else { return };
+    let Some(py) = python("sinks_shutdown_close_barrier_confirms_unacked_items") else {
+        return;
+    };
     let server = Server::spawn_with(&py, 0, None, Some("claude_event"));
     let cfg = SocketIoConfig {
         ack_timeout: Duration::from_secs(60),
