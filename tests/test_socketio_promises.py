@@ -11,9 +11,11 @@ import logging
 import time
 
 import pytest
-from conftest import make_event
+from conftest import BUS_KINDS, make_event
 from mpm_events import SocketIOConsumer
 from sio_helpers import Server
+
+kinds = pytest.mark.parametrize("kind", BUS_KINDS)
 
 
 @pytest.fixture
@@ -25,9 +27,11 @@ async def server():
         await s.stop()
 
 
-async def deliver(started_bus, consumer: SocketIOConsumer, server: Server, n: int) -> list[str]:
+async def deliver(
+    started_bus, consumer: SocketIOConsumer, server: Server, n: int, kind: str = "memory"
+) -> list[str]:
     """Publish ``n`` events through ``consumer`` and wait until the server has them."""
-    bus = await started_bus("memory")
+    bus = await started_bus(kind)
     assert await bus.subscribe(consumer)
     sent = [make_event("hook.tool", {"i": i}) for i in range(n)]
     assert await bus.publish_batch(sent) == n
@@ -48,7 +52,8 @@ def test_defaults_are_the_originals():
     assert (cfg.name, cfg.batch_size, cfg.batch_timeout) == ("SocketIOConsumer", 10, 0.1)
 
 
-async def test_the_originals_positional_arguments(started_bus, server):
+@kinds
+async def test_the_originals_positional_arguments(started_bus, kind, server):
     port = server.port
     c = SocketIOConsumer(server.url, (port, port + 20), 0.5, 10.0, 5, 0.05)
     assert c.url == server.url
@@ -56,7 +61,7 @@ async def test_the_originals_positional_arguments(started_bus, server):
     assert (c.reconnect_delay, c.max_reconnect_delay) == (0.5, 10.0)
     assert (c.batch_size, c.batch_timeout) == (5, 0.05)
     assert (c.config.batch_size, c.config.batch_timeout) == (5, 0.05)
-    await deliver(started_bus, c, server, 7)
+    await deliver(started_bus, c, server, 7, kind)
 
 
 async def test_port_range_chooses_the_default_url(started_bus, server):
@@ -115,20 +120,22 @@ async def test_backoff_doubles_up_to_max_reconnect_delay(started_bus):
     assert max(gaps[3:]) < 0.8 * 0.95, f"the delay grew past max_reconnect_delay: {gaps}"
 
 
-async def test_namespace(started_bus):
+@kinds
+async def test_namespace(started_bus, kind):
     srv = await Server(namespace="/dashboard").start()
     try:
         c = SocketIOConsumer(url=srv.url, namespace="/dashboard")
         assert c.namespace == "/dashboard"
-        await deliver(started_bus, c, srv, 3)
+        await deliver(started_bus, c, srv, 3, kind)
         assert {x["namespace"] for x in srv.connects()} == {"/dashboard"}
     finally:
         await srv.stop()
 
 
-async def test_headers_reach_the_server(started_bus, server):
+@kinds
+async def test_headers_reach_the_server(started_bus, kind, server):
     c = SocketIOConsumer(url=server.url, headers={"X-Token": "abc123", "X-Client": "tests"})
-    await deliver(started_bus, c, server, 1)
+    await deliver(started_bus, c, server, 1, kind)
     (first, *_) = server.connects()
     assert first["headers"]["x-token"] == "abc123"
     assert first["headers"]["x-client"] == "tests"
