@@ -87,6 +87,7 @@ fn dispatch(c: &mut Criterion) {
                 engine_timeout: false,
                 chunk: 512,
                 needs_view: 0,
+                honours_cut: true,
             };
             engine.add_lane(
                 cfg,

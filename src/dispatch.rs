@@ -46,13 +46,22 @@ pub trait EventLike: Send + Sync + 'static {
     fn on_handled(&self, _consumer: &Arc<str>) {}
 }
 
+// NOTE: the two high bits of `Entry::unfinished` say how the event ended for the
+// lanes already done with it (a flag costs no extra bytes in the entry, W5); the
+// low bits count the lanes still working on it.
+/// Some lane dead-lettered the event.
+const ENDED_DEAD: u32 = 1 << 31;
+/// Some lane released the event to the store for redelivery (durable stop).
+const ENDED_RELEASED: u32 = 1 << 30;
+const LANES_MASK: u32 = ENDED_RELEASED - 1;
+
 /// An accepted event and its bookkeeping.
 pub struct Entry<E> {
     /// The event.
     pub event: Arc<E>,
     /// Lanes that have not yet handed the event out.
     unstarted: AtomicU32,
-    /// Lanes that have not yet finished with the event.
+    /// Lanes that have not yet finished with the event, plus the `ENDED_*` flags.
     unfinished: AtomicU32,
     /// When it was accepted.
     pub accepted: Instant,
@@ -94,6 +103,10 @@ pub enum Outcome {
     Filtered,
     /// Failed with this message; retried if attempts remain.
     Failure(String),
+    /// Not attempted: the executor stopped before this item because the job was
+    /// cut (the bus is stopping or the consumer unsubscribed). The message says
+    /// why; the item is not counted as a failed attempt.
+    Cancelled(String),
 }
 
 /// How an executor wants the engine to treat a lane.
@@ -116,6 +129,9 @@ pub struct LaneConfig {
     pub engine_timeout: bool,
     /// Most items in one job when `batch_size == 1`.
     pub chunk: usize,
+    /// True when the executor checks [`Job::is_cut`] between items; otherwise a
+    /// cut job's remaining items are cancelled when it finishes.
+    pub honours_cut: bool,
     /// What the executor needs copied out of each event at publish time
     /// (0 nothing, 1 fields, 2 fields and payload); the engine ignores it.
     pub needs_view: u8,
@@ -146,6 +162,7 @@ pub struct Job<E: EventLike> {
     /// The items, in delivery order.
     pub items: Vec<Delivery<E>>,
     progress: Mutex<Progress>,
+    cut: AtomicBool,
 }
 
 impl<E: EventLike> Job<E> {
@@ -197,6 +214,46 @@ impl<E: EventLike> Job<E> {
         self.progress.lock().finished
     }
 
+    /// True once the engine asked the executor to start no further item (the bus
+    /// is stopping past its deadline, or the consumer unsubscribed). The executor
+    /// then calls [`Job::cancel_rest`] instead of starting the next item.
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::Acquire)
+    }
+
+    /// Closes the job, marking every item without an outcome as not attempted.
+    pub fn cancel_rest(self: &Arc<Self>, why: &str) {
+        {
+            let mut p = self.progress.lock();
+            if p.finished {
+                return;
+            }
+            while p.outcomes.len() < self.items.len() {
+                p.outcomes.push(Outcome::Cancelled(why.to_owned()));
+            }
+        }
+        self.finish();
+    }
+
+    /// Closes the job now: the item being worked on (the first without an
+    /// outcome) fails with `reason`, and the ones after it were not attempted.
+    /// Used when the engine gives up waiting for a call.
+    pub fn abandon(self: &Arc<Self>, reason: &str) {
+        {
+            let mut p = self.progress.lock();
+            if p.finished {
+                return;
+            }
+            if p.outcomes.len() < self.items.len() {
+                p.outcomes.push(Outcome::Failure(reason.to_owned()));
+            }
+            while p.outcomes.len() < self.items.len() {
+                p.outcomes.push(Outcome::Cancelled(STOPPED.to_owned()));
+            }
+        }
+        self.finish();
+    }
+
     /// Closes the job: items without an outcome fail with "no outcome
     /// reported". Only the first call counts.
     pub fn finish(self: &Arc<Self>) {
@@ -216,8 +273,15 @@ impl<E: EventLike> Job<E> {
             }
             p.finished = true;
             let reason = missing.unwrap_or("the consumer reported no outcome for this event");
+            // NOTE: an executor that cannot stop between items (a sink's batch)
+            // has its items after a cut cancelled here, never retried.
+            let cut = self.cut.load(Ordering::Acquire) && !self.lane.config.honours_cut;
             while p.outcomes.len() < self.items.len() {
-                p.outcomes.push(Outcome::Failure(reason.to_owned()));
+                p.outcomes.push(if cut && missing.is_none() {
+                    Outcome::Cancelled(STOPPED.to_owned())
+                } else {
+                    Outcome::Failure(reason.to_owned())
+                });
             }
             std::mem::take(&mut p.outcomes)
         };
@@ -225,22 +289,25 @@ impl<E: EventLike> Job<E> {
     }
 }
 
-struct LaneState<E> {
+struct LaneState<E: EventLike> {
     pending: [ChunkedQueue<Delivery<E>>; PRIORITY_LEVELS],
     len: usize,
     in_flight: Option<u64>,
+    /// The job handed out (to cut or abandon it at stop).
+    current: Option<Arc<Job<E>>>,
     next_token: u64,
     timer_armed: bool,
     batch_due: bool,
     closed: bool,
 }
 
-impl<E> Default for LaneState<E> {
+impl<E: EventLike> Default for LaneState<E> {
     fn default() -> Self {
         LaneState {
             pending: Default::default(),
             len: 0,
             in_flight: None,
+            current: None,
             next_token: 0,
             timer_armed: false,
             batch_due: false,
@@ -285,6 +352,11 @@ impl<E: EventLike> Lane<E> {
         st.pending[level].push_back(d);
         st.len += 1;
         None
+    }
+
+    /// Counts `n` new deliveries for this lane (not retries).
+    fn count_received(&self, n: usize) {
+        self.stats.received.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     fn push_many(self: &Arc<Self>, ds: Vec<Delivery<E>>) -> Vec<Delivery<E>> {
@@ -353,7 +425,7 @@ impl<E: EventLike> Lane<E> {
             st.next_token += 1;
             let token = st.next_token;
             st.in_flight = Some(token);
-            Arc::new(Job {
+            let job = Arc::new(Job {
                 lane: self.clone(),
                 token,
                 items,
@@ -362,7 +434,10 @@ impl<E: EventLike> Lane<E> {
                     finished: false,
                     last_progress: Instant::now(),
                 }),
-            })
+                cut: AtomicBool::new(false),
+            });
+            st.current = Some(job.clone());
+            job
         };
         self.in_flight_items
             .fetch_add(job.items.len(), Ordering::Relaxed);
@@ -395,6 +470,11 @@ impl<E: EventLike> Lane<E> {
                     tokio::time::sleep(deadline - now).await;
                 }
                 let msg = format!("consume timed out after {:.3}s", timeout.as_secs_f64());
+                if job.is_cut() {
+                    // NOTE: stopping: the items after the hung call were not tried.
+                    job.abandon(&msg);
+                    return;
+                }
                 job.lane.executor.abandon();
                 job.finish_with(Some(&msg));
             });
@@ -438,15 +518,27 @@ impl<E: EventLike> Lane<E> {
                         errors,
                     };
                     let Some(s) = &shared else { continue };
-                    if d.attempt() < self.config.retry.max_retries
-                        && !closed
-                        && s.phase() != Phase::Aborting
-                    {
+                    let retries_left = d.attempt() < self.config.retry.max_retries;
+                    let stopping = closed || s.phase() == Phase::Aborting;
+                    if retries_left && !stopping {
                         self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                        s.note_failure(self, &retry, Some(self.config.retry.delay(d.attempt())));
                         self.schedule_retry(s, retry);
+                    } else if retries_left {
+                        s.note_failure(self, &retry, None);
+                        s.give_up(self, retry, if closed { UNSUBSCRIBED } else { STOPPED });
                     } else {
+                        s.note_failure(self, &retry, None);
                         s.dead_letter(self, retry, None);
                     }
+                }
+                Outcome::Cancelled(why) => {
+                    let Some(s) = &shared else { continue };
+                    let d = Delivery {
+                        entry: d.entry.clone(),
+                        errors: d.errors.clone(),
+                    };
+                    s.give_up(self, d, if closed { UNSUBSCRIBED } else { &why });
                 }
             }
         }
@@ -456,15 +548,29 @@ impl<E: EventLike> Lane<E> {
             let mut st = self.state.lock();
             if st.in_flight == Some(job.token) {
                 st.in_flight = None;
+                st.current = None;
             }
         }
         self.pump();
+    }
+
+    /// Asks the executor of the job in flight, if any, to start no further item.
+    fn cut_current(&self) {
+        if let Some(job) = &self.state.lock().current {
+            job.cut.store(true, Ordering::Release);
+        }
+    }
+
+    /// The job in flight, if any.
+    fn current_job(&self) -> Option<Arc<Job<E>>> {
+        self.state.lock().current.clone()
     }
 
     fn schedule_retry(self: &Arc<Self>, shared: &Arc<Shared<E>>, d: Delivery<E>) {
         let delay = self.config.retry.delay(d.attempt());
         let lane = self.clone();
         let mut phase = shared.phase_rx.clone();
+        self.stats.retrying.fetch_add(1, Ordering::Relaxed);
         shared.runtime.spawn(async move {
             // NOTE: a draining or aborting bus fires waiting retries at once, so
             // stop() neither waits out long backoffs nor loses the events.
@@ -477,16 +583,17 @@ impl<E: EventLike> Lane<E> {
     }
 
     fn requeue(self: &Arc<Self>, d: Delivery<E>) {
+        self.stats.retrying.fetch_sub(1, Ordering::Relaxed);
         let Some(shared) = self.shared.upgrade() else {
             return;
         };
         if shared.phase() == Phase::Aborting {
-            shared.dead_letter(self, d, None);
+            shared.give_up(self, d, STOPPED);
             return;
         }
         if let Some(d) = self.push(d) {
             // NOTE: the consumer unsubscribed while the retry waited.
-            shared.dead_letter(self, d, None);
+            shared.give_up(self, d, UNSUBSCRIBED);
             return;
         }
         self.pump();
@@ -520,8 +627,16 @@ pub enum Phase {
 /// Engine-wide counters.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct EngineCounters {
+    /// Events accepted.
     pub published: u64,
+    /// Events every lane finished with, none dead-lettering or releasing it (events
+    /// no consumer was subscribed to count here too).
     pub processed: u64,
+    /// Events some lane dead-lettered.
+    pub dead_lettered: u64,
+    /// Events some lane released for redelivery from the store (and none
+    /// dead-lettered).
+    pub released: u64,
     pub failed: u64,
     pub dropped: u64,
     pub queued: usize,
@@ -534,6 +649,26 @@ pub struct EngineCounters {
 type LaneBatch<E> = (Arc<Lane<E>>, Vec<Delivery<E>>);
 
 type Listener<E> = Box<dyn Fn(&DeadLetter<E>) + Send + Sync>;
+type FailureListener<E> = Box<dyn Fn(&FailedAttempt<'_, E>) + Send + Sync>;
+
+/// Why an event not yet delivered is given up on when the bus stops past its deadline.
+pub const STOPPED: &str = "the bus stopped before this event could be delivered";
+/// Why an event waiting for a consumer is given up on when it unsubscribes.
+pub const UNSUBSCRIBED: &str = "the consumer unsubscribed before this event could be delivered";
+
+/// One failed attempt, as told to failure listeners (for logging).
+pub struct FailedAttempt<'a, E> {
+    /// The event.
+    pub event: &'a Arc<E>,
+    /// The consumer.
+    pub consumer: &'a Arc<str>,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// The attempt's error.
+    pub error: &'a str,
+    /// When the next attempt is due; None when this was the last one.
+    pub retry_in: Option<Duration>,
+}
 
 /// Where events on one topic go, cached per topic until subscriptions change.
 pub struct Route<E: EventLike> {
@@ -560,10 +695,16 @@ struct Shared<E: EventLike> {
     outstanding: AtomicUsize,
     published: AtomicU64,
     processed: AtomicU64,
+    dead_events: AtomicU64,
+    released_events: AtomicU64,
     failed: AtomicU64,
     dropped: AtomicU64,
     dead: Mutex<DeadLetterQueue<E>>,
     dead_listeners: RwLock<Vec<Listener<E>>>,
+    failure_listeners: RwLock<Vec<FailureListener<E>>>,
+    /// A durable bus releases what it gives up on at stop (the store redelivers it
+    /// later) instead of dead-lettering it.
+    release_on_stop: AtomicBool,
     on_idle: RwLock<Option<Box<dyn Fn() + Send + Sync>>>,
     phase_tx: watch::Sender<Phase>,
     phase_rx: watch::Receiver<Phase>,
@@ -576,8 +717,16 @@ impl<E: EventLike> Shared<E> {
     }
 
     fn finish_entry(&self, entry: &Entry<E>) {
-        if entry.unfinished.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.processed.fetch_add(1, Ordering::Relaxed);
+        let before = entry.unfinished.fetch_sub(1, Ordering::AcqRel);
+        if before & LANES_MASK == 1 {
+            let counter = if before & ENDED_DEAD != 0 {
+                &self.dead_events
+            } else if before & ENDED_RELEASED != 0 {
+                &self.released_events
+            } else {
+                &self.processed
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
                 if let Some(cb) = self.on_idle.read().as_ref() {
                     cb();
@@ -605,7 +754,41 @@ impl<E: EventLike> Shared<E> {
             listener(&letter);
         }
         self.dead.lock().push(letter);
+        d.entry.unfinished.fetch_or(ENDED_DEAD, Ordering::AcqRel);
         self.finish_entry(&d.entry);
+    }
+
+    /// Gives up on a delivery that was not (or not fully) attempted because the bus
+    /// stopped or the consumer left: a durable bus releases it (it stays unacked in
+    /// the store and is redelivered later); otherwise it is dead-lettered with `why`.
+    fn give_up(&self, lane: &Lane<E>, d: Delivery<E>, why: &str) {
+        if self.release_on_stop.load(Ordering::Relaxed) {
+            lane.stats.released.fetch_add(1, Ordering::Relaxed);
+            d.entry
+                .unfinished
+                .fetch_or(ENDED_RELEASED, Ordering::AcqRel);
+            self.finish_entry(&d.entry);
+        } else {
+            self.dead_letter(lane, d, Some(why));
+        }
+    }
+
+    /// Tells the failure listeners about a failed attempt (the failure path only).
+    fn note_failure(&self, lane: &Lane<E>, d: &Delivery<E>, retry_in: Option<Duration>) {
+        let listeners = self.failure_listeners.read();
+        if listeners.is_empty() {
+            return;
+        }
+        let note = FailedAttempt {
+            event: &d.entry.event,
+            consumer: &lane.config.name,
+            attempt: d.attempt(),
+            error: d.errors.last().map(String::as_str).unwrap_or(""),
+            retry_in,
+        };
+        for l in listeners.iter() {
+            l(&note);
+        }
     }
 }
 
@@ -619,6 +802,18 @@ impl<E: EventLike> Clone for Engine<E> {
         Engine {
             shared: self.shared.clone(),
         }
+    }
+}
+
+/// A weak handle on an [`Engine`] (for callbacks the engine itself owns).
+pub struct WeakEngine<E: EventLike> {
+    shared: Weak<Shared<E>>,
+}
+
+impl<E: EventLike> WeakEngine<E> {
+    /// The engine, if it still exists.
+    pub fn upgrade(&self) -> Option<Engine<E>> {
+        self.shared.upgrade().map(|shared| Engine { shared })
     }
 }
 
@@ -650,10 +845,14 @@ impl<E: EventLike> Engine<E> {
                 outstanding: AtomicUsize::new(0),
                 published: AtomicU64::new(0),
                 processed: AtomicU64::new(0),
+                dead_events: AtomicU64::new(0),
+                released_events: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
                 dead: Mutex::new(DeadLetterQueue::new(dead_letter_capacity)),
                 dead_listeners: RwLock::new(Vec::new()),
+                failure_listeners: RwLock::new(Vec::new()),
+                release_on_stop: AtomicBool::new(false),
                 on_idle: RwLock::new(None),
                 phase_tx,
                 phase_rx,
@@ -670,6 +869,19 @@ impl<E: EventLike> Engine<E> {
     /// Adds a callback run for every new dead letter (on the thread that gave up).
     pub fn add_dead_letter_listener(&self, f: impl Fn(&DeadLetter<E>) + Send + Sync + 'static) {
         self.shared.dead_listeners.write().push(Box::new(f));
+    }
+
+    /// Adds a callback run for every failed attempt (on the thread that recorded it).
+    pub fn add_failure_listener(&self, f: impl Fn(&FailedAttempt<'_, E>) + Send + Sync + 'static) {
+        self.shared.failure_listeners.write().push(Box::new(f));
+    }
+
+    /// Makes what is given up on at stop (or unsubscribe) released for redelivery
+    /// instead of dead-lettered (a durable bus: the store still holds it).
+    pub fn set_release_on_stop(&self, release: bool) {
+        self.shared
+            .release_on_stop
+            .store(release, Ordering::Relaxed);
     }
 
     /// Starts accepting events.
@@ -692,19 +904,60 @@ impl<E: EventLike> Engine<E> {
         }
     }
 
-    /// Dead-letters everything still waiting (used when a stop deadline passes).
-    /// Items already handed to a consumer finish or time out on their own.
+    /// Gives up on everything not yet started (used when a stop deadline passes):
+    /// waiting items, retries waiting for their timer, and the items of jobs in
+    /// flight that the executor has not started (the jobs are cut). They are
+    /// dead-lettered with [`STOPPED`] (or released, see
+    /// [`Engine::set_release_on_stop`]). A call already running finishes or times
+    /// out; [`Engine::abandon_in_flight`] gives up on it.
     pub fn abort_pending(&self) {
         let _ = self.shared.phase_tx.send(Phase::Aborting);
         for lane in self.lanes() {
+            lane.cut_current();
             for d in lane.close_pending() {
                 if d.attempt() == 0 && d.entry.unstarted.fetch_sub(1, Ordering::AcqRel) == 1 {
                     self.shared.queued.fetch_sub(1, Ordering::AcqRel);
                 }
-                let why = "the bus stopped before this event could be delivered";
-                self.shared.dead_letter(&lane, d, Some(why));
+                self.shared.give_up(&lane, d, STOPPED);
             }
         }
+    }
+
+    /// Closes every job still in flight: the call running fails with `reason`
+    /// (counted as a failed attempt) and what it had not started is given up on as
+    /// by [`Engine::abort_pending`]. Returns how many jobs it closed.
+    pub fn abandon_in_flight(&self, reason: &str) -> usize {
+        let mut n = 0;
+        for lane in self.lanes() {
+            if let Some(job) = lane.current_job() {
+                if !job.is_finished() {
+                    job.abandon(reason);
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Whether the lane has a job in flight.
+    pub fn lane_busy(&self, lane: &Lane<E>) -> bool {
+        lane.current_job().is_some_and(|j| !j.is_finished())
+    }
+
+    /// Closes the lane's job in flight as [`Engine::abandon_in_flight`] does.
+    pub fn abandon_lane(&self, lane: &Lane<E>, reason: &str) {
+        if let Some(job) = lane.current_job() {
+            job.abandon(reason);
+        }
+    }
+
+    /// The longest per-call timeout among lanes with a job in flight.
+    pub fn longest_call_timeout(&self) -> Option<Duration> {
+        self.lanes()
+            .iter()
+            .filter(|l| self.lane_busy(l))
+            .map(|l| l.config.timeout)
+            .max()
     }
 
     /// True when every accepted event has been fully handled.
@@ -755,8 +1008,9 @@ impl<E: EventLike> Engine<E> {
         lane
     }
 
-    /// Removes a lane; what was waiting in it is dropped (counted as handled).
-    /// Items in flight finish normally; their failures are dead-lettered.
+    /// Removes a lane. What was waiting in it is given up on with [`UNSUBSCRIBED`]
+    /// (dead-lettered, or released on a durable bus); the job in flight is cut: the
+    /// call running finishes, the items after it are given up on the same way.
     pub fn remove_lane(&self, lane: &Arc<Lane<E>>) {
         {
             let mut lanes = self.shared.lanes.write();
@@ -766,11 +1020,12 @@ impl<E: EventLike> Engine<E> {
             }
             self.shared.routes.lock().clear();
         }
+        lane.cut_current();
         for d in lane.close() {
             if d.attempt() == 0 && d.entry.unstarted.fetch_sub(1, Ordering::AcqRel) == 1 {
                 self.shared.queued.fetch_sub(1, Ordering::AcqRel);
             }
-            self.shared.finish_entry(&d.entry);
+            self.shared.give_up(lane, d, UNSUBSCRIBED);
         }
         lane.executor.close();
     }
@@ -858,13 +1113,14 @@ impl<E: EventLike> Engine<E> {
         s.outstanding.fetch_add(1, Ordering::AcqRel);
         for lane in lanes {
             let d = Delivery::new(entry.clone());
+            lane.count_received(1);
             if let Some(d) = lane.push(d) {
                 // NOTE: the lane closed between routing and pushing (a concurrent
-                // unsubscribe): the consumer is gone, so this delivery is done.
+                // unsubscribe): the consumer is gone before it saw the event.
                 if d.entry.unstarted.fetch_sub(1, Ordering::AcqRel) == 1 {
                     s.queued.fetch_sub(1, Ordering::AcqRel);
                 }
-                s.finish_entry(&d.entry);
+                s.give_up(lane, d, UNSUBSCRIBED);
             } else {
                 lane.pump();
             }
@@ -947,12 +1203,13 @@ impl<E: EventLike> Engine<E> {
         // NOTE: counted before any lane can hand an entry out and finish it.
         s.outstanding.fetch_add(entries, Ordering::AcqRel);
         for (lane, deliveries) in groups {
+            lane.count_received(deliveries.len());
             let rejected = lane.push_many(deliveries);
             for d in rejected {
                 if d.entry.unstarted.fetch_sub(1, Ordering::AcqRel) == 1 {
                     s.queued.fetch_sub(1, Ordering::AcqRel);
                 }
-                s.finish_entry(&d.entry);
+                s.give_up(&lane, d, UNSUBSCRIBED);
             }
             lane.pump();
         }
@@ -977,12 +1234,66 @@ impl<E: EventLike> Engine<E> {
         EngineCounters {
             published: s.published.load(Ordering::Relaxed),
             processed: s.processed.load(Ordering::Relaxed),
+            dead_lettered: s.dead_events.load(Ordering::Relaxed),
+            released: s.released_events.load(Ordering::Relaxed),
             failed: s.failed.load(Ordering::Relaxed),
             dropped: s.dropped.load(Ordering::Relaxed),
             queued: s.queued.load(Ordering::Relaxed),
             outstanding: s.outstanding.load(Ordering::Relaxed),
             dead_letters: dead.len(),
             dead_letters_evicted: dead.evicted(),
+        }
+    }
+
+    /// Dead-letters a delivery that counted as handled and later turned out not
+    /// delivered: a sink that buffers (Socket.IO) hands back at its shutdown what
+    /// it accepted but could not send. `origin` is the [`Entry`] the sink was given
+    /// (see `SinkItem::origin`); the counters move the event from processed to
+    /// dead-lettered, and the dead-letter listeners are told as for any dead letter.
+    pub fn dead_letter_after_success(
+        &self,
+        origin: &Entry<E>,
+        consumer: &Arc<str>,
+        errors: Vec<String>,
+        attempts: u32,
+    ) {
+        let s = &self.shared;
+        if let Some(lane) = self.lanes().iter().find(|l| l.config.name == *consumer) {
+            let _ = lane
+                .stats
+                .processed
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            lane.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        }
+        s.failed.fetch_add(1, Ordering::Relaxed);
+        let before = origin.unfinished.fetch_or(ENDED_DEAD, Ordering::AcqRel);
+        // NOTE: an entry every lane finished with was counted once already; move it.
+        if before & (LANES_MASK | ENDED_DEAD) == 0 {
+            let from = if before & ENDED_RELEASED != 0 {
+                &s.released_events
+            } else {
+                &s.processed
+            };
+            let _ = from.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            s.dead_events.fetch_add(1, Ordering::Relaxed);
+        }
+        let letter = DeadLetter {
+            event: origin.event.clone(),
+            consumer: consumer.clone(),
+            attempts,
+            errors,
+            at: SystemTime::now(),
+        };
+        for listener in s.dead_listeners.read().iter() {
+            listener(&letter);
+        }
+        s.dead.lock().push(letter);
+    }
+
+    /// A handle that does not keep the engine alive.
+    pub fn downgrade(&self) -> WeakEngine<E> {
+        WeakEngine {
+            shared: Arc::downgrade(&self.shared),
         }
     }
 
@@ -1111,6 +1422,7 @@ mod tests {
             engine_timeout: false,
             chunk: 64,
             needs_view: 0,
+            honours_cut: true,
         }
     }
 
@@ -1210,6 +1522,227 @@ mod tests {
             vec!["the bus stopped before this event could be delivered".to_string()]
         );
         assert_eq!(engine.counters().queued, 0);
+    }
+
+    /// `published = processed + dead-lettered + released + outstanding`, and per
+    /// lane `received = processed + filtered + dead-lettered + released + pending
+    /// + in flight + retrying`.
+    fn assert_adds_up(engine: &Engine<Ev>) {
+        let c = engine.counters();
+        assert_eq!(
+            c.published,
+            c.processed + c.dead_lettered + c.released + c.outstanding as u64,
+            "{c:?}"
+        );
+        for lane in engine.lanes() {
+            let s = lane.stats.snapshot();
+            assert_eq!(
+                s.received,
+                s.processed
+                    + s.filtered
+                    + s.dead_lettered
+                    + s.released
+                    + lane.pending() as u64
+                    + lane.in_flight() as u64
+                    + s.retrying,
+                "{}: {s:?}",
+                lane.config.name
+            );
+        }
+    }
+
+    #[test]
+    fn abort_cuts_the_job_in_flight_and_abandon_closes_it() {
+        let rt = rt();
+        let engine = Engine::new(rt.handle().clone(), 100, 10);
+        let exec = Arc::new(Manual::default());
+        let lane = engine.add_lane(
+            cfg("a"),
+            vec![Pattern::parse("x").unwrap()],
+            None,
+            exec.clone(),
+        );
+        engine.start();
+        // One job of three items in flight, one more event waiting.
+        let job = {
+            for i in 0..3 {
+                lane.state.lock().pending[2].push_back(Delivery::new(Arc::new(Entry {
+                    event: ev("x", 3, i),
+                    unstarted: AtomicU32::new(1),
+                    unfinished: AtomicU32::new(1),
+                    accepted: Instant::now(),
+                })));
+            }
+            // NOTE: counted as three published events, as publish would.
+            engine.shared.published.fetch_add(3, Ordering::Relaxed);
+            engine.shared.queued.fetch_add(3, Ordering::Relaxed);
+            engine.shared.outstanding.fetch_add(3, Ordering::Relaxed);
+            lane.count_received(3);
+            lane.state.lock().len = 3;
+            lane.pump();
+            exec.jobs.lock().pop_front().unwrap()
+        };
+        engine.publish(ev("x", 3, 9)).unwrap();
+        job.record(Outcome::Success); // item 0 done; item 1 running
+        engine.abort_pending();
+        assert!(
+            job.is_cut(),
+            "the executor is asked to start no further item"
+        );
+        assert_eq!(engine.dead_letters().len(), 1, "the waiting event");
+        assert!(engine.lane_busy(&lane));
+        assert_eq!(engine.abandon_in_flight("abandoned"), 1);
+        assert!(!engine.lane_busy(&lane));
+        let dead = engine.dead_letters();
+        assert_eq!(dead.len(), 3);
+        let running = dead.iter().find(|d| d.event.id == 1).unwrap();
+        assert_eq!(
+            running.attempts, 1,
+            "the abandoned call counts as an attempt"
+        );
+        assert_eq!(running.errors[0], "abandoned");
+        let never = dead.iter().find(|d| d.event.id == 2).unwrap();
+        assert_eq!(
+            (never.attempts, never.errors.len()),
+            (0, 1),
+            "never attempted"
+        );
+        assert_eq!(lane.stats.snapshot().failed, 1);
+        assert!(engine.is_idle());
+        assert_adds_up(&engine);
+        assert_eq!(engine.counters().processed, 1);
+        assert_eq!(engine.counters().dead_lettered, 3);
+    }
+
+    #[test]
+    fn a_durable_engine_releases_what_it_gives_up_on_at_stop() {
+        let rt = rt();
+        let engine = Engine::new(rt.handle().clone(), 100, 10);
+        engine.set_release_on_stop(true);
+        let exec = Arc::new(Manual::default());
+        let lane = engine.add_lane(
+            cfg("a"),
+            vec![Pattern::parse("x").unwrap()],
+            None,
+            exec.clone(),
+        );
+        engine.start();
+        for i in 0..5 {
+            engine.publish(ev("x", 3, i)).unwrap();
+        }
+        engine.abort_pending();
+        let job = exec.jobs.lock().pop_front().unwrap();
+        assert!(job.is_cut());
+        job.cancel_rest(STOPPED);
+        assert!(engine.dead_letters().is_empty());
+        assert_eq!(engine.counters().released, 5);
+        assert_eq!(lane.stats.snapshot().released, 5);
+        assert!(engine.is_idle());
+        assert_adds_up(&engine);
+    }
+
+    #[test]
+    fn removing_a_lane_gives_up_on_what_waits_for_it() {
+        let rt = rt();
+        let engine = Engine::new(rt.handle().clone(), 100, 10);
+        let exec = Arc::new(Manual::default());
+        let a = engine.add_lane(
+            cfg("a"),
+            vec![Pattern::parse("x").unwrap()],
+            None,
+            exec.clone(),
+        );
+        let b = engine.add_lane(
+            cfg("b"),
+            vec![Pattern::parse("x").unwrap()],
+            None,
+            Arc::new(Manual::default()),
+        );
+        engine.start();
+        for i in 0..3 {
+            engine.publish(ev("x", 3, i)).unwrap();
+        }
+        engine.remove_lane(&a);
+        let job = exec.jobs.lock().pop_front().unwrap();
+        assert!(job.is_cut());
+        job.cancel_rest(STOPPED);
+        let dead = engine.dead_letters();
+        assert_eq!(dead.len(), 3);
+        assert!(dead
+            .iter()
+            .all(|d| d.errors == vec![UNSUBSCRIBED.to_string()]));
+        assert_eq!(
+            b.pending() + b.in_flight(),
+            3,
+            "the other consumer still gets them"
+        );
+        assert_adds_up(&engine);
+    }
+
+    #[test]
+    fn a_late_dead_letter_moves_the_event_from_processed() {
+        let rt = rt();
+        let engine = Engine::new(rt.handle().clone(), 100, 10);
+        let exec = Arc::new(Manual::default());
+        let lane = engine.add_lane(
+            cfg("a"),
+            vec![Pattern::parse("x").unwrap()],
+            None,
+            exec.clone(),
+        );
+        engine.start();
+        engine.publish(ev("x", 3, 1)).unwrap();
+        let job = exec.jobs.lock().pop_front().unwrap();
+        let entry = job.items[0].entry.clone();
+        job.record(Outcome::Success);
+        job.finish();
+        assert_eq!(engine.counters().processed, 1);
+        let heard = Arc::new(AtomicU32::new(0));
+        let h = heard.clone();
+        engine.add_dead_letter_listener(move |_| {
+            h.fetch_add(1, Ordering::Relaxed);
+        });
+        let name: Arc<str> = "a".into();
+        engine.dead_letter_after_success(&entry, &name, vec!["not sent".into()], 1);
+        let c = engine.counters();
+        assert_eq!((c.processed, c.dead_lettered, c.failed), (0, 1, 1));
+        let s = lane.stats.snapshot();
+        assert_eq!((s.processed, s.dead_lettered), (0, 1));
+        assert_eq!(heard.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            engine.dead_letters()[0].errors,
+            vec!["not sent".to_string()]
+        );
+        assert_adds_up(&engine);
+    }
+
+    #[test]
+    fn failure_listeners_hear_each_failed_attempt() {
+        let rt = rt();
+        let engine = Engine::new(rt.handle().clone(), 100, 10);
+        let heard: Arc<Mutex<Vec<(u32, bool)>>> = Arc::default();
+        let h = heard.clone();
+        engine.add_failure_listener(move |f| {
+            h.lock().push((f.attempt, f.retry_in.is_some()));
+        });
+        let exec = Arc::new(Manual::default());
+        exec.fail_first.store(10, Ordering::Relaxed);
+        let mut config = cfg("a");
+        config.retry.max_retries = 1;
+        engine.add_lane(
+            config,
+            vec![Pattern::parse("x").unwrap()],
+            None,
+            exec.clone(),
+        );
+        engine.start();
+        engine.publish(ev("x", 3, 1)).unwrap();
+        wait_until(|| {
+            exec.run();
+            engine.is_idle()
+        });
+        assert_eq!(*heard.lock(), vec![(1, true), (2, false)]);
+        assert_adds_up(&engine);
     }
 
     #[test]

@@ -8,6 +8,8 @@ use parking_lot::Mutex;
 
 /// Counters and latency percentiles for one consumer.
 pub struct ConsumerStats {
+    /// Events routed to the consumer (retries not counted again).
+    pub received: AtomicU64,
     /// Deliveries that succeeded.
     pub processed: AtomicU64,
     /// Delivery attempts that failed (each failed attempt counts).
@@ -18,17 +20,25 @@ pub struct ConsumerStats {
     pub dead_lettered: AtomicU64,
     /// Events skipped by the consumer's filter.
     pub filtered: AtomicU64,
+    /// Events given up on at stop by a durable bus: still unacknowledged in the
+    /// store, redelivered at the next start.
+    pub released: AtomicU64,
+    /// Failed events waiting for their retry timer.
+    pub retrying: AtomicU64,
     latency: Mutex<Histogram<u64>>,
 }
 
 impl Default for ConsumerStats {
     fn default() -> Self {
         ConsumerStats {
+            received: AtomicU64::new(0),
             processed: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             retried: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
             filtered: AtomicU64::new(0),
+            released: AtomicU64::new(0),
+            retrying: AtomicU64::new(0),
             // NOTE: 1 µs to 1 h at 2 significant digits: a few KiB per consumer.
             latency: Mutex::new(
                 Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid bounds"),
@@ -40,11 +50,14 @@ impl Default for ConsumerStats {
 /// A point-in-time copy of [`ConsumerStats`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StatsSnapshot {
+    pub received: u64,
     pub processed: u64,
     pub failed: u64,
     pub retried: u64,
     pub dead_lettered: u64,
     pub filtered: u64,
+    pub released: u64,
+    pub retrying: u64,
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
 }
@@ -78,11 +91,14 @@ impl ConsumerStats {
             }
         };
         StatsSnapshot {
+            received: self.received.load(Relaxed),
             processed: self.processed.load(Relaxed),
             failed: self.failed.load(Relaxed),
             retried: self.retried.load(Relaxed),
             dead_lettered: self.dead_lettered.load(Relaxed),
             filtered: self.filtered.load(Relaxed),
+            released: self.released.load(Relaxed),
+            retrying: self.retrying.load(Relaxed),
             latency_p50_ms: pct(0.5),
             latency_p99_ms: pct(0.99),
         }

@@ -14,7 +14,8 @@ import datetime
 import inspect
 import threading
 import types
-from collections.abc import Awaitable, Generator
+import weakref
+from collections.abc import AsyncGenerator, Awaitable, Generator
 from typing import TYPE_CHECKING, Any
 
 from mpm_events import _log
@@ -43,14 +44,126 @@ async def _maybe_await(value: Any) -> Any:
 
 
 def attach(bus: EventBus, fd: int, loop: asyncio.AbstractEventLoop) -> None:
-    """Watch the bus's wake-up socket on ``loop``."""
+    """Watch the bus's wake-up socket on ``loop``, and the loop's shutdown."""
     loop.add_reader(fd, _on_wake, bus, loop)
+    _watch_loop(bus)
+    _running_buses.add(bus)
 
 
 def detach(fd: int, loop: asyncio.AbstractEventLoop) -> None:
     """Stop watching the wake-up socket."""
     if not loop.is_closed():
         loop.remove_reader(fd)
+
+
+# NOTE: how a bus learns that its loop is going away. An async generator that a
+# running loop has seen first-iterated is closed by ``loop.shutdown_asyncgens()``,
+# which ``asyncio.run()`` (and uvloop, and every runner that follows the asyncio
+# contract) calls before closing the loop; its ``finally`` then marks the bus's
+# loop gone, at no cost per event. A loop closed without that step is caught by
+# ``rebind_if_gone`` (``start``/``join``/``stop`` check ``is_closed()``).
+_watches: dict[int, Any] = {}
+
+
+async def _loop_watch(state: list[Any]) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        ref = state[0]
+        bus = ref() if ref is not None else None
+        if bus is not None:
+            bus._loop_closing()
+
+
+def _close_watch(key: int, agen: Any, state: list[Any]) -> None:
+    # NOTE: closing it ourselves (synchronously, with the callback disarmed)
+    # keeps the loop's asyncgen finalizer from scheduling it on a closed loop.
+    state[0] = None
+    _watches.pop(key, None)
+    try:
+        agen.aclose().send(None)
+    except (StopIteration, RuntimeError):
+        pass
+
+
+def _watch_loop(bus: EventBus) -> None:
+    _unwatch(bus)
+    state: list[Any] = [weakref.ref(bus)]
+    agen = _loop_watch(state)
+    try:
+        agen.asend(None).send(None)  # runs to the yield; the loop now knows it
+    except StopIteration:
+        pass
+    _watches[id(bus)] = weakref.finalize(bus, _close_watch, id(bus), agen, state)
+
+
+def _unwatch(bus: EventBus) -> None:
+    fin = _watches.pop(id(bus), None)
+    if fin is not None:
+        fin()
+
+
+def rebind_if_gone(bus: EventBus, loop: asyncio.AbstractEventLoop) -> bool:
+    """Rebind a running bus to ``loop`` if the loop that started it has closed."""
+    old = bus._bound_loop()
+    if old is loop:
+        return False
+    if bus._loop_gone() or old is None or old.is_closed():
+        _rebind(bus, loop)
+        return True
+    return False
+
+
+def rebind(bus: EventBus) -> None:
+    """The bus's loop has shut down: take over the running one, or say what to do."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            "the event loop this EventBus was started on has closed; await bus.start() "
+            "inside the new event loop before publishing (what was queued is delivered then)"
+        ) from None
+    _rebind(bus, loop)
+
+
+def _rebind(bus: EventBus, loop: asyncio.AbstractEventLoop) -> None:
+    old = bus._bound_loop()
+    if old is not None:
+        detach(bus._wake_fd(), old)
+    loop.add_reader(bus._wake_fd(), _on_wake, bus, loop)
+    _watch_loop(bus)
+    bus._set_loop(loop)
+    logger.info("Event bus rebound to a new event loop (the loop that started it closed)")
+
+
+# ----- interpreter exit -----
+
+_running_buses: weakref.WeakSet[EventBus] = weakref.WeakSet()
+
+
+def _at_exit() -> None:
+    """Account for what running buses still hold when the interpreter exits."""
+    for bus in list(_running_buses):
+        try:
+            dead, released = bus._at_exit()
+        except Exception:
+            logger.exception("mpm_events: accounting for undelivered events at exit failed")
+            continue
+        if not dead and not released:
+            continue
+        where = []
+        if dead:
+            files = bus._dead_letter_files()
+            target = f" (written to {', '.join(files)})" if files else ""
+            where.append(f"{dead} dead-lettered{target}")
+        if released:
+            where.append(f"{released} left unacknowledged in the store for redelivery")
+        logger.warning(
+            "Interpreter exiting with the event bus still running (stop() was not awaited): "
+            "%d accepted event(s) were not delivered: %s",
+            dead + released,
+            "; ".join(where),
+        )
 
 
 def _on_wake(bus: EventBus, loop: asyncio.AbstractEventLoop) -> None:
@@ -94,9 +207,28 @@ def resume_from(it: Any, yielded: Any) -> Generator[Any, Any, Any]:
                 return stop.value
 
 
+# NOTE: the Tasks running suspended consumer calls, so that a call the bus gives
+# up on (stop past its deadline, unsubscribe) can be cancelled, not left running.
+_job_tasks: dict[asyncio.Task[Any], _Job] = {}
+
+
 def continue_job(job: _Job, awaitable: Awaitable[Any], timeout: float) -> None:
     """Finish a job whose consumer call suspended, in a Task of its own."""
-    _keep(asyncio.ensure_future(_finish(job, awaitable, timeout)))
+    task = asyncio.ensure_future(_finish(job, awaitable, timeout))
+    _keep(task)
+    _job_tasks[task] = job
+    task.add_done_callback(_forget_job)
+
+
+def _forget_job(task: asyncio.Task[Any]) -> None:
+    _job_tasks.pop(task, None)
+
+
+def _cancel_abandoned() -> None:
+    """Cancel the consumer calls of jobs the bus has closed (abandoned)."""
+    for task, job in list(_job_tasks.items()):
+        if job.finished and not task.done():
+            task.cancel()
 
 
 async def _finish(job: _Job, awaitable: Awaitable[Any] | None, timeout: float) -> None:
@@ -232,6 +364,9 @@ def _run_sync_job(
             return "ok", target
         return "ok", event
 
+    if job.cut:
+        job.cancel_rest()
+        return
     events = job.events()
     if job.batch:
         pre: list[str | None] = []
@@ -257,6 +392,10 @@ def _run_sync_job(
     for event in events:
         if job.finished:
             return
+        if job.cut:
+            # NOTE: the bus is stopping or the consumer left: start no new call.
+            job.cancel_rest()
+            return
         kind, value = prepare(event)
         if kind == "filtered":
             job.record_filtered()
@@ -274,7 +413,6 @@ def _run_sync_job(
     job.finish()
 
 
-@atexit.register
 def _stop_workers() -> None:
     # NOTE: runs before interpreter finalization: idle workers leave their wait
     # (they poll a closed flag) and are joined, so no thread is inside Rust code
@@ -286,6 +424,12 @@ def _stop_workers() -> None:
         source.close()
     for thread, _ in workers:
         thread.join(timeout=0.5)
+
+
+# NOTE: atexit runs handlers last-registered first: the buses give up on what
+# they hold before the worker threads are stopped.
+atexit.register(_stop_workers)
+atexit.register(_at_exit)
 
 
 # ----- control plane -----
@@ -320,10 +464,21 @@ async def unsubscribe(bus: EventBus, consumer_name: str) -> bool:
         raise TypeError(
             f"unsubscribe() expects a consumer name (str), got {type(consumer_name).__name__}"
         )
-    consumer = bus._unregister(consumer_name)
-    if consumer is None:
+    found = bus._unregister(consumer_name)
+    if found is None:
         logger.warning("Consumer %s not found", consumer_name)
         return False
+    consumer, leaving = found
+    # NOTE: no consume call starts after this point; one still running is awaited
+    # up to its timeout (and a second of grace), then abandoned and counted.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + leaving.timeout + 1.0
+    while leaving.busy():
+        if loop.time() >= deadline:
+            leaving.abandon("abandoned: still running when the consumer was unsubscribed")
+            _cancel_abandoned()
+            break
+        await asyncio.sleep(0.005)
     try:
         await _maybe_await(consumer.shutdown())
     except Exception as exc:
@@ -335,6 +490,7 @@ async def join(bus: EventBus, timeout: float | None = None) -> bool:
     """``EventBus.join``: wait until every accepted event is fully handled."""
     if bus._is_idle():
         return True
+    rebind_if_gone(bus, asyncio.get_running_loop())
     fut = asyncio.get_running_loop().create_future()
     bus._add_idle_waiter(fut)
     try:
@@ -351,6 +507,7 @@ async def stop(bus: EventBus, timeout: float | None = None) -> None:
     """``EventBus.stop``: drain, wait (up to ``timeout``), then shut consumers down."""
     if not bus.is_running:
         return
+    rebind_if_gone(bus, asyncio.get_running_loop())
     logger.info("Stopping event bus")
     if bus.enable_persistence:
         # NOTE: publishes whose store write is in flight are dispatched before draining.
@@ -358,18 +515,74 @@ async def stop(bus: EventBus, timeout: float | None = None) -> None:
     bus._begin_stop()
     try:
         await join(bus, timeout)
-    except TimeoutError as exc:
-        logger.warning("%s; what is still queued goes to the dead-letter queue", exc)
-        bus._abort_pending()
-    for consumer in bus.get_consumers():
+    except TimeoutError:
+        await _give_up(bus, timeout)
+    await _shutdown_consumers(bus)
+    bus._close_log()
+    if bus.enable_persistence:
+        await asyncio.to_thread(bus.flush_persistence)
+    bus._detach()
+    _unwatch(bus)
+    _running_buses.discard(bus)
+    logger.info("Event bus stopped")
+
+
+async def _give_up(bus: EventBus, timeout: float | None) -> None:
+    """``stop(timeout)`` past its deadline: account for everything not yet handled."""
+    before = bus._ended_counts()
+    # NOTE: waiting and unstarted events are given up on now (dead letters, or the
+    # store on a durable bus); a call already running ends by its own timeout.
+    bus._abort_pending()
+    # NOTE: a call still running gets up to `timeout` more seconds (never more
+    # than its own consumer timeout), then it is abandoned: a coroutine is
+    # cancelled, a thread's result ignored, and the attempt counted as failed.
+    grace = min(bus._call_grace(), max(timeout or 0.0, 0.5))
+    try:
+        await join(bus, grace)
+    except TimeoutError:
+        bus._abandon_in_flight(
+            f"abandoned: still running when stop(timeout={timeout:g}) gave up on it"
+        )
+        _cancel_abandoned()
+        try:
+            await join(bus, 5.0)
+        except TimeoutError as exc:  # pragma: no cover - every path above ends an event
+            logger.error("mpm_events: %s after stop() gave up on every event", exc)
+    after = bus._ended_counts()
+    dead, released = after[0] - before[0], after[1] - before[1]
+    where = []
+    if dead:
+        where.append(f"{dead} went to the dead letters (see get_dead_letters())")
+    if released:
+        where.append(f"{released} stay unacknowledged in the store for the next start")
+    if where:
+        logger.warning(
+            "stop(timeout=%g): %d accepted event(s) were not handled in time: %s",
+            timeout,
+            dead + released,
+            "; ".join(where),
+        )
+
+
+async def _shutdown_consumers(bus: EventBus) -> None:
+    """Each consumer's ``shutdown()``; dead-letter consumers last, so they still
+    receive what the others hand back at their shutdown (undelivered Socket.IO
+    items)."""
+    from mpm_events._core import DeadLetterConsumer
+
+    consumers = bus.get_consumers()
+    ordered = [c for c in consumers if not isinstance(c, DeadLetterConsumer)]
+    ordered += [c for c in consumers if isinstance(c, DeadLetterConsumer)]
+    for i, consumer in enumerate(ordered):
+        if isinstance(consumer, DeadLetterConsumer) and (
+            i == 0 or not isinstance(ordered[i - 1], DeadLetterConsumer)
+        ):
+            # NOTE: run the dead letters queued for the loop by earlier shutdowns.
+            bus._run_pending()
         try:
             await _maybe_await(consumer.shutdown())
         except Exception as exc:
             logger.error("Error shutting down consumer %s: %r", consumer.config.name, exc)
-    if bus.enable_persistence:
-        await asyncio.to_thread(bus.flush_persistence)
-    bus._detach()
-    logger.info("Event bus stopped")
 
 
 async def to_thread(fn: Any) -> Any:

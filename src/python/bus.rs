@@ -13,13 +13,14 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyString};
 
 use super::config::ConsumerSpec;
+use super::delivery_log::DeliveryLog;
 use super::errors::event_error;
 use super::event::{Event, EventParts, EventRef, PartsData};
 use super::executor::{Inbox, LoopExecutor, PyConsumer, ThreadExecutor};
 use super::native::{build_view, build_view_with, NativeConsumer, SinkExecutor, ViewMemo};
 use super::persist::{self, Persist};
 use super::{log_info, log_warning, runtime};
-use crate::dispatch::{Engine, Executor, Lane, LaneConfig, Rejected, Route};
+use crate::dispatch::{Engine, Entry, Executor, Lane, LaneConfig, Rejected, Route};
 
 /// Items the loop handles per wake-up before letting other callbacks run.
 const LOOP_BUDGET: usize = 16_384;
@@ -105,6 +106,33 @@ impl Ready {
     fn close(&self) {}
 }
 
+/// A consumer being unsubscribed: lets `_bus.unsubscribe` wait for its call in
+/// flight before `shutdown()`.
+#[pyclass(module = "mpm_events._core", name = "_Leaving", frozen)]
+pub struct Leaving {
+    engine: Engine<EventRef>,
+    lane: Arc<Lane<EventRef>>,
+}
+
+#[pymethods]
+impl Leaving {
+    /// True while a job of the consumer is still in flight.
+    fn busy(&self) -> bool {
+        self.engine.lane_busy(&self.lane)
+    }
+
+    /// The consumer's per-call timeout, in seconds.
+    #[getter]
+    fn timeout(&self) -> f64 {
+        self.lane.config.timeout.as_secs_f64()
+    }
+
+    /// Gives up on the job in flight (its call is counted as failed).
+    fn abandon(&self, reason: &str) {
+        self.engine.abandon_lane(&self.lane, reason);
+    }
+}
+
 /// Our `Event` itself, or a new one converted from an object with its attributes.
 fn as_event(event: &Bound<'_, PyAny>) -> PyResult<Py<Event>> {
     match event.cast::<Event>() {
@@ -129,6 +157,10 @@ struct Subscribed {
 
 struct BusShared {
     engine: Engine<EventRef>,
+    log: Arc<DeliveryLog>,
+    /// A weak reference to the Python bus object (set by `start()`), so that a
+    /// publish can rebind the bus to a new loop when its own loop has closed.
+    this: Mutex<Option<Py<PyAny>>>,
     dead_letter_sinks: Arc<RwLock<Vec<Arc<dyn crate::sinks::Sink>>>>,
     inbox: Arc<Inbox>,
     consumers: RwLock<Vec<(Arc<str>, Subscribed)>>,
@@ -139,7 +171,13 @@ struct BusShared {
 }
 
 /// The event bus (see `_core.pyi` for the Python documentation).
-#[pyclass(module = "mpm_events._core", name = "EventBus", subclass, frozen)]
+#[pyclass(
+    module = "mpm_events._core",
+    name = "EventBus",
+    subclass,
+    frozen,
+    weakref
+)]
 pub struct EventBus {
     shared: Arc<BusShared>,
     max_queue_size: AtomicI64,
@@ -155,6 +193,25 @@ pub struct EventBus {
 }
 
 impl EventBus {
+    /// Rebinds the bus to the running loop if the loop that started it has closed
+    /// (see `_bus.watch_loop`); raises if there is no running loop to take over.
+    /// Costs one atomic load while the loop is alive.
+    pub(crate) fn ensure_loop(&self, py: Python<'_>) -> PyResult<()> {
+        if !self.shared.inbox.loop_gone() {
+            return Ok(());
+        }
+        let this = self.shared.this.lock().as_ref().map(|w| w.clone_ref(py));
+        let bus = match this {
+            Some(w) => w.bind(py).call0()?,
+            None => return Ok(()),
+        };
+        if bus.is_none() {
+            return Ok(());
+        }
+        helpers(py)?.call_method1("rebind", (bus,))?;
+        Ok(())
+    }
+
     /// True when every accepted event is handled and no durable write is in flight.
     fn idle(&self) -> bool {
         self.shared.engine.is_idle() && self.persist.as_ref().is_none_or(|p| p.is_quiet())
@@ -300,6 +357,7 @@ impl EventBus {
     /// answer now (the compiled producer). Only for buses that [`answers_at_once`]
     /// (Self::answers_at_once): a "sync" durable bus would block here until the commit.
     pub(crate) fn publish_now(&self, event: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.ensure_loop(event.py())?;
         match &self.persist {
             None => Ok(self.accept(event)?.is_ok()),
             Some(p) => {
@@ -325,6 +383,7 @@ impl EventBus {
         data: Bound<'_, PyAny>,
         make: impl FnOnce(PartsData) -> EventParts,
     ) -> PyResult<bool> {
+        self.ensure_loop(py)?;
         // NOTE: the same checks, in the same order and with the same errors, as
         // `EventRef::accept` on an `Event` with these fields.
         let route = self
@@ -462,11 +521,16 @@ impl EventBus {
                     let item = crate::sinks::SinkItem {
                         view: view.clone(),
                         attempt: letter.attempts,
+                        origin: None,
                     };
                     sink.on_dead_letter(item, &letter.consumer, &letter.errors, letter.attempts);
                 }
             }));
         });
+        let log = DeliveryLog::install(&engine, &inbox);
+        // NOTE: a durable bus leaves what it gives up on at stop unacked in the
+        // store (redelivered at the next start) instead of dead-lettering it.
+        engine.set_release_on_stop(enable_persistence);
         let persist = if enable_persistence {
             let p = Persist::open(
                 persist::options(
@@ -489,6 +553,8 @@ impl EventBus {
         Ok(EventBus {
             shared: Arc::new(BusShared {
                 engine,
+                log,
+                this: Mutex::new(None),
                 dead_letter_sinks,
                 inbox,
                 consumers: RwLock::new(Vec::new()),
@@ -538,14 +604,24 @@ impl EventBus {
     fn start(slf: &Bound<'_, Self>) -> PyResult<Py<Ready>> {
         let py = slf.py();
         let this = slf.get();
-        if this.shared.running.load(Ordering::Acquire) {
-            log_warning(py, "Event bus already running");
-            return Ok(Ready::of_bool(py, true));
-        }
         let asyncio = py.import("asyncio")?;
         let event_loop = asyncio.call_method0("get_running_loop").map_err(|_| {
             PyRuntimeError::new_err("EventBus.start() must be awaited inside a running event loop")
         })?;
+        if this.shared.running.load(Ordering::Acquire) {
+            // NOTE: a bus used again under a new loop (a second asyncio.run()) is
+            // rebound to it if its own loop has closed; what waited is delivered.
+            if helpers(py)?
+                .call_method1("rebind_if_gone", (slf, &event_loop))?
+                .is_truthy()?
+            {
+                return Ok(Ready::of_bool(py, true));
+            }
+            log_warning(py, "Event bus already running");
+            return Ok(Ready::of_bool(py, true));
+        }
+        *this.shared.this.lock() =
+            Some(py.import("weakref")?.call_method1("ref", (slf,))?.unbind());
         helpers(py)?.call_method1("attach", (slf, this.shared.inbox.fd(), &event_loop))?;
         *this.shared.inbox.event_loop.lock() = Some(event_loop.unbind());
         this.shared
@@ -586,6 +662,7 @@ impl EventBus {
 
     /// Publishes one event; the returned awaitable is already complete.
     fn publish(&self, py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        self.ensure_loop(py)?;
         if let Some(p) = &self.persist {
             let event_loop = self.shared.inbox.current_loop(py);
             return persist::publish(p, py, event_loop, |done| {
@@ -597,6 +674,7 @@ impl EventBus {
 
     /// Publishes one event from any thread, without awaiting.
     fn publish_nowait(&self, py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.ensure_loop(py)?;
         if let Some(p) = &self.persist {
             return persist::publish_blocking(p, py, |done| self.accept_durable(p, event, done));
         }
@@ -605,6 +683,7 @@ impl EventBus {
 
     /// Publishes several events; awaitable of how many were accepted.
     fn publish_batch(&self, py: Python<'_>, events: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        self.ensure_loop(py)?;
         if let Some(p) = &self.persist {
             return self.publish_batch_durable(p, py, events);
         }
@@ -702,6 +781,8 @@ impl EventBus {
         let consumers = self.shared.consumers.read();
         d.set_item("events_published", c.published)?;
         d.set_item("events_processed", c.processed)?;
+        d.set_item("events_dead_lettered", c.dead_lettered)?;
+        d.set_item("events_pending_in_store", c.released)?;
         d.set_item("events_failed", c.failed)?;
         d.set_item("events_dropped", c.dropped)?;
         d.set_item("consumers_active", consumers.len())?;
@@ -758,11 +839,14 @@ impl EventBus {
         let cs = PyDict::new(py);
         for (name, snap, in_flight, pending) in stats {
             let e = PyDict::new(py);
+            e.set_item("received", snap.received)?;
             e.set_item("processed", snap.processed)?;
             e.set_item("failed", snap.failed)?;
             e.set_item("retried", snap.retried)?;
             e.set_item("dead_lettered", snap.dead_lettered)?;
             e.set_item("filtered", snap.filtered)?;
+            e.set_item("pending_in_store", snap.released)?;
+            e.set_item("retrying", snap.retrying)?;
             e.set_item("in_flight", in_flight)?;
             e.set_item("pending", pending)?;
             e.set_item("latency_p50_ms", snap.latency_p50_ms)?;
@@ -890,10 +974,34 @@ impl EventBus {
                 // NOTE: items a sink accepted but could not deliver later (e.g.
                 // still buffered for Socket.IO at shutdown) reach the dead-letter
                 // sinks too.
+                // NOTE: weak: the engine owns the lane that owns this sink.
                 let dl_sinks = self.shared.dead_letter_sinks.clone();
+                let engine = self.shared.engine.downgrade();
+                let name = spec.name.clone();
                 sink.set_dead_letter_hook(Arc::new(move |item, consumer, errors, attempts| {
-                    for s in dl_sinks.read().iter() {
-                        s.on_dead_letter(item.clone(), consumer, errors, attempts);
+                    let origin = item
+                        .origin
+                        .as_ref()
+                        .and_then(|o| o.clone().downcast::<Entry<EventRef>>().ok());
+                    match (origin, engine.upgrade()) {
+                        (Some(entry), Some(engine)) => {
+                            let consumer = if *name == *consumer {
+                                name.clone()
+                            } else {
+                                Arc::from(consumer)
+                            };
+                            engine.dead_letter_after_success(
+                                &entry,
+                                &consumer,
+                                errors.to_vec(),
+                                attempts,
+                            );
+                        }
+                        _ => {
+                            for s in dl_sinks.read().iter() {
+                                s.on_dead_letter(item.clone(), consumer, errors, attempts);
+                            }
+                        }
                     }
                 }));
                 let needs_view = if sink.needs_data() { 2 } else { 1 };
@@ -943,6 +1051,9 @@ impl EventBus {
                     )
                 }
             };
+        // NOTE: Python executors check `Job::is_cut` between events; a sink takes
+        // its batch whole.
+        let honours_cut = needs_view == 0;
         let config = LaneConfig {
             name: spec.name.clone(),
             priority: spec.priority,
@@ -953,6 +1064,7 @@ impl EventBus {
             engine_timeout,
             chunk: CHUNK,
             needs_view,
+            honours_cut,
         };
         let lane = self
             .shared
@@ -971,9 +1083,15 @@ impl EventBus {
         Ok(true)
     }
 
-    fn _unregister(&self, py: Python<'_>, name: &str) -> Option<Py<PyAny>> {
+    fn _unregister(
+        &self,
+        py: Python<'_>,
+        name: &str,
+    ) -> PyResult<Option<(Py<PyAny>, Py<Leaving>)>> {
         let mut consumers = self.shared.consumers.write();
-        let pos = consumers.iter().position(|(n, _)| **n == *name)?;
+        let Some(pos) = consumers.iter().position(|(n, _)| **n == *name) else {
+            return Ok(None);
+        };
         let (_, s) = consumers.remove(pos);
         drop(consumers);
         if let Ok(native) = s.consumer.bind(py).cast::<NativeConsumer>() {
@@ -985,7 +1103,14 @@ impl EventBus {
         }
         self.shared.engine.remove_lane(&s.lane);
         log_info(py, &format!("Unsubscribed consumer {name}"));
-        Some(s.consumer)
+        let leaving = Py::new(
+            py,
+            Leaving {
+                engine: self.shared.engine.clone(),
+                lane: s.lane,
+            },
+        )?;
+        Ok(Some((s.consumer, leaving)))
     }
 
     fn _topics(&self, name: &str) -> Option<Vec<String>> {
@@ -1123,6 +1248,113 @@ impl EventBus {
         self.shared.idle_waiters.lock().push(fut);
         // NOTE: the bus may have gone idle before the waiter was added.
         self.shared.inbox.wake();
+    }
+
+    fn _loop_closing(&self, py: Python<'_>) -> PyResult<()> {
+        self.shared.inbox.set_loop_gone(true);
+        if let Some(l) = self.shared.inbox.event_loop.lock().take() {
+            helpers(py)?.call_method1("detach", (self.shared.inbox.fd(), l))?;
+        }
+        Ok(())
+    }
+
+    fn _bound_loop(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.shared.inbox.current_loop(py)
+    }
+
+    fn _loop_gone(&self) -> bool {
+        self.shared.inbox.loop_gone()
+    }
+
+    fn _wake_fd(&self) -> i32 {
+        self.shared.inbox.fd()
+    }
+
+    /// Binds the bus to `event_loop` (already watching the wake-up socket).
+    fn _set_loop(&self, event_loop: Py<PyAny>) {
+        *self.shared.inbox.event_loop.lock() = Some(event_loop);
+        // NOTE: waiters of join() belong to the old loop, which cannot run them.
+        self.shared.idle_waiters.lock().clear();
+        self.shared.inbox.set_loop_gone(false);
+        self.shared.inbox.force_wake();
+    }
+
+    fn _ensure_loop(&self, py: Python<'_>) -> PyResult<()> {
+        self.ensure_loop(py)
+    }
+
+    /// `(events dead-lettered, events left pending in the store)` so far.
+    fn _ended_counts(&self) -> (u64, u64) {
+        let c = self.shared.engine.counters();
+        (c.dead_lettered, c.released)
+    }
+
+    /// The longest consumer timeout among calls still running (0 if none), seconds.
+    fn _call_grace(&self) -> f64 {
+        self.shared
+            .engine
+            .longest_call_timeout()
+            .map(|t| t.as_secs_f64())
+            .unwrap_or(0.0)
+    }
+
+    fn _abandon_in_flight(&self, reason: &str) -> usize {
+        self.shared.engine.abandon_in_flight(reason)
+    }
+
+    /// Logs the failure notes still waiting and the dead-letter summary.
+    fn _close_log(&self, py: Python<'_>) {
+        self.shared.log.close(py);
+    }
+
+    /// At interpreter exit with the bus running: gives up on what is not
+    /// delivered (no loop will run the consumers), feeds the dead letters to the
+    /// dead-letter consumers and the store, and returns the counts given up on
+    /// `(dead-lettered, left pending in the store)`.
+    fn _at_exit(&self, py: Python<'_>) -> PyResult<(u64, u64)> {
+        if !self.shared.running.swap(false, Ordering::AcqRel) {
+            return Ok((0, 0));
+        }
+        let engine = &self.shared.engine;
+        let before = engine.counters();
+        engine.begin_drain();
+        engine.abort_pending();
+        engine.abandon_in_flight("the interpreter exited while this event was being delivered");
+        // NOTE: retries waiting on a timer fire at once when aborting; they run on
+        // the Tokio runtime, so wait for them without the GIL (bounded).
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            self.shared.inbox.run_pending(py, usize::MAX)?;
+            if engine.is_idle() || std::time::Instant::now() >= deadline {
+                break;
+            }
+            py.detach(|| std::thread::sleep(Duration::from_millis(5)));
+        }
+        self.shared.inbox.run_pending(py, usize::MAX)?;
+        self.shared.log.close(py);
+        if let Some(p) = &self.persist {
+            let _ = p.flush(py);
+        }
+        let after = engine.counters();
+        Ok((
+            after.dead_lettered - before.dead_lettered,
+            after.released - before.released,
+        ))
+    }
+
+    /// Files the dead-letter consumers write to (for the exit warning).
+    fn _dead_letter_files(&self) -> Vec<String> {
+        self.shared
+            .dead_letter_sinks
+            .read()
+            .iter()
+            .filter_map(|s| {
+                s.metrics()
+                    .get("current_file")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+            })
+            .collect()
     }
 
     fn _begin_stop(&self) {

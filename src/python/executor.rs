@@ -27,7 +27,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyList, PyType};
 
 use super::event::EventRef;
-use crate::dispatch::{Executor, Job, Outcome};
+use crate::dispatch::{Executor, Job, Outcome, STOPPED};
 
 /// A job of ours.
 pub type PyJobRef = Arc<Job<EventRef>>;
@@ -56,6 +56,9 @@ pub struct Inbox {
     jobs: Mutex<VecDeque<(Arc<PyConsumer>, PyJobRef)>>,
     calls: Mutex<Vec<LoopCall>>,
     wake_pending: AtomicBool,
+    /// Set when the loop that runs coroutine consumers shuts down (see
+    /// `_bus.watch_loop`); the next publish rebinds the bus to its running loop.
+    loop_gone: AtomicBool,
     tx: UnixStream,
     rx: UnixStream,
     /// The loop that runs coroutine consumers (set by `start()`).
@@ -72,6 +75,7 @@ impl Inbox {
             jobs: Mutex::new(VecDeque::new()),
             calls: Mutex::new(Vec::new()),
             wake_pending: AtomicBool::new(false),
+            loop_gone: AtomicBool::new(false),
             tx,
             rx,
             event_loop: Mutex::new(None),
@@ -87,6 +91,16 @@ impl Inbox {
     /// The loop that runs coroutine consumers, if the bus was started.
     pub fn current_loop(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.event_loop.lock().as_ref().map(|l| l.clone_ref(py))
+    }
+
+    /// True once the loop that started the bus has shut down.
+    pub fn loop_gone(&self) -> bool {
+        self.loop_gone.load(Ordering::Acquire)
+    }
+
+    /// Records whether the bus's loop has shut down.
+    pub fn set_loop_gone(&self, gone: bool) {
+        self.loop_gone.store(gone, Ordering::Release);
     }
 
     /// Wakes the loop unless a wake-up is already pending.
@@ -569,6 +583,12 @@ impl PyJob {
                 this.job.finish();
                 return Ok(None);
             }
+            if this.job.is_cut() {
+                // NOTE: the bus is stopping (or the consumer left): no new call.
+                flush(&mut pending);
+                this.job.cancel_rest(STOPPED);
+                return Ok(None);
+            }
             let event = match this.job.items[i].entry.event.event(py) {
                 Ok(e) => e.bind(py).clone().into_any(),
                 Err(e) => {
@@ -619,6 +639,10 @@ impl PyJob {
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         if let Some(r) = resumed {
             self.finish_batch(py, r);
+            return Ok(None);
+        }
+        if self.job.is_cut() {
+            self.job.cancel_rest(STOPPED);
             return Ok(None);
         }
         let events = PyList::empty(py);
@@ -755,6 +779,18 @@ impl PyJob {
     #[getter]
     fn finished(&self) -> bool {
         self.job.is_finished()
+    }
+
+    /// True once the bus asked that no further event of this job be started.
+    #[getter]
+    fn cut(&self) -> bool {
+        self.job.is_cut()
+    }
+
+    /// Closes the job, marking the events not yet started as not attempted
+    /// (the bus stopped or the consumer unsubscribed).
+    fn cancel_rest(&self) {
+        self.job.cancel_rest(STOPPED);
     }
 
     /// Records that the filter skipped the next event (sync worker).

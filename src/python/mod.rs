@@ -12,6 +12,7 @@ use pyo3::sync::PyOnceLock;
 mod bus;
 mod config;
 mod consumers;
+mod delivery_log;
 mod errors;
 mod event;
 mod executor;
@@ -77,6 +78,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<config::ConsumerConfig>()?;
     m.add_class::<bus::EventBus>()?;
     m.add_class::<bus::Ready>()?;
+    m.add_class::<bus::Leaving>()?;
     m.add_class::<executor::PyJob>()?;
     m.add_class::<executor::JobSource>()?;
     m.add_class::<native::NativeConsumer>()?;

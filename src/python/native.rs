@@ -328,6 +328,7 @@ impl Executor<EventRef> for SinkExecutor {
                         items.push(SinkItem {
                             view: v.clone(),
                             attempt: d.attempt(),
+                            origin: Some(d.entry.clone()),
                         });
                     }
                     Some(v) => {
@@ -405,6 +406,7 @@ impl NativeConsumer {
             items.push(SinkItem {
                 view: Arc::new(view),
                 attempt: 0,
+                origin: None,
             });
         }
         let sink = self.sink.clone();

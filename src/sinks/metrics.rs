@@ -306,6 +306,7 @@ mod tests {
                 meta: Arc::new(Mutex::new(meta)),
             }),
             attempt: 0,
+            origin: None,
         }
     }
 

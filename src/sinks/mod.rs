@@ -26,6 +26,10 @@ pub struct SinkItem {
     pub view: Arc<EventView>,
     /// 0 for the first attempt, n for the n-th retry.
     pub attempt: u32,
+    /// The engine's record of the delivery, opaque to the sink; handed back with
+    /// an item the sink accepted but could not deliver later (see
+    /// [`DeadLetterHook`]), so the bus can dead-letter the right event.
+    pub origin: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 /// Where a sink hands events it accepted but finally could not deliver (e.g.
