@@ -215,3 +215,14 @@ def test_no_command_prints_help_and_fails() -> None:
     proc = _run()
     assert proc.returncode == 2
     assert "demo" in proc.stdout
+
+
+def test_events_zero_is_a_usage_error_of_the_demo() -> None:
+    proc = _run("demo", "--events", "0")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("usage: python -m mpm_events demo "), proc.stderr
+    assert "argument --events: must be at least 1" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = _run("demo", "--rate", "-5")
+    assert proc.returncode == 2
+    assert "argument --rate: must not be negative" in proc.stderr, proc.stderr
