@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import os
 import pty
+import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import mpm_events
+import pytest
 
 SERVER = Path(__file__).parent / "helpers" / "sio_server.py"
 
@@ -53,9 +56,59 @@ def _dead_letter_lines(out_dir: Path) -> list[dict[str, Any]]:
     return lines
 
 
+PROGRESS = re.compile(r"(\d+)/(\d+) events +([\d,]+) ev/s")
+
+
+def _progress(out: str) -> list[tuple[int, int, int]]:
+    """(sent, total, events/s) of every progress line (or in-place refresh)."""
+    return [(int(a), int(b), int(c.replace(",", ""))) for a, b, c in PROGRESS.findall(out)]
+
+
+def _peak(out: str) -> int:
+    m = re.search(r"; peak ([\d,]+)/s\)$", out, re.MULTILINE)
+    assert m, out
+    return int(m.group(1).replace(",", ""))
+
+
+def _check_figures_agree(out: str, out_dir: Path) -> int:
+    """What any run, even one without dead letters, must satisfy; returns how many
+    events were published."""
+    published = _int(r"^events: (\d+) published", out)
+    progress = _progress(out)
+    assert progress, out
+    # the progress count never exceeds the total, and ends at what was published
+    assert all(sent <= total for sent, total, _ in progress), progress
+    assert progress[-1][0] == published
+    # the metrics rate shown while running never exceeds the peak the summary reports
+    assert max(rate for _, _, rate in progress) <= _peak(out), out
+    # no empty dead-letter file is left behind, and each one is listed
+    for f in out_dir.glob("dead-letter-*.jsonl"):
+        n = len([x for x in f.read_text().splitlines() if x.strip()])
+        assert n > 0, f"empty dead-letter file {f.name}"
+        assert re.search(rf"^  {re.escape(f.name)}: {n} lines? ", out, re.MULTILINE), out
+    # the DeadLetterConsumer's row counts what it wrote: the lines in its files
+    lines = _dead_letter_lines(out_dir)
+    assert _row("DeadLetterConsumer", out)[0] == len(lines) == _int(r"^dead letters: (\d+)", out)
+    # every consumer's row matches the lines below it
+    names = ("flaky-webhook", "tool-audit", "batch-counter", "subagents")
+    line = re.search(
+        r"^python consumers: flaky-webhook delivered (\d+) events; tool-audit saw (\d+) tool "
+        r"uses .*; batch-counter (\d+) events in \d+ batches; subagents (\d+) events",
+        out,
+        re.MULTILINE,
+    )
+    assert line, out
+    for name, n in zip(names, line.groups(), strict=True):
+        assert _row(name, out)[0] == int(n), (name, out)
+    rows = re.findall(r"^\S+ +\d+ +\d+ +(\d+) +\d+ +[\d.]+ +[\d.]+$", out, re.MULTILINE)
+    assert _int(r"^retries: (\d+)$", out) == sum(map(int, rows)), out
+    assert f"output dir: {out_dir}" in out
+    return published
+
+
 def _check_summary(out: str, out_dir: Path) -> int:
     """The checks every run must pass; returns how many events were published."""
-    published = _int(r"^events: (\d+) published", out)
+    published = _check_figures_agree(out, out_dir)
     # the metrics consumer saw every event, and so did the bus's count of it
     seen = re.search(r"^metrics consumer saw: (\d+) of (\d+) events$", out, re.MULTILINE)
     assert seen, out
@@ -66,9 +119,6 @@ def _check_summary(out: str, out_dir: Path) -> int:
     lines = _dead_letter_lines(out_dir)
     dead = _int(r"^dead letters: (\d+)", out)
     assert dead > 0 and dead == len(lines)
-    for f in out_dir.glob("dead-letter-*.jsonl"):
-        n = len([x for x in f.read_text().splitlines() if x.strip()])
-        assert f"  {f.name}: {n} lines" in out
     # they all come from the flaky consumer, after its 1 + 3 attempts
     assert {x["dead_letter"]["consumer"] for x in lines} == {"flaky-webhook"}
     assert all(x["dead_letter"]["attempts"] == 4 for x in lines)
@@ -98,6 +148,12 @@ def test_default_demo_consumers_together(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr, proc.stderr
     out = proc.stdout
     assert _check_summary(out, tmp_path) == 3000
+    # paced event by event at 1000/s, the metrics consumer's peak (the highest rate over
+    # its 2 s window, or over its age while younger, but at least 0.1 s) is at most
+    # 1000 + 1 event / 0.1 s; allow 15 % for events counted up to 0.2 s late in a burst
+    # plus the 0.1 s bucket the window starts in. (The old window read 1,500 here while
+    # its peak said 1,000, which the progress <= peak check above catches.)
+    assert _peak(out) <= 1.15 * 1000 + 10, out
     # stdout is not a terminal: a few plain progress lines, no carriage returns
     progress = [x for x in out.splitlines() if x.startswith("progress: ")]
     assert 2 <= len(progress) <= 15, out
@@ -216,3 +272,84 @@ def test_no_command_prints_help_and_fails() -> None:
     proc = _run()
     assert proc.returncode == 2
     assert "demo" in proc.stdout
+
+
+@pytest.mark.parametrize("events", [1, 2, 3])
+def test_tiny_runs_stay_within_the_total_and_leave_no_empty_file(
+    tmp_path: Path, events: int
+) -> None:
+    proc = _run("demo", "--events", str(events), "--output-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert _check_figures_agree(out, tmp_path) == events
+    assert all(total == events for _, total, _ in _progress(out))
+    if events == 2:
+        # startup and shutdown only (seed 7 fails neither for good): no dead letters,
+        # so no dead-letter file at all, and nothing listed
+        assert _int(r"^dead letters: (\d+)", out) == 0
+        assert not list(tmp_path.glob("dead-letter-*.jsonl"))
+        assert ".jsonl" not in out
+
+
+def test_ctrl_c_ends_with_the_summary_so_far(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mpm_events",
+            "demo",
+            "--events",
+            "100000",
+            "--output-dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # NOTE: a child of a non-interactive shell may inherit SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put("")
+
+    threading.Thread(target=read, daemon=True).start()
+    seen: list[str] = []
+    try:
+        # wait (with a deadline) until the session is under way, then press Ctrl-C
+        deadline = time.monotonic() + 30
+        while not any(p[0] > 0 for x in seen for p in _progress(x)):
+            seen.append(lines.get(timeout=max(0.1, deadline - time.monotonic())))
+            assert seen[-1], "the demo ended before Ctrl-C: " + "".join(seen)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    while (line := lines.get(timeout=10)) != "":
+        seen.append(line)
+    out = "".join(seen)
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    assert "Traceback" not in err, err
+    sent = _int(r"^interrupted \(Ctrl-C\) after (\d+) of 100000 events: the summary so far$", out)
+    assert 0 < sent < 100000
+    # the summary so far is whole and agrees with itself and with the files
+    assert _check_summary(out, tmp_path) == sent
+    assert out.rstrip().endswith(f"output dir: {tmp_path}")
+
+
+def test_events_zero_is_a_usage_error_of_the_demo() -> None:
+    proc = _run("demo", "--events", "0")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("usage: python -m mpm_events demo "), proc.stderr
+    assert "argument --events: must be at least 1" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = _run("demo", "--rate", "-5")
+    assert proc.returncode == 2
+    assert "argument --rate: must not be negative" in proc.stderr, proc.stderr

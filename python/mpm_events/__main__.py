@@ -8,6 +8,28 @@ import sys
 from mpm_events import __version__
 
 
+def _at_least_one(text: str) -> int:
+    """``--events``: an int >= 1 (argparse names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _not_negative(text: str) -> float:
+    """``--rate``: a number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not value >= 0:  # NOTE: also refuses NaN
+        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the command line; returns the exit status."""
     parser = argparse.ArgumentParser(
@@ -27,11 +49,13 @@ def main(argv: list[str] | None = None) -> int:
             "line, then a summary."
         ),
     )
-    demo.add_argument("--events", type=int, default=3000, help="events to publish (3000)")
+    demo.add_argument(
+        "--events", type=_at_least_one, default=3000, help="events to publish, >= 1 (3000)"
+    )
     demo.add_argument("--seed", type=int, default=7, help="random seed of the session (7)")
     demo.add_argument(
         "--rate",
-        type=float,
+        type=_not_negative,
         default=1000.0,
         help="events per second to publish (1000); 0 publishes as fast as possible",
     )
@@ -51,10 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "demo":
         parser.print_help()
         return 2
-    if args.events < 1:
-        parser.error("--events must be at least 1")
-    if args.rate < 0:
-        parser.error("--rate must not be negative")
 
     from mpm_events._demo import run
 

@@ -721,6 +721,17 @@ class MetricsConsumer(_NativeConsumer):
 
     Priority DEFERRED; subscribes to ``**`` unless ``topics`` is given.
 
+    ``get_metrics()["events_per_second"]`` is computed when read: the events
+    the consumer received in the last ``window_size`` seconds divided by
+    ``window_size`` (while the consumer is younger than that, divided by its age,
+    but by at least 0.1 s). Events are counted in 0.1-second buckets; the bucket
+    the window starts in counts by the share of it inside the window, so a
+    steady rate reads as itself and the rate falls to 0 within ``window_size``
+    seconds after the last event. ``peak_rate`` is the highest value
+    ``events_per_second`` has had at any instant since the consumer was created
+    (it can only rise when events arrive, so it is evaluated as each batch is
+    counted): never below a rate read, and 0 only before the first event.
+
     Args:
         window_size: Seconds of the sliding window for rates (>= 1).
         top_n: How many entries the top-N lists hold.

@@ -19,7 +19,9 @@ Python ones:
 
 While it runs, a progress line (events/s, queue depth, retries, dead letters) is
 refreshed in place when stdout is a terminal, or printed about once a second
-otherwise; a summary table follows.
+otherwise; a summary table follows. Ctrl-C stops the session, lets what is in
+flight finish (1 s at most) and prints the summary so far (exit status 130); a
+second Ctrl-C interrupts at once.
 """
 
 from __future__ import annotations
@@ -29,11 +31,14 @@ import itertools
 import json
 import logging
 import random
+import signal
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -197,48 +202,69 @@ class _Progress:
     began: float = field(default_factory=time.perf_counter)
 
 
-async def _session(
-    hook: HookEventProducer, system: SystemEventProducer, seed: int, rate: float, p: _Progress
-) -> None:
-    """Publishes ``p.total`` events of a plausible session at about ``rate`` events/s
-    (0: as fast as the bus takes them), counting them in ``p``."""
-    n = p.total
-    rng = random.Random(seed)
+Publish = Callable[[], Awaitable[bool]]
 
-    async def emit(ok: Any) -> None:
-        p.accepted += bool(await ok)
-        p.sent += 1
-        if rate > 0 and p.sent % 20 == 0:
-            # NOTE: pacing only, so the session looks like one and the progress line moves.
-            ahead = p.began + p.sent / rate - time.perf_counter()
-            if ahead > 0:
-                await asyncio.sleep(ahead)
 
-    await emit(system.publish_startup("claude-mpm", mpm_events.__version__, {"demo": True}))
+def _turns(
+    hook: HookEventProducer, system: SystemEventProducer, rng: random.Random, n: int
+) -> Iterator[Publish]:
+    """The session's turns, endlessly: subagent start/stop, tool uses, an error about
+    every ``n // 4`` events, a response per turn, a health report every 25 turns."""
     errors_every = max(2, n // 4)
     next_error = errors_every
+    count = 1  # the startup event comes first
     turn = 0
-    while p.sent < n - 1:
+    while True:
         turn += 1
         cid = f"turn-{turn}"
         agent = rng.choice(AGENTS) if rng.random() < 0.3 else None
         if agent is not None:
-            await emit(hook.publish_subagent_event(agent, "Start", {"task": f"t{turn}"}, cid))
+            yield partial(hook.publish_subagent_event, agent, "Start", {"task": f"t{turn}"}, cid)
+            count += 1
         for _ in range(rng.randint(1, 6)):
-            if p.sent >= n - 2:
-                break
             tool = rng.choice(TOOLS)
-            await emit(hook.publish_tool_use(tool, {"arg": rng.randint(0, 999)}, "ok", cid))
-            if p.sent >= next_error and p.sent < n - 1:
+            yield partial(hook.publish_tool_use, tool, {"arg": rng.randint(0, 999)}, "ok", cid)
+            count += 1
+            if count >= next_error:
                 next_error += errors_every
-                await emit(hook.publish_error("ToolError", f"{tool} failed", {"turn": turn}, cid))
-        if agent is not None and p.sent < n - 1:
-            await emit(hook.publish_subagent_event(agent, "Stop", {"status": "done"}, cid))
-        if p.sent < n - 1:
-            await emit(hook.publish_response({"content": f"answer {turn}", "model": "claude"}, cid))
-        if turn % 25 == 0 and p.sent < n - 1:
-            await emit(system.publish_health_status("hook-handler", "healthy", {"bus": True}))
-    await emit(system.publish_shutdown("claude-mpm"))
+                error = f"{tool} failed"
+                yield partial(hook.publish_error, "ToolError", error, {"turn": turn}, cid)
+                count += 1
+        if agent is not None:
+            yield partial(hook.publish_subagent_event, agent, "Stop", {"status": "done"}, cid)
+            count += 1
+        yield partial(hook.publish_response, {"content": f"answer {turn}", "model": "claude"}, cid)
+        count += 1
+        if turn % 25 == 0:
+            yield partial(system.publish_health_status, "hook-handler", "healthy", {"bus": True})
+            count += 1
+
+
+def _script(
+    hook: HookEventProducer, system: SystemEventProducer, seed: int, n: int
+) -> Iterator[Publish]:
+    """Exactly ``n`` publishes: the startup, turns, and the shutdown last (``n >= 2``)."""
+    yield partial(system.publish_startup, "claude-mpm", mpm_events.__version__, {"demo": True})
+    if n >= 2:
+        yield from itertools.islice(_turns(hook, system, random.Random(seed), n), n - 2)
+        yield partial(system.publish_shutdown, "claude-mpm")
+
+
+async def _session(
+    hook: HookEventProducer, system: SystemEventProducer, seed: int, rate: float, p: _Progress
+) -> None:
+    """Publishes the ``p.total`` events of a plausible session at about ``rate``
+    events/s (0: as fast as the bus takes them), counting them in ``p``."""
+    for publish in _script(hook, system, seed, p.total):
+        p.accepted += bool(await publish())
+        p.sent += 1
+        if rate > 0:
+            # NOTE: paced event by event against the start, so a late wake-up is made
+            # up at once and the rate over any stretch longer than a few ms is `rate`
+            # (pacing in bursts made the metrics' rate and peak overshoot it).
+            ahead = p.began + p.sent / rate - time.perf_counter()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
 
 
 def _progress_line(
@@ -338,6 +364,7 @@ async def _main(
         consumers.append(sio)
     p = _Progress(events)
     done = asyncio.Event()
+    interrupted = asyncio.Event()
     stopped_in = 0.0
     try:
         for consumer in consumers:
@@ -346,10 +373,17 @@ async def _main(
         hook, system = HookEventProducer(bus), SystemEventProducer(bus, "demo")
         display = asyncio.create_task(_show_progress(bus, metrics, dlc, p, done, sys.stdout))
         p.began = time.perf_counter()
+        session = asyncio.create_task(_session(hook, system, seed, rate, p))
+        _catch_ctrl_c(interrupted, session)
         try:
-            await _session(hook, system, seed, rate, p)
+            try:
+                await session
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if not interrupted.is_set() or (current is not None and current.cancelling()):
+                    raise
             published_in = time.perf_counter() - p.began
-            handled = await bus.join(timeout=30)
+            handled = await _join(bus, interrupted)
             elapsed = time.perf_counter() - p.began
         finally:
             done.set()
@@ -366,10 +400,18 @@ async def _main(
     # NOTE: read after stop: a Socket.IO consumer hands what it could not deliver to the
     # DeadLetterConsumer while it shuts down.
     m = metrics.get_metrics()
+    written = dlc.get_metrics()["events_stored"]
+    # NOTE: the DeadLetterConsumer starts a file when it starts; one nobody wrote to
+    # is noise in the output dir.
+    for f in dlc.files():
+        if f.stat().st_size == 0:
+            f.unlink()
     dl_files = _read_dead_letters(dlc.files())
     on_disk = sum(len(lines) for _, lines in dl_files)
 
     print()
+    if interrupted.is_set():
+        print(f"interrupted (Ctrl-C) after {p.sent} of {p.total} events: the summary so far")
     print(
         f"events: {p.accepted} published in {_ms(published_in)}, "
         f"{'all' if handled else 'NOT all'} handled in {_ms(elapsed)} "
@@ -386,29 +428,33 @@ async def _main(
     print(header + f"{'p50 ms':>9}{'p99 ms':>9}")
     stats = bus_m["consumer_stats"]
     for name, s in stats.items():
+        # NOTE: dead letters reach the DeadLetterConsumer from every consumer's retries,
+        # not through its own topics, so the bus does not count them as its deliveries.
+        processed = written if name == dlc.config.name else s["processed"]
         print(
-            f"{name:<20}{s['processed']:>10}{s['failed']:>8}{s['retried']:>9}"
+            f"{name:<20}{processed:>10}{s['failed']:>8}{s['retried']:>9}"
             f"{s['dead_lettered']:>6}{s['latency_p50_ms']:>9.2f}{s['latency_p99_ms']:>9.2f}"
         )
+    print(f"({dlc.config.name}: processed = dead letters it wrote)")
     print()
     top = ", ".join(f"{k} {v}" for k, v in m["top_events"].items())
     print(f"top events: {top}")
-    print(f"events the metrics consumer saw already failed, by consumer: {m['error_counts']}")
     print(
-        f"python consumers: tool-audit saw {sum(audit.tools.values())} tool uses "
-        f"(sync, on its worker thread); batch-counter {batches.handled} events in "
-        f"{batches.batches} batches; {subagents.started} subagents started"
+        f"python consumers: flaky-webhook delivered {flaky.handled} events; tool-audit saw "
+        f"{sum(audit.tools.values())} tool uses (sync, on its worker thread); batch-counter "
+        f"{batches.handled} events in {batches.batches} batches; subagents "
+        f"{subagents.handled} events ({subagents.started} started)"
     )
     print(f"retries: {sum(s['retried'] for s in stats.values())}")
     print(
         f"dead letters: {on_disk} (lines in the DeadLetterConsumer's files; "
-        f"bus dead-letter queue {len(dead)}, stored {dlc.get_metrics()['events_stored']})"
+        f"bus dead-letter queue {len(dead)}, written {written})"
     )
     for f, lines in dl_files:
         by_consumer = Counter(str(x["dead_letter"]["consumer"]) for x in lines)
         by = ", ".join(f"{c} {n}" for c, n in by_consumer.most_common())
-        print(f"  {f.name}: {len(lines)} lines ({by or 'empty'})")
-    if dead:
+        print(f"  {f.name}: {len(lines)} line{'' if len(lines) == 1 else 's'} ({by})")
+    if dead and dead[0]["consumer"] == flaky.config.name:
         first = dead[0]
         times = flaky.attempts.get(first["event"].id, [])
         waits = ", ".join(_ms(b - a) for a, b in itertools.pairwise(times))
@@ -428,7 +474,44 @@ async def _main(
             + (f", last error: {sm['last_error']}" if sm.get("last_error") else "")
         )
     print(f"output dir: {output_dir}")
-    return 0
+    return 130 if interrupted.is_set() else 0
+
+
+def _catch_ctrl_c(interrupted: asyncio.Event, session: asyncio.Task[None]) -> bool:
+    """Makes the first Ctrl-C stop the session (setting ``interrupted``) so the demo
+    ends with its summary; a second one interrupts at once. Returns False (and
+    changes nothing) where SIGINT is ignored, as in a background job, or cannot be
+    handled by the loop (not the main thread)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        return False
+    loop = asyncio.get_running_loop()
+
+    def first_ctrl_c() -> None:
+        interrupted.set()
+        session.cancel()
+        # NOTE: removing the handler restores KeyboardInterrupt for the next Ctrl-C.
+        loop.remove_signal_handler(signal.SIGINT)
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, first_ctrl_c)
+    except (RuntimeError, ValueError):
+        return False
+    return True
+
+
+async def _join(bus: EventBus, interrupted: asyncio.Event, timeout: float = 30.0) -> bool:
+    """Waits until the bus has handled every accepted event: True, or False after
+    ``timeout``; Ctrl-C cuts the wait to 1 s more for what is in flight."""
+    joined = asyncio.ensure_future(bus.join())
+    stop = asyncio.ensure_future(interrupted.wait())
+    try:
+        await asyncio.wait({joined, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if not joined.done() and interrupted.is_set():
+            await asyncio.wait({joined}, timeout=1.0)
+        return joined.done() and joined.result()
+    finally:
+        joined.cancel()
+        stop.cancel()
 
 
 def run(

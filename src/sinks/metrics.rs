@@ -1,6 +1,10 @@
 //! The metrics sink: counts by topic, type, source and `topic:type`, event rate
 //! over a sliding window, peak rate, latency percentiles, top-N, and failures
 //! per consumer.
+//!
+//! The rate is computed when it is read, from 0.1-second buckets covering exactly
+//! the last `window_size` seconds, so it decays to 0 once events stop. Every
+//! time-dependent entry point has an `_at(now)` form so tests choose the clock.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -31,11 +35,54 @@ struct State {
     by_source: FxHashMap<String, u64>,
     errors: FxHashMap<String, u64>,
     total: u64,
-    /// (second since start, events in that second), oldest first.
+    /// (bucket since start, events counted in it), oldest first; a bucket is
+    /// [`BUCKET_NS`] long. Only buckets that can still overlap the window are kept.
     window: VecDeque<(u64, u64)>,
+    /// Sum of the counts in `window`.
+    in_window: u64,
+    /// The latest instant a batch was counted at, in nanoseconds since start.
+    latest_ns: u128,
+    /// The highest rate computed so far (see [`MetricsSink::snapshot_at`]).
     peak_rate: f64,
     latency_us: Histogram<u64>,
     latency_sum_us: f64,
+}
+
+/// Width of one rate bucket in nanoseconds (0.1 s). It is also the shortest span a
+/// rate is divided by, so the first events are not read as thousands per second.
+pub const BUCKET_NS: u128 = 100_000_000;
+
+impl State {
+    /// The rate at `elapsed` (nanoseconds since the sink started): the events of
+    /// the window `(elapsed - window, elapsed]` divided by the window, or by the
+    /// elapsed time (at least one bucket) while that is shorter. Drops the
+    /// buckets that lie wholly before the window.
+    fn rate(&mut self, elapsed: u128, window: u128) -> f64 {
+        let mut events = 0.0;
+        if elapsed > window {
+            let start = elapsed - window;
+            let first = (start / BUCKET_NS) as u64;
+            while let Some(&(b, n)) = self.window.front() {
+                if b >= first {
+                    break;
+                }
+                self.window.pop_front();
+                self.in_window -= n;
+            }
+            // NOTE: the window starts inside bucket `first`; its events are taken
+            // as spread evenly over the bucket, and only the share after `start`
+            // counts. That makes a steady rate read exactly, at any instant.
+            if let Some(&(b, n)) = self.window.front() {
+                if b == first {
+                    let before = start - u128::from(first) * BUCKET_NS;
+                    events -= n as f64 * before as f64 / BUCKET_NS as f64;
+                }
+            }
+        }
+        events += self.in_window as f64;
+        let span = elapsed.clamp(BUCKET_NS, window);
+        events.max(0.0) / (span as f64 / 1e9)
+    }
 }
 
 /// Receives the periodic report text; the returned receiver (if any)
@@ -74,6 +121,8 @@ impl MetricsSink {
                 errors: FxHashMap::default(),
                 total: 0,
                 window: VecDeque::new(),
+                in_window: 0,
+                latest_ns: 0,
                 peak_rate: 0.0,
                 latency_us: Histogram::new_with_bounds(1, 86_400_000_000, 2).expect("valid bounds"),
                 latency_sum_us: 0.0,
@@ -144,11 +193,29 @@ impl MetricsSink {
         None
     }
 
+    /// The window in nanoseconds (at least one second).
+    fn window_ns(&self) -> u128 {
+        u128::from(self.config.window_size.max(1)) * 1_000_000_000
+    }
+
     /// Counts a batch of events (also used directly, outside a bus).
     pub fn record(&self, items: &[SinkItem]) {
-        let now = Utc::now();
-        let second = self.started.elapsed().as_secs();
+        self.record_at(items, Instant::now());
+    }
+
+    /// [`MetricsSink::record`] with the batch arriving at `now` (the rate's
+    /// clock; latency still uses the wall clock against the event timestamps).
+    pub fn record_at(&self, items: &[SinkItem], now: Instant) {
+        let wall = Utc::now();
         let mut st = self.state.lock();
+        // NOTE: two batches can take `now` in one order and the lock in the other;
+        // the later-stamped one is counted at the newest instant so the buckets
+        // stay in order and the clock never runs backwards.
+        let elapsed = st
+            .latest_ns
+            .max(now.saturating_duration_since(self.started).as_nanos());
+        st.latest_ns = elapsed;
+        let bucket = (elapsed / BUCKET_NS) as u64;
         for item in items {
             let v = &item.view;
             let types = match st.by_topic_type.get_mut(&*v.topic) {
@@ -178,35 +245,51 @@ impl MetricsSink {
             for c in failed {
                 *st.errors.entry(c.to_string()).or_default() += 1;
             }
-            let lat = (now - v.timestamp).num_microseconds().unwrap_or(0).max(1) as u64;
+            let lat = (wall - v.timestamp).num_microseconds().unwrap_or(0).max(1) as u64;
             let _ = st.latency_us.record(lat.min(86_400_000_000));
             st.latency_sum_us += lat as f64;
         }
-        st.total += items.len() as u64;
+        let n = items.len() as u64;
+        if n == 0 {
+            return;
+        }
+        st.total += n;
+        st.in_window += n;
         match st.window.back_mut() {
-            Some((s, n)) if *s == second => *n += items.len() as u64,
-            _ => st.window.push_back((second, items.len() as u64)),
+            Some((b, c)) if *b == bucket => *c += n,
+            _ => st.window.push_back((bucket, n)),
         }
-        let horizon = second.saturating_sub(self.config.window_size);
-        while st.window.front().is_some_and(|(s, _)| *s < horizon) {
-            st.window.pop_front();
-        }
-        let current = st.window.back().map(|w| w.1).unwrap_or(0) as f64;
-        if current > st.peak_rate {
-            st.peak_rate = current;
+        // NOTE: between batches the rate can only fall (events leave the window,
+        // the span grows), so its maximum over time is reached right after some
+        // batch: evaluating it here makes the peak the true maximum.
+        let rate = st.rate(elapsed, self.window_ns());
+        if rate > st.peak_rate {
+            st.peak_rate = rate;
         }
     }
 
     /// The metrics in the original's shape plus latency percentiles and the
     /// per-source and per-type counts.
     pub fn snapshot(&self) -> Value {
-        let st = self.state.lock();
-        let elapsed = self.started.elapsed();
-        let in_window: u64 = st.window.iter().map(|w| w.1).sum();
-        let span = elapsed
-            .min(Duration::from_secs(self.config.window_size.max(1)))
-            .as_secs_f64()
-            .max(1e-3);
+        self.snapshot_at(Instant::now())
+    }
+
+    /// [`MetricsSink::snapshot`] read at `now`. `events_per_second` is the count
+    /// of the last `window_size` seconds over `window_size` (over the time since
+    /// the sink started while that is shorter, but at least 0.1 s), from
+    /// 0.1-second buckets, the oldest counted by its share inside the window.
+    /// `peak_rate` is the highest value `events_per_second` has had at any
+    /// instant so far (it is evaluated after every batch, where the maximum lies).
+    pub fn snapshot_at(&self, now: Instant) -> Value {
+        let mut st = self.state.lock();
+        // NOTE: a read stamped before the latest batch reads at that batch.
+        let elapsed = st
+            .latest_ns
+            .max(now.saturating_duration_since(self.started).as_nanos());
+        let rate = st.rate(elapsed, self.window_ns());
+        // NOTE: only guards against rounding: a read can never see more than the
+        // last batch's evaluation did.
+        st.peak_rate = st.peak_rate.max(rate);
         let mut topics: HashMap<String, u64> = HashMap::new();
         let mut types: HashMap<String, u64> = HashMap::new();
         let mut events: HashMap<String, u64> = HashMap::new();
@@ -233,7 +316,7 @@ impl MetricsSink {
         let n = self.config.top_n;
         json!({
             "total_events": st.total,
-            "events_per_second": in_window as f64 / span,
+            "events_per_second": rate,
             "average_latency_ms": mean,
             "latency_p50_ms": pct(0.5),
             "latency_p95_ms": pct(0.95),
@@ -329,5 +412,155 @@ mod tests {
         assert_eq!(m["unique_types"], 2);
         assert!(m["latency_p50_ms"].as_f64().unwrap() >= 4.0);
         assert!(m["events_per_second"].as_f64().unwrap() > 0.0);
+    }
+
+    fn sink(window_size: u64) -> MetricsSink {
+        MetricsSink::new(MetricsConfig {
+            window_size,
+            top_n: 10,
+        })
+    }
+
+    /// The instant `us` microseconds after the sink started.
+    fn at(s: &MetricsSink, us: u64) -> Instant {
+        s.started + Duration::from_micros(us)
+    }
+
+    /// Records one event every `every_us` from `from_us` (inclusive) to `to_us`
+    /// (exclusive), each as its own batch; returns the rate read right after each.
+    fn steady(s: &MetricsSink, from_us: u64, to_us: u64, every_us: u64) -> Vec<f64> {
+        let one = [item("hook.tool", "ToolUse", &[])];
+        (from_us..to_us)
+            .step_by(every_us as usize)
+            .map(|t| {
+                s.record_at(&one, at(s, t));
+                rate(s, t)
+            })
+            .collect()
+    }
+
+    fn rate(s: &MetricsSink, us: u64) -> f64 {
+        s.snapshot_at(at(s, us))["events_per_second"]
+            .as_f64()
+            .unwrap()
+    }
+
+    fn peak(s: &MetricsSink) -> f64 {
+        // NOTE: read at the start instant, which reads at the latest batch
+        // (already evaluated there), so the read itself adds nothing new.
+        s.snapshot_at(s.started)["peak_rate"].as_f64().unwrap()
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn steady_500_per_second_reads_500_at_any_instant() {
+        let s = sink(2);
+        // one event every 2 ms at the odd milliseconds, for 10 s
+        steady(&s, 1_000, 10_000_000, 2_000);
+        assert!(
+            close(rate(&s, 10_000_000), 500.0),
+            "{}",
+            rate(&s, 10_000_000)
+        );
+        // mid-bucket: the window starts halfway into a bucket, counted by half
+        assert!(close(rate(&s, 9_950_000), 500.0), "{}", rate(&s, 9_950_000));
+        // NOTE: the old one-second buckets read 750 here: seconds 7, 8 and 9 over 2 s.
+        assert!(close(rate(&s, 9_999_000), 500.0), "{}", rate(&s, 9_999_000));
+        assert_eq!(s.snapshot_at(at(&s, 10_000_000))["total_events"], 5000);
+    }
+
+    #[test]
+    fn idle_decays_to_zero_over_the_window() {
+        let s = sink(2);
+        steady(&s, 1_000, 10_000_000, 2_000);
+        // half the window without events: half the rate
+        assert!(
+            close(rate(&s, 11_000_000), 250.0),
+            "{}",
+            rate(&s, 11_000_000)
+        );
+        // a whole window without events: nothing left
+        assert_eq!(rate(&s, 12_000_000), 0.0);
+        assert_eq!(rate(&s, 60_000_000), 0.0);
+        // and it rises again with new events
+        steady(&s, 60_000_500, 60_100_000, 1_000);
+        assert!(
+            close(rate(&s, 60_100_000), 50.0),
+            "{}",
+            rate(&s, 60_100_000)
+        );
+    }
+
+    #[test]
+    fn while_the_window_is_not_full_the_rate_is_over_the_elapsed_time() {
+        let s = sink(10);
+        steady(&s, 1_000, 5_000_000, 2_000);
+        // 2500 events in the first 5 s of a 10 s window
+        assert!(close(rate(&s, 5_000_000), 500.0), "{}", rate(&s, 5_000_000));
+        assert!(
+            close(rate(&s, 8_000_000), 2500.0 / 8.0),
+            "{}",
+            rate(&s, 8_000_000)
+        );
+        assert!(
+            close(rate(&s, 10_000_000), 250.0),
+            "{}",
+            rate(&s, 10_000_000)
+        );
+        // from then on over the whole window: 12 s reads (2 s, 10 s] = 1500 events
+        assert!(
+            close(rate(&s, 12_000_000), 150.0),
+            "{}",
+            rate(&s, 12_000_000)
+        );
+    }
+
+    #[test]
+    fn the_first_events_are_divided_by_at_least_one_bucket() {
+        let s = sink(300);
+        let ten: Vec<SinkItem> = (0..10).map(|_| item("a", "b", &[])).collect();
+        s.record_at(&ten, at(&s, 2_000));
+        // 10 events 2 ms after the start: over 0.1 s, not over 2 ms (5,000/s)
+        assert!(close(rate(&s, 2_000), 100.0), "{}", rate(&s, 2_000));
+        assert!(close(rate(&s, 500_000), 20.0), "{}", rate(&s, 500_000));
+        assert!(close(peak(&s), 100.0), "{}", peak(&s));
+    }
+
+    #[test]
+    fn peak_is_the_highest_rate_ever_read() {
+        let s = sink(2);
+        // 500/s for 4 s, then 1000/s for 4 s, then idle
+        let mut reads = steady(&s, 1_000, 4_000_000, 2_000);
+        reads.extend(steady(&s, 4_000_500, 8_000_000, 1_000));
+        let highest = reads.iter().copied().fold(0.0, f64::max);
+        assert_eq!(peak(&s), highest);
+        // NOTE: read right after an event, the event at the window's very start is
+        // counted by half (its bucket taken as even): 2000.5 events over 2 s.
+        assert!(close(highest, 1000.25), "{highest}");
+        // between events the steady 1000/s reads exactly
+        assert!(
+            close(rate(&s, 8_000_000), 1000.0),
+            "{}",
+            rate(&s, 8_000_000)
+        );
+        for t in (8_000_000..11_000_000).step_by(50_000) {
+            assert!(rate(&s, t) <= peak(&s));
+        }
+        assert_eq!(rate(&s, 10_000_000), 0.0);
+        assert_eq!(peak(&s), highest, "idle reads do not move the peak");
+    }
+
+    #[test]
+    fn a_batch_stamped_before_the_previous_one_keeps_the_buckets_in_order() {
+        let s = sink(2);
+        let one = [item("a", "b", &[])];
+        s.record_at(&one, at(&s, 1_000_000));
+        s.record_at(&one, at(&s, 950_000));
+        assert!(close(rate(&s, 1_000_000), 2.0), "{}", rate(&s, 1_000_000));
+        assert!(close(rate(&s, 3_050_000), 0.5), "{}", rate(&s, 3_050_000));
+        assert_eq!(rate(&s, 3_100_000), 0.0);
     }
 }
