@@ -334,9 +334,7 @@ def test_stop_in_a_second_loop_with_a_suspended_call_loses_nothing(tmp_path):
 # -- logging ------------------------------------------------------------------------
 
 
-async def test_failed_attempts_are_logged_at_debug_and_dead_letters_at_warning(
-    started_bus, caplog
-):
+async def test_failed_attempts_are_logged_at_debug_and_dead_letters_at_warning(started_bus, caplog):
     caplog.set_level("DEBUG", logger="mpm_events")
     bus = await started_bus("memory")
 
@@ -400,3 +398,176 @@ async def test_nothing_is_logged_per_event_when_nothing_fails(started_bus, caplo
         await bus.publish(make_event())
     await bus.join(timeout=5)
     assert [r.getMessage() for r in caplog.records if r.name == "mpm_events"] == []
+
+
+# -- short-lived processes -----------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("kind", BUS_KINDS)
+async def test_socketio_with_the_dashboard_down_stops_fast_and_dead_letters(started_bus, kind):
+    """A hook process: the dashboard is not there. stop() returns after one failed
+    connection attempt, not after the whole flush_timeout, and the events reach
+    the bus's own dead letters without a DeadLetterConsumer."""
+    from mpm_events import SocketIOConsumer
+
+    bus = await started_bus(kind)
+    port = _free_port()  # nothing listens there
+    sio = SocketIOConsumer(url=f"http://127.0.0.1:{port}", flush_timeout=20.0)
+    assert await bus.subscribe(sio)
+    sent = [make_event("hook.pre_tool", {"i": i}) for i in range(5)]
+    for e in sent:
+        assert await bus.publish(e)
+    await bus.join(timeout=5)
+    t0 = time.monotonic()
+    await bus.stop()
+    took = time.monotonic() - t0
+    assert took < 10, f"stop() waited {took:.1f}s of the 20 s flush_timeout"
+    letters = bus.get_dead_letters()
+    assert sorted(d["event"].id for d in letters) == sorted(e.id for e in sent)
+    assert all(d["consumer"] == "SocketIOConsumer" for d in letters)
+    assert all("not delivered to the Socket.IO server" in d["errors"][-1] for d in letters)
+    assert all("refused" in d["errors"][-1].lower() for d in letters), letters[0]["errors"]
+    m = assert_metrics_add_up(bus)
+    assert m["events_dead_lettered"] == 5
+    assert m["consumer_stats"]["SocketIOConsumer"]["dead_lettered"] == 5
+    assert m["consumer_stats"]["SocketIOConsumer"]["processed"] == 0
+
+
+def test_a_hook_process_with_the_dashboard_down_exits_fast_and_says_so(tmp_path):
+    """The same as a real short-lived process, timed from the outside."""
+    import subprocess
+    import sys
+    import textwrap
+
+    port = _free_port()
+    script = textwrap.dedent(
+        f"""
+        import asyncio, logging, sys
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        from mpm_events import EventBus, HookEventProducer, SocketIOConsumer
+
+        async def main():
+            bus = EventBus()
+            await bus.start()
+            await bus.subscribe(SocketIOConsumer(url="http://127.0.0.1:{port}"))
+            producer = HookEventProducer(bus)
+            for i in range(3):
+                await producer.publish_tool_use("Read", {{"file_path": f"/x{{i}}"}})
+            await bus.stop()
+            print("dead letters:", len(bus.get_dead_letters()))
+
+        asyncio.run(main())
+        """
+    )
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - t0
+    assert out.returncode == 0, out.stderr
+    assert "dead letters: 3" in out.stdout
+    assert took < 4.5, f"the hook process took {took:.1f}s (flush_timeout is 5 s)"
+    assert out.stderr.count("dead-lettered for consumer SocketIOConsumer") == 3, out.stderr
+
+
+# -- interpreter exit with a running bus -----------------------------------------------
+
+EXIT_SCRIPT = """
+import asyncio, logging, sys, time
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+from mpm_events import ConsumerConfig, DeadLetterConsumer, Event, EventBus, IEventConsumer
+
+class Slow(IEventConsumer):
+    config = ConsumerConfig("slow", topics=["work.**"])
+    is_healthy = True
+    async def initialize(self): return True
+    {consume}
+    async def consume_batch(self, events): return len(events)
+    async def shutdown(self): pass
+    def get_metrics(self): return {{}}
+
+async def main():
+    kw = {bus_kw}
+    bus = EventBus(**kw)
+    await bus.start()
+    await bus.subscribe(Slow())
+    if {dlc!r}:
+        await bus.subscribe(DeadLetterConsumer(output_dir={out_dir!r}))
+    for i in range(50):
+        assert await bus.publish(Event(topic="work.item", type="t", source="s", data={{"i": i}}))
+    await asyncio.sleep(0.05)
+    print("exiting without stop()", flush=True)
+
+asyncio.run(main())
+"""
+
+ASYNC_CONSUME = "async def consume(self, event):\n        await asyncio.sleep(0.02); return True"
+SYNC_CONSUME = "def consume(self, event):\n        time.sleep(0.02); return True"
+
+
+@pytest.mark.parametrize("flavour", ["async", "sync"])
+@pytest.mark.parametrize("dlc", [False, True])
+def test_interpreter_exit_with_a_running_bus_accounts_for_what_was_queued(tmp_path, flavour, dlc):
+    import json
+    import subprocess
+    import sys
+
+    script = EXIT_SCRIPT.format(
+        consume=ASYNC_CONSUME if flavour == "async" else SYNC_CONSUME,
+        bus_kw="{}",
+        dlc=dlc,
+        out_dir=str(tmp_path / "dl"),
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "exiting without stop()" in out.stdout
+    lines = [ln for ln in out.stderr.splitlines() if "Interpreter exiting" in ln]
+    assert len(lines) == 1, out.stderr
+    import re
+
+    n = int(re.search(r"(\d+) accepted event\(s\) were not delivered", lines[0]).group(1))
+    assert 0 < n <= 50
+    if dlc:
+        files = list((tmp_path / "dl").glob("*.jsonl"))
+        written = [json.loads(x) for f in files for x in f.read_text().splitlines()]
+        assert len(written) == n, "every undelivered event is in the DeadLetterConsumer's file"
+        assert str(files[0]) in lines[0]
+        assert all(w["dead_letter"]["consumer"] == "slow" for w in written)
+
+
+def test_interpreter_exit_with_a_running_durable_bus_leaves_the_rest_in_the_store(tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "events.db")
+    script = EXIT_SCRIPT.format(
+        consume=ASYNC_CONSUME,
+        bus_kw=repr({"enable_persistence": True, "persistence_path": path}),
+        dlc=False,
+        out_dir=str(tmp_path / "dl"),
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    (line,) = [ln for ln in out.stderr.splitlines() if "Interpreter exiting" in ln]
+    n = int(re.search(r"(\d+) accepted event\(s\) were not delivered", line).group(1))
+    assert "left unacknowledged in the store" in line
+
+    async def reopen() -> int:
+        bus = EventBus(enable_persistence=True, persistence_path=path)
+        c = Recorder("slow", ["work.**"])
+        await bus.subscribe(c)
+        await bus.start()
+        try:
+            await bus.join(timeout=30)
+        finally:
+            await bus.stop(timeout=5)
+        return len(c.calls)
+
+    assert asyncio.run(reopen()) >= n

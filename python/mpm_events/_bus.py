@@ -138,7 +138,10 @@ def _rebind(bus: EventBus, loop: asyncio.AbstractEventLoop) -> None:
 
 # ----- interpreter exit -----
 
-_running_buses: weakref.WeakSet[EventBus] = weakref.WeakSet()
+# NOTE: a started bus is kept alive until stop(), as a running thread is: a bus
+# that was only a local of the coroutine that started it must still account for
+# its events at exit, not vanish with them.
+_running_buses: set[EventBus] = set()
 
 
 def _at_exit() -> None:

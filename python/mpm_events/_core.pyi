@@ -95,6 +95,14 @@ class _Job:
     def finished(self) -> bool:
         """True once the job is closed (for example abandoned after a timeout)."""
 
+    @property
+    def cut(self) -> bool:
+        """True once the bus asked that no further event of the job be started (it
+        is stopping past its deadline, or the consumer unsubscribed)."""
+
+    def cancel_rest(self) -> None:
+        """Closes the job; the events not yet started count as not attempted."""
+
     def record_filtered(self) -> None:
         """The filter skipped the next event."""
 
@@ -462,6 +470,10 @@ class EventBus(IEventBus):
         """Starts the bus on the running event loop (idempotent); resolves to True.
 
         The loop watches a wake-up socket of the bus; async consumers run on it.
+        A started bus is kept alive until :meth:`stop`. If the loop that started it
+        has closed (a second ``asyncio.run()``), ``start()`` rebinds the running bus
+        to the current loop and what was queued is delivered there; ``publish``,
+        ``join`` and ``stop`` inside the new loop rebind it too.
 
         Raises:
             RuntimeError: Not called inside a running event loop.
@@ -472,9 +484,25 @@ class EventBus(IEventBus):
 
         Stops accepting events, flushes partial batches, fires waiting retries at
         once, waits until every accepted event is handled, then calls each
-        consumer's ``shutdown()``. If ``timeout`` seconds pass first, what is still
-        waiting goes to the dead-letter queue (calls already running finish or time
-        out on their own) and a warning is logged; no exception is raised.
+        consumer's ``shutdown()`` (``DeadLetterConsumer``\ s last). No consume call
+        starts after that.
+
+        If ``timeout`` seconds pass first, every event not yet handled is accounted
+        for, and one warning with the counts is logged (no exception is raised):
+
+        - events waiting, waiting for a retry, or not yet started in a job go to
+          the dead letters with the reason "the bus stopped before this event
+          could be delivered"; on a durable bus they stay unacknowledged in the
+          store instead and are redelivered at the next start
+          (``events_pending_in_store``);
+        - a call still running gets up to ``timeout`` more seconds (never more than
+          its consumer's ``timeout``) to finish; then it is abandoned (a coroutine
+          is cancelled, a thread's late result ignored), counted as a failed
+          attempt, and its event given up on as above.
+
+        So ``stop(timeout)`` returns within about twice ``timeout``, and afterwards
+        ``get_metrics()`` adds up: ``events_published == events_processed +
+        events_dead_lettered + events_pending_in_store``.
         """
 
     def publish(self, event: Event | Any) -> Coroutine[Any, Any, bool]:
@@ -497,6 +525,9 @@ class EventBus(IEventBus):
             InvalidEventError: Not an event, or a missing attribute or a ``data``
                 that is not a dict (a ``TypeError``).
             InvalidTopicError: The topic is malformed or contains a wildcard.
+            RuntimeError: The loop that started the bus has closed and no event
+                loop is running here to take over (``await bus.start()`` in the new
+                loop); the event is not accepted.
         """
 
     def publish_nowait(self, event: Event | Any) -> bool:
@@ -539,8 +570,13 @@ class EventBus(IEventBus):
     def unsubscribe(self, consumer_name: str) -> Coroutine[Any, Any, bool]:
         """Removes a consumer by name, then awaits its ``shutdown()``.
 
-        Events still waiting for it are discarded (counted as handled); calls in
-        progress finish.
+        No consume call starts after this is called. Events still waiting for the
+        consumer (or for a retry) go to the dead letters with the reason "the
+        consumer unsubscribed before this event could be delivered"; on a durable
+        bus they stay unacknowledged in the store and reach the consumer when a
+        consumer of that name subscribes again. A call in progress is awaited up
+        to the consumer's ``timeout`` (plus a second), then abandoned and counted
+        as failed; then ``shutdown()`` is awaited.
 
         Returns:
             True if it was subscribed, else False.
@@ -568,20 +604,30 @@ class EventBus(IEventBus):
         """Bus metrics.
 
         The original's keys: ``events_published`` (accepted), ``events_processed``
-        (fully handled), ``events_failed`` (dead letters produced, per event and
-        consumer), ``events_dropped`` (refused because the queue was full),
+        (fully handled by every consumer it was routed to, none dead-lettering it;
+        events no consumer subscribed to count here), ``events_failed`` (dead
+        letters produced, per event and consumer), ``events_dropped`` (refused because the queue was full),
         ``consumers_active``, ``queue_size`` (events not yet handed to every
         consumer), ``processing_time_ms`` (median latency, weighted over
         consumers), ``last_event_time`` (datetime or None),
         ``dead_letter_queue_size``, and ``consumers`` (name -> that consumer's own
         ``get_metrics()``).
 
-        New keys: ``dead_letters_evicted``, ``events_in_flight`` (accepted, not yet
-        fully handled), ``subscriptions``, and ``consumer_stats``: name -> dict with
-        ``processed`` (successes), ``failed`` (failed attempts, each retry
-        counting), ``retried`` (retries scheduled), ``dead_lettered``, ``filtered``,
-        ``in_flight``, ``pending``, ``latency_p50_ms`` and ``latency_p99_ms``
-        (acceptance to success).
+        New keys: ``events_dead_lettered`` (events some consumer dead-lettered),
+        ``events_pending_in_store`` (events a durable bus gave up on at stop or
+        unsubscribe, left unacknowledged in the store for redelivery),
+        ``dead_letters_evicted``, ``events_in_flight`` (accepted, not yet fully
+        handled), ``subscriptions``, and ``consumer_stats``: name -> dict with
+        ``received`` (events routed to it), ``processed`` (successes), ``failed``
+        (failed attempts, each retry counting), ``retried`` (retries scheduled),
+        ``retrying`` (failed events waiting for their retry), ``dead_lettered``,
+        ``filtered``, ``pending_in_store``, ``in_flight``, ``pending``,
+        ``latency_p50_ms`` and ``latency_p99_ms`` (acceptance to success).
+
+        They add up: ``events_published == events_processed + events_dead_lettered
+        + events_pending_in_store + events_in_flight``, and per consumer
+        ``received == processed + filtered + dead_lettered + pending_in_store +
+        pending + in_flight + retrying``.
         """
 
     def get_dead_letters(self) -> list[dict[str, Any]]:
@@ -659,7 +705,7 @@ class EventBus(IEventBus):
     # ----- private, used by mpm_events._bus -----
     def _prepare(self, consumer: Any) -> str | None: ...
     def _register(self, consumer: Any) -> bool: ...
-    def _unregister(self, name: str) -> Any | None: ...
+    def _unregister(self, name: str) -> tuple[Any, _Leaving] | None: ...
     def _topics(self, name: str) -> list[str] | None: ...
     def _drain_wakeups(self) -> None: ...
     def _run_pending(self) -> bool: ...
@@ -669,6 +715,18 @@ class EventBus(IEventBus):
     def _abort_pending(self) -> None: ...
     def _detach(self) -> None: ...
     def _outstanding(self) -> int: ...
+    def _loop_closing(self) -> None: ...
+    def _bound_loop(self) -> Any | None: ...
+    def _loop_gone(self) -> bool: ...
+    def _wake_fd(self) -> int: ...
+    def _set_loop(self, event_loop: Any) -> None: ...
+    def _ensure_loop(self) -> None: ...
+    def _ended_counts(self) -> tuple[int, int]: ...
+    def _call_grace(self) -> float: ...
+    def _abandon_in_flight(self, reason: str) -> int: ...
+    def _close_log(self) -> None: ...
+    def _at_exit(self) -> tuple[int, int]: ...
+    def _dead_letter_files(self) -> list[str]: ...
     def _persist_close_gate(self, fut: Any) -> None: ...
     def _persist_unacked(self, names: list[str], upto: int) -> _StoredBatch: ...
     def _persist_watermark(self) -> int: ...
@@ -677,6 +735,18 @@ class EventBus(IEventBus):
         self, since_us: int | None, until_us: int | None, topics: list[str] | None, to: str
     ) -> _StoredBatch: ...
     def _persist_push(self, batch: _StoredBatch) -> int: ...
+
+@final
+class _Leaving:
+    """A consumer being unsubscribed (private; see ``mpm_events._bus.unsubscribe``)."""
+
+    @property
+    def timeout(self) -> float:
+        """The consumer's per-call timeout, seconds."""
+    def busy(self) -> bool:
+        """True while a job of the consumer is still in flight."""
+    def abandon(self, reason: str) -> None:
+        """Gives up on the job in flight (its call counts as failed)."""
 
 class _StoredBatch:
     """Stored events waiting to be queued (private)."""
@@ -897,8 +967,13 @@ class SocketIOConsumer(_NativeConsumer):
     doubling to ``max_reconnect_delay``). Items that do not fit fail their
     attempt and, after the retries, reach the dead-letter queue and every
     DeadLetterConsumer. ``shutdown()`` (``bus.stop()``) waits up to
-    ``flush_timeout`` seconds to deliver what is buffered; what is still
-    undelivered goes to the DeadLetterConsumers.
+    ``flush_timeout`` seconds to deliver what is buffered while the server
+    can be reached; when it cannot (a refused or timed-out connection attempt
+    during shutdown), it gives up after that one attempt instead of waiting out
+    ``flush_timeout``, so a short-lived process with the dashboard down stops
+    within about the connect timeout. What is still undelivered goes to the
+    bus's dead letters (``get_dead_letters()``, with the last connection error)
+    and to every DeadLetterConsumer, and counts as dead-lettered, not processed.
 
     Config: name ``SocketIOConsumer``, topics ``**``, priority HIGH, the given
     batch size/timeout, 3 retries, backoff 2.0.
@@ -919,7 +994,8 @@ class SocketIOConsumer(_NativeConsumer):
         buffer_limit: Most accepted, undelivered items.
         emit_per_batch: A name (or True for ``claude_event_batch``): one emit
             per batch carrying the list of payloads.
-        flush_timeout: Seconds ``shutdown()`` waits to deliver the buffer.
+        flush_timeout: Most seconds ``shutdown()`` waits to deliver the buffer to a
+            server that can be reached (default 5).
         name: The consumer's name.
 
     ``get_metrics()``: connected, events_received, events_emitted,

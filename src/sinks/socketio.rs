@@ -650,12 +650,19 @@ async fn manager(inner: Arc<Inner>) {
             Ok(Err(e)) => inner.set_error(e),
             Err(_) => inner.set_error("connect timed out".into()),
         }
-        // Back off; a shutdown request wakes us early so that its deadline
-        // (possibly shorter than the backoff) is honoured.
-        let mut wake = Instant::now() + backoff;
+        // NOTE: shutting down and the server still cannot be reached: the attempt
+        // just made was the last one. Waiting out the flush timeout would only
+        // delay a short-lived process (a hook) by it; what is buffered goes to
+        // the dead letters at once.
+        if inner.buf.lock().closing.is_some() {
+            return;
+        }
+        // Back off; a shutdown request ends the wait at once, for one last
+        // connection attempt (bounded by the connect timeout and the deadline).
+        let wake = Instant::now() + backoff;
         loop {
-            if let Some(deadline) = inner.buf.lock().closing {
-                wake = wake.min(deadline);
+            if inner.buf.lock().closing.is_some() {
+                break;
             }
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => break,

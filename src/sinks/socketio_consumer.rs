@@ -154,8 +154,13 @@ impl Sink for SocketIoConsumerSink {
                 };
                 self.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 if let Some(hook) = &hook {
-                    let errors =
-                        ["not delivered to the Socket.IO server before shutdown".to_string()];
+                    let why = match self.emitter.metrics().last_error {
+                        Some(e) => {
+                            format!("not delivered to the Socket.IO server before shutdown ({e})")
+                        }
+                        None => "not delivered to the Socket.IO server before shutdown".into(),
+                    };
+                    let errors = [why];
                     let attempts = item.attempt + 1;
                     hook(item, &self.name, &errors, attempts);
                 }
