@@ -80,8 +80,11 @@ async def test_a_plain_def_error_handler_gets_the_event_and_the_exception(
 
 
 @kinds
-@pytest.mark.xfail(strict=True, reason="issue 9: lead is fixing")
-async def test_unsubscribe_dead_letters_what_still_waits_and_starts_no_call(started_bus, kind):
+async def test_unsubscribe_accounts_for_what_still_waits_and_starts_no_call(started_bus, kind):
+    # Every accepted event ends in one place (issue 9): what still waits for an
+    # unsubscribed consumer goes to the dead letters naming the unsubscribe; on a
+    # durable bus it stays pending in the store and is redelivered when a consumer
+    # of that name subscribes again.
     bus = await started_bus(kind)
     gate = asyncio.Event()
 
@@ -104,10 +107,20 @@ async def test_unsubscribe_dead_letters_what_still_waits_and_starts_no_call(star
     assert await bus.join(timeout=10)
     assert c.ids == [sent[0].id], "a consume call started after unsubscribe"
     assert c.shut_down == 1
-    letters = [d for d in bus.get_dead_letters() if d["consumer"] == "c"]
-    assert [d["event"].id for d in letters] == [e.id for e in sent[1:]]
-    assert all("unsubscri" in d["errors"][-1] for d in letters), letters[0]["errors"]
     assert sorted(other.ids) == sorted(e.id for e in sent), "the others are not affected"
+    letters = [d for d in bus.get_dead_letters() if d["consumer"] == "c"]
+    waiting = [e.id for e in sent[1:]]
+    if kind == "memory":
+        assert [d["event"].id for d in letters] == waiting
+        assert all("unsubscri" in d["errors"][-1] for d in letters), letters[0]["errors"]
+    else:
+        assert letters == []
+        bus.flush_persistence()
+        assert bus.persistence_stats()["pending_deliveries"] == len(waiting)
+        again = Recorder("c")
+        assert await bus.subscribe(again)  # queues what "c" did not acknowledge
+        assert await bus.join(timeout=10)
+        assert again.ids == waiting, "the waiting events were not kept for redelivery"
 
 
 # -- error paths the stub promises --------------------------------------------
