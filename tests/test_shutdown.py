@@ -334,9 +334,12 @@ def test_stop_in_a_second_loop_with_a_suspended_call_loses_nothing(tmp_path):
 # -- logging ------------------------------------------------------------------------
 
 
-async def test_failed_attempts_are_logged_at_debug_and_dead_letters_at_warning(started_bus, caplog):
+@pytest.mark.parametrize("kind", BUS_KINDS)
+async def test_failed_attempts_are_logged_at_debug_and_dead_letters_at_warning(
+    started_bus, kind, caplog
+):
     caplog.set_level("DEBUG", logger="mpm_events")
-    bus = await started_bus("memory")
+    bus = await started_bus(kind)
 
     def boom(event: Any) -> bool:
         raise ValueError("bad payload")
@@ -356,9 +359,10 @@ async def test_failed_attempts_are_logged_at_debug_and_dead_letters_at_warning(s
     assert "dead-lettered for consumer c after 2 attempt(s)" in warn[0].getMessage()
 
 
-async def test_timeouts_are_logged(started_bus, caplog):
+@pytest.mark.parametrize("kind", BUS_KINDS)
+async def test_timeouts_are_logged(started_bus, kind, caplog):
     caplog.set_level("DEBUG", logger="mpm_events")
-    bus = await started_bus("memory")
+    bus = await started_bus(kind)
 
     async def slow(event: Any) -> bool:
         await asyncio.sleep(5)
@@ -374,9 +378,10 @@ async def test_timeouts_are_logged(started_bus, caplog):
     assert any("dead-lettered" in m and "timed out" in m for m in warnings), warnings
 
 
-async def test_many_dead_letters_are_rate_limited_with_a_summary(started_bus, caplog):
+@pytest.mark.parametrize("kind", BUS_KINDS)
+async def test_many_dead_letters_are_rate_limited_with_a_summary(started_bus, kind, caplog):
     caplog.set_level("WARNING", logger="mpm_events")
-    bus = await started_bus("memory")
+    bus = await started_bus(kind)
     await bus.subscribe(Recorder("c", ["**"], behaviour=lambda e: False, max_retries=0))
     for _ in range(200):
         await bus.publish(make_event())
@@ -389,9 +394,10 @@ async def test_many_dead_letters_are_rate_limited_with_a_summary(started_bus, ca
     assert len(summary) == 1 and summary[0].startswith("190 more")
 
 
-async def test_nothing_is_logged_per_event_when_nothing_fails(started_bus, caplog):
+@pytest.mark.parametrize("kind", BUS_KINDS)
+async def test_nothing_is_logged_per_event_when_nothing_fails(started_bus, kind, caplog):
     caplog.set_level("DEBUG", logger="mpm_events")
-    bus = await started_bus("memory")
+    bus = await started_bus(kind)
     await bus.subscribe(Recorder("c", ["**"]))
     caplog.clear()
     for _ in range(500):
@@ -571,3 +577,44 @@ def test_interpreter_exit_with_a_running_durable_bus_leaves_the_rest_in_the_stor
         return len(c.calls)
 
     assert asyncio.run(reopen()) >= n
+
+
+def test_event_bus_fixture_on_a_wider_loop_scope_still_delivers(tmp_path):
+    """pytest-asyncio's ``asyncio_default_fixture_loop_scope = "module"`` starts the
+    plugin's ``event_bus`` fixture on another loop than the test's; ``join()`` in
+    the test rebinds the bus to the running loop, so its consumers run."""
+    import subprocess
+    import sys
+
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = module\n"
+    )
+    (tmp_path / "test_scope.py").write_text(
+        "import pytest\n"
+        "from mpm_events import ConsumerConfig, Event, IEventConsumer\n"
+        "class C(IEventConsumer):\n"
+        "    config = ConsumerConfig('c', topics=['**'])\n"
+        "    is_healthy = True\n"
+        "    def __init__(self): self.seen = []\n"
+        "    async def initialize(self): return True\n"
+        "    async def consume(self, e): self.seen.append(e.topic); return True\n"
+        "    async def consume_batch(self, es): return len(es)\n"
+        "    async def shutdown(self): pass\n"
+        "    def get_metrics(self): return {}\n"
+        "@pytest.mark.asyncio\n"
+        "async def test_delivers(event_bus):\n"
+        "    c = C()\n"
+        "    await event_bus.subscribe(c)\n"
+        "    await event_bus.publish(Event(topic='a.b', type='t', source='s', data={}))\n"
+        "    await event_bus.join(timeout=5)\n"
+        "    assert c.seen == ['a.b']\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "1 passed" in out.stdout

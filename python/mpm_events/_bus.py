@@ -104,11 +104,14 @@ def _unwatch(bus: EventBus) -> None:
 
 
 def rebind_if_gone(bus: EventBus, loop: asyncio.AbstractEventLoop) -> bool:
-    """Rebind a running bus to ``loop`` if the loop that started it has closed."""
+    """Rebind a running bus to ``loop`` if the loop that started it has closed or
+    is not running (it would never run the bus's consumers while ``loop`` waits
+    for them: a fixture started on another loop than the test's, a loop driven by
+    ``run_until_complete`` between two runs)."""
     old = bus._bound_loop()
     if old is loop:
         return False
-    if bus._loop_gone() or old is None or old.is_closed():
+    if bus._loop_gone() or old is None or old.is_closed() or not old.is_running():
         _rebind(bus, loop)
         return True
     return False
