@@ -1,0 +1,247 @@
+"""Loop glue for the compiled bus (private).
+
+Watching the bus's wake-up socket on its event loop and rebinding when that loop
+goes away, the Task that runs each wake-up's jobs, the Tasks that finish
+consumer coroutines that suspended, and running an awaitable on the loop from
+another thread. The bottom layer of ``mpm_events._bus``: it imports no sibling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import types
+import weakref
+from collections.abc import AsyncGenerator, Awaitable, Generator
+from typing import TYPE_CHECKING, Any
+
+from mpm_events import _log
+
+if TYPE_CHECKING:
+    from mpm_events._core import EventBus, _Job
+
+logger = _log.logger()
+
+# NOTE: the event loop keeps only weak references to tasks; these are ours.
+_tasks: set[asyncio.Task[Any]] = set()
+
+
+def _keep(task: asyncio.Task[Any]) -> None:
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+# ----- loop integration -----
+
+
+def attach(bus: EventBus, fd: int, loop: asyncio.AbstractEventLoop) -> None:
+    """Watch the bus's wake-up socket on ``loop``, and the loop's shutdown."""
+    loop.add_reader(fd, _on_wake, bus, loop)
+    _watch_loop(bus)
+    _running_buses.add(bus)
+
+
+def detach(fd: int, loop: asyncio.AbstractEventLoop) -> None:
+    """Stop watching the wake-up socket."""
+    if not loop.is_closed():
+        loop.remove_reader(fd)
+
+
+# NOTE: how a bus learns that its loop is going away. An async generator that a
+# running loop has seen first-iterated is closed by ``loop.shutdown_asyncgens()``,
+# which ``asyncio.run()`` (and uvloop, and every runner that follows the asyncio
+# contract) calls before closing the loop; its ``finally`` then marks the bus's
+# loop gone, at no cost per event. A loop closed without that step is caught by
+# ``rebind_if_gone`` (``start``/``join``/``stop`` check ``is_closed()``).
+_watches: dict[int, Any] = {}
+
+
+async def _loop_watch(state: list[Any]) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        ref = state[0]
+        bus = ref() if ref is not None else None
+        if bus is not None:
+            bus._loop_closing()
+
+
+def _close_watch(key: int, agen: Any, state: list[Any]) -> None:
+    # NOTE: closing it ourselves (synchronously, with the callback disarmed)
+    # keeps the loop's asyncgen finalizer from scheduling it on a closed loop.
+    state[0] = None
+    _watches.pop(key, None)
+    try:
+        agen.aclose().send(None)
+    except (StopIteration, RuntimeError):
+        pass
+
+
+def _watch_loop(bus: EventBus) -> None:
+    _unwatch(bus)
+    state: list[Any] = [weakref.ref(bus)]
+    agen = _loop_watch(state)
+    try:
+        agen.asend(None).send(None)  # runs to the yield; the loop now knows it
+    except StopIteration:
+        pass
+    _watches[id(bus)] = weakref.finalize(bus, _close_watch, id(bus), agen, state)
+
+
+def _unwatch(bus: EventBus) -> None:
+    fin = _watches.pop(id(bus), None)
+    if fin is not None:
+        fin()
+
+
+def rebind_if_gone(bus: EventBus, loop: asyncio.AbstractEventLoop) -> bool:
+    """Rebind a running bus to ``loop`` if the loop that started it has closed or
+    is not running (it would never run the bus's consumers while ``loop`` waits
+    for them: a fixture started on another loop than the test's, a loop driven by
+    ``run_until_complete`` between two runs)."""
+    old = bus._bound_loop()
+    if old is loop:
+        return False
+    if bus._loop_gone() or old is None or old.is_closed() or not old.is_running():
+        _rebind(bus, loop)
+        return True
+    return False
+
+
+def rebind(bus: EventBus) -> None:
+    """The bus's loop has shut down: take over the running one, or say what to do."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            "the event loop this EventBus was started on has closed; await bus.start() "
+            "inside the new event loop before publishing (what was queued is delivered then)"
+        ) from None
+    _rebind(bus, loop)
+
+
+def _rebind(bus: EventBus, loop: asyncio.AbstractEventLoop) -> None:
+    old = bus._bound_loop()
+    if old is not None:
+        detach(bus._wake_fd(), old)
+    loop.add_reader(bus._wake_fd(), _on_wake, bus, loop)
+    _watch_loop(bus)
+    bus._set_loop(loop)
+    logger.info("Event bus rebound to a new event loop (the loop that started it closed)")
+
+
+# NOTE: a started bus is kept alive until stop(), as a running thread is: a bus
+# that was only a local of the coroutine that started it must still account for
+# its events at exit, not vanish with them.
+_running_buses: set[EventBus] = set()
+
+
+def _on_wake(bus: EventBus, loop: asyncio.AbstractEventLoop) -> None:
+    bus._drain_wakeups()
+    # NOTE: the jobs run inside a Task (one per wake-up, not per event) so that
+    # consumer code sees a current task, as it would under the original bus.
+    _keep(loop.create_task(_pump(bus)))
+
+
+async def _pump(bus: EventBus) -> None:
+    try:
+        bus._run_pending()
+    except Exception:
+        logger.exception("mpm_events: internal error while delivering events")
+
+
+@types.coroutine
+def resume_from(it: Any, yielded: Any) -> Generator[Any, Any, Any]:
+    """Continue an awaitable that already yielded ``yielded`` once.
+
+    The bus steps each consumer coroutine by hand; when one suspends, this
+    generator hands the rest of it to a real Task (PEP 380 delegation).
+    """
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+            raise
+        except BaseException as exc:
+            try:
+                yielded = it.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = it.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+# NOTE: the Tasks running suspended consumer calls, so that a call the bus gives
+# up on (stop past its deadline, unsubscribe) can be cancelled, not left running.
+_job_tasks: dict[asyncio.Task[Any], _Job] = {}
+
+
+def continue_job(job: _Job, awaitable: Awaitable[Any], timeout: float) -> None:
+    """Finish a job whose consumer call suspended, in a Task of its own."""
+    task = asyncio.ensure_future(_finish(job, awaitable, timeout))
+    _keep(task)
+    _job_tasks[task] = job
+    task.add_done_callback(_forget_job)
+
+
+def _forget_job(task: asyncio.Task[Any]) -> None:
+    _job_tasks.pop(task, None)
+
+
+def _cancel_abandoned() -> None:
+    """Cancel the consumer calls of jobs the bus has closed (abandoned)."""
+    for task, job in list(_job_tasks.items()):
+        if job.finished and not task.done():
+            task.cancel()
+
+
+async def _finish(job: _Job, awaitable: Awaitable[Any] | None, timeout: float) -> None:
+    while awaitable is not None:
+        try:
+            async with asyncio.timeout(timeout) as deadline:
+                result = await awaitable
+        except TimeoutError:
+            if deadline.expired():
+                exc = TimeoutError(f"consume timed out after {timeout:g}s")
+            awaitable = job.resume(None, exc)
+        except asyncio.CancelledError:
+            job.abandon("delivery cancelled")
+            raise
+        except Exception as exc:
+            awaitable = job.resume(None, exc)
+        else:
+            awaitable = job.resume(result)
+
+
+def spawn(awaitable: Awaitable[Any], consumer: str) -> None:
+    """Run an error handler's remaining work without blocking delivery."""
+
+    async def run() -> None:
+        try:
+            await awaitable
+        except Exception as exc:
+            logger.error("error_handler of consumer %r raised %r", consumer, exc)
+
+    _keep(asyncio.ensure_future(run()))
+
+
+def run_threadsafe(
+    awaitable: Awaitable[Any], loop: asyncio.AbstractEventLoop, timeout: float
+) -> Any:
+    """From a worker thread: run ``awaitable`` on ``loop`` and wait for it."""
+
+    async def run() -> Any:
+        return await awaitable
+
+    fut = asyncio.run_coroutine_threadsafe(run(), loop)
+    try:
+        return fut.result(timeout)
+    except concurrent.futures.TimeoutError:
+        fut.cancel()
+        raise TimeoutError(f"consume timed out after {timeout:g}s") from None
