@@ -37,7 +37,7 @@ test-wheel: venv ## The release wheel is abi3-clean, installs and works in a cle
 	$(VENV)/bin/abi3audit --strict --summary target/wheels/*.whl
 	$(PYTHON) -m venv target/wheel-venv
 	target/wheel-venv/bin/python -m pip install -q --no-index target/wheels/*.whl
-	cd /tmp && $(abspath target/wheel-venv)/bin/python $(abspath tests/wheel_smoke.py)
+	cd /tmp && $(abspath target/wheel-venv)/bin/python $(abspath tests/helpers/wheel_smoke.py)
 
 test: test-rust test-wheel test-python ## Every test (pytest last, so its summary closes the run)
 

@@ -76,11 +76,12 @@ def _namespace(name: str, module: types.ModuleType, extra: types.ModuleType | No
 
 
 def load_original() -> Loaded:
-    """``claude_mpm.services.events`` via ``tests/original_loader.py`` (breaks its import cycle)."""
+    """``claude_mpm.services.events`` via ``tests/helpers/original_loader.py`` (which breaks
+    its import cycle)."""
     if str(TESTS) not in sys.path:
         sys.path.insert(0, str(TESTS))
     try:
-        import original_loader
+        from helpers import original_loader
 
         module = original_loader.load_original()
     except Exception as exc:

@@ -292,7 +292,7 @@ object (the original's or ours) and uses only the shared API, so both run the sa
   `join()` returns.
 - **W7**: wall time of `python -c "import ..."` minus a paired `python -c "pass"`,
   interleaved, median of many. The original is imported through
-  `tests/original_loader.py` (its package cannot be imported as shipped).
+  `tests/helpers/original_loader.py` (its package cannot be imported as shipped).
 - Both buses get the same `max_queue_size` (4x the events: the original splits it into
   four per-priority deques that drop silently when full). Each measurement runs in a fresh
   event loop; rounds alternate which implementation goes first.

@@ -193,7 +193,7 @@ IMPORT_SNIPPETS = {
     "bare": "pass",
     impls.ORIGINAL: (
         f"import sys; sys.path.insert(0, {str(impls.TESTS)!r}); "
-        "import original_loader; original_loader.load_original()"
+        "from helpers import original_loader; original_loader.load_original()"
     ),
     impls.OURS: "import mpm_events",
 }

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 import pytest
 from conftest import Recorder, make_event
+from helpers.original_loader import load_original, original_available
 from mpm_events import ConsumerPriority, EventPriority, HookEventProducer, SystemEventProducer
-from original_loader import load_original, original_available
 
 pytestmark = pytest.mark.skipif(
     not original_available(), reason="claude-mpm 5.9.10 is not installed (make venv installs it)"

@@ -26,7 +26,7 @@ from conftest import Recorder, make_event, wait_until
 from mpm_events import PersistenceError
 
 HERE = Path(__file__).parent
-CHILD = HERE / "durability_child.py"
+CHILD = HERE / "helpers" / "durability_child.py"
 FLUSH_INTERVAL = 0.2  # as in durability_child.py
 SYNC = re.compile(r"\b(fsync|fdatasync)\(")
 

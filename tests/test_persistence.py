@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.persist_helpers import Recorder, wait_for
 from mpm_events import Event, EventBus, HookEventProducer, PersistenceError
-from persist_helpers import Recorder, wait_for
 
 HERE = Path(__file__).parent
 UTC = dt.UTC
@@ -64,7 +64,7 @@ def _run_child_and_kill(path: Path, kill_after: int) -> tuple[list[str], list[st
     consumer handled."""
     env = dict(os.environ, PYTHONPATH=str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "persist_crash_child.py"), str(path)],
+        [sys.executable, str(HERE / "helpers" / "persist_crash_child.py"), str(path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,

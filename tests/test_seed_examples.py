@@ -5,6 +5,7 @@ from __future__ import annotations
 from unittest.mock import Mock
 
 from conftest import Recorder
+from helpers.sio_helpers import Server
 from mpm_events import (
     ConsumerConfig,
     ConsumerPriority,
@@ -14,7 +15,6 @@ from mpm_events import (
     IEventConsumer,
     SystemEventProducer,
 )
-from sio_helpers import Server
 
 
 async def test_basic_setup_example(stop_after):

@@ -7,8 +7,8 @@ import json
 from datetime import datetime
 
 import pytest
+from helpers.sio_helpers import Server, free_port
 from mpm_events import DeadLetterConsumer, Event, IEventConsumer, SocketIOConsumer
-from sio_helpers import Server, free_port
 
 
 def ev(topic: str, i: int, **kw) -> Event:

@@ -12,8 +12,8 @@ import time
 
 import pytest
 from conftest import BUS_KINDS, make_event
+from helpers.sio_helpers import Server
 from mpm_events import SocketIOConsumer
-from sio_helpers import Server
 
 kinds = pytest.mark.parametrize("kind", BUS_KINDS)
 

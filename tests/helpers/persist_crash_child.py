@@ -9,7 +9,8 @@ import random
 import sys
 
 from mpm_events import Event, EventBus
-from persist_helpers import Recorder
+
+from helpers.persist_helpers import Recorder
 
 
 class Printing(Recorder):

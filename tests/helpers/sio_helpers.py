@@ -1,4 +1,4 @@
-"""A real python-socketio server (``helpers/sio_server.py``) in a subprocess, for the
+"""A real python-socketio server (``sio_server.py`` beside this file) in a subprocess, for the
 Socket.IO tests; it collects the JSON lines the server prints."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SERVER = Path(__file__).parent / "helpers" / "sio_server.py"
+SERVER = Path(__file__).parent / "sio_server.py"
 
 
 class Server:
