@@ -219,6 +219,32 @@ async def _finish(job: _Job, awaitable: Awaitable[Any] | None, timeout: float) -
             awaitable = job.resume(result)
 
 
+def describe(exc: BaseException) -> str:
+    """An exception as the Rust executor writes it in failure messages: ``Type:
+    message``, or only ``Type`` when the message is empty."""
+    try:
+        msg = str(exc)
+    except Exception:
+        msg = ""
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\0": "\\0"}
+
+
+def _quoted(name: str) -> str:
+    # NOTE: as Rust's {:?} quotes a str (the executor's log lines quote names so).
+    body = "".join(
+        _ESCAPES.get(c) or (c if c.isprintable() else f"\\u{{{ord(c):x}}}") for c in name
+    )
+    return f'"{body}"'
+
+
+def handler_failed(consumer: str, exc: BaseException) -> None:
+    """Log that a consumer's error_handler raised, in the Rust executor's words."""
+    logger.error("error_handler of consumer %s raised %s", _quoted(consumer), describe(exc))
+
+
 def spawn(awaitable: Awaitable[Any], consumer: str) -> None:
     """Run an error handler's remaining work without blocking delivery."""
 
@@ -226,7 +252,7 @@ def spawn(awaitable: Awaitable[Any], consumer: str) -> None:
         try:
             await awaitable
         except Exception as exc:
-            logger.error("error_handler of consumer %r raised %r", consumer, exc)
+            handler_failed(consumer, exc)
 
     _keep(asyncio.ensure_future(run()))
 

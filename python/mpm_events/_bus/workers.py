@@ -13,7 +13,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from mpm_events import _log
-from mpm_events._bus.loop import run_threadsafe
+from mpm_events._bus.loop import describe, handler_failed, run_threadsafe
 
 if TYPE_CHECKING:
     from mpm_events._core import _Job, _JobSource
@@ -85,7 +85,7 @@ def _run_sync_job(
         try:
             _await_result(error_handler(event, exc), source, timeout)
         except Exception as handler_exc:
-            logger.error("error_handler of consumer %r raised %r", job.consumer_name, handler_exc)
+            handler_failed(job.consumer_name, handler_exc)
 
     def prepare(event: Any) -> tuple[str, Any]:
         if filter_func is not None:
@@ -94,13 +94,13 @@ def _run_sync_job(
                     return "filtered", None
             except Exception as exc:
                 handle_error(event, exc)
-                return "error", f"filter_func raised {type(exc).__name__}: {exc}"
+                return "error", f"filter_func raised {describe(exc)}"
         if transform_func is not None:
             try:
                 target = transform_func(event)
             except Exception as exc:
                 handle_error(event, exc)
-                return "error", f"transform_func raised {type(exc).__name__}: {exc}"
+                return "error", f"transform_func raised {describe(exc)}"
             if target is None:
                 handle_error(event, TypeError("transform_func returned None"))
                 return "error", "transform_func returned None instead of an event"
