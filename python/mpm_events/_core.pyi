@@ -160,6 +160,8 @@ class EventMetadata:
     changes are applied to it at the next access. (The Rust consumers read the
     bus's record, which does not include changes user code made to these objects.)
 
+    Its datetimes may be given as ISO 8601 strings (naive ones are UTC).
+
     Attributes:
         retry_count: The highest retry number any consumer has reached for the event
             (0 until a first retry is handed out).
@@ -484,7 +486,7 @@ class EventBus(IEventBus):
 
         Stops accepting events, flushes partial batches, fires waiting retries at
         once, waits until every accepted event is handled, then calls each
-        consumer's ``shutdown()`` (``DeadLetterConsumer``\ s last). No consume call
+        consumer's ``shutdown()`` (each ``DeadLetterConsumer`` last). No consume call
         starts after that.
 
         If ``timeout`` seconds pass first, every event not yet handled is accounted
@@ -606,10 +608,10 @@ class EventBus(IEventBus):
         The original's keys: ``events_published`` (accepted), ``events_processed``
         (fully handled by every consumer it was routed to, none dead-lettering it;
         events no consumer subscribed to count here), ``events_failed`` (dead
-        letters produced, per event and consumer), ``events_dropped`` (refused because the queue was full),
-        ``consumers_active``, ``queue_size`` (events not yet handed to every
-        consumer), ``processing_time_ms`` (median latency, weighted over
-        consumers), ``last_event_time`` (datetime or None),
+        letters produced, per event and consumer), ``events_dropped`` (refused
+        because the queue was full), ``consumers_active``, ``queue_size`` (events
+        not yet handed to every consumer), ``processing_time_ms`` (median latency,
+        weighted over consumers), ``last_event_time`` (datetime or None),
         ``dead_letter_queue_size``, and ``consumers`` (name -> that consumer's own
         ``get_metrics()``).
 
@@ -748,6 +750,9 @@ class _Leaving:
     def abandon(self, reason: str) -> None:
         """Gives up on the job in flight (its call counts as failed)."""
 
+def _validate_topic(topic: str) -> None:
+    """Raises InvalidTopicError unless ``topic`` is a valid published topic (private)."""
+
 class _StoredBatch:
     """Stored events waiting to be queued (private)."""
 
@@ -770,7 +775,8 @@ class _NativeConsumer:
         """Whether the consumer can do its work."""
 
     def initialize(self) -> _Ready[bool]:
-        """Nothing to prepare; resolves to True."""
+        """Runs the consumer's own setup (a ``DeadLetterConsumer`` creates its
+        directory); resolves to True, or to False with an error logged if that fails."""
 
     def consume(self, event: Event | Any) -> _Ready[bool]:
         """Handles one event directly (the bus does not call this)."""

@@ -11,7 +11,7 @@ use super::event::{consumer_priority_member, read_consumer_priority};
 use crate::retry::RetryPolicy;
 use crate::topic::Pattern;
 
-/// A consumer's configuration (see `_core.pyi`).
+#[doc = stub_doc!(ConsumerConfig)]
 #[pyclass(module = "mpm_events._core", name = "ConsumerConfig", subclass)]
 pub struct ConsumerConfig {
     #[pyo3(get, set)]

@@ -32,7 +32,7 @@ pub fn make_config(
     Ok(cfg.cast_into::<ConsumerConfig>()?.unbind())
 }
 
-/// Event statistics collected in Rust (see `_core.pyi`).
+#[doc = stub_doc!(MetricsConsumer)]
 #[pyclass(module = "mpm_events._core", name = "MetricsConsumer", extends = NativeConsumer, frozen)]
 pub struct MetricsConsumer {
     #[pyo3(get)]
@@ -161,7 +161,7 @@ fn default_topics(py: Python<'_>, topics: Option<Py<PyAny>>, default: &[&str]) -
     }
 }
 
-/// Logs events through Python `logging`, formatted in Rust (see `_core.pyi`).
+#[doc = stub_doc!(LoggingConsumer)]
 #[pyclass(module = "mpm_events._core", name = "LoggingConsumer", extends = NativeConsumer, frozen)]
 pub struct LoggingConsumer {
     #[pyo3(get)]
@@ -227,7 +227,7 @@ impl LoggingConsumer {
 // ---------------------------------------------------------------------------
 // Dead letters
 
-/// Persists failed events as JSON lines (see `_core.pyi` and docs/dead-letters.md).
+#[doc = stub_doc!(DeadLetterConsumer)]
 #[pyclass(module = "mpm_events._core", name = "DeadLetterConsumer", extends = NativeConsumer, frozen)]
 pub struct DeadLetterConsumer {
     sink: Arc<DeadLetterSink>,
@@ -343,7 +343,7 @@ impl DeadLetterConsumer {
         }))
     }
 
-    /// The directory of the dead-letter files.
+    #[doc = stub_doc!(DeadLetterConsumer, output_dir)]
     #[getter]
     fn output_dir<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         py.import("pathlib")?
@@ -351,7 +351,7 @@ impl DeadLetterConsumer {
             .call1((self.sink.output_dir(),))
     }
 
-    /// The dead-letter files, oldest first.
+    #[doc = stub_doc!(DeadLetterConsumer, files)]
     fn files<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let path = py.import("pathlib")?.getattr("Path")?;
         let items = self
@@ -363,13 +363,13 @@ impl DeadLetterConsumer {
         PyList::new(py, items)
     }
 
-    /// Deletes files past retention now; returns how many.
+    #[doc = stub_doc!(DeadLetterConsumer, cleanup)]
     fn cleanup(&self, py: Python<'_>) -> u64 {
         let sink = self.sink.clone();
         py.detach(move || sink.cleanup())
     }
 
-    /// Reads stored events back (awaitable; runs on a worker thread).
+    #[doc = stub_doc!(DeadLetterConsumer, replay_events)]
     #[pyo3(signature = (start_time=None, end_time=None, topic_filter=None))]
     fn replay_events<'py>(
         &self,
@@ -415,7 +415,7 @@ impl DeadLetterConsumer {
 // ---------------------------------------------------------------------------
 // Socket.IO
 
-/// Forwards events to a Socket.IO server (see `_core.pyi`).
+#[doc = stub_doc!(SocketIOConsumer)]
 #[pyclass(module = "mpm_events._core", name = "SocketIOConsumer", extends = NativeConsumer, frozen)]
 pub struct SocketIOConsumer {
     #[pyo3(get)]

@@ -200,7 +200,7 @@ impl EventMetadata {
     }
 }
 
-/// Processing metadata of an event (see `_core.pyi`).
+#[doc = stub_doc!(EventMetadata)]
 #[pyclass(module = "mpm_events._core", name = "EventMetadata", frozen)]
 pub struct EventMetadata {
     pub(crate) cell: MetaCell,
@@ -378,7 +378,7 @@ impl EventMetadata {
             && a.errors() == b.errors()
     }
 
-    /// The metadata as a plain dict (datetimes as ISO 8601 strings).
+    #[doc = stub_doc!(EventMetadata, to_dict)]
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let st = self.cell.lock().snapshot();
         let d = PyDict::new(py);
@@ -633,7 +633,7 @@ fn utc_fast(t: &Bound<'_, PyAny>) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_micros((secs * 1e6).round() as i64)
 }
 
-/// An event (see `_core.pyi` for the Python documentation).
+#[doc = stub_doc!(Event)]
 #[pyclass(module = "mpm_events._core", name = "Event", subclass, weakref)]
 pub struct Event {
     pub(crate) id: EventId,
@@ -937,13 +937,13 @@ impl Event {
         Ok(())
     }
 
-    /// Whether this event's topic matches `pattern` (`*` one segment, `**` zero or more).
+    #[doc = stub_doc!(Event, matches_topic)]
     fn matches_topic(&self, py: Python<'_>, pattern: &str) -> PyResult<bool> {
         let p = Pattern::parse(pattern).map_err(topic_error)?;
         Ok(p.matches(&self.topic.bind(py).to_cow()?))
     }
 
-    /// The event as a plain dict, with an ISO 8601 timestamp and the priority's name.
+    #[doc = stub_doc!(Event, to_dict)]
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         d.set_item("id", self.id.to_py(py))?;
@@ -967,7 +967,7 @@ impl Event {
         Ok(d)
     }
 
-    /// Rebuilds an event from `to_dict()`'s output (or any dict with those keys).
+    #[doc = stub_doc!(Event, from_dict)]
     #[classmethod]
     fn from_dict<'py>(
         cls: &Bound<'py, PyType>,
@@ -1033,6 +1033,7 @@ impl Event {
         ))
     }
 
+    #[doc = stub_doc!(Event, __copy__)]
     fn __copy__(&self, py: Python<'_>) -> PyResult<Self> {
         Ok(Event {
             id: self.id.clone_ref(py),

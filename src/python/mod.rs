@@ -9,6 +9,10 @@ use std::sync::OnceLock;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
+// NOTE: first, so that `stub_doc!` is in scope in the modules below.
+#[macro_use]
+mod stub_docs;
+
 mod bus;
 mod config;
 mod consumers;
@@ -70,9 +74,17 @@ pub fn log_error(py: Python<'_>, msg: &str) {
     log(py, "error", msg);
 }
 
+/// Raises `InvalidTopicError` unless `topic` is a valid published topic (the
+/// engine's own check, for `mpm_events.testing`).
+#[pyfunction]
+fn _validate_topic(topic: &str) -> PyResult<()> {
+    crate::topic::validate_topic(topic).map_err(errors::topic_error)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(_validate_topic, m)?)?;
     m.add_class::<event::Event>()?;
     m.add_class::<event::EventMetadata>()?;
     m.add_class::<config::ConsumerConfig>()?;

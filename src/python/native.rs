@@ -377,8 +377,9 @@ impl Executor<EventRef> for SinkExecutor {
     }
 }
 
-/// Base class of the built-in Rust consumers: implements the IEventConsumer
-/// methods over a [`Sink`], so they also work when called directly.
+// NOTE: implements the IEventConsumer methods over a `Sink`, so that the
+// built-in consumers also work when called directly (the bus runs the sink).
+#[doc = stub_doc!(_NativeConsumer)]
 #[pyclass(
     module = "mpm_events._core",
     name = "_NativeConsumer",
@@ -417,13 +418,15 @@ impl NativeConsumer {
 
 #[pymethods]
 impl NativeConsumer {
-    /// The consumer's configuration.
+    #[doc = stub_doc!(_NativeConsumer, config)]
     #[getter]
     fn config(&self, py: Python<'_>) -> Py<ConsumerConfig> {
         self.config.clone_ref(py)
     }
 
-    /// Prepares the Rust side (e.g. creates the dead-letter directory); False on failure.
+    // NOTE: prepares the sink (e.g. creates the dead-letter directory); False,
+    // logged, on failure.
+    #[doc = stub_doc!(_NativeConsumer, initialize)]
     fn initialize(&self, py: Python<'_>) -> Py<super::bus::Ready> {
         let ok = match self.sink.initialize() {
             Ok(()) => true,
@@ -435,7 +438,7 @@ impl NativeConsumer {
         super::bus::Ready::of_bool(py, ok)
     }
 
-    /// Handles one event directly (the bus does not call this: it runs the Rust sink).
+    #[doc = stub_doc!(_NativeConsumer, consume)]
     fn consume(&self, py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<Py<super::bus::Ready>> {
         let list = PyList::new(py, [event])?;
         Ok(super::bus::Ready::of_bool(
@@ -444,7 +447,7 @@ impl NativeConsumer {
         ))
     }
 
-    /// Handles several events directly; returns how many succeeded.
+    #[doc = stub_doc!(_NativeConsumer, consume_batch)]
     fn consume_batch(
         &self,
         py: Python<'_>,
@@ -454,7 +457,7 @@ impl NativeConsumer {
         super::bus::Ready::of(py, n.into_pyobject(py)?.into_any().unbind())
     }
 
-    /// Flushes and releases resources (runs on a worker thread; awaitable).
+    #[doc = stub_doc!(_NativeConsumer, shutdown)]
     fn shutdown<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let sink = self.sink.clone();
         let f = pyo3::types::PyCFunction::new_closure(py, None, None, move |args, _| {
@@ -465,13 +468,13 @@ impl NativeConsumer {
             .call_method1("to_thread", (f,))
     }
 
-    /// Whether the consumer can do its work.
+    #[doc = stub_doc!(_NativeConsumer, is_healthy)]
     #[getter]
     fn is_healthy(&self) -> bool {
         self.sink.is_healthy()
     }
 
-    /// The consumer's metrics.
+    #[doc = stub_doc!(_NativeConsumer, get_metrics)]
     fn get_metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         pythonize::pythonize(py, &self.sink.metrics())
             .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))

@@ -21,7 +21,7 @@ static SLOW_PUBLISH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static SLOW_BATCH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static OWN_PUBLISH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
-/// Publishes hook-system events (see `_core.pyi`).
+#[doc = stub_doc!(HookEventProducer)]
 #[pyclass(
     module = "mpm_events._core",
     name = "HookEventProducer",
@@ -201,19 +201,19 @@ impl HookEventProducer {
     ) {
     }
 
-    /// The bus this producer publishes to.
+    #[doc = stub_doc!(HookEventProducer, event_bus)]
     #[getter]
     fn event_bus(&self, py: Python<'_>) -> Py<PyAny> {
         self.bus.clone_ref(py)
     }
 
-    /// `"hook_handler"`.
+    #[doc = stub_doc!(HookEventProducer, source_name)]
     #[getter]
     fn source_name(&self, py: Python<'_>) -> Py<PyString> {
         self.source.clone_ref(py)
     }
 
-    /// Publishes one event; awaitable of True if the bus accepted it (never raises).
+    #[doc = stub_doc!(HookEventProducer, publish)]
     fn publish<'py>(
         slf: &Bound<'py, Self>,
         event: Bound<'py, PyAny>,
@@ -230,7 +230,7 @@ impl HookEventProducer {
             .call1((slf, event))
     }
 
-    /// Publishes several events; awaitable of how many were accepted.
+    #[doc = stub_doc!(HookEventProducer, publish_batch)]
     fn publish_batch<'py>(
         slf: &Bound<'py, Self>,
         events: Bound<'py, PyAny>,
@@ -241,7 +241,7 @@ impl HookEventProducer {
             .call1((slf, events))
     }
 
-    /// `hook.response` / `AssistantResponse`, HIGH.
+    #[doc = stub_doc!(HookEventProducer, publish_response)]
     #[pyo3(signature = (response_data, correlation_id=None))]
     fn publish_response<'py>(
         slf: &Bound<'py, Self>,
@@ -259,7 +259,7 @@ impl HookEventProducer {
         Self::send(slf, e)
     }
 
-    /// `hook.tool` / `ToolUse`, NORMAL, data `{tool, params, result}`.
+    #[doc = stub_doc!(HookEventProducer, publish_tool_use)]
     #[pyo3(signature = (tool_name, tool_params, tool_result=None, correlation_id=None))]
     fn publish_tool_use<'py>(
         slf: &Bound<'py, Self>,
@@ -283,7 +283,7 @@ impl HookEventProducer {
         Self::send(slf, e)
     }
 
-    /// `hook.error` / `Error`, CRITICAL, data `{error_type, message, details}`.
+    #[doc = stub_doc!(HookEventProducer, publish_error)]
     #[pyo3(signature = (error_type, error_message, error_details=None, correlation_id=None))]
     fn publish_error<'py>(
         slf: &Bound<'py, Self>,
@@ -311,8 +311,7 @@ impl HookEventProducer {
         Self::send(slf, e)
     }
 
-    /// `hook.subagent.<event_type lowercased>` / `Subagent<event_type>`, NORMAL,
-    /// data `{subagent, **event_data}`.
+    #[doc = stub_doc!(HookEventProducer, publish_subagent_event)]
     #[pyo3(signature = (subagent_name, event_type, event_data, correlation_id=None))]
     fn publish_subagent_event<'py>(
         slf: &Bound<'py, Self>,
@@ -338,7 +337,7 @@ impl HookEventProducer {
         Self::send(slf, e)
     }
 
-    /// A hook event whose topic and priority follow the words in `hook_type`.
+    #[doc = stub_doc!(HookEventProducer, publish_raw_hook_event)]
     #[pyo3(signature = (hook_type, hook_data, correlation_id=None))]
     fn publish_raw_hook_event<'py>(
         slf: &Bound<'py, Self>,
@@ -371,7 +370,7 @@ impl HookEventProducer {
         Self::send(slf, e)
     }
 
-    /// Counts of events published and refused, and of batches.
+    #[doc = stub_doc!(HookEventProducer, get_metrics)]
     fn get_metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         d.set_item("events_published", self.published.load(Ordering::Relaxed))?;

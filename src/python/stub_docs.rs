@@ -18,6 +18,8 @@ object is returned on each access, code may mutate it, and the bus's own later
 changes are applied to it at the next access. (The Rust consumers read the
 bus's record, which does not include changes user code made to these objects.)
 
+Its datetimes may be given as ISO 8601 strings (naive ones are UTC).
+
 Attributes:
     retry_count: The highest retry number any consumer has reached for the event
         (0 until a first retry is handed out).
@@ -223,7 +225,7 @@ Raises:
 
 Stops accepting events, flushes partial batches, fires waiting retries at
 once, waits until every accepted event is handled, then calls each
-consumer's ``shutdown()`` (``DeadLetterConsumer``\ s last). No consume call
+consumer's ``shutdown()`` (each ``DeadLetterConsumer`` last). No consume call
 starts after that.
 
 If ``timeout`` seconds pass first, every event not yet handled is accounted
@@ -338,10 +340,10 @@ Raises:
 The original's keys: ``events_published`` (accepted), ``events_processed``
 (fully handled by every consumer it was routed to, none dead-lettering it;
 events no consumer subscribed to count here), ``events_failed`` (dead
-letters produced, per event and consumer), ``events_dropped`` (refused because the queue was full),
-``consumers_active``, ``queue_size`` (events not yet handed to every
-consumer), ``processing_time_ms`` (median latency, weighted over
-consumers), ``last_event_time`` (datetime or None),
+letters produced, per event and consumer), ``events_dropped`` (refused
+because the queue was full), ``consumers_active``, ``queue_size`` (events
+not yet handed to every consumer), ``processing_time_ms`` (median latency,
+weighted over consumers), ``last_event_time`` (datetime or None),
 ``dead_letter_queue_size``, and ``consumers`` (name -> that consumer's own
 ``get_metrics()``).
 
@@ -434,7 +436,8 @@ ordinary ``IEventConsumer`` objects too (called directly, they run synchronously
         r#"Whether the consumer can do its work."#
     };
     (_NativeConsumer, initialize) => {
-        r#"Nothing to prepare; resolves to True."#
+        r#"Runs the consumer's own setup (a ``DeadLetterConsumer`` creates its
+directory); resolves to True, or to False with an error logged if that fails."#
     };
     (_NativeConsumer, consume) => {
         r#"Handles one event directly (the bus does not call this)."#
