@@ -86,7 +86,7 @@ fn dispatch(c: &mut Criterion) {
                 timeout: Duration::from_secs(30),
                 engine_timeout: false,
                 chunk: 512,
-                needs_view: 0,
+                needs_view: _core::dispatch::ViewNeeds::Nothing,
                 honours_cut: true,
             };
             engine.add_lane(

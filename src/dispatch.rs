@@ -109,6 +109,75 @@ pub enum Outcome {
     Cancelled(String),
 }
 
+/// What an executor needs copied out of each event at publish time, while the
+/// publisher holds the event (the engine itself ignores it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ViewNeeds {
+    /// Nothing: the executor reads the event object itself (Python consumers).
+    #[default]
+    Nothing,
+    /// The event's fields (a Rust sink that does not read the payload).
+    Fields,
+    /// The fields and the payload as JSON (a Rust sink that reads it).
+    FieldsAndData,
+}
+
+/// How a `consume_batch` call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchEnd {
+    /// It returned: True/False (all or none handled) or a count.
+    Returned {
+        /// `Some(true/false)` for a bool, None for a count.
+        all: Option<bool>,
+        /// The count returned (ignored for a bool).
+        count: i64,
+        /// How the returned value reads, for the failure message.
+        repr: String,
+    },
+    /// It raised (the description of the exception).
+    Raised(String),
+}
+
+/// The outcomes of a batch job. `pre[i]` is what was decided before the call
+/// (filtered out, or failed in the filter or transform), None for the events
+/// passed to the call, whose indices are `members` in call order: the first
+/// `handled` of them succeeded, the rest failed with the reason `end` gives.
+pub fn batch_outcomes(
+    pre: Vec<Option<Outcome>>,
+    members: &[usize],
+    end: &BatchEnd,
+) -> Vec<Outcome> {
+    let m = members.len();
+    let (ok, failure) = match end {
+        BatchEnd::Returned { all, count, repr } => {
+            let ok = match all {
+                Some(true) => m,
+                Some(false) => 0,
+                None => (*count).clamp(0, m as i64) as usize,
+            };
+            (
+                ok,
+                format!("consume_batch() reported {ok} of {m} events handled (returned {repr})"),
+            )
+        }
+        BatchEnd::Raised(desc) => (0, format!("consume_batch() raised {desc}")),
+    };
+    let mut outcomes = pre;
+    for (rank, i) in members.iter().enumerate() {
+        if let Some(slot) = outcomes.get_mut(*i) {
+            *slot = Some(if rank < ok {
+                Outcome::Success
+            } else {
+                Outcome::Failure(failure.clone())
+            });
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or(Outcome::Failure("no outcome".into())))
+        .collect()
+}
+
 /// How an executor wants the engine to treat a lane.
 #[derive(Debug, Clone)]
 pub struct LaneConfig {
@@ -132,9 +201,8 @@ pub struct LaneConfig {
     /// True when the executor checks [`Job::is_cut`] between items; otherwise a
     /// cut job's remaining items are cancelled when it finishes.
     pub honours_cut: bool,
-    /// What the executor needs copied out of each event at publish time
-    /// (0 nothing, 1 fields, 2 fields and payload); the engine ignores it.
-    pub needs_view: u8,
+    /// What the executor needs copied out of each event at publish time.
+    pub needs_view: ViewNeeds,
 }
 
 /// Runs jobs for one lane. `execute` must not block: it hands the job over.
@@ -676,9 +744,9 @@ pub struct Route<E: EventLike> {
     pub topic: Arc<str>,
     /// The lanes, in consumer-priority order.
     pub lanes: Vec<Arc<Lane<E>>>,
-    /// Highest `needs_view` among the lanes.
-    pub needs_view: u8,
-    /// Whether some lane has `needs_view == 0` (its executor reads the event
+    /// The most any lane needs copied out of the event.
+    pub needs_view: ViewNeeds,
+    /// Whether some lane needs nothing copied (its executor reads the event
     /// object itself).
     pub any_plain: bool,
 }
@@ -1064,8 +1132,14 @@ impl<E: EventLike> Engine<E> {
             .iter()
             .filter_map(|i| lanes_guard.get(*i).and_then(|l| l.clone()))
             .collect();
-        let needs_view = lanes.iter().map(|l| l.config.needs_view).max().unwrap_or(0);
-        let any_plain = lanes.iter().any(|l| l.config.needs_view == 0);
+        let needs_view = lanes
+            .iter()
+            .map(|l| l.config.needs_view)
+            .max()
+            .unwrap_or_default();
+        let any_plain = lanes
+            .iter()
+            .any(|l| l.config.needs_view == ViewNeeds::Nothing);
         let route = Arc::new(Route {
             topic: topic.into(),
             lanes,
@@ -1421,7 +1495,7 @@ mod tests {
             timeout: Duration::from_secs(30),
             engine_timeout: false,
             chunk: 64,
-            needs_view: 0,
+            needs_view: ViewNeeds::Nothing,
             honours_cut: true,
         }
     }
@@ -1743,6 +1817,67 @@ mod tests {
         });
         assert_eq!(*heard.lock(), vec![(1, true), (2, false)]);
         assert_adds_up(&engine);
+    }
+
+    #[test]
+    fn batch_outcomes_follow_what_consume_batch_returned() {
+        let f = |m: &str| Outcome::Failure(m.into());
+        let pre = || {
+            vec![
+                None,
+                Some(Outcome::Filtered),
+                None,
+                Some(f("filter_func raised X")),
+                None,
+            ]
+        };
+        let members = [0, 2, 4];
+        let count = |n: i64| BatchEnd::Returned {
+            all: None,
+            count: n,
+            repr: n.to_string(),
+        };
+        let two = batch_outcomes(pre(), &members, &count(2));
+        let why = "consume_batch() reported 2 of 3 events handled (returned 2)";
+        assert_eq!(
+            two,
+            vec![
+                Outcome::Success,
+                Outcome::Filtered,
+                Outcome::Success,
+                f("filter_func raised X"),
+                f(why)
+            ]
+        );
+        let over = batch_outcomes(pre(), &members, &count(99));
+        assert_eq!(
+            over[4],
+            Outcome::Success,
+            "a count above the batch is clamped"
+        );
+        let neg = batch_outcomes(pre(), &members, &count(-1));
+        assert!(
+            matches!(neg[0], Outcome::Failure(_)),
+            "a negative count handles none"
+        );
+        let all = BatchEnd::Returned {
+            all: Some(true),
+            count: 0,
+            repr: "True".into(),
+        };
+        assert_eq!(batch_outcomes(pre(), &members, &all)[4], Outcome::Success);
+        let none = BatchEnd::Returned {
+            all: Some(false),
+            count: 0,
+            repr: "False".into(),
+        };
+        assert_eq!(
+            batch_outcomes(pre(), &members, &none)[0],
+            f("consume_batch() reported 0 of 3 events handled (returned False)")
+        );
+        let raised = batch_outcomes(pre(), &members, &BatchEnd::Raised("ValueError: x".into()));
+        assert_eq!(raised[2], f("consume_batch() raised ValueError: x"));
+        assert_eq!(raised[1], Outcome::Filtered);
     }
 
     #[test]

@@ -11,12 +11,14 @@ pub mod python;
 
 pub mod dead_letter;
 pub mod dispatch;
+pub mod durable;
 pub mod event;
 pub mod queue;
 pub mod retry;
 pub mod stats;
 pub mod storage;
 pub mod topic;
+pub mod wake;
 
 #[cfg(feature = "python")]
 mod alloc;

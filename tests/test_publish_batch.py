@@ -60,16 +60,8 @@ async def test_accepts_any_iterable_and_an_empty_batch(started_bus, kind):
     ids=["not-an-event", "empty-segment", "wildcard", "data-not-a-dict"],
 )
 async def test_a_bad_event_raises_naming_its_index_and_nothing_is_published(
-    started_bus, kind, bad, error, words, request
+    started_bus, kind, bad, error, words
 ):
-    if kind == "durable":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="issue 9: the durable publish_batch publishes (and stores) the events "
-                "before a bad one and raises without naming its index",
-            )
-        )
     bus = await started_bus(kind)
     rec = Recorder("rec")
     assert await bus.subscribe(rec)

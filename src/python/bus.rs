@@ -20,7 +20,7 @@ use super::executor::{Inbox, LoopExecutor, PyConsumer, ThreadExecutor};
 use super::native::{build_view, build_view_with, NativeConsumer, SinkExecutor, ViewMemo};
 use super::persist::{self, Persist};
 use super::{log_info, log_warning, runtime};
-use crate::dispatch::{Engine, Entry, Executor, Lane, LaneConfig, Rejected, Route};
+use crate::dispatch::{Engine, Entry, Executor, Lane, LaneConfig, Rejected, Route, ViewNeeds};
 
 /// Items the loop handles per wake-up before letting other callbacks run.
 const LOOP_BUDGET: usize = 16_384;
@@ -170,7 +170,7 @@ struct BusShared {
     warned_not_running: AtomicBool,
 }
 
-/// The event bus (see `_core.pyi` for the Python documentation).
+#[doc = stub_doc!(EventBus)]
 #[pyclass(
     module = "mpm_events._core",
     name = "EventBus",
@@ -272,13 +272,12 @@ impl EventBus {
         py: Python<'_>,
         events: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
+        // NOTE: as on the memory bus, every event is checked before any is stored.
+        let owned_events = self.validate_batch(py, events, &mut PrepMemo::default())?;
         let event_loop = self.shared.inbox.current_loop(py);
-        let mut aws = Vec::new();
-        for e in events
-            .try_iter()
-            .map_err(|_| event_error("publish_batch() expects an iterable of events"))?
-        {
-            let e = e?;
+        let mut aws = Vec::with_capacity(owned_events.len());
+        for owned in owned_events {
+            let e = owned.into_bound(py).into_any();
             let lp = event_loop.as_ref().map(|l| l.clone_ref(py));
             aws.push(persist::publish(p, py, lp, |done| {
                 self.accept_durable(p, &e, done)
@@ -287,6 +286,40 @@ impl EventBus {
         helpers(py)?
             .call_method1("count_true", (aws,))
             .map(Bound::unbind)
+    }
+
+    /// `publish_batch`'s first pass: every event converted and checked (topic, payload)
+    /// before any is accepted; a bad one raises naming its index.
+    fn validate_batch(
+        &self,
+        py: Python<'_>,
+        events: &Bound<'_, PyAny>,
+        memo: &mut PrepMemo,
+    ) -> PyResult<Vec<Py<Event>>> {
+        // NOTE: sized up front: growing a million-entry Vec by doubling showed up as
+        // reallocation copies and fresh pages in the W6 profile.
+        let mut owned_events: Vec<Py<Event>> = Vec::with_capacity(events.len().unwrap_or(0));
+        for (i, e) in events
+            .try_iter()
+            .map_err(|_| event_error("publish_batch() expects an iterable of events"))?
+            .enumerate()
+        {
+            let e = e?;
+            let context = |err: PyErr| {
+                let cls = err.get_type(py);
+                PyErr::from_type(
+                    cls,
+                    format!("publish_batch(): event #{i}: {}", err.value(py)),
+                )
+            };
+            let owned: Py<Event> = match e.cast::<Event>() {
+                Ok(ev) => ev.clone().unbind(),
+                Err(_) => Py::new(py, Event::from_foreign(&e).map_err(context)?)?,
+            };
+            self.check_event(py, &owned, memo).map_err(context)?;
+            owned_events.push(owned);
+        }
+        Ok(owned_events)
     }
 
     /// Validates an event, routes it and copies what Rust consumers on the
@@ -336,11 +369,11 @@ impl EventBus {
         if route.any_plain {
             super::event::pack_payload(py, eref.event(py)?);
         }
-        if route.needs_view > 0 {
+        if route.needs_view != ViewNeeds::Nothing {
             eref.view = Some(Arc::new(build_view_with(
                 py,
                 &eref,
-                route.needs_view >= 2,
+                route.needs_view == ViewNeeds::FieldsAndData,
                 &mut memo.view,
             )?));
         }
@@ -407,8 +440,12 @@ impl EventBus {
             false => PartsData::Object(data.unbind()),
         };
         let mut eref = EventRef::from_parts(route.topic.clone(), priority, make(data), Utc::now());
-        if route.needs_view > 0 {
-            eref.view = Some(Arc::new(build_view(py, &eref, route.needs_view >= 2)?));
+        if route.needs_view != ViewNeeds::Nothing {
+            eref.view = Some(Arc::new(build_view(
+                py,
+                &eref,
+                route.needs_view == ViewNeeds::FieldsAndData,
+            )?));
         }
         match &self.persist {
             None => Ok(self.dispatch(py, eref, &route).is_ok()),
@@ -582,6 +619,7 @@ impl EventBus {
     ) {
     }
 
+    #[doc = stub_doc!(EventBus, max_queue_size)]
     #[getter]
     fn max_queue_size(&self) -> i64 {
         self.max_queue_size.load(Ordering::Relaxed)
@@ -595,12 +633,13 @@ impl EventBus {
         self.shared.engine.set_max_queue(v as usize);
         Ok(())
     }
+    #[doc = stub_doc!(EventBus, is_running)]
     #[getter]
     fn is_running(&self) -> bool {
         self.shared.running.load(Ordering::Acquire)
     }
 
-    /// Starts the bus on the running event loop.
+    #[doc = stub_doc!(EventBus, start)]
     fn start(slf: &Bound<'_, Self>) -> PyResult<Py<Ready>> {
         let py = slf.py();
         let this = slf.get();
@@ -654,13 +693,13 @@ impl EventBus {
         Ok(Ready::of_bool(py, true))
     }
 
-    /// Stops the bus (see the stub); returns a coroutine.
+    #[doc = stub_doc!(EventBus, stop)]
     #[pyo3(signature = (timeout=None))]
     fn stop<'py>(slf: &Bound<'py, Self>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
         helpers(slf.py())?.call_method1("stop", (slf, timeout))
     }
 
-    /// Publishes one event; the returned awaitable is already complete.
+    #[doc = stub_doc!(EventBus, publish)]
     fn publish(&self, py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         self.ensure_loop(py)?;
         if let Some(p) = &self.persist {
@@ -672,7 +711,7 @@ impl EventBus {
         Ok(Ready::of_bool(py, self.accept(event)?.is_ok()).into_any())
     }
 
-    /// Publishes one event from any thread, without awaiting.
+    #[doc = stub_doc!(EventBus, publish_nowait)]
     fn publish_nowait(&self, py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<bool> {
         self.ensure_loop(py)?;
         if let Some(p) = &self.persist {
@@ -681,7 +720,7 @@ impl EventBus {
         Ok(self.accept(event)?.is_ok())
     }
 
-    /// Publishes several events; awaitable of how many were accepted.
+    #[doc = stub_doc!(EventBus, publish_batch)]
     fn publish_batch(&self, py: Python<'_>, events: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         self.ensure_loop(py)?;
         if let Some(p) = &self.persist {
@@ -691,29 +730,7 @@ impl EventBus {
         let mut memo = PrepMemo::default();
         // NOTE: every event is checked before any is accepted, so a bad event in
         // the middle raises without a partial publish.
-        // NOTE: sized up front: growing a million-entry Vec by doubling showed up as
-        // reallocation copies and fresh pages in the W6 profile.
-        let mut owned_events: Vec<Py<Event>> = Vec::with_capacity(events.len().unwrap_or(0));
-        for (i, e) in events
-            .try_iter()
-            .map_err(|_| event_error("publish_batch() expects an iterable of events"))?
-            .enumerate()
-        {
-            let e = e?;
-            let context = |err: PyErr| {
-                let cls = err.get_type(py);
-                PyErr::from_type(
-                    cls,
-                    format!("publish_batch(): event #{i}: {}", err.value(py)),
-                )
-            };
-            let owned: Py<Event> = match e.cast::<Event>() {
-                Ok(ev) => ev.clone().unbind(),
-                Err(_) => Py::new(py, Event::from_foreign(&e).map_err(context)?)?,
-            };
-            self.check_event(py, &owned, &mut memo).map_err(context)?;
-            owned_events.push(owned);
-        }
+        let owned_events = self.validate_batch(py, events, &mut memo)?;
         // NOTE: handed to the engine in slices, so consumers start on the first
         // slice while the rest is being prepared.
         let mut accepted = 0usize;
@@ -742,7 +759,7 @@ impl EventBus {
         Ready::of(py, accepted.into_pyobject(py)?.into_any().unbind()).map(Py::into_any)
     }
 
-    /// Subscribes a consumer (see the stub); returns a coroutine.
+    #[doc = stub_doc!(EventBus, subscribe)]
     fn subscribe<'py>(
         slf: &Bound<'py, Self>,
         consumer: &Bound<'py, PyAny>,
@@ -750,7 +767,7 @@ impl EventBus {
         helpers(slf.py())?.call_method1("subscribe", (slf, consumer))
     }
 
-    /// Unsubscribes a consumer by name (see the stub); returns a coroutine.
+    #[doc = stub_doc!(EventBus, unsubscribe)]
     fn unsubscribe<'py>(
         slf: &Bound<'py, Self>,
         consumer_name: &Bound<'py, PyAny>,
@@ -758,13 +775,13 @@ impl EventBus {
         helpers(slf.py())?.call_method1("unsubscribe", (slf, consumer_name))
     }
 
-    /// Waits until every accepted event is fully handled (see the stub).
+    #[doc = stub_doc!(EventBus, join)]
     #[pyo3(signature = (timeout=None))]
     fn join<'py>(slf: &Bound<'py, Self>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
         helpers(slf.py())?.call_method1("join", (slf, timeout))
     }
 
-    /// The subscribed consumers, in subscription order.
+    #[doc = stub_doc!(EventBus, get_consumers)]
     fn get_consumers(&self, py: Python<'_>) -> Vec<Py<PyAny>> {
         self.shared
             .consumers
@@ -774,7 +791,7 @@ impl EventBus {
             .collect()
     }
 
-    /// Bus metrics (see the stub for the keys).
+    #[doc = stub_doc!(EventBus, get_metrics)]
     fn get_metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let c = self.shared.engine.counters();
         let d = PyDict::new(py);
@@ -857,7 +874,7 @@ impl EventBus {
         Ok(d)
     }
 
-    /// The dead letters, oldest first, as dicts.
+    #[doc = stub_doc!(EventBus, get_dead_letters)]
     fn get_dead_letters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let list = PyList::empty(py);
         for l in self.shared.engine.dead_letters() {
@@ -872,7 +889,7 @@ impl EventBus {
         Ok(list)
     }
 
-    /// Re-delivers dead letters to the consumers that failed them.
+    #[doc = stub_doc!(EventBus, replay_dead_letters)]
     #[pyo3(signature = (consumer=None, event_ids=None))]
     fn replay_dead_letters(
         &self,
@@ -965,7 +982,7 @@ impl EventBus {
             return Ok(false);
         }
         // Each kind of consumer gets its executor; the lane is the same.
-        let (executor, engine_timeout, needs_view): (Arc<dyn Executor<EventRef>>, bool, u8) =
+        let (executor, engine_timeout, needs_view): (Arc<dyn Executor<EventRef>>, bool, ViewNeeds) =
             if let Ok(native) = consumer.cast::<NativeConsumer>() {
                 let sink = native.get().sink.clone();
                 if sink.wants_dead_letters() {
@@ -1004,7 +1021,11 @@ impl EventBus {
                         }
                     }
                 }));
-                let needs_view = if sink.needs_data() { 2 } else { 1 };
+                let needs_view = if sink.needs_data() {
+                    ViewNeeds::FieldsAndData
+                } else {
+                    ViewNeeds::Fields
+                };
                 (
                     Arc::new(SinkExecutor {
                         sink,
@@ -1039,7 +1060,7 @@ impl EventBus {
                             inbox: self.shared.inbox.clone(),
                         }),
                         false,
-                        0,
+                        ViewNeeds::Nothing,
                     )
                 } else {
                     // NOTE: a worker thread cannot interrupt a call; the engine
@@ -1047,13 +1068,13 @@ impl EventBus {
                     (
                         Arc::new(ThreadExecutor::new(py, pc, self.shared.inbox.clone())?),
                         true,
-                        0,
+                        ViewNeeds::Nothing,
                     )
                 }
             };
         // NOTE: Python executors check `Job::is_cut` between events; a sink takes
         // its batch whole.
-        let honours_cut = needs_view == 0;
+        let honours_cut = needs_view == ViewNeeds::Nothing;
         let config = LaneConfig {
             name: spec.name.clone(),
             priority: spec.priority,
@@ -1146,7 +1167,7 @@ impl EventBus {
 
     // ----- persistence (see persist.rs and docs/persistence.md) -----
 
-    /// Re-delivers stored events to one consumer (see the stub); returns a coroutine.
+    #[doc = stub_doc!(EventBus, replay)]
     #[pyo3(signature = (since=None, until=None, topics=None, to=None))]
     fn replay<'py>(
         slf: &Bound<'py, Self>,
@@ -1158,26 +1179,27 @@ impl EventBus {
         helpers(slf.py())?.call_method1("replay", (slf, since, until, topics, to))
     }
 
-    /// Counters of the event store.
+    #[doc = stub_doc!(EventBus, persistence_stats)]
     fn persistence_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         self.persist()?.stats(py)
     }
 
-    /// Applies retention now; returns what it deleted.
+    #[doc = stub_doc!(EventBus, apply_retention)]
     fn apply_retention<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         self.persist()?.apply_retention(py)
     }
 
-    /// The dead letters kept in the store (they survive restarts), oldest first.
+    #[doc = stub_doc!(EventBus, get_stored_dead_letters)]
     fn get_stored_dead_letters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         self.persist()?.dead_letters(py)
     }
 
-    /// Writes collected acknowledgements and waits until everything is on disk.
+    #[doc = stub_doc!(EventBus, flush_persistence)]
     fn flush_persistence(&self, py: Python<'_>) -> PyResult<()> {
         self.persist()?.flush(py)
     }
 
+    #[doc = stub_doc!(EventBus, persistence_path)]
     #[getter]
     fn persistence_path(&self) -> Option<String> {
         self.persist

@@ -446,11 +446,16 @@ impl PyJob {
                     let msg = format!("filter_func raised {}", describe(py, &e));
                     return Prepared::Failed(e, msg);
                 }
-                Ok(v) => {
-                    if !v.is_truthy().unwrap_or(false) {
-                        return Prepared::Filtered;
+                // NOTE: a result whose truth value raises is the filter's error, as
+                // `if not filter_func(event)` makes it in the worker thread.
+                Ok(v) => match v.is_truthy() {
+                    Ok(true) => {}
+                    Ok(false) => return Prepared::Filtered,
+                    Err(e) => {
+                        let msg = format!("filter_func raised {}", describe(py, &e));
+                        return Prepared::Failed(e, msg);
                     }
-                }
+                },
             }
         }
         if let Some(t) = &c.transform {

@@ -32,7 +32,7 @@ use super::event::{hook_source, uuid_text, Event, EventRef, PartsData, Source};
 use super::executor::Inbox;
 use super::native::{build_view, interned, ViewMemo};
 use super::{log_error, runtime};
-use crate::dispatch::{Engine, Lane, Rejected, Route};
+use crate::dispatch::{Engine, Lane, Rejected, Route, ViewNeeds};
 use crate::storage::{
     AckKey, AppendSource, Durability, Reply, StorageError, Store, StoreOptions, StoredEvent,
     Targets,
@@ -654,9 +654,17 @@ impl Persist {
                 // whole replay keeps it in store order (the Event keeps its priority).
                 eref.priority = 4;
             }
-            let need = lanes.iter().map(|l| l.config.needs_view).max().unwrap_or(0);
-            if need > 0 {
-                eref.view = Some(Arc::new(build_view(py, &eref, need >= 2)?));
+            let need = lanes
+                .iter()
+                .map(|l| l.config.needs_view)
+                .max()
+                .unwrap_or_default();
+            if need != ViewNeeds::Nothing {
+                eref.view = Some(Arc::new(build_view(
+                    py,
+                    &eref,
+                    need == ViewNeeds::FieldsAndData,
+                )?));
             }
             match engine.publish_to(Arc::new(eref), &lanes) {
                 Ok(()) => {

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use crate::event::EventView;
 
 pub mod dead_letter;
+pub mod executor;
+pub mod fanout;
 pub mod logging;
 pub mod metrics;
 pub mod socketio;
