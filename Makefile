@@ -51,6 +51,7 @@ lint: venv
 	$(VENV)/bin/ruff check python tests benches examples tools
 	$(VENV)/bin/ruff format --check python tests benches examples tools
 	$(VENV)/bin/mypy python/mpm_events
+	$(PY) -m mypy.stubtest mpm_events  # the stub matches the built extension (needs a build)
 	$(PY) tools/stub_docs.py --check
 
 bench: build ## Benchmarks against claude-mpm 5.9.10 (writes docs/benchmarks.md), then Rust routing/dispatch

@@ -22,7 +22,9 @@ import pathlib
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from datetime import datetime, timedelta
 from re import Pattern
-from typing import Any, Literal, Protocol, TypeVar, final, type_check_only
+from typing import Any, Literal, Protocol, Self, TypeVar, final, type_check_only
+
+from typing_extensions import disjoint_base
 
 from mpm_events.interfaces import (
     ConsumerPriority,
@@ -33,6 +35,28 @@ from mpm_events.interfaces import (
 )
 
 _T_co = TypeVar("_T_co", covariant=True)
+
+# NOTE: the names the compiled module lists (pyo3 fills __all__ as it adds them).
+__all__ = [
+    "ConsumerConfig",
+    "DeadLetterConsumer",
+    "Event",
+    "EventBus",
+    "EventMetadata",
+    "HookEventProducer",
+    "LoggingConsumer",
+    "MetricsConsumer",
+    "SocketIOConsumer",
+    "_Job",
+    "_JobSource",
+    "_Leaving",
+    "_NativeConsumer",
+    "_Pending",
+    "_Ready",
+    "_StoredBatch",
+    "__version__",
+    "_validate_topic",
+]
 
 __version__: str
 """The package version (taken from ``Cargo.toml`` at build time)."""
@@ -59,6 +83,21 @@ class _Ready(Coroutine[Any, Any, _T_co]):
     def throw(self, typ: Any, val: Any = None, _tb: Any = None) -> None:
         """Raises the given exception."""
 
+    def close(self) -> None: ...
+
+@final
+class _Pending(Coroutine[Any, Any, bool]):
+    """The awaitable of a ``durability="sync"`` :meth:`EventBus.publish` (private).
+
+    A coroutine in asyncio's sense (``create_task`` accepts it) that waits for the
+    store writer's answer: True once the event is on disk and dispatched.
+    """
+
+    def __await__(self) -> Generator[Any, None, bool]: ...
+    def __iter__(self) -> Generator[Any, None, bool]: ...
+    def __next__(self) -> Any: ...
+    def send(self, value: Any = None) -> Any: ...
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any: ...
     def close(self) -> None: ...
 
 @final
@@ -184,8 +223,8 @@ class EventMetadata:
     consumers_failed: set[str]
     error_messages: list[str]
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         retry_count: int = 0,
         max_retries: int = 3,
         published_at: datetime | str | None = None,
@@ -193,7 +232,7 @@ class EventMetadata:
         consumers_processed: Iterable[str] | None = None,
         consumers_failed: Iterable[str] | None = None,
         error_messages: list[str] | None = None,
-    ) -> None:
+    ) -> Self:
         """Creates metadata; datetimes may be ISO 8601 strings (naive ones are UTC)."""
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,6 +240,7 @@ class EventMetadata:
 
     def __eq__(self, other: object, /) -> bool: ...
 
+@disjoint_base
 class Event:
     """An event: what producers publish and consumers receive.
 
@@ -287,6 +327,7 @@ class Event:
 class _ErrorHandler(Protocol):
     def __call__(self, event: Event, exc: BaseException, /) -> Awaitable[Any] | Any: ...
 
+@disjoint_base
 class ConsumerConfig:
     """A consumer's configuration, read by :meth:`EventBus.subscribe`.
 
@@ -367,6 +408,7 @@ class ConsumerConfig:
         timeout: float = 30.0,
     ) -> None: ...
 
+@disjoint_base
 class EventBus(IEventBus):
     """The event bus: a bounded priority queue routing events to consumers by topic.
 
@@ -753,12 +795,14 @@ class _Leaving:
 def _validate_topic(topic: str) -> None:
     """Raises InvalidTopicError unless ``topic`` is a valid published topic (private)."""
 
+@final
 class _StoredBatch:
     """Stored events waiting to be queued (private)."""
 
     @property
     def remaining(self) -> int: ...
 
+@disjoint_base
 class _NativeConsumer:
     """Base class of the built-in consumers written in Rust.
 
@@ -822,15 +866,15 @@ class MetricsConsumer(_NativeConsumer):
     def top_n(self) -> int: ...
     @property
     def report_interval(self) -> float: ...
-    def __init__(
-        self,
+    def __new__(
+        cls,
         window_size: int = 300,
         top_n: int = 10,
         report_interval: float = 60.0,
         *,
         name: str = "MetricsConsumer",
         topics: list[str] | None = None,
-    ) -> None: ...
+    ) -> Self: ...
 
 # --- Built-in consumers (branch `consumers`) --------------------------------
 # NOTE: MetricsConsumer above also logs the original's "=== Event Metrics
@@ -872,8 +916,8 @@ class LoggingConsumer(_NativeConsumer):
     include_data: bool
     max_data_length: int
     logger_name: str
-    def __init__(
-        self,
+    def __new__(
+        cls,
         log_level: str = "INFO",
         topics: list[str] | None = None,
         format_json: bool = True,
@@ -882,7 +926,7 @@ class LoggingConsumer(_NativeConsumer):
         *,
         logger_name: str = "mpm_events.events",
         name: str = "LoggingConsumer",
-    ) -> None: ...
+    ) -> Self: ...
 
 @final
 class DeadLetterConsumer(_NativeConsumer):
@@ -922,15 +966,15 @@ class DeadLetterConsumer(_NativeConsumer):
 
     max_file_size: int
     retention_days: float
-    def __init__(
-        self,
+    def __new__(
+        cls,
         output_dir: str | os.PathLike[str] | None = None,
         max_file_size: int = 10 * 1024 * 1024,
-        retention_days: float = 7,
+        retention_days: float = 7.0,
         topics: list[str] | None = None,
         *,
         name: str = "DeadLetterConsumer",
-    ) -> None: ...
+    ) -> Self: ...
     @property
     def output_dir(self) -> pathlib.Path:
         """The directory of the dead-letter files."""
@@ -1018,10 +1062,12 @@ class SocketIOConsumer(_NativeConsumer):
     batch_size: int
     batch_timeout: float
     buffer_limit: int
-    def __init__(
-        self,
+    def __new__(
+        cls,
         socketio_server: str | object | None = None,
-        port_range: tuple[int, int] = (8765, 8785),
+        # NOTE: the default is (8765, 8785); "..." because that is what the runtime
+        # signature shows (pyo3 renders no tuple default) and stubtest compares them.
+        port_range: tuple[int, int] = ...,
         reconnect_delay: float = 1.0,
         max_reconnect_delay: float = 30.0,
         batch_size: int = 10,
@@ -1036,8 +1082,9 @@ class SocketIOConsumer(_NativeConsumer):
         emit_per_batch: str | bool | None = None,
         flush_timeout: float = 5.0,
         name: str = "SocketIOConsumer",
-    ) -> None: ...
+    ) -> Self: ...
 
+@disjoint_base
 class HookEventProducer(IEventProducer):
     """Publishes hook-system events (source ``hook_handler``); compiled.
 
@@ -1053,7 +1100,10 @@ class HookEventProducer(IEventProducer):
         event_bus: The bus to publish to (any object with ``async publish(event)``).
     """
 
-    def __init__(self, event_bus: IEventBus) -> None: ...
+    # NOTE: extra arguments are accepted and ignored, so that a subclass's constructor
+    # may take its own (as with the original).
+    def __init__(self, event_bus: IEventBus, *_args: Any, **_kwargs: Any) -> None: ...
+    def __class_getitem__(cls, _item: Any) -> type[Self]: ...
     @property
     def event_bus(self) -> IEventBus:
         """The bus this producer publishes to."""
