@@ -53,6 +53,7 @@ lint: venv
 	$(VENV)/bin/mypy python/mpm_events
 	$(PY) -m mypy.stubtest mpm_events  # the stub matches the built extension (needs a build)
 	$(PY) tools/stub_docs.py --check
+	$(PY) tools/check_layers.py  # the engine imports no pyo3; binding rooms import only downward
 
 bench: build ## Benchmarks against claude-mpm 5.9.10 (writes docs/benchmarks.md), then Rust routing/dispatch
 	$(PY) benches/run.py $(BENCH_ARGS)

@@ -1,8 +1,9 @@
 //! mpm-events: an event bus engine for Python, written in Rust.
 //!
-//! The engine modules ([`topic`], [`dispatch`], [`retry`], [`storage`], [`sinks`], ...)
-//! are plain Rust and do not import pyo3; the `python` module is the thin binding
-//! layer built into `mpm_events._core`.
+//! The engine modules ([`topic`], [`dispatch`], [`durable`], [`retry`], [`storage`],
+//! [`sinks`], [`wake`], ...) are plain Rust and do not import pyo3; the `python` module
+//! is the binding layer built into `mpm_events._core`, in rooms that import only
+//! downward (`docs/architecture.md`; `tools/check_layers.py` checks both rules).
 
 pub mod sinks;
 

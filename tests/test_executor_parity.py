@@ -128,22 +128,7 @@ class Case:
     batch: bool = False
     dead: int = 0  # how many dead letters the case produces (it tests what it says)
     config: dict[str, Any] = field(default_factory=dict)
-    differs: str | None = None  # a known difference, to be fixed in Rust (the case is xfail)
-
-
-# NOTE: both known differences are in src/python/executor.rs, which this test leaves alone.
-BOOL_RAISES = (
-    "the Rust executor takes a filter_func result whose bool() raises as false "
-    "(is_truthy().unwrap_or(false) in PyJob::prepare: filtered, no error_handler call, the "
-    "exception dropped); the worker thread counts it as filter_func raising (error_handler "
-    "called, the event failed, retried, then dead-lettered)"
-)
-BATCH_RAISES = (
-    "on a worker thread a raising consume_batch calls the error_handler twice for the "
-    "batch's first event: the worker calls it, then PyJob.record_batch(pre, None, exc) "
-    "calls it again (finish_batch -> report_error_detached) on the worker thread, where an "
-    "async handler's first step runs off the loop and fails ('no running event loop')"
-)
+    differs: str | None = None  # a known difference between the executors (the case is xfail)
 
 
 CASES = [
@@ -159,8 +144,8 @@ CASES = [
     Case(
         "filter_bool_raises",
         handler="sync",
+        dead=1,
         config={"filter_func": filter_returns_bad_bool_on_1},
-        differs=BOOL_RAISES,
     ),
     Case("transform_returns_event", config={"transform_func": retype}),
     Case(
@@ -211,7 +196,6 @@ CASES = [
         handler="sync",
         batch=True,
         dead=4,
-        differs=BATCH_RAISES,
     ),
     Case(
         "batch_raises_async_handler",
@@ -219,7 +203,6 @@ CASES = [
         handler="async",
         batch=True,
         dead=4,
-        differs=BATCH_RAISES,
     ),
     Case(
         "batch_raises_raising_handler",
@@ -227,7 +210,6 @@ CASES = [
         handler="sync_raise",
         batch=True,
         dead=4,
-        differs=BATCH_RAISES,
     ),
     Case("batch_filter", batch=True, config={"filter_func": keep_even}),
     Case(

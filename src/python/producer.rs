@@ -14,11 +14,10 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyType};
 
-use super::bus::{EventBus, Ready};
-use super::event::{Event, EventParts};
+use crate::python::bus::EventBus;
+use crate::python::model::{Event, EventParts};
+use crate::python::runtime::awaitable::Ready;
 
-static SLOW_PUBLISH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static SLOW_BATCH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static OWN_PUBLISH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 #[doc = stub_doc!(HookEventProducer)]
@@ -67,7 +66,10 @@ impl HookEventProducer {
         let ok = match result {
             Ok(ok) => ok,
             Err(e) => {
-                super::log_error(py, &format!("Error publishing hook event: {}", e.value(py)));
+                crate::python::runtime::log_error(
+                    py,
+                    &format!("Error publishing hook event: {}", e.value(py)),
+                );
                 false
             }
         };
@@ -116,7 +118,7 @@ impl HookEventProducer {
     ) -> PyResult<Draft<'py>> {
         let correlation_id = match correlation_id {
             Some(c) if !c.is_none() => Some(c.cast_into::<PyString>().map_err(|e| {
-                super::errors::event_error(format!(
+                crate::python::runtime::errors::event_error(format!(
                     "correlation_id must be a str or None, got {}",
                     e.into_inner()
                         .get_type()
@@ -184,7 +186,7 @@ impl HookEventProducer {
             bus: event_bus.unbind(),
             fast,
             // NOTE: the one shared str, which events kept as fields also report.
-            source: super::event::hook_source(py).clone().unbind(),
+            source: crate::python::model::hook_source(py).clone().unbind(),
             published: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             batches: AtomicU64::new(0),
@@ -225,9 +227,7 @@ impl HookEventProducer {
                 .into_bound(py)
                 .into_any());
         }
-        SLOW_PUBLISH
-            .import(py, "mpm_events.producers", "_publish_via_bus")?
-            .call1((slf, event))
+        crate::python::runtime::py_api::publish_via_bus(py, (slf, event))
     }
 
     #[doc = stub_doc!(HookEventProducer, publish_batch)]
@@ -236,9 +236,7 @@ impl HookEventProducer {
         events: Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        SLOW_BATCH
-            .import(py, "mpm_events.producers", "_publish_batch")?
-            .call1((slf, events))
+        crate::python::runtime::py_api::publish_batch_via_bus(py, (slf, events))
     }
 
     #[doc = stub_doc!(HookEventProducer, publish_response)]
@@ -324,7 +322,7 @@ impl HookEventProducer {
         let data = PyDict::new(py);
         data.set_item("subagent", subagent_name)?;
         let mapping = event_data.cast::<pyo3::types::PyMapping>().map_err(|_| {
-            super::errors::event_error(
+            crate::python::runtime::errors::event_error(
                 "publish_subagent_event(): event_data must be a mapping (a dict)",
             )
         })?;
@@ -397,4 +395,10 @@ impl HookEventProducer {
     fn __class_getitem__(cls: &Bound<'_, PyType>, _item: &Bound<'_, PyAny>) -> Py<PyType> {
         cls.clone().unbind()
     }
+}
+
+/// Registers this room's classes.
+pub fn init_pymodule(m: &Bound<'_, pyo3::types::PyModule>) -> PyResult<()> {
+    m.add_class::<HookEventProducer>()?;
+    Ok(())
 }

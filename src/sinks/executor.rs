@@ -100,3 +100,176 @@ async fn run_job<E: SinkEvent>(
             .collect(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::{Engine, LaneConfig, ViewNeeds};
+    use crate::event::MetaState;
+    use crate::retry::RetryPolicy;
+    use crate::sinks::BoxFuture;
+    use crate::topic::Pattern;
+    use parking_lot::Mutex;
+    use serde_json::{json, Value};
+    use std::time::Instant;
+
+    struct Ev {
+        view: Option<Arc<EventView>>,
+    }
+    impl EventLike for Ev {
+        fn topic(&self) -> &str {
+            "a.b"
+        }
+        fn priority(&self) -> u8 {
+            3
+        }
+        fn on_retry(&self, _: u32) {}
+        fn on_success(&self, _: &Arc<str>) {}
+        fn on_failure(&self, _: &Arc<str>, _: &str) {}
+    }
+    impl SinkEvent for Ev {
+        fn view(&self) -> Option<&Arc<EventView>> {
+            self.view.as_ref()
+        }
+    }
+
+    /// Fails the events whose id starts with "bad", hangs on "slow".
+    #[derive(Default)]
+    struct Picky(Mutex<Vec<(String, bool)>>);
+    impl Sink for Picky {
+        fn needs_data(&self) -> bool {
+            true
+        }
+        fn consume(self: Arc<Self>, items: Vec<SinkItem>) -> BoxFuture<Vec<Result<(), String>>> {
+            Box::pin(async move {
+                let mut out = Vec::new();
+                for i in &items {
+                    if i.view.id.starts_with("slow") {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                    }
+                    self.0
+                        .lock()
+                        .push((i.view.id.to_string(), i.origin.is_some()));
+                    out.push(if i.view.id.starts_with("bad") {
+                        Err("rejected".into())
+                    } else {
+                        Ok(())
+                    });
+                }
+                out
+            })
+        }
+        fn metrics(&self) -> Value {
+            json!({})
+        }
+    }
+
+    fn view(id: &str, data: bool) -> Option<Arc<EventView>> {
+        Some(Arc::new(EventView {
+            id: id.into(),
+            topic: "a.b".into(),
+            event_type: "T".into(),
+            source: "s".into(),
+            timestamp: chrono::Utc::now(),
+            data: data.then(|| json!({"k": 1})),
+            data_error: (!data).then(|| "not JSON".to_string()),
+            correlation_id: None,
+            priority: 3,
+            meta: Arc::new(Mutex::new(MetaState::default())),
+        }))
+    }
+
+    fn run(events: Vec<Ev>, timeout: Duration) -> (Engine<Ev>, Arc<Picky>) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let engine: Engine<Ev> = Engine::new(rt.handle().clone(), 100, 100);
+        let sink = Arc::new(Picky::default());
+        engine.add_lane(
+            LaneConfig {
+                name: "sink".into(),
+                priority: 3,
+                batch_size: 10,
+                batch_timeout: Duration::ZERO,
+                retry: RetryPolicy {
+                    max_retries: 0,
+                    ..RetryPolicy::default()
+                },
+                timeout,
+                engine_timeout: false,
+                chunk: 64,
+                needs_view: ViewNeeds::FieldsAndData,
+                honours_cut: false,
+            },
+            vec![Pattern::parse("**").unwrap()],
+            None,
+            Arc::new(SinkExecutor {
+                sink: sink.clone(),
+                timeout,
+                runtime: rt.handle().clone(),
+            }),
+        );
+        engine.start();
+        for e in events {
+            engine.publish(Arc::new(e)).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !engine.is_idle() {
+            assert!(Instant::now() < deadline, "the sink's jobs did not finish");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // NOTE: keep the runtime alive until the checks are done.
+        std::mem::forget(rt);
+        (engine, sink)
+    }
+
+    #[test]
+    fn outcomes_follow_the_sink_and_the_views() {
+        let (engine, sink) = run(
+            vec![
+                Ev {
+                    view: view("ok-1", true),
+                },
+                Ev {
+                    view: view("bad-1", true),
+                },
+                Ev {
+                    view: view("nodata", false),
+                },
+                Ev { view: None },
+            ],
+            Duration::from_secs(5),
+        );
+        let seen = sink.0.lock().clone();
+        assert_eq!(
+            seen,
+            vec![("ok-1".to_string(), true), ("bad-1".to_string(), true)],
+            "only events with a converted payload reach the sink, with their origin"
+        );
+        let dead = engine.dead_letters();
+        let errors: Vec<_> = dead.iter().map(|d| d.errors[0].clone()).collect();
+        assert_eq!(dead.len(), 3);
+        assert!(errors.contains(&"rejected".to_string()));
+        assert!(errors
+            .iter()
+            .any(|e| e == "cannot convert the payload for a Rust consumer: not JSON"));
+        assert!(errors
+            .iter()
+            .any(|e| e == "event fields were not captured at publish"));
+        assert_eq!(engine.counters().processed, 1);
+    }
+
+    #[test]
+    fn a_sink_call_past_its_timeout_fails_the_batch() {
+        let (engine, _) = run(
+            vec![Ev {
+                view: view("slow-1", true),
+            }],
+            Duration::from_millis(50),
+        );
+        let dead = engine.dead_letters();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(
+            dead[0].errors,
+            vec!["consume timed out after 0.050s".to_string()]
+        );
+    }
+}

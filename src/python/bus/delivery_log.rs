@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 
-use super::event::EventRef;
-use super::executor::Inbox;
 use crate::dispatch::{Engine, EventLike};
+use crate::python::exec::Inbox;
+use crate::python::model::AcceptedEvent;
 
 /// Dead-letter warnings logged one by one per window.
 const WINDOW_LINES: u32 = 10;
@@ -30,14 +30,14 @@ const MAX_NOTES: usize = 10_000;
 
 enum Note {
     Failed {
-        event: Arc<EventRef>,
+        event: Arc<AcceptedEvent>,
         consumer: Arc<str>,
         attempt: u32,
         error: String,
         retry_in: Option<Duration>,
     },
     Dead {
-        event: Arc<EventRef>,
+        event: Arc<AcceptedEvent>,
         consumer: Arc<str>,
         attempts: u32,
         last_error: String,
@@ -65,7 +65,7 @@ pub struct DeliveryLog {
 
 impl DeliveryLog {
     /// Installs the listeners on `engine`; notes are flushed through `inbox`.
-    pub fn install(engine: &Engine<EventRef>, inbox: &Arc<Inbox>) -> Arc<DeliveryLog> {
+    pub fn install(engine: &Engine<AcceptedEvent>, inbox: &Arc<Inbox>) -> Arc<DeliveryLog> {
         let log = Arc::new(DeliveryLog {
             inbox: Arc::downgrade(inbox),
             state: Mutex::default(),
@@ -128,7 +128,7 @@ impl DeliveryLog {
                 std::mem::take(&mut st.overflow_dead),
             )
         };
-        let Ok(logger) = super::logger(py) else {
+        let Ok(logger) = crate::python::runtime::logger(py) else {
             return;
         };
         let logger = logger.bind(py);
@@ -230,7 +230,7 @@ impl DeliveryLog {
             st.window_start = None;
             Self::close_window(&mut st)
         };
-        if let (Some(msg), Ok(logger)) = (summary, super::logger(py)) {
+        if let (Some(msg), Ok(logger)) = (summary, crate::python::runtime::logger(py)) {
             let _ = logger.bind(py).call_method1("warning", (msg,));
         }
     }

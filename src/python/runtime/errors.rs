@@ -2,6 +2,7 @@
 
 use pyo3::prelude::*;
 
+use crate::storage::StorageError;
 use crate::topic::TopicError;
 
 pyo3::import_exception!(mpm_events.errors, EventBusError);
@@ -23,4 +24,9 @@ pub fn event_error(msg: impl Into<String>) -> PyErr {
 /// A consumer that cannot be subscribed: `ConsumerConfigError` (a `ValueError`).
 pub fn config_error(msg: impl Into<String>) -> PyErr {
     ConsumerConfigError::new_err(msg.into())
+}
+
+/// A storage error as a Python `PersistenceError` (the message names the path).
+pub fn persistence_error(e: &StorageError) -> PyErr {
+    PersistenceError::new_err(e.to_string())
 }

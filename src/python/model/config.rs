@@ -6,8 +6,8 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 
-use super::errors::{config_error, topic_error};
-use super::event::{consumer_priority_member, read_consumer_priority};
+use crate::python::convert::priority::{consumer_priority_member, read_consumer_priority};
+use crate::python::runtime::errors::{config_error, topic_error};
 use crate::retry::RetryPolicy;
 use crate::topic::Pattern;
 

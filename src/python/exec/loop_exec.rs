@@ -1,4 +1,4 @@
-//! Running jobs in Python.
+//! Coroutine consumers: their jobs run on the event loop that started the bus.
 //!
 //! Coroutine consumers run on the event loop that started the bus. The engine
 //! hands their jobs to a shared inbox and wakes the loop through a socket the
@@ -13,32 +13,21 @@
 //! consumer never stalls the loop; the engine times out a call that hangs and
 //! gives the consumer a fresh worker.
 
-use std::collections::VecDeque;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
-use std::sync::Arc;
-
+use crate::dispatch::{batch_outcomes, BatchEnd, Job, Outcome, STOPPED};
+use crate::python::model::accepted::AcceptedEvent;
+use crate::python::runtime::py_api;
 use parking_lot::Mutex;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyList, PyType};
-
-use super::event::EventRef;
-use crate::dispatch::{Executor, Job, Outcome, STOPPED};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// A job of ours.
-pub type PyJobRef = Arc<Job<EventRef>>;
+pub type PyJobRef = Arc<Job<AcceptedEvent>>;
 
 static COROUTINE_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-static CONTINUE_JOB: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static RESUME_FROM: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static SPAWN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-/// Work queued for the event loop from a thread without the GIL.
-pub type LoopCall = Box<dyn FnOnce(Python<'_>) + Send>;
 
 /// The Python callables of one subscribed consumer.
 pub struct PyConsumer {
@@ -51,293 +40,7 @@ pub struct PyConsumer {
     pub timeout: f64,
 }
 
-/// Where jobs for the event loop wait, and how the loop is woken.
-pub struct Inbox {
-    jobs: Mutex<VecDeque<(Arc<PyConsumer>, PyJobRef)>>,
-    calls: Mutex<Vec<LoopCall>>,
-    wake_pending: AtomicBool,
-    /// Set when the loop that runs coroutine consumers shuts down (see
-    /// `_bus.watch_loop`); the next publish rebinds the bus to its running loop.
-    loop_gone: AtomicBool,
-    tx: UnixStream,
-    rx: UnixStream,
-    /// The loop that runs coroutine consumers (set by `start()`).
-    pub event_loop: Mutex<Option<Py<PyAny>>>,
-}
-
-impl Inbox {
-    /// A new inbox with its wake-up socket pair.
-    pub fn new() -> std::io::Result<Self> {
-        let (tx, rx) = UnixStream::pair()?;
-        tx.set_nonblocking(true)?;
-        rx.set_nonblocking(true)?;
-        Ok(Inbox {
-            jobs: Mutex::new(VecDeque::new()),
-            calls: Mutex::new(Vec::new()),
-            wake_pending: AtomicBool::new(false),
-            loop_gone: AtomicBool::new(false),
-            tx,
-            rx,
-            event_loop: Mutex::new(None),
-        })
-    }
-
-    /// The descriptor the event loop watches.
-    pub fn fd(&self) -> i32 {
-        use std::os::fd::AsRawFd;
-        self.rx.as_raw_fd()
-    }
-
-    /// The loop that runs coroutine consumers, if the bus was started.
-    pub fn current_loop(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.event_loop.lock().as_ref().map(|l| l.clone_ref(py))
-    }
-
-    /// True once the loop that started the bus has shut down.
-    pub fn loop_gone(&self) -> bool {
-        self.loop_gone.load(Ordering::Acquire)
-    }
-
-    /// Records whether the bus's loop has shut down.
-    pub fn set_loop_gone(&self, gone: bool) {
-        self.loop_gone.store(gone, Ordering::Release);
-    }
-
-    /// Wakes the loop unless a wake-up is already pending.
-    pub fn wake(&self) {
-        if !self.wake_pending.swap(true, Ordering::AcqRel) {
-            self.force_wake();
-        }
-    }
-
-    /// Writes a wake-up byte regardless of the pending flag.
-    pub fn force_wake(&self) {
-        // NOTE: a full socket buffer means wake-ups are already queued; dropping
-        // this byte loses nothing.
-        let _ = (&self.tx).write(&[1]);
-    }
-
-    /// Reads every pending wake-up byte.
-    pub fn drain_wakeups(&self) {
-        let mut buf = [0u8; 256];
-        while let Ok(n) = (&self.rx).read(&mut buf) {
-            if n < buf.len() {
-                break;
-            }
-        }
-    }
-
-    /// Runs `f` on the event loop with the GIL, soon (one wake-up per burst).
-    pub fn call_soon(&self, f: LoopCall) {
-        self.calls.lock().push(f);
-        self.wake();
-    }
-
-    fn push(&self, consumer: Arc<PyConsumer>, job: PyJobRef) {
-        self.jobs.lock().push_back((consumer, job));
-        self.wake();
-    }
-
-    /// Runs waiting jobs on the event loop, up to about `budget` items; returns
-    /// true if it stopped because of the budget (a wake-up is then re-armed).
-    pub fn run_pending(&self, py: Python<'_>, budget: usize) -> PyResult<bool> {
-        let mut done = 0usize;
-        loop {
-            let calls: Vec<LoopCall> = std::mem::take(&mut *self.calls.lock());
-            for call in calls {
-                call(py);
-            }
-            let batch: Vec<_> = self.jobs.lock().drain(..).collect();
-            if batch.is_empty() {
-                self.wake_pending.store(false, Ordering::Release);
-                // NOTE: re-check after clearing the flag: a push that saw the flag
-                // still set did not write a wake-up.
-                if self.jobs.lock().is_empty() && self.calls.lock().is_empty() {
-                    return Ok(false);
-                }
-                self.wake_pending.store(true, Ordering::Release);
-                continue;
-            }
-            let mut rest = batch.into_iter();
-            for (consumer, job) in rest.by_ref() {
-                done += job.items.len();
-                let job = Bound::new(py, PyJob::new(consumer, job))?;
-                if let Some(aw) = PyJob::step(&job, None)? {
-                    let timeout = job.get().consumer.timeout;
-                    CONTINUE_JOB
-                        .import(py, "mpm_events._bus", "continue_job")?
-                        .call1((job, aw, timeout))?;
-                }
-                if done >= budget {
-                    break;
-                }
-            }
-            let rest: Vec<_> = rest.collect();
-            if done >= budget {
-                let mut jobs = self.jobs.lock();
-                for item in rest.into_iter().rev() {
-                    jobs.push_front(item);
-                }
-                drop(jobs);
-                self.force_wake();
-                return Ok(true);
-            }
-        }
-    }
-}
-
-/// Runs a lane's jobs on the event loop.
-pub struct LoopExecutor {
-    pub consumer: Arc<PyConsumer>,
-    pub inbox: Arc<Inbox>,
-}
-
-impl Executor<EventRef> for LoopExecutor {
-    fn execute(&self, job: PyJobRef) {
-        self.inbox.push(self.consumer.clone(), job);
-    }
-}
-
-/// Runs a lane's jobs on a worker thread of its own.
-///
-/// The worker is a Python daemon thread (`_bus.sync_worker`) that calls the
-/// consumer from Python frames; it waits for jobs here without the GIL. Keeping
-/// Rust frames off its stack while the consumer runs is what makes interpreter
-/// exit safe even when a consumer is busy at that moment.
-pub struct ThreadExecutor {
-    consumer: Arc<PyConsumer>,
-    inbox: Arc<Inbox>,
-    tx: Mutex<Option<mpsc::Sender<PyJobRef>>>,
-}
-
-impl ThreadExecutor {
-    /// A worker for `consumer`; `inbox` gives it the event loop for awaitables.
-    pub fn new(py: Python<'_>, consumer: Arc<PyConsumer>, inbox: Arc<Inbox>) -> PyResult<Self> {
-        let (tx, rx) = mpsc::channel::<PyJobRef>();
-        start_worker(py, consumer.clone(), inbox.clone(), rx)?;
-        Ok(ThreadExecutor {
-            consumer,
-            inbox,
-            tx: Mutex::new(Some(tx)),
-        })
-    }
-}
-
-fn start_worker(
-    py: Python<'_>,
-    consumer: Arc<PyConsumer>,
-    inbox: Arc<Inbox>,
-    rx: mpsc::Receiver<PyJobRef>,
-) -> PyResult<()> {
-    let name = format!("mpm-events:{}", consumer.name);
-    let source = Py::new(
-        py,
-        JobSource {
-            consumer,
-            inbox,
-            rx: Mutex::new(rx),
-            closed: AtomicBool::new(false),
-        },
-    )?;
-    py.import("mpm_events._bus")?
-        .call_method1("start_sync_worker", (source, name))?;
-    Ok(())
-}
-
-impl Executor<EventRef> for ThreadExecutor {
-    fn execute(&self, job: PyJobRef) {
-        let sent = self.tx.lock().as_ref().map(|tx| tx.send(job.clone()));
-        if !matches!(sent, Some(Ok(()))) {
-            job.fail_rest("the consumer's worker thread is gone");
-        }
-    }
-
-    fn abandon(&self) {
-        // NOTE: Python threads cannot be killed; the stuck worker exits when its
-        // call returns (its results are ignored), and a new one takes over. The
-        // new thread is started from the loop, since this runs without the GIL.
-        let (tx, rx) = mpsc::channel::<PyJobRef>();
-        *self.tx.lock() = Some(tx);
-        let (consumer, inbox) = (self.consumer.clone(), self.inbox.clone());
-        self.inbox.call_soon(Box::new(move |py| {
-            if let Err(e) = start_worker(py, consumer, inbox, rx) {
-                e.print(py);
-            }
-        }));
-    }
-
-    fn close(&self) {
-        self.tx.lock().take();
-    }
-}
-
-/// Where a worker thread takes its jobs from (used by `_bus.sync_worker`).
-#[pyclass(module = "mpm_events._core", name = "_JobSource", frozen)]
-pub struct JobSource {
-    consumer: Arc<PyConsumer>,
-    inbox: Arc<Inbox>,
-    rx: Mutex<mpsc::Receiver<PyJobRef>>,
-    closed: AtomicBool,
-}
-
-#[pymethods]
-impl JobSource {
-    /// The next job, waiting without the GIL; None once the lane is closed.
-    fn next_job(&self, py: Python<'_>) -> PyResult<Option<Py<PyJob>>> {
-        loop {
-            if self.closed.load(Ordering::Acquire) {
-                return Ok(None);
-            }
-            let got = py.detach(|| {
-                self.rx
-                    .lock()
-                    .recv_timeout(std::time::Duration::from_millis(200))
-            });
-            match got {
-                Ok(job) => return Py::new(py, PyJob::new(self.consumer.clone(), job)).map(Some),
-                Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(None),
-            }
-        }
-    }
-
-    /// Makes `next_job` return None (interpreter exit).
-    fn close(&self) {
-        self.closed.store(true, Ordering::Release);
-    }
-
-    /// `(consume, consume_batch, filter_func, transform_func, error_handler, timeout)`.
-    #[allow(clippy::type_complexity)]
-    fn callables(
-        &self,
-        py: Python<'_>,
-    ) -> (
-        Py<PyAny>,
-        Option<Py<PyAny>>,
-        Option<Py<PyAny>>,
-        Option<Py<PyAny>>,
-        Option<Py<PyAny>>,
-        f64,
-    ) {
-        let c = &self.consumer;
-        let opt = |o: &Option<Py<PyAny>>| o.as_ref().map(|x| x.clone_ref(py));
-        (
-            c.consume.clone_ref(py),
-            opt(&c.consume_batch),
-            opt(&c.filter),
-            opt(&c.transform),
-            opt(&c.error_handler),
-            c.timeout,
-        )
-    }
-
-    /// The event loop that started the bus (for awaitables), if any.
-    fn event_loop(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.inbox.current_loop(py)
-    }
-}
-
-enum Driven<'py> {
+pub(crate) enum Driven<'py> {
     Done(Bound<'py, PyAny>),
     Raised(PyErr),
     Suspended(Bound<'py, PyAny>),
@@ -345,7 +48,7 @@ enum Driven<'py> {
 
 /// Steps an awaitable once: finished, raised, or suspended (then returns an
 /// awaitable that continues it from where it stopped).
-fn drive<'py>(py: Python<'py>, res: Bound<'py, PyAny>) -> PyResult<Driven<'py>> {
+pub(crate) fn drive<'py>(py: Python<'py>, res: Bound<'py, PyAny>) -> PyResult<Driven<'py>> {
     let coro_type = COROUTINE_TYPE.import(py, "types", "CoroutineType")?;
     let iter = if res.get_type().is(coro_type) {
         res.clone()
@@ -367,16 +70,14 @@ fn drive<'py>(py: Python<'py>, res: Bound<'py, PyAny>) -> PyResult<Driven<'py>> 
         }
         ffi::PySendResult::PYGEN_NEXT => {
             let yielded = unsafe { Bound::from_owned_ptr(py, out) };
-            let cont = RESUME_FROM
-                .import(py, "mpm_events._bus", "resume_from")?
-                .call1((iter, yielded))?;
+            let cont = py_api::resume_from(py, (iter, yielded))?;
             Ok(Driven::Suspended(cont))
         }
         _ => Ok(Driven::Raised(PyErr::fetch(py))),
     }
 }
 
-fn describe(py: Python<'_>, e: &PyErr) -> String {
+pub(crate) fn describe(py: Python<'_>, e: &PyErr) -> String {
     let ty = e
         .get_type(py)
         .name()
@@ -390,7 +91,7 @@ fn describe(py: Python<'_>, e: &PyErr) -> String {
     }
 }
 
-fn interpret(value: &Bound<'_, PyAny>, what: &str) -> Outcome {
+pub(crate) fn interpret(value: &Bound<'_, PyAny>, what: &str) -> Outcome {
     if value.is_none() {
         return Outcome::Failure(format!("{what} returned None (expected True on success)"));
     }
@@ -403,14 +104,14 @@ fn interpret(value: &Bound<'_, PyAny>, what: &str) -> Outcome {
     }
 }
 
-enum Prepared<'py> {
+pub(crate) enum Prepared<'py> {
     Ready(Bound<'py, PyAny>),
     Filtered,
     Failed(PyErr, String),
 }
 
 #[derive(Default)]
-struct BatchState {
+pub(crate) struct BatchState {
     pre: Vec<Option<Outcome>>,
     members: Vec<usize>,
 }
@@ -418,14 +119,14 @@ struct BatchState {
 /// A job being run by Python (exposed so `_bus.continue_job` can resume it).
 #[pyclass(module = "mpm_events._core", name = "_Job", frozen)]
 pub struct PyJob {
-    consumer: Arc<PyConsumer>,
+    pub(crate) consumer: Arc<PyConsumer>,
     job: PyJobRef,
     batch: Mutex<BatchState>,
     awaiting_handler: AtomicBool,
 }
 
 impl PyJob {
-    fn new(consumer: Arc<PyConsumer>, job: PyJobRef) -> Self {
+    pub(crate) fn new(consumer: Arc<PyConsumer>, job: PyJobRef) -> Self {
         PyJob {
             consumer,
             job,
@@ -499,7 +200,7 @@ impl PyJob {
     }
 
     fn handler_failed(&self, py: Python<'_>, e: &PyErr) {
-        super::log_error(
+        crate::python::runtime::log_error(
             py,
             &format!(
                 "error_handler of consumer {:?} raised {}",
@@ -512,10 +213,7 @@ impl PyJob {
     /// Calls the error handler without waiting for it (batch jobs).
     fn report_error_detached(&self, py: Python<'_>, index: usize, err: &PyErr) {
         if let Some(aw) = self.report_error(py, index, err) {
-            if let Err(e) = SPAWN
-                .import(py, "mpm_events._bus", "spawn")
-                .and_then(|s| s.call1((aw, self.consumer.name.as_ref())))
-            {
+            if let Err(e) = py_api::spawn(py, (aw, self.consumer.name.as_ref())) {
                 e.print(py);
             }
         }
@@ -537,7 +235,7 @@ impl PyJob {
     }
 
     /// Runs items until the job is done (None) or a call suspends (its continuation).
-    fn step<'py>(
+    pub(crate) fn step<'py>(
         slf: &Bound<'py, Self>,
         resumed: Option<Result<Bound<'py, PyAny>, PyErr>>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
@@ -643,7 +341,7 @@ impl PyJob {
         resumed: Option<Result<Bound<'py, PyAny>, PyErr>>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         if let Some(r) = resumed {
-            self.finish_batch(py, r);
+            self.finish_batch(py, r, true);
             return Ok(None);
         }
         if self.job.is_cut() {
@@ -671,7 +369,7 @@ impl PyJob {
             }
             if st.members.is_empty() {
                 drop(st);
-                self.finish_batch(py, Ok(0i64.into_pyobject(py)?.into_any()));
+                self.finish_batch(py, Ok(0i64.into_pyobject(py)?.into_any()), true);
                 return Ok(None);
             }
         }
@@ -683,59 +381,38 @@ impl PyJob {
             .bind(py)
             .call1((events,));
         match call.map(|r| drive(py, r)) {
-            Err(e) | Ok(Ok(Driven::Raised(e))) => self.finish_batch(py, Err(e)),
-            Ok(Ok(Driven::Done(v))) => self.finish_batch(py, Ok(v)),
+            Err(e) | Ok(Ok(Driven::Raised(e))) => self.finish_batch(py, Err(e), true),
+            Ok(Ok(Driven::Done(v))) => self.finish_batch(py, Ok(v), true),
             Ok(Ok(Driven::Suspended(aw))) => return Ok(Some(aw)),
             Ok(Err(e)) => return Err(e),
         }
         Ok(None)
     }
 
-    fn finish_batch(&self, py: Python<'_>, result: Result<Bound<'_, PyAny>, PyErr>) {
+    /// Records a batch call's outcome. `report`: call the error handler for a
+    /// raising batch here (the loop executor); the worker thread has already
+    /// called it on its own thread, where an async handler runs on the loop.
+    fn finish_batch(&self, py: Python<'_>, result: Result<Bound<'_, PyAny>, PyErr>, report: bool) {
         let st = std::mem::take(&mut *self.batch.lock());
-        let m = st.members.len();
-        let (ok, failure) = match result {
-            Ok(v) => {
-                let ok = if v.is_instance_of::<PyBool>() {
-                    if v.is_truthy().unwrap_or(false) {
-                        m
-                    } else {
-                        0
-                    }
+        let end = match result {
+            Ok(v) => BatchEnd::Returned {
+                all: if v.is_instance_of::<PyBool>() {
+                    Some(v.is_truthy().unwrap_or(false))
                 } else {
-                    v.extract::<i64>()
-                        .map(|n| n.clamp(0, m as i64) as usize)
-                        .unwrap_or(0)
-                };
-                (
-                    ok,
-                    format!(
-                        "consume_batch() reported {ok} of {m} events handled (returned {})",
-                        v.repr().map(|r| r.to_string()).unwrap_or_default()
-                    ),
-                )
-            }
+                    None
+                },
+                count: v.extract::<i64>().unwrap_or(0),
+                repr: v.repr().map(|r| r.to_string()).unwrap_or_default(),
+            },
             Err(e) => {
-                let msg = format!("consume_batch() raised {}", describe(py, &e));
-                if let Some(first) = st.members.first() {
+                if let (true, Some(first)) = (report, st.members.first()) {
                     self.report_error_detached(py, *first, &e);
                 }
-                (0, msg)
+                BatchEnd::Raised(describe(py, &e))
             }
         };
-        let mut outcomes = st.pre;
-        for (rank, i) in st.members.iter().enumerate() {
-            outcomes[*i] = Some(if rank < ok {
-                Outcome::Success
-            } else {
-                Outcome::Failure(failure.clone())
-            });
-        }
-        self.job.record_all(
-            outcomes
-                .into_iter()
-                .map(|o| o.unwrap_or(Outcome::Failure("no outcome".into()))),
-        );
+        self.job
+            .record_all(batch_outcomes(st.pre, &st.members, &end));
         self.job.finish();
     }
 }
@@ -855,7 +532,7 @@ impl PyJob {
             Some(e) if !e.is_none() => Err(PyErr::from_value(e)),
             _ => Ok(result),
         };
-        self.finish_batch(py, r);
+        self.finish_batch(py, r, false);
     }
 
     /// Closes the job (items without an outcome fail).

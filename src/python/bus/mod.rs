@@ -1,4 +1,8 @@
-//! `EventBus`: the Python face of the dispatch engine.
+//! `EventBus`: the Python face of the dispatch engine, with its persistence
+//! ([`persistence`]) and its log of failed deliveries ([`delivery_log`]).
+
+pub mod delivery_log;
+pub mod persistence;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -7,20 +11,24 @@ use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
 use parking_lot::{Mutex, RwLock};
-use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyString};
 
-use super::config::ConsumerSpec;
-use super::delivery_log::DeliveryLog;
-use super::errors::event_error;
-use super::event::{Event, EventParts, EventRef, PartsData};
-use super::executor::{Inbox, LoopExecutor, PyConsumer, ThreadExecutor};
-use super::native::{build_view, build_view_with, NativeConsumer, SinkExecutor, ViewMemo};
-use super::persist::{self, Persist};
-use super::{log_info, log_warning, runtime};
 use crate::dispatch::{Engine, Entry, Executor, Lane, LaneConfig, Rejected, Route, ViewNeeds};
+use crate::python::consumers::SinkConsumer;
+use crate::python::exec::{Inbox, LoopExecutor, PyConsumer, ThreadExecutor};
+use crate::python::model::ConsumerSpec;
+use crate::python::model::{build_view, build_view_with, ViewMemo};
+use crate::python::model::{AcceptedEvent, Event, EventParts, PartsData};
+use crate::python::runtime::awaitable::Ready;
+use crate::python::runtime::errors::event_error;
+use crate::python::runtime::{log_info, log_warning, py_api, runtime};
+use crate::sinks::executor::SinkExecutor;
+use crate::sinks::fanout::DeadLetterSinks;
+use delivery_log::DeliveryLog;
+use persistence::{self as persist, Persistence};
 
 /// Items the loop handles per wake-up before letting other callbacks run.
 const LOOP_BUDGET: usize = 16_384;
@@ -30,88 +38,13 @@ const PUBLISH_SLICE: usize = 2048;
 const CHUNK: usize = 512;
 
 static INSPECT_ISCOROFN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static BUS_HELPERS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
-static READY_TRUE: PyOnceLock<Py<Ready>> = PyOnceLock::new();
-static READY_FALSE: PyOnceLock<Py<Ready>> = PyOnceLock::new();
-
-fn helpers(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
-    BUS_HELPERS
-        .get_or_try_init(py, || {
-            Ok::<_, PyErr>(py.import("mpm_events._bus")?.unbind())
-        })
-        .map(|m| m.bind(py))
-}
-
-/// An already-finished awaitable holding a value. It is a coroutine in
-/// asyncio's sense (``asyncio.iscoroutine`` is true), so ``await``,
-/// ``create_task``, ``ensure_future`` and ``gather`` all accept it, and it
-/// costs no event-loop iteration.
-#[pyclass(module = "mpm_events._core", name = "_Ready", frozen)]
-pub struct Ready {
-    value: Py<PyAny>,
-}
-
-impl Ready {
-    /// A shared instance for a bool result.
-    pub fn of_bool(py: Python<'_>, v: bool) -> Py<Ready> {
-        let cell = if v { &READY_TRUE } else { &READY_FALSE };
-        cell.get_or_init(py, || {
-            Py::new(
-                py,
-                Ready {
-                    value: pyo3::types::PyBool::new(py, v)
-                        .to_owned()
-                        .into_any()
-                        .unbind(),
-                },
-            )
-            .expect("alloc")
-        })
-        .clone_ref(py)
-    }
-
-    /// A new instance for any value.
-    pub fn of(py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<Ready>> {
-        Py::new(py, Ready { value })
-    }
-}
-
-#[pymethods]
-impl Ready {
-    fn __await__(slf: Py<Self>) -> Py<Self> {
-        slf
-    }
-    fn __iter__(slf: Py<Self>) -> Py<Self> {
-        slf
-    }
-    fn __next__(&self, py: Python<'_>) -> PyResult<()> {
-        Err(PyStopIteration::new_err((self.value.clone_ref(py),)))
-    }
-    #[pyo3(signature = (_value=None))]
-    fn send(&self, py: Python<'_>, _value: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        self.__next__(py)
-    }
-    #[pyo3(signature = (typ, val=None, _tb=None))]
-    fn throw(
-        &self,
-        typ: &Bound<'_, PyAny>,
-        val: Option<&Bound<'_, PyAny>>,
-        _tb: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        Err(match val {
-            Some(v) if !v.is_none() => PyErr::from_value(v.clone()),
-            _ => PyErr::from_value(typ.clone()),
-        })
-    }
-    fn close(&self) {}
-}
 
 /// A consumer being unsubscribed: lets `_bus.unsubscribe` wait for its call in
 /// flight before `shutdown()`.
 #[pyclass(module = "mpm_events._core", name = "_Leaving", frozen)]
 pub struct Leaving {
-    engine: Engine<EventRef>,
-    lane: Arc<Lane<EventRef>>,
+    engine: Engine<AcceptedEvent>,
+    lane: Arc<Lane<AcceptedEvent>>,
 }
 
 #[pymethods]
@@ -145,23 +78,23 @@ fn as_event(event: &Bound<'_, PyAny>) -> PyResult<Py<Event>> {
 /// What consecutive events of one publish call can share.
 #[derive(Default)]
 struct PrepMemo {
-    route: Option<Arc<Route<EventRef>>>,
+    route: Option<Arc<Route<AcceptedEvent>>>,
     view: ViewMemo,
 }
 
 struct Subscribed {
     consumer: Py<PyAny>,
-    lane: Arc<Lane<EventRef>>,
+    lane: Arc<Lane<AcceptedEvent>>,
     topics: Vec<String>,
 }
 
 struct BusShared {
-    engine: Engine<EventRef>,
+    engine: Engine<AcceptedEvent>,
     log: Arc<DeliveryLog>,
     /// A weak reference to the Python bus object (set by `start()`), so that a
     /// publish can rebind the bus to a new loop when its own loop has closed.
     this: Mutex<Option<Py<PyAny>>>,
-    dead_letter_sinks: Arc<RwLock<Vec<Arc<dyn crate::sinks::Sink>>>>,
+    dead_letter_sinks: Arc<DeadLetterSinks>,
     inbox: Arc<Inbox>,
     consumers: RwLock<Vec<(Arc<str>, Subscribed)>>,
     idle_waiters: Mutex<Vec<Py<PyAny>>>,
@@ -189,7 +122,7 @@ pub struct EventBus {
     enable_metrics: bool,
     #[pyo3(get)]
     enable_persistence: bool,
-    persist: Option<Arc<Persist>>,
+    persist: Option<Arc<Persistence>>,
 }
 
 impl EventBus {
@@ -208,7 +141,7 @@ impl EventBus {
         if bus.is_none() {
             return Ok(());
         }
-        helpers(py)?.call_method1("rebind", (bus,))?;
+        py_api::rebind(py, (bus,))?;
         Ok(())
     }
 
@@ -217,7 +150,7 @@ impl EventBus {
         self.shared.engine.is_idle() && self.persist.as_ref().is_none_or(|p| p.is_quiet())
     }
 
-    fn persist(&self) -> PyResult<&Arc<Persist>> {
+    fn persist(&self) -> PyResult<&Arc<Persistence>> {
         self.persist.as_ref().ok_or_else(|| {
             PyRuntimeError::new_err(
                 "persistence is not enabled (EventBus(enable_persistence=True))",
@@ -229,9 +162,9 @@ impl EventBus {
     /// completed by the writer. Returns false if refused before writing.
     fn accept_durable(
         &self,
-        p: &Arc<Persist>,
+        p: &Arc<Persistence>,
         event: &Bound<'_, PyAny>,
-        done: persist::Done,
+        done: crate::durable::Answer,
     ) -> PyResult<Result<(), String>> {
         let py = event.py();
         let owned = as_event(event)?;
@@ -244,10 +177,10 @@ impl EventBus {
     fn submit_durable(
         &self,
         py: Python<'_>,
-        p: &Arc<Persist>,
-        eref: EventRef,
-        route: Arc<Route<EventRef>>,
-        done: persist::Done,
+        p: &Arc<Persistence>,
+        eref: AcceptedEvent,
+        route: Arc<Route<AcceptedEvent>>,
+        done: crate::durable::Answer,
     ) -> PyResult<Result<(), String>> {
         if !self.shared.engine.is_accepting() || p.is_closing() {
             if !self.shared.warned_not_running.swap(true, Ordering::Relaxed) {
@@ -268,7 +201,7 @@ impl EventBus {
     /// how many were accepted.
     fn publish_batch_durable(
         &self,
-        p: &Arc<Persist>,
+        p: &Arc<Persistence>,
         py: Python<'_>,
         events: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
@@ -283,9 +216,7 @@ impl EventBus {
                 self.accept_durable(p, &e, done)
             })?);
         }
-        helpers(py)?
-            .call_method1("count_true", (aws,))
-            .map(Bound::unbind)
+        py_api::count_true(py, (aws,)).map(Bound::unbind)
     }
 
     /// `publish_batch`'s first pass: every event converted and checked (topic, payload)
@@ -334,7 +265,7 @@ impl EventBus {
                 self.shared
                     .engine
                     .route_topic(&topic)
-                    .map_err(super::errors::topic_error)?,
+                    .map_err(crate::python::runtime::errors::topic_error)?,
             );
         }
         if !e.data.is_dict(py) {
@@ -352,9 +283,9 @@ impl EventBus {
         owned: Py<Event>,
         now: DateTime<Utc>,
         memo: &mut PrepMemo,
-    ) -> PyResult<(EventRef, Arc<Route<EventRef>>)> {
+    ) -> PyResult<(AcceptedEvent, Arc<Route<AcceptedEvent>>)> {
         let engine = &self.shared.engine;
-        let (mut eref, route) = EventRef::accept(py, owned, now, |topic| {
+        let (mut eref, route) = AcceptedEvent::accept(py, owned, now, |topic| {
             // NOTE: a batch is usually on few topics; skip the cache lock when the
             // topic is the previous event's.
             if let Some(r) = memo.route.as_ref().filter(|r| *r.topic == *topic) {
@@ -367,7 +298,7 @@ impl EventBus {
         // NOTE: only events some Python consumer will receive are packed (see
         // `pack_payload`); Rust consumers get their own copy below.
         if route.any_plain {
-            super::event::pack_payload(py, eref.event(py)?);
+            crate::python::model::pack_payload(py, eref.event(py)?);
         }
         if route.needs_view != ViewNeeds::Nothing {
             eref.view = Some(Arc::new(build_view_with(
@@ -418,28 +349,29 @@ impl EventBus {
     ) -> PyResult<bool> {
         self.ensure_loop(py)?;
         // NOTE: the same checks, in the same order and with the same errors, as
-        // `EventRef::accept` on an `Event` with these fields.
+        // `AcceptedEvent::accept` on an `Event` with these fields.
         let route = self
             .shared
             .engine
             .route_topic(topic)
-            .map_err(super::errors::topic_error)?;
+            .map_err(crate::python::runtime::errors::topic_error)?;
         if !data.is_instance_of::<PyDict>() {
             return Err(event_error(format!(
                 "Event.data must be a dict, got {}",
-                super::event::type_name(&data)
+                crate::python::convert::text::type_name(&data)
             )));
         }
         // NOTE: as `pack_payload` would: only for events a Python consumer receives,
         // or that are stored (the store keeps the JSON text as is).
         let data = match route.any_plain || self.persist.is_some() {
-            true => match super::native::pack_json(&data) {
+            true => match crate::python::convert::json::pack_json(&data) {
                 Some(json) => PartsData::Packed(json),
                 None => PartsData::Object(data.unbind()),
             },
             false => PartsData::Object(data.unbind()),
         };
-        let mut eref = EventRef::from_parts(route.topic.clone(), priority, make(data), Utc::now());
+        let mut eref =
+            AcceptedEvent::from_parts(route.topic.clone(), priority, make(data), Utc::now());
         if route.needs_view != ViewNeeds::Nothing {
             eref.view = Some(Arc::new(build_view(
                 py,
@@ -455,7 +387,7 @@ impl EventBus {
                 Ok(()) => Ok(true),
                 Err(msg) => {
                     if !msg.is_empty() {
-                        super::log_error(py, &format!("publish failed: {msg}"));
+                        crate::python::runtime::log_error(py, &format!("publish failed: {msg}"));
                     }
                     Ok(false)
                 }
@@ -467,8 +399,8 @@ impl EventBus {
     fn dispatch(
         &self,
         py: Python<'_>,
-        eref: EventRef,
-        route: &Route<EventRef>,
+        eref: AcceptedEvent,
+        route: &Route<AcceptedEvent>,
     ) -> Result<(), Rejected> {
         let result = self.shared.engine.publish_to(Arc::new(eref), &route.lanes);
         match result {
@@ -513,7 +445,7 @@ impl EventBus {
         retention_interval: Option<f64>,
         persistence_hard_limit_bytes: Option<u64>,
     ) -> PyResult<Self> {
-        super::ensure_logger(py);
+        crate::python::runtime::ensure_logger(py);
         if max_queue_size < 1 {
             return Err(PyValueError::new_err(format!(
                 "max_queue_size must be >= 1, got {max_queue_size}"
@@ -539,10 +471,10 @@ impl EventBus {
         // NOTE: Rust consumers that want every dead letter (DeadLetterConsumer) get
         // them on the loop, where the payload can be converted; this runs before
         // the event counts as handled, so join() waits for it.
-        let dead_letter_sinks: Arc<RwLock<Vec<Arc<dyn crate::sinks::Sink>>>> = Arc::default();
+        let dead_letter_sinks: Arc<DeadLetterSinks> = Arc::default();
         let (dl_sinks, dl_inbox) = (dead_letter_sinks.clone(), Arc::downgrade(&inbox));
         engine.add_dead_letter_listener(move |letter| {
-            if dl_sinks.read().is_empty() {
+            if dl_sinks.is_empty() {
                 return;
             }
             let Some(inbox) = dl_inbox.upgrade() else {
@@ -554,14 +486,12 @@ impl EventBus {
                     Ok(v) => Arc::new(v),
                     Err(e) => return e.print(py),
                 };
-                for sink in sinks.read().iter() {
-                    let item = crate::sinks::SinkItem {
-                        view: view.clone(),
-                        attempt: letter.attempts,
-                        origin: None,
-                    };
-                    sink.on_dead_letter(item, &letter.consumer, &letter.errors, letter.attempts);
-                }
+                let item = crate::sinks::SinkItem {
+                    view,
+                    attempt: letter.attempts,
+                    origin: None,
+                };
+                sinks.fan_out(&item, &letter.consumer, &letter.errors, letter.attempts);
             }));
         });
         let log = DeliveryLog::install(&engine, &inbox);
@@ -569,7 +499,7 @@ impl EventBus {
         // store (redelivered at the next start) instead of dead-lettering it.
         engine.set_release_on_stop(enable_persistence);
         let persist = if enable_persistence {
-            let p = Persist::open(
+            let p = Persistence::open(
                 persist::options(
                     persistence_path,
                     durability,
@@ -650,10 +580,7 @@ impl EventBus {
         if this.shared.running.load(Ordering::Acquire) {
             // NOTE: a bus used again under a new loop (a second asyncio.run()) is
             // rebound to it if its own loop has closed; what waited is delivered.
-            if helpers(py)?
-                .call_method1("rebind_if_gone", (slf, &event_loop))?
-                .is_truthy()?
-            {
+            if py_api::rebind_if_gone(py, (slf, &event_loop))?.is_truthy()? {
                 return Ok(Ready::of_bool(py, true));
             }
             log_warning(py, "Event bus already running");
@@ -661,7 +588,7 @@ impl EventBus {
         }
         *this.shared.this.lock() =
             Some(py.import("weakref")?.call_method1("ref", (slf,))?.unbind());
-        helpers(py)?.call_method1("attach", (slf, this.shared.inbox.fd(), &event_loop))?;
+        py_api::attach(py, (slf, this.shared.inbox.fd(), &event_loop))?;
         *this.shared.inbox.event_loop.lock() = Some(event_loop.unbind());
         this.shared
             .warned_not_running
@@ -684,7 +611,7 @@ impl EventBus {
                 .collect();
             if !names.is_empty() {
                 p.redelivering.fetch_add(1, Ordering::AcqRel);
-                helpers(py)?.call_method1("start_redelivery", (slf, names, watermark))?;
+                py_api::start_redelivery(py, (slf, names, watermark))?;
             }
         }
         // NOTE: anything dispatched while no loop was attached is run now.
@@ -696,7 +623,7 @@ impl EventBus {
     #[doc = stub_doc!(EventBus, stop)]
     #[pyo3(signature = (timeout=None))]
     fn stop<'py>(slf: &Bound<'py, Self>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
-        helpers(slf.py())?.call_method1("stop", (slf, timeout))
+        py_api::stop(slf.py(), (slf, timeout))
     }
 
     #[doc = stub_doc!(EventBus, publish)]
@@ -764,7 +691,7 @@ impl EventBus {
         slf: &Bound<'py, Self>,
         consumer: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        helpers(slf.py())?.call_method1("subscribe", (slf, consumer))
+        py_api::subscribe(slf.py(), (slf, consumer))
     }
 
     #[doc = stub_doc!(EventBus, unsubscribe)]
@@ -772,13 +699,13 @@ impl EventBus {
         slf: &Bound<'py, Self>,
         consumer_name: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        helpers(slf.py())?.call_method1("unsubscribe", (slf, consumer_name))
+        py_api::unsubscribe(slf.py(), (slf, consumer_name))
     }
 
     #[doc = stub_doc!(EventBus, join)]
     #[pyo3(signature = (timeout=None))]
     fn join<'py>(slf: &Bound<'py, Self>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
-        helpers(slf.py())?.call_method1("join", (slf, timeout))
+        py_api::join(slf.py(), (slf, timeout))
     }
 
     #[doc = stub_doc!(EventBus, get_consumers)]
@@ -902,7 +829,7 @@ impl EventBus {
                 "replay_dead_letters() needs a running bus",
             ));
         }
-        let lanes: HashMap<Arc<str>, Arc<Lane<EventRef>>> = self
+        let lanes: HashMap<Arc<str>, Arc<Lane<AcceptedEvent>>> = self
             .shared
             .consumers
             .read()
@@ -948,14 +875,14 @@ impl EventBus {
                 .name()
                 .map(|n| n.to_string())
                 .unwrap_or_default();
-            super::errors::config_error(format!(
+            crate::python::runtime::errors::config_error(format!(
                 "{ty} has no 'config' attribute; is it an IEventConsumer?"
             ))
         })?;
         let spec = ConsumerSpec::read(&config)?;
         for m in ["consume", "initialize", "shutdown"] {
             if !consumer.hasattr(m)? {
-                return Err(super::errors::config_error(format!(
+                return Err(crate::python::runtime::errors::config_error(format!(
                     "consumer {:?} has no {m}() method",
                     spec.name
                 )));
@@ -982,96 +909,98 @@ impl EventBus {
             return Ok(false);
         }
         // Each kind of consumer gets its executor; the lane is the same.
-        let (executor, engine_timeout, needs_view): (Arc<dyn Executor<EventRef>>, bool, ViewNeeds) =
-            if let Ok(native) = consumer.cast::<NativeConsumer>() {
-                let sink = native.get().sink.clone();
-                if sink.wants_dead_letters() {
-                    self.shared.dead_letter_sinks.write().push(sink.clone());
-                }
-                // NOTE: items a sink accepted but could not deliver later (e.g.
-                // still buffered for Socket.IO at shutdown) reach the dead-letter
-                // sinks too.
-                // NOTE: weak: the engine owns the lane that owns this sink.
-                let dl_sinks = self.shared.dead_letter_sinks.clone();
-                let engine = self.shared.engine.downgrade();
-                let name = spec.name.clone();
-                sink.set_dead_letter_hook(Arc::new(move |item, consumer, errors, attempts| {
-                    let origin = item
-                        .origin
-                        .as_ref()
-                        .and_then(|o| o.clone().downcast::<Entry<EventRef>>().ok());
-                    match (origin, engine.upgrade()) {
-                        (Some(entry), Some(engine)) => {
-                            let consumer = if *name == *consumer {
-                                name.clone()
-                            } else {
-                                Arc::from(consumer)
-                            };
-                            engine.dead_letter_after_success(
-                                &entry,
-                                &consumer,
-                                errors.to_vec(),
-                                attempts,
-                            );
-                        }
-                        _ => {
-                            for s in dl_sinks.read().iter() {
-                                s.on_dead_letter(item.clone(), consumer, errors, attempts);
-                            }
-                        }
+        let (executor, engine_timeout, needs_view): (
+            Arc<dyn Executor<AcceptedEvent>>,
+            bool,
+            ViewNeeds,
+        ) = if let Ok(native) = consumer.cast::<SinkConsumer>() {
+            let sink = native.get().sink.clone();
+            if sink.wants_dead_letters() {
+                self.shared.dead_letter_sinks.add(sink.clone());
+            }
+            // NOTE: items a sink accepted but could not deliver later (e.g.
+            // still buffered for Socket.IO at shutdown) reach the dead-letter
+            // sinks too.
+            // NOTE: weak: the engine owns the lane that owns this sink.
+            let dl_sinks = self.shared.dead_letter_sinks.clone();
+            let engine = self.shared.engine.downgrade();
+            let name = spec.name.clone();
+            sink.set_dead_letter_hook(Arc::new(move |item, consumer, errors, attempts| {
+                let origin = item
+                    .origin
+                    .as_ref()
+                    .and_then(|o| o.clone().downcast::<Entry<AcceptedEvent>>().ok());
+                match (origin, engine.upgrade()) {
+                    (Some(entry), Some(engine)) => {
+                        let consumer = if *name == *consumer {
+                            name.clone()
+                        } else {
+                            Arc::from(consumer)
+                        };
+                        engine.dead_letter_after_success(
+                            &entry,
+                            &consumer,
+                            errors.to_vec(),
+                            attempts,
+                        );
                     }
-                }));
-                let needs_view = if sink.needs_data() {
-                    ViewNeeds::FieldsAndData
-                } else {
-                    ViewNeeds::Fields
-                };
+                    _ => {
+                        dl_sinks.fan_out(&item, consumer, errors, attempts);
+                    }
+                }
+            }));
+            let needs_view = if sink.needs_data() {
+                ViewNeeds::FieldsAndData
+            } else {
+                ViewNeeds::Fields
+            };
+            (
+                Arc::new(SinkExecutor {
+                    sink,
+                    timeout: spec.timeout,
+                    runtime: runtime().handle().clone(),
+                }),
+                false,
+                needs_view,
+            )
+        } else {
+            let consume = consumer.getattr("consume")?;
+            let batch_fn = if spec.batch_size > 1 {
+                consumer.getattr("consume_batch").ok()
+            } else {
+                None
+            };
+            let is_coro = INSPECT_ISCOROFN.import(py, "inspect", "iscoroutinefunction")?;
+            let target = batch_fn.as_ref().unwrap_or(&consume);
+            let is_async = is_coro.call1((target,))?.is_truthy()?;
+            let pc = Arc::new(PyConsumer {
+                name: spec.name.clone(),
+                consume: consume.unbind(),
+                consume_batch: batch_fn.map(Bound::unbind),
+                filter: spec.filter_func,
+                transform: spec.transform_func,
+                error_handler: spec.error_handler,
+                timeout: spec.timeout.as_secs_f64(),
+            });
+            if is_async {
                 (
-                    Arc::new(SinkExecutor {
-                        sink,
-                        timeout: spec.timeout,
+                    Arc::new(LoopExecutor {
+                        consumer: pc,
+                        inbox: self.shared.inbox.clone(),
                     }),
                     false,
-                    needs_view,
+                    ViewNeeds::Nothing,
                 )
             } else {
-                let consume = consumer.getattr("consume")?;
-                let batch_fn = if spec.batch_size > 1 {
-                    consumer.getattr("consume_batch").ok()
-                } else {
-                    None
-                };
-                let is_coro = INSPECT_ISCOROFN.import(py, "inspect", "iscoroutinefunction")?;
-                let target = batch_fn.as_ref().unwrap_or(&consume);
-                let is_async = is_coro.call1((target,))?.is_truthy()?;
-                let pc = Arc::new(PyConsumer {
-                    name: spec.name.clone(),
-                    consume: consume.unbind(),
-                    consume_batch: batch_fn.map(Bound::unbind),
-                    filter: spec.filter_func,
-                    transform: spec.transform_func,
-                    error_handler: spec.error_handler,
-                    timeout: spec.timeout.as_secs_f64(),
-                });
-                if is_async {
-                    (
-                        Arc::new(LoopExecutor {
-                            consumer: pc,
-                            inbox: self.shared.inbox.clone(),
-                        }),
-                        false,
-                        ViewNeeds::Nothing,
-                    )
-                } else {
-                    // NOTE: a worker thread cannot interrupt a call; the engine
-                    // times it out instead.
-                    (
-                        Arc::new(ThreadExecutor::new(py, pc, self.shared.inbox.clone())?),
-                        true,
-                        ViewNeeds::Nothing,
-                    )
-                }
-            };
+                // NOTE: a worker thread cannot interrupt a call; the engine
+                // times it out instead.
+                (
+                    Arc::new(ThreadExecutor::new(py, pc, self.shared.inbox.clone())?),
+                    true,
+                    ViewNeeds::Nothing,
+                )
+            }
+        };
         // NOTE: Python executors check `Job::is_cut` between events; a sink takes
         // its batch whole.
         let honours_cut = needs_view == ViewNeeds::Nothing;
@@ -1115,12 +1044,9 @@ impl EventBus {
         };
         let (_, s) = consumers.remove(pos);
         drop(consumers);
-        if let Ok(native) = s.consumer.bind(py).cast::<NativeConsumer>() {
+        if let Ok(native) = s.consumer.bind(py).cast::<SinkConsumer>() {
             let sink = native.get().sink.clone();
-            self.shared
-                .dead_letter_sinks
-                .write()
-                .retain(|d| !Arc::ptr_eq(d, &sink));
+            self.shared.dead_letter_sinks.remove(&sink);
         }
         self.shared.engine.remove_lane(&s.lane);
         log_info(py, &format!("Unsubscribed consumer {name}"));
@@ -1176,7 +1102,7 @@ impl EventBus {
         topics: Option<&Bound<'py, PyAny>>,
         to: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        helpers(slf.py())?.call_method1("replay", (slf, since, until, topics, to))
+        py_api::replay(slf.py(), (slf, since, until, topics, to))
     }
 
     #[doc = stub_doc!(EventBus, persistence_stats)]
@@ -1243,7 +1169,9 @@ impl EventBus {
         let patterns = topics
             .unwrap_or_default()
             .iter()
-            .map(|t| crate::topic::Pattern::parse(t).map_err(super::errors::topic_error))
+            .map(|t| {
+                crate::topic::Pattern::parse(t).map_err(crate::python::runtime::errors::topic_error)
+            })
             .collect::<PyResult<Vec<_>>>()?;
         self.persist()?.replay(py, since_us, until_us, patterns, to)
     }
@@ -1253,7 +1181,7 @@ impl EventBus {
         py: Python<'_>,
         batch: &Bound<'_, persist::StoredBatch>,
     ) -> PyResult<usize> {
-        let lanes: HashMap<Arc<str>, Arc<Lane<EventRef>>> = self
+        let lanes: HashMap<Arc<str>, Arc<Lane<AcceptedEvent>>> = self
             .shared
             .consumers
             .read()
@@ -1275,7 +1203,7 @@ impl EventBus {
     fn _loop_closing(&self, py: Python<'_>) -> PyResult<()> {
         self.shared.inbox.set_loop_gone(true);
         if let Some(l) = self.shared.inbox.event_loop.lock().take() {
-            helpers(py)?.call_method1("detach", (self.shared.inbox.fd(), l))?;
+            py_api::detach(py, (self.shared.inbox.fd(), l))?;
         }
         Ok(())
     }
@@ -1366,17 +1294,7 @@ impl EventBus {
 
     /// Files the dead-letter consumers write to (for the exit warning).
     fn _dead_letter_files(&self) -> Vec<String> {
-        self.shared
-            .dead_letter_sinks
-            .read()
-            .iter()
-            .filter_map(|s| {
-                s.metrics()
-                    .get("current_file")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_owned)
-            })
-            .collect()
+        self.shared.dead_letter_sinks.files()
     }
 
     fn _begin_stop(&self) {
@@ -1390,7 +1308,7 @@ impl EventBus {
 
     fn _detach(&self, py: Python<'_>) -> PyResult<()> {
         if let Some(l) = self.shared.inbox.event_loop.lock().take() {
-            helpers(py)?.call_method1("detach", (self.shared.inbox.fd(), l))?;
+            py_api::detach(py, (self.shared.inbox.fd(), l))?;
         }
         Ok(())
     }
@@ -1422,4 +1340,12 @@ impl Drop for EventBus {
         let _ = SystemTime::now();
         let _ = Duration::ZERO;
     }
+}
+
+/// Registers this room's classes.
+pub fn init_pymodule(m: &Bound<'_, pyo3::types::PyModule>) -> PyResult<()> {
+    m.add_class::<EventBus>()?;
+    m.add_class::<Leaving>()?;
+    m.add_class::<persistence::StoredBatch>()?;
+    Ok(())
 }

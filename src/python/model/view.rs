@@ -1,0 +1,103 @@
+//! [`EventView`]: the fields of an event copied for Rust consumers, made while the
+//! publisher holds the GIL, with the names consecutive events share.
+
+use crate::event::EventView;
+use crate::python::convert::json::*;
+use crate::python::model::accepted::{hook_source, AcceptedEvent, Origin, PartsData};
+use crate::python::model::event::Payload;
+use chrono::{DateTime, Utc};
+use pyo3::prelude::*;
+use serde_json::Value;
+use std::sync::Arc;
+
+/// Recently seen field texts, so consecutive events share one allocation.
+#[derive(Default)]
+pub struct ViewMemo {
+    pub(crate) type_: Option<Arc<str>>,
+    pub(crate) source: Option<Arc<str>>,
+}
+
+/// `text` as an `Arc<str>`, shared with the previous call's when it is the same text.
+pub(crate) fn interned(slot: &mut Option<Arc<str>>, text: &str) -> Arc<str> {
+    match slot {
+        Some(s) if **s == *text => s.clone(),
+        _ => {
+            let s: Arc<str> = text.into();
+            *slot = Some(s.clone());
+            s
+        }
+    }
+}
+
+/// Payload limits for packing: deeper or larger payloads stay Python objects.
+/// Copies an event's fields (and, if `with_data`, its payload) for sinks.
+pub fn build_view(py: Python<'_>, eref: &AcceptedEvent, with_data: bool) -> PyResult<EventView> {
+    build_view_with(py, eref, with_data, &mut ViewMemo::default())
+}
+
+/// [`build_view`] sharing field texts with the previous event through `memo`.
+pub fn build_view_with(
+    py: Python<'_>,
+    eref: &AcceptedEvent,
+    with_data: bool,
+    memo: &mut ViewMemo,
+) -> PyResult<EventView> {
+    let convert = |converted: Result<Value, String>| match converted {
+        Ok(v) => (Some(v), None),
+        Err(err) => (None, Some(err)),
+    };
+    let e = match eref.origin(py) {
+        Origin::Object(e) => e.borrow(py),
+        Origin::Parts(p) => {
+            let (data, data_error) = if with_data {
+                convert(match &p.data {
+                    PartsData::Packed(json) => {
+                        serde_json::from_str(json).map_err(|err| err.to_string())
+                    }
+                    PartsData::Object(o) => to_json(o.bind(py), 0),
+                })
+            } else {
+                (None, None)
+            };
+            return Ok(EventView {
+                id: crate::python::convert::text::uuid_text(&p.id).into(),
+                topic: eref.topic.as_ref().into(),
+                event_type: interned(&mut memo.type_, &p.type_.bind(py).to_cow()?),
+                source: interned(&mut memo.source, &hook_source(py).to_cow()?),
+                timestamp: p.timestamp(),
+                data,
+                data_error,
+                correlation_id: match &p.correlation_id {
+                    Some(c) => Some(c.bind(py).to_cow()?.into_owned()),
+                    None => None,
+                },
+                priority: eref.priority,
+                meta: eref.meta.clone(),
+            });
+        }
+    };
+    let ts: DateTime<Utc> = e.timestamp.to_utc();
+    let (data, data_error) = if with_data {
+        convert(match &e.data {
+            Payload::Packed(json, _) => serde_json::from_str(json).map_err(|err| err.to_string()),
+            Payload::Object(o) => to_json(o.bind(py), 0),
+        })
+    } else {
+        (None, None)
+    };
+    Ok(EventView {
+        id: e.id.text(py).into(),
+        topic: eref.topic.as_ref().into(),
+        event_type: interned(&mut memo.type_, &e.type_.bind(py).to_cow()?),
+        source: interned(&mut memo.source, &e.source.bind(py).to_cow()?),
+        timestamp: ts,
+        data,
+        data_error,
+        correlation_id: match &e.correlation_id {
+            Some(c) => Some(c.bind(py).to_cow()?.into_owned()),
+            None => None,
+        },
+        priority: e.priority,
+        meta: eref.meta.clone(),
+    })
+}
