@@ -122,7 +122,7 @@ def main() -> int:
                 if names and all(defines(parent, n) for n in names):
                     continue
                 problems.append(
-                    f"{rel}: uses {'::'.join(('crate',) + ref)} through its own folder's "
+                    f"{rel}: uses {'::'.join(('crate', *ref))} through its own folder's "
                     "re-exports; name the sibling module"
                 )
                 continue
@@ -142,7 +142,7 @@ def main() -> int:
         stack.append(m)
         for t in sorted(graph.get(m, ())):
             if state.get(t) == 1:
-                cycle = stack[stack.index(t) :] + [t]
+                cycle = [*stack[stack.index(t) :], t]
                 problems.append("import circle: " + " -> ".join("::".join(c) for c in cycle))
             elif t not in state:
                 visit(t)

@@ -7,7 +7,7 @@ pub mod persistence;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use parking_lot::{Mutex, RwLock};
@@ -145,6 +145,17 @@ impl EventBus {
         Ok(())
     }
 
+    /// Logs the first refusal of a publish because the bus is not running (once
+    /// per start: refusals are not logged one by one).
+    fn warn_not_running(&self, py: Python<'_>) {
+        if !self.shared.warned_not_running.swap(true, Ordering::Relaxed) {
+            log_warning(
+                py,
+                "Cannot publish event - bus not running (further refusals are not logged)",
+            );
+        }
+    }
+
     /// True when every accepted event is handled and no durable write is in flight.
     fn idle(&self) -> bool {
         self.shared.engine.is_idle() && self.persist.as_ref().is_none_or(|p| p.is_quiet())
@@ -183,12 +194,7 @@ impl EventBus {
         done: crate::durable::Answer,
     ) -> PyResult<Result<(), String>> {
         if !self.shared.engine.is_accepting() || p.is_closing() {
-            if !self.shared.warned_not_running.swap(true, Ordering::Relaxed) {
-                log_warning(
-                    py,
-                    "Cannot publish event - bus not running (further refusals are not logged)",
-                );
-            }
+            self.warn_not_running(py);
             return Ok(Err(String::new()));
         }
         self.shared
@@ -409,14 +415,7 @@ impl EventBus {
                     .last_event_us
                     .store(Utc::now().timestamp_micros(), Ordering::Relaxed);
             }
-            Err(Rejected::NotRunning) => {
-                if !self.shared.warned_not_running.swap(true, Ordering::Relaxed) {
-                    log_warning(
-                        py,
-                        "Cannot publish event - bus not running (further refusals are not logged)",
-                    );
-                }
-            }
+            Err(Rejected::NotRunning) => self.warn_not_running(py),
             Err(Rejected::QueueFull) => {}
         }
         result
@@ -671,9 +670,7 @@ impl EventBus {
             let (n, refused) = self.shared.engine.publish_many(slice);
             accepted += n;
             if refused == Some(Rejected::NotRunning) {
-                if !self.shared.warned_not_running.swap(true, Ordering::Relaxed) {
-                    log_warning(py, "Cannot publish events - bus not running");
-                }
+                self.warn_not_running(py);
                 break;
             }
         }
@@ -1337,8 +1334,6 @@ impl Drop for EventBus {
         for lane in self.shared.engine.lanes() {
             self.shared.engine.remove_lane(&lane);
         }
-        let _ = SystemTime::now();
-        let _ = Duration::ZERO;
     }
 }
 

@@ -979,6 +979,6 @@ async fn run_connection(inner: &Inner, conn: Conn, ack_id: &mut u64) -> Result<(
     }
 }
 
+// NOTE: the suite runs a real python-socketio server, too big for this file.
 #[cfg(test)]
-#[path = "socketio_tests.rs"]
 mod tests;
