@@ -618,3 +618,34 @@ def test_event_bus_fixture_on_a_wider_loop_scope_still_delivers(tmp_path):
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "1 passed" in out.stdout
+
+
+def test_without_coroutine_consumers_publish_needs_no_loop(tmp_path):
+    """A synchronous hook handler: started in one asyncio.run(), then publish_nowait
+    with no loop at all. Worker-thread consumers and Rust sinks need no loop, so the
+    events are accepted and delivered."""
+    from mpm_events import LoggingConsumer
+
+    bus = EventBus()
+    sync = SyncRecorder("sync", ["**"])
+    log = LoggingConsumer(topics=["**"])
+
+    async def first() -> None:
+        await bus.start()
+        await bus.subscribe(sync)
+        await bus.subscribe(log)
+
+    asyncio.run(first())
+    sent = [make_event("hook.x", {"i": i}) for i in range(5)]
+    assert all(bus.publish_nowait(e) for e in sent)
+    deadline = time.monotonic() + 10
+    while len(sync.calls) < 5 or log.get_metrics()["events_logged"] < 5:
+        assert time.monotonic() < deadline, (len(sync.calls), log.get_metrics())
+        time.sleep(0.01)
+    assert [c.id for c in sync.calls] == [e.id for e in sent]
+
+    async def last() -> None:
+        await bus.stop(timeout=5)
+
+    asyncio.run(last())
+    assert_metrics_add_up(bus)

@@ -265,9 +265,11 @@ Raises:
     InvalidEventError: Not an event, or a missing attribute or a ``data``
         that is not a dict (a ``TypeError``).
     InvalidTopicError: The topic is malformed or contains a wildcard.
-    RuntimeError: The loop that started the bus has closed and no event
-        loop is running here to take over (``await bus.start()`` in the new
-        loop); the event is not accepted."#
+    RuntimeError: The loop that started the bus has closed, no event loop
+        is running here to take over, and a coroutine consumer is subscribed
+        (``await bus.start()`` in the new loop); the event is not accepted.
+        Without coroutine consumers (worker-thread consumers, the built-in
+        Rust consumers) the event is accepted and delivered without a loop."#
     };
     (EventBus, publish_nowait) => {
         r#"Publishes one event without awaiting; may be called from any thread.

@@ -108,16 +108,15 @@ def rebind_if_gone(bus: EventBus, loop: asyncio.AbstractEventLoop) -> bool:
     return False
 
 
-def rebind(bus: EventBus) -> None:
-    """The bus's loop has shut down: take over the running one, or say what to do."""
+def rebind(bus: EventBus) -> bool:
+    """The bus's loop has shut down: take over the running one; False if no loop
+    runs here (the caller decides whether the event can go on without one)."""
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        raise RuntimeError(
-            "the event loop this EventBus was started on has closed; await bus.start() "
-            "inside the new event loop before publishing (what was queued is delivered then)"
-        ) from None
+        return False
     _rebind(bus, loop)
+    return True
 
 
 def _rebind(bus: EventBus, loop: asyncio.AbstractEventLoop) -> None:

@@ -127,8 +127,8 @@ pub struct EventBus {
 
 impl EventBus {
     /// Rebinds the bus to the running loop if the loop that started it has closed
-    /// (see `_bus.watch_loop`); raises if there is no running loop to take over.
-    /// Costs one atomic load while the loop is alive.
+    /// (see `_bus.loop`); with no running loop to take over, raises if a coroutine
+    /// consumer is subscribed. Costs one atomic load while the loop is alive.
     pub(crate) fn ensure_loop(&self, py: Python<'_>) -> PyResult<()> {
         if !self.shared.inbox.loop_gone() {
             return Ok(());
@@ -141,7 +141,22 @@ impl EventBus {
         if bus.is_none() {
             return Ok(());
         }
-        py_api::rebind(py, (bus,))?;
+        if py_api::rebind(py, (bus,))?.is_truthy()? {
+            return Ok(());
+        }
+        // NOTE: no loop runs here. Worker-thread consumers and Rust sinks need none
+        // (a synchronous hook handler publishing with publish_nowait); a coroutine
+        // consumer would never run, so then the event is refused, saying why.
+        let needs_loop = self.shared.engine.lanes().iter().any(|l| {
+            l.config.needs_view == ViewNeeds::Nothing && !l.config.engine_timeout
+        });
+        if needs_loop {
+            return Err(PyRuntimeError::new_err(
+                "the event loop this EventBus was started on has closed and no event loop is \
+                 running here; await bus.start() inside the new event loop before publishing \
+                 (what was queued is delivered then)",
+            ));
+        }
         Ok(())
     }
 
