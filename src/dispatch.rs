@@ -1500,6 +1500,21 @@ mod tests {
         }
     }
 
+    /// A lane named `name` on `pattern`, run by `exec`.
+    fn add(
+        engine: &Engine<Ev>,
+        name: &str,
+        pattern: &str,
+        exec: Arc<dyn Executor<Ev>>,
+    ) -> Arc<Lane<Ev>> {
+        engine.add_lane(
+            cfg(name),
+            vec![Pattern::parse(pattern).unwrap()],
+            None,
+            exec,
+        )
+    }
+
     fn wait_until(mut f: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while !f() {
@@ -1630,12 +1645,7 @@ mod tests {
         let rt = rt();
         let engine = Engine::new(rt.handle().clone(), 100, 10);
         let exec = Arc::new(Manual::default());
-        let lane = engine.add_lane(
-            cfg("a"),
-            vec![Pattern::parse("x").unwrap()],
-            None,
-            exec.clone(),
-        );
+        let lane = add(&engine, "a", "x", exec.clone());
         engine.start();
         // One job of three items in flight, one more event waiting.
         let job = {
@@ -1694,12 +1704,7 @@ mod tests {
         let engine = Engine::new(rt.handle().clone(), 100, 10);
         engine.set_release_on_stop(true);
         let exec = Arc::new(Manual::default());
-        let lane = engine.add_lane(
-            cfg("a"),
-            vec![Pattern::parse("x").unwrap()],
-            None,
-            exec.clone(),
-        );
+        let lane = add(&engine, "a", "x", exec.clone());
         engine.start();
         for i in 0..5 {
             engine.publish(ev("x", 3, i)).unwrap();
@@ -1720,18 +1725,8 @@ mod tests {
         let rt = rt();
         let engine = Engine::new(rt.handle().clone(), 100, 10);
         let exec = Arc::new(Manual::default());
-        let a = engine.add_lane(
-            cfg("a"),
-            vec![Pattern::parse("x").unwrap()],
-            None,
-            exec.clone(),
-        );
-        let b = engine.add_lane(
-            cfg("b"),
-            vec![Pattern::parse("x").unwrap()],
-            None,
-            Arc::new(Manual::default()),
-        );
+        let a = add(&engine, "a", "x", exec.clone());
+        let b = add(&engine, "b", "x", Arc::new(Manual::default()));
         engine.start();
         for i in 0..3 {
             engine.publish(ev("x", 3, i)).unwrap();
@@ -1758,12 +1753,7 @@ mod tests {
         let rt = rt();
         let engine = Engine::new(rt.handle().clone(), 100, 10);
         let exec = Arc::new(Manual::default());
-        let lane = engine.add_lane(
-            cfg("a"),
-            vec![Pattern::parse("x").unwrap()],
-            None,
-            exec.clone(),
-        );
+        let lane = add(&engine, "a", "x", exec.clone());
         engine.start();
         engine.publish(ev("x", 3, 1)).unwrap();
         let job = exec.jobs.lock().pop_front().unwrap();

@@ -147,9 +147,12 @@ impl EventBus {
         // NOTE: no loop runs here. Worker-thread consumers and Rust sinks need none
         // (a synchronous hook handler publishing with publish_nowait); a coroutine
         // consumer would never run, so then the event is refused, saying why.
-        let needs_loop = self.shared.engine.lanes().iter().any(|l| {
-            l.config.needs_view == ViewNeeds::Nothing && !l.config.engine_timeout
-        });
+        let needs_loop = self
+            .shared
+            .engine
+            .lanes()
+            .iter()
+            .any(|l| l.config.needs_view == ViewNeeds::Nothing && !l.config.engine_timeout);
         if needs_loop {
             return Err(PyRuntimeError::new_err(
                 "the event loop this EventBus was started on has closed and no event loop is \
