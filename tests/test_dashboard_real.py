@@ -430,3 +430,41 @@ async def test_the_demo_reaches_the_real_dashboard(dashboard, browser, tmp_path)
     assert "unknown" not in subtypes
     for g in got:
         assert datetime.fromisoformat(g["timestamp"]).utcoffset() == timedelta(0)
+
+
+EXAMPLE_HOOK = Path(__file__).parent.parent / "examples" / "hook_handler.py"
+
+
+async def test_the_example_hook_handler_reaches_the_real_dashboard(dashboard, browser, tmp_path):
+    # examples/hook_handler.py as Claude Code runs it, one short-lived process per hook.
+    hooks = [
+        {"hook_event_name": "UserPromptSubmit", "prompt": "fix it"},
+        {"hook_event_name": "PreToolUse", "tool_name": "Read", "tool_input": {"file_path": "/r"}},
+        {"hook_event_name": "PostToolUse", "tool_name": "Read", "tool_response": {"ok": True}},
+        {"hook_event_name": "Stop", "reason": "completed"},
+    ]
+    env = dict(
+        os.environ,
+        MPM_EVENTS_DASHBOARD_URL=dashboard.url,
+        MPM_EVENTS_HOOK_LOG=str(tmp_path / "hooks.log"),
+    )
+    for hook in hooks:
+        stdin = json.dumps({**hook, "session_id": "claude-session-1", "cwd": "/repo"})
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(EXAMPLE_HOOK),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), 60)
+        assert json.loads(out) == {"continue": True}, err.decode()
+        assert err == b"", err.decode()  # delivered: no "not delivered" complaint
+    await browser.wait_for(lambda: len(browser.got("claude_event")) >= len(hooks))
+    got = browser.got("claude_event")
+    assert sorted(g["subtype"] for g in got) == sorted(
+        ["user_prompt", "pre_tool", "post_tool", "stop"]
+    )
+    assert {(g["type"], g["session_id"]) for g in got} == {("hook", "claude-session-1")}
+    assert {g["original_event"]["cwd"] for g in got} == {"/repo"}
