@@ -213,6 +213,10 @@ def test_demo_forwards_to_socketio_dashboard(tmp_path: Path) -> None:
         events = [x for x in received if "event" in x]
         assert {x["event"] for x in events} == {"claude_event"}
         assert {x["data"]["topic"] for x in events} >= {"hook.tool", "hook.response", "hook.error"}
+        # The dashboard's normalized payload: every event with a meaningful subtype.
+        subtypes = {x["data"]["subtype"] for x in events}
+        assert subtypes >= {"startup", "post_tool", "assistant_response", "hook_error", "shutdown"}
+        assert "unknown" not in subtypes and all(subtypes)
         emitted = _int(rf"^socket\.io {re.escape(url)}: (\d+) emitted", out)
         assert emitted >= published
     finally:

@@ -38,9 +38,15 @@ async def test_basic_setup_example(stop_after):
         await bus.stop(timeout=5)  # flushes the Socket.IO buffer
         await dashboard.wait_for(lambda: len(dashboard.events()) >= 1)
         (got,) = dashboard.events()
-        assert got["event"] == "hook_event"
-        assert (got["data"]["topic"], got["data"]["type"]) == ("hook.response", "AssistantResponse")
-        assert got["data"]["data"] == {"content": "x"}
+        # By default the consumer speaks the Claude MPM dashboard's inbound protocol.
+        assert got["event"] == "claude_event"
+        p = got["data"]
+        assert (p["topic"], p["type"], p["subtype"]) == (
+            "hook.response",
+            "hook",
+            "assistant_response",
+        )
+        assert p["data"] == {"content": "x"}
         assert logging_consumer.get_metrics()["events_logged"] == 1
     finally:
         await dashboard.stop()

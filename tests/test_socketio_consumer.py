@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 from helpers.sio_helpers import Server, free_port
-from mpm_events import DeadLetterConsumer, Event, IEventConsumer, SocketIOConsumer
+from mpm_events import (
+    DeadLetterConsumer,
+    Event,
+    HookEventProducer,
+    IEventConsumer,
+    SocketIOConsumer,
+    SystemEventProducer,
+)
 
 
 def ev(topic: str, i: int, **kw) -> Event:
@@ -22,9 +29,12 @@ async def server():
     await s.stop()
 
 
-async def test_names_payloads_and_stop_flushes(server, started_bus):
-    c = SocketIOConsumer(url=f"http://127.0.0.1:{server.port}", batch_timeout=0.01)
+async def test_legacy_names_payloads_and_stop_flushes(server, started_bus):
+    c = SocketIOConsumer(
+        url=f"http://127.0.0.1:{server.port}", batch_timeout=0.01, event_names="legacy"
+    )
     assert isinstance(c, IEventConsumer)
+    assert c.event_names == "legacy"
     cfg = c.config
     assert (cfg.name, cfg.topics, cfg.priority.name) == ("SocketIOConsumer", ["**"], "HIGH")
     assert (cfg.batch_size, cfg.max_retries, cfg.retry_backoff) == (10, 3, 2.0)
@@ -59,6 +69,46 @@ async def test_names_payloads_and_stop_flushes(server, started_bus):
     m = c.get_metrics()
     assert m["events_emitted"] == 4 and m["buffered"] == 0 and m["events_failed"] == 0
     assert m["emit_latency_p50_ms"] > 0
+
+
+async def test_default_is_the_dashboards_name_and_normalized_payload(server, started_bus):
+    c = SocketIOConsumer(url=server.url, batch_timeout=0.01)
+    assert c.event_names == "dashboard"
+    bus = await started_bus("memory")
+    await bus.subscribe(c)
+    hook, system = HookEventProducer(bus), SystemEventProducer(bus)
+    hook_data = {"hook_event_name": "PreToolUse", "session_id": "s-1", "cwd": "/proj"}
+    assert await hook.publish_raw_hook_event("PreToolUse", hook_data)
+    assert await hook.publish_tool_use("Read", {"session_id": "s-2"}, "text", "corr-9")
+    assert await system.publish_health_status("svc", "healthy", {"db": True})
+    assert await bus.publish(ev("misc.thing", 3, correlation_id="c-3"))
+    await bus.stop(timeout=10)
+    await server.wait_for(lambda: len(server.events()) >= 4)
+    got = server.events()
+    assert [g["event"] for g in got] == ["claude_event"] * 4
+    payloads = {g["data"]["subtype"]: g["data"] for g in got}
+    assert set(payloads) == {"pre_tool", "post_tool", "health", "t3"}
+    for p in payloads.values():
+        assert list(p)[:6] == ["event", "source", "type", "subtype", "timestamp", "data"]
+        assert list(p)[-2:] == ["id", "topic"]
+        assert p["event"] == "mpm_event"
+        assert datetime.fromisoformat(p["timestamp"]).utcoffset() == timedelta(0)
+    raw, tool, health, misc = (payloads[k] for k in ("pre_tool", "post_tool", "health", "t3"))
+    assert (raw["type"], raw["subtype"], raw["source"]) == ("hook", "pre_tool", "hook_handler")
+    assert (raw["session_id"], raw["cwd"], raw["data"]) == ("s-1", "/proj", hook_data)
+    assert "correlation_id" not in raw
+    assert (tool["type"], tool["subtype"], tool["session_id"]) == ("hook", "post_tool", "s-2")
+    assert tool["correlation_id"] == "corr-9" and "cwd" not in tool
+    assert tool["data"] == {"tool": "Read", "params": {"session_id": "s-2"}, "result": "text"}
+    assert (health["type"], health["subtype"], health["source"]) == ("system", "health", "system")
+    assert not {"session_id", "correlation_id", "cwd"} & set(health)
+    assert (misc["type"], misc["subtype"], misc["correlation_id"]) == ("misc", "t3", "c-3")
+    assert (misc["source"], misc["data"]) == ("test", {"i": 3, "nested": [1, "x"]})
+
+
+def test_event_names_must_be_dashboard_or_legacy():
+    with pytest.raises(ValueError, match="event_names"):
+        SocketIOConsumer(event_names="modern")  # type: ignore[arg-type]
 
 
 async def test_event_name_override_and_emit_per_batch(server, started_bus):
@@ -142,7 +192,7 @@ async def test_no_server_for_5s_then_one_appears(started_bus):
     srv = await Server(port=port).start()
     try:
         await srv.wait_for(lambda: len(srv.events()) == 5)
-        assert [g["event"] for g in srv.events()] == ["cli_event"] * 5
+        assert [g["event"] for g in srv.events()] == ["claude_event"] * 5
         assert c.get_metrics()["connected"]
     finally:
         await bus.stop(timeout=10)

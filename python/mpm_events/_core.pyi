@@ -1006,11 +1006,41 @@ class SocketIOConsumer(_NativeConsumer):
     """Forwards events to a Socket.IO v5 server (the Claude MPM dashboard).
 
     A Rust Socket.IO client over WebSocket (no OpenSSL; ``http``/``ws`` URLs).
-    Event name by topic prefix: ``hook.`` -> ``hook_event``, ``cli.`` ->
-    ``cli_event``, ``system.`` -> ``system_event``, ``agent.`` ->
-    ``agent_event``, ``build.`` -> ``build_event``, else ``claude_event``;
-    payload ``{id, type, topic, timestamp (ISO 8601), source, data,
-    correlation_id}``.
+    Point it at a dashboard with ``url`` (``claude-mpm monitor`` serves on
+    ``http://localhost:8765``, the default URL's port).
+
+    By default (``event_names="dashboard"``) it speaks the dashboard's inbound
+    protocol: every event is emitted as ``claude_event``, the name claude-mpm's
+    server handles from clients, with the normalized payload claude-mpm's hook
+    handler sends: ``{event: "mpm_event", source, type, subtype, timestamp (ISO
+    8601 UTC), data, correlation_id?, session_id?, cwd?, id, topic}``.
+    ``session_id``, ``cwd`` (also read as ``working_directory``) and
+    ``correlation_id`` are set when known: the event's ``correlation_id``, else
+    the first found in ``data``, at its top level, then one level down (for
+    example in ``publish_tool_use``'s ``params`` or a system event's
+    ``details``). ``type``/``subtype`` give what claude-mpm's hook handler gives
+    for the same hook, never "unknown": on ``hook.*`` topics the Claude Code
+    hook names of ``publish_raw_hook_event`` map to ``user_prompt``,
+    ``pre_tool``, ``post_tool``, ``notification``, ``stop``,
+    ``subagent_start``, ``subagent_stop``, ``session_start``, ``session_end``,
+    ``assistant_response``, ``pre_compact`` (type ``hook``);
+    ``publish_tool_use`` gives ``post_tool`` with a result, else ``pre_tool``;
+    ``publish_response`` ``assistant_response``; ``publish_subagent_event(name,
+    "Start", ...)`` ``subagent_start`` (``subagent_<x>`` for any ``x``);
+    ``publish_error`` type ``error``, subtype ``hook_error``; other hook types
+    their name in snake case. ``SystemEventProducer``: ``startup``,
+    ``shutdown``, ``health``, ``config_change``, ``warning`` (type ``system``),
+    ``metrics`` (type ``performance``), ``system_error`` (type ``error``). Any
+    other topic ``a.b``: type ``a``, subtype the event type in snake case (else
+    ``b``, else ``generic``). The full table: ``src/sinks/socketio/dashboard.rs``.
+
+    ``event_names="legacy"`` sends what the original consumer sent, for servers
+    that want it: names by topic prefix (``hook.`` -> ``hook_event``, ``cli.``
+    -> ``cli_event``, ``system.`` -> ``system_event``, ``agent.`` ->
+    ``agent_event``, ``build.`` -> ``build_event``, else ``claude_event``) and
+    the payload ``{id, type, topic, timestamp (ISO 8601), source, data,
+    correlation_id}``. claude-mpm's dashboard server handles none of those five
+    names. ``event_name`` overrides the name in either mode.
 
     Delivery: a batch counts as consumed once accepted into the bounded buffer
     (``buffer_limit`` items), so a server that is away never blocks the bus.
@@ -1042,10 +1072,15 @@ class SocketIOConsumer(_NativeConsumer):
         auth: Auth payload of the namespace connect.
         headers: Extra WebSocket handshake headers.
         event_name: One name for every event, or ``{topic prefix: name}``
-            (longest prefix wins; others use the default mapping).
+            (longest prefix wins; others get ``event_names``'s name).
+        event_names: ``"dashboard"`` (default): ``claude_event`` and the
+            dashboard's normalized payload; ``"legacy"``: the original's names
+            by topic prefix and its payload.
         buffer_limit: Most accepted, undelivered items.
         emit_per_batch: A name (or True for ``claude_event_batch``): one emit
-            per batch carrying the list of payloads.
+            per batch carrying the list of payloads (claude-mpm's dashboard
+            server handles only one event per ``claude_event``, so leave it
+            unset for a dashboard).
         flush_timeout: Most seconds ``shutdown()`` waits to deliver the buffer to a
             server that can be reached (default 5).
         name: The consumer's name.
@@ -1064,6 +1099,7 @@ class SocketIOConsumer(_NativeConsumer):
     batch_size: int
     batch_timeout: float
     buffer_limit: int
+    event_names: str
     def __new__(
         cls,
         socketio_server: str | object | None = None,
@@ -1080,6 +1116,7 @@ class SocketIOConsumer(_NativeConsumer):
         auth: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         event_name: str | dict[str, str] | None = None,
+        event_names: Literal["dashboard", "legacy"] = "dashboard",
         buffer_limit: int = 10_000,
         emit_per_batch: str | bool | None = None,
         flush_timeout: float = 5.0,

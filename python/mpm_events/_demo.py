@@ -12,7 +12,8 @@ Python ones:
 * ``flaky-webhook``, a Python consumer with retries and exponential backoff, some
   of whose events exhaust their retries and land, through the bus's dead-letter
   queue, in the ``DeadLetterConsumer``'s JSON-lines files in the output dir;
-* ``SocketIOConsumer`` forwards everything to a dashboard with ``--socketio URL``;
+* ``SocketIOConsumer`` forwards everything to a dashboard with ``--socketio URL``
+  (as ``claude_event`` in the dashboard's normalized shape, its default);
 * ``tool-audit`` (a sync ``consume`` on a worker thread), ``batch-counter``
   (``consume_batch``) and ``subagents`` (a pattern subscription) show the Python
   consumer kinds.
@@ -354,7 +355,6 @@ async def _main(
     if socketio_url is not None:
         sio = SocketIOConsumer(
             url=socketio_url,
-            event_name="claude_event",
             reconnect_delay=0.2,
             max_reconnect_delay=1.0,
             flush_timeout=2.0,

@@ -9,6 +9,10 @@
 //! Items still undelivered when the consumer shuts down (after waiting up to
 //! `flush_timeout` for the server) go to the dead-letter sinks through the
 //! hook the bus installs.
+//!
+//! Each item is named and shaped by the consumer's [`Protocol`]: the Claude MPM
+//! dashboard's `claude_event` with its normalized payload by default, the
+//! original's names and payload with [`Protocol::Legacy`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,8 +23,9 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 use super::dead_letter::iso;
+use super::socketio::dashboard::{self, EventFields};
 use super::socketio::{
-    event_name_for, payload, EventNaming, Outgoing, SocketIoConfig, SocketIoSink,
+    event_name_for, payload, EventNaming, Outgoing, Protocol, SocketIoConfig, SocketIoSink,
 };
 use super::{BoxFuture, DeadLetterHook, Sink, SinkItem};
 
@@ -29,6 +34,7 @@ pub struct SocketIoConsumerSink {
     name: String,
     emitter: SocketIoSink,
     naming: EventNaming,
+    protocol: Protocol,
     flush_timeout: Duration,
     next_token: AtomicU64,
     /// Accepted, not yet delivered items by token (for the dead-letter path).
@@ -41,11 +47,13 @@ pub struct SocketIoConsumerSink {
 }
 
 impl SocketIoConsumerSink {
-    /// Starts connecting at once on `handle` (retrying with backoff).
+    /// Starts connecting at once on `handle` (retrying with backoff). Events are
+    /// named by `naming` (else by `protocol`) and sent in `protocol`'s payload.
     pub fn start(
         name: String,
         config: SocketIoConfig,
         naming: EventNaming,
+        protocol: Protocol,
         flush_timeout: Duration,
         handle: &tokio::runtime::Handle,
     ) -> Self {
@@ -54,6 +62,7 @@ impl SocketIoConsumerSink {
             name,
             emitter: SocketIoSink::start_on(config, handle),
             naming,
+            protocol,
             flush_timeout,
             next_token: AtomicU64::new(1),
             pending: Arc::default(),
@@ -66,17 +75,33 @@ impl SocketIoConsumerSink {
 
     fn outgoing(&self, item: &SinkItem, token: u64) -> Outgoing {
         let v = &item.view;
-        Outgoing {
-            event: event_name_for(&v.topic, &self.naming).to_string(),
-            payload: payload(
+        let timestamp = iso(&v.timestamp);
+        let data = v.data.clone();
+        let payload = match self.protocol {
+            Protocol::Dashboard => dashboard::payload(
+                &EventFields {
+                    id: &v.id,
+                    topic: &v.topic,
+                    event_type: &v.event_type,
+                    source: &v.source,
+                    timestamp_iso: &timestamp,
+                    correlation_id: v.correlation_id.as_deref(),
+                },
+                data,
+            ),
+            Protocol::Legacy => payload(
                 &v.id,
                 &v.event_type,
                 &v.topic,
-                &iso(&v.timestamp),
+                &timestamp,
                 &v.source,
-                v.data.clone().unwrap_or(Value::Null),
+                data.unwrap_or(Value::Null),
                 v.correlation_id.as_deref(),
             ),
+        };
+        Outgoing {
+            event: event_name_for(&v.topic, &self.naming, self.protocol).to_string(),
+            payload,
             token,
         }
     }

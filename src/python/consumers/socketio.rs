@@ -11,7 +11,7 @@ use pyo3::types::PyDict;
 use crate::python::consumers::base::SinkConsumer;
 use crate::python::consumers::logging::default_topics;
 use crate::python::consumers::make_config;
-use crate::sinks::socketio::{EventNaming, SocketIoConfig};
+use crate::sinks::socketio::{EventNaming, Protocol, SocketIoConfig};
 use crate::sinks::socketio_consumer::SocketIoConsumerSink;
 
 #[doc = stub_doc!(SocketIOConsumer)]
@@ -33,6 +33,8 @@ pub struct SocketIOConsumer {
     batch_timeout: f64,
     #[pyo3(get)]
     buffer_limit: usize,
+    #[pyo3(get)]
+    event_names: String,
 }
 
 pub(crate) fn secs(name: &str, v: f64) -> PyResult<Duration> {
@@ -43,7 +45,7 @@ pub(crate) fn secs(name: &str, v: f64) -> PyResult<Duration> {
 #[pymethods]
 impl SocketIOConsumer {
     #[new]
-    #[pyo3(signature = (socketio_server=None, port_range=(8765, 8785), reconnect_delay=1.0, max_reconnect_delay=30.0, batch_size=10, batch_timeout=0.1, *, url=None, namespace="/", auth=None, headers=None, event_name=None, buffer_limit=10_000, emit_per_batch=None, flush_timeout=5.0, name="SocketIOConsumer"))]
+    #[pyo3(signature = (socketio_server=None, port_range=(8765, 8785), reconnect_delay=1.0, max_reconnect_delay=30.0, batch_size=10, batch_timeout=0.1, *, url=None, namespace="/", auth=None, headers=None, event_name=None, event_names="dashboard", buffer_limit=10_000, emit_per_batch=None, flush_timeout=5.0, name="SocketIOConsumer"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -58,6 +60,7 @@ impl SocketIOConsumer {
         auth: Option<&Bound<'_, PyAny>>,
         headers: Option<&Bound<'_, PyDict>>,
         event_name: Option<&Bound<'_, PyAny>>,
+        event_names: &str,
         buffer_limit: usize,
         emit_per_batch: Option<&Bound<'_, PyAny>>,
         flush_timeout: f64,
@@ -79,6 +82,15 @@ impl SocketIOConsumer {
             }
         }
         let url = url.unwrap_or_else(|| format!("http://127.0.0.1:{}", port_range.0));
+        let (protocol, event_names) = match event_names {
+            "dashboard" => (Protocol::Dashboard, "dashboard"),
+            "legacy" => (Protocol::Legacy, "legacy"),
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "event_names must be \"dashboard\" or \"legacy\", got {other:?}"
+                )))
+            }
+        };
         let naming = match event_name.filter(|e| !e.is_none()) {
             None => EventNaming::Default,
             Some(e) => match e.extract::<String>() {
@@ -149,6 +161,7 @@ impl SocketIOConsumer {
             name.to_string(),
             cfg,
             naming,
+            protocol,
             secs("flush_timeout", flush_timeout)?,
             crate::python::runtime::runtime().handle(),
         ));
@@ -163,6 +176,7 @@ impl SocketIOConsumer {
                     batch_size,
                     batch_timeout,
                     buffer_limit,
+                    event_names: event_names.to_string(),
                 },
             ),
         )

@@ -15,6 +15,11 @@
 //! lost connection reliably and keep un-acknowledged items for re-sending.
 //! Only `http://`/`ws://` URLs are supported (the dashboard is local).
 //!
+//! What is sent is chosen by [`Protocol`]: by default the Claude MPM dashboard's
+//! inbound protocol (`claude_event` with the normalized payload of
+//! [`dashboard::payload`]), or the original consumer's names by topic prefix and
+//! its payload ([`Protocol::Legacy`]).
+//!
 //! Delivery semantics (at least once):
 //! - every emit requests a Socket.IO ack; the ack resolves the item as delivered;
 //! - if the connection drops before the ack, the item goes back to the front of
@@ -41,6 +46,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub mod dashboard;
 
 /// Configuration of a [`SocketIoSink`].
 #[derive(Debug, Clone)]
@@ -87,16 +94,30 @@ impl Default for SocketIoConfig {
     }
 }
 
+/// Which protocol the consumer speaks: the names its events get when no
+/// [`EventNaming`] override applies, and the shape of their payload.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// The Claude MPM dashboard's inbound protocol: every event is emitted as
+    /// `claude_event` (the name its server handles) with the normalized payload
+    /// of [`dashboard::payload`].
+    #[default]
+    Dashboard,
+    /// What the original consumer sent: names by topic prefix
+    /// ([`legacy_event_name`]) and the payload of [`payload`].
+    Legacy,
+}
+
 /// How topics map to Socket.IO event names.
 #[derive(Debug, Clone, Default)]
 pub enum EventNaming {
-    /// The original's mapping (see [`event_name_for`]).
+    /// The protocol's names (see [`Protocol`]).
     #[default]
     Default,
     /// Every event gets this name (the Claude MPM dashboard accepts `claude_event`).
     Fixed(String),
     /// `(topic prefix, event name)` pairs, longest matching prefix wins; topics
-    /// that match none fall back to the default mapping.
+    /// that match none fall back to the protocol's names.
     Prefixes(Vec<(String, String)>),
 }
 
@@ -108,11 +129,25 @@ const DEFAULT_NAMES: [(&str, &str); 5] = [
     ("build.", "build_event"),
 ];
 
-/// Socket.IO event name for `topic`: by prefix `hook.` -> `hook_event`,
+/// The event name the dashboard's server handles from clients.
+pub const DASHBOARD_EVENT: &str = "claude_event";
+
+/// The original's name for `topic`: by prefix `hook.` -> `hook_event`,
 /// `cli.` -> `cli_event`, `system.` -> `system_event`, `agent.` -> `agent_event`,
-/// `build.` -> `build_event`, anything else -> `claude_event`, unless `naming`
-/// overrides it.
-pub fn event_name_for<'a>(topic: &str, naming: &'a EventNaming) -> &'a str {
+/// `build.` -> `build_event`, anything else -> `claude_event`. (The dashboard's
+/// server sends the first five to browsers and handles none of them.)
+pub fn legacy_event_name(topic: &str) -> &'static str {
+    DEFAULT_NAMES
+        .iter()
+        .find(|(prefix, _)| topic.starts_with(prefix))
+        .map(|(_, name)| *name)
+        .unwrap_or(DASHBOARD_EVENT)
+}
+
+/// Socket.IO event name for `topic`: `naming`'s override if one applies, else
+/// the protocol's name (`claude_event` for [`Protocol::Dashboard`],
+/// [`legacy_event_name`] for [`Protocol::Legacy`]).
+pub fn event_name_for<'a>(topic: &str, naming: &'a EventNaming, protocol: Protocol) -> &'a str {
     match naming {
         EventNaming::Fixed(name) => return name,
         EventNaming::Prefixes(map) => {
@@ -126,14 +161,13 @@ pub fn event_name_for<'a>(topic: &str, naming: &'a EventNaming) -> &'a str {
         }
         EventNaming::Default => {}
     }
-    DEFAULT_NAMES
-        .iter()
-        .find(|(prefix, _)| topic.starts_with(prefix))
-        .map(|(_, name)| *name)
-        .unwrap_or("claude_event")
+    match protocol {
+        Protocol::Dashboard => DASHBOARD_EVENT,
+        Protocol::Legacy => legacy_event_name(topic),
+    }
 }
 
-/// The original's payload: exactly
+/// The original's payload ([`Protocol::Legacy`]): exactly
 /// `{id, type, topic, timestamp, source, data, correlation_id}`.
 pub fn payload(
     id: &str,

@@ -184,7 +184,9 @@ fn item(i: u64, topic: &str) -> Outgoing {
         if i % 2 == 0 { Some("corr") } else { None },
     );
     Outgoing {
-        event: event_name_for(topic, &EventNaming::Default).to_string(),
+        // NOTE: the emitter tests use the legacy names: a mix of names, some of
+        // which a server may have no handler for.
+        event: event_name_for(topic, &EventNaming::Default, Protocol::Legacy).to_string(),
         payload: p,
         token: i,
     }
@@ -225,24 +227,53 @@ fn all_ok(d: &[Delivery]) -> bool {
 }
 
 #[test]
-fn event_names_by_prefix_and_overrides() {
+fn event_names_by_protocol_prefix_and_overrides() {
     let d = EventNaming::Default;
-    assert_eq!(event_name_for("hook.pre_tool", &d), "hook_event");
-    assert_eq!(event_name_for("cli.start", &d), "cli_event");
-    assert_eq!(event_name_for("system.up", &d), "system_event");
-    assert_eq!(event_name_for("agent.x", &d), "agent_event");
-    assert_eq!(event_name_for("build.done", &d), "build_event");
-    assert_eq!(event_name_for("hooks", &d), "claude_event");
-    assert_eq!(event_name_for("other.thing", &d), "claude_event");
-    let fixed = EventNaming::Fixed("claude_event".into());
-    assert_eq!(event_name_for("hook.a", &fixed), "claude_event");
+    let legacy = |t| event_name_for(t, &d, Protocol::Legacy);
+    assert_eq!(legacy("hook.pre_tool"), "hook_event");
+    assert_eq!(legacy("cli.start"), "cli_event");
+    assert_eq!(legacy("system.up"), "system_event");
+    assert_eq!(legacy("agent.x"), "agent_event");
+    assert_eq!(legacy("build.done"), "build_event");
+    assert_eq!(legacy("hooks"), "claude_event");
+    assert_eq!(legacy("other.thing"), "claude_event");
+    for t in [
+        "hook.pre_tool",
+        "cli.start",
+        "system.up",
+        "agent.x",
+        "build.done",
+        "x",
+    ] {
+        assert_eq!(
+            event_name_for(t, &d, Protocol::Dashboard),
+            "claude_event",
+            "{t}"
+        );
+        assert_eq!(
+            event_name_for(t, &d, Protocol::default()),
+            "claude_event",
+            "{t}"
+        );
+    }
+    let fixed = EventNaming::Fixed("custom".into());
+    for protocol in [Protocol::Dashboard, Protocol::Legacy] {
+        assert_eq!(event_name_for("hook.a", &fixed, protocol), "custom");
+    }
     let map = EventNaming::Prefixes(vec![
         ("hook.".into(), "h".into()),
         ("hook.tool.".into(), "ht".into()),
     ]);
-    assert_eq!(event_name_for("hook.tool.use", &map), "ht");
-    assert_eq!(event_name_for("hook.x", &map), "h");
-    assert_eq!(event_name_for("cli.x", &map), "cli_event");
+    for protocol in [Protocol::Dashboard, Protocol::Legacy] {
+        assert_eq!(event_name_for("hook.tool.use", &map, protocol), "ht");
+        assert_eq!(event_name_for("hook.x", &map, protocol), "h");
+    }
+    // Topics that match no prefix get the protocol's name.
+    assert_eq!(event_name_for("cli.x", &map, Protocol::Legacy), "cli_event");
+    assert_eq!(
+        event_name_for("cli.x", &map, Protocol::Dashboard),
+        "claude_event"
+    );
 }
 
 #[test]
