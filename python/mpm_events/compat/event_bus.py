@@ -40,10 +40,10 @@ What differs, on purpose:
   ``publish`` return ``False`` (counted in ``events_failed``) and the handlers after
   it are skipped; here its exception is logged at debug level like any other.
 - **Wildcard handlers can be removed.** ``remove_listener("hook.*", h)`` removes it
-  (the original raises ``KeyError``), and ``remove_all_listeners()`` /
+  (the original silently keeps it), and ``remove_all_listeners()`` /
   ``remove_all_listeners("hook.*")`` clear wildcard handlers too (the original keeps
-  them forever). ``remove_listener`` of a handler that is not registered raises
-  ``KeyError`` as in the original.
+  them forever). Removing an unregistered handler behaves as in the original:
+  nothing happens when the event type has no handlers, else ``KeyError``.
 - ``events_failed`` counts events the engine refused (full queue, or the bus shut
   down); ``publish`` then returns ``False``. The history is updated under a lock.
 - ``SocketIORelay`` sends through our ``SocketIOConsumer`` (its own engine bus), so
@@ -356,10 +356,11 @@ class EventBus:
         logger.debug("Registered one-time handler for: %s", event_type)
 
     def remove_listener(self, event_type: str, handler: Callable[..., Any]) -> None:
-        """Remove a handler (the last registration of it).
+        """Remove a handler (its last registration).
 
         Raises:
-            KeyError: The handler is not registered for ``event_type``.
+            KeyError: As the original (pyee): ``event_type`` has handlers, but not this
+                one. With no handlers for ``event_type`` it does nothing.
         """
         with self._state:
             if event_type.endswith("*"):
@@ -368,16 +369,19 @@ class EventBus:
                     if handlers[i] == handler:
                         del handlers[i]
                         break
-                else:
-                    raise KeyError(handler)
             else:
-                entries = self._listeners.get(event_type, [])
+                entries = self._listeners.get(event_type)
+                if not entries:
+                    return
                 for i in range(len(entries) - 1, -1, -1):
                     if entries[i][0] == handler:
                         del entries[i]
                         break
                 else:
+                    # pyee's behaviour: the event has listeners, but not this one
                     raise KeyError(handler)
+                if not entries:
+                    del self._listeners[event_type]
         logger.debug("Removed handler for: %s", event_type)
 
     def remove_all_listeners(self, event_type: str | None = None) -> None:
@@ -540,8 +544,7 @@ class SocketIORelay:
     def stop(self, timeout: float = 5.0) -> None:
         """Unsubscribe and stop the consumer (it flushes what it buffered first)."""
         if self._handler is not None:
-            with contextlib.suppress(KeyError):
-                self.event_bus.remove_listener("hook.*", self._handler)
+            self.event_bus.remove_listener("hook.*", self._handler)
             self._handler = None
         if self._engine is not None:
             self._engine.close(timeout)
