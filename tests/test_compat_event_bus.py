@@ -19,10 +19,9 @@ from typing import Any
 import pytest
 
 pytest.importorskip("pyee")
-from claude_mpm.services.event_bus import event_bus as original_module  # noqa: E402
-from claude_mpm.services.event_bus import relay as original_relay  # noqa: E402
-
-from mpm_events.compat import event_bus as ours_module  # noqa: E402
+from claude_mpm.services.event_bus import event_bus as original_module
+from claude_mpm.services.event_bus import relay as original_relay
+from mpm_events.compat import event_bus as ours_module
 
 DEADLINE = 5.0
 
@@ -176,7 +175,14 @@ def test_trailing_star_prefix_wildcards(sides: list[Side]) -> None:
         bus.on("hook.pre*", lambda t, d: calls.append(("hook.pre*", t, d)))
         bus.on("*", lambda t, d: calls.append(("*", t, d)))
         bus.on("hook.pre_tool", lambda d: calls.append(("exact", d)))
-        for event_type in ["hook.pre_tool", "hook.post_tool", "hooks", "hook", "system.x", "hook.a.b"]:
+        for event_type in [
+            "hook.pre_tool",
+            "hook.post_tool",
+            "hooks",
+            "hook",
+            "system.x",
+            "hook.a.b",
+        ]:
             bus.publish(event_type, {"t": event_type})
         side.settle()
         return calls
@@ -409,9 +415,7 @@ def test_publish_from_other_threads_and_without_a_loop(sides: list[Side]) -> Non
         results.append(bus.publish("thread.evt", {"w": "main", "i": 0}))
         side.settle()
         wait_until(lambda: len(seen) == 201, what=f"{side.name}: 201 deliveries")
-        per_worker = {
-            w: [d["i"] for d in seen if d["w"] == w] for w in {d["w"] for d in seen}
-        }
+        per_worker = {w: [d["i"] for d in seen if d["w"] == w] for w in {d["w"] for d in seen}}
         return (
             all(results),
             len(results),
@@ -483,7 +487,9 @@ async def test_relay_to_a_real_socketio_server(sides: list[Side]) -> None:
             assert side.bus.publish("system.other", {"x": 1})  # not a hook event: not relayed
             assert side.bus.publish("hook.post_tool", {"tool_name": "Read"})
             await server.wait_for(
-                lambda server=server: len([e for e in server.events() if e["event"] == "claude_event"]) >= 2,
+                lambda server=server: (
+                    len([e for e in server.events() if e["event"] == "claude_event"]) >= 2
+                ),
                 timeout=20,
             )
             stats = relay.get_stats()
@@ -497,7 +503,9 @@ async def test_relay_to_a_real_socketio_server(sides: list[Side]) -> None:
                 "port",
             }
             assert stats["events_relayed"] == 2 and stats["port"] == server.port
-            received[side.name] = [e["data"] for e in server.events() if e["event"] == "claude_event"]
+            received[side.name] = [
+                e["data"] for e in server.events() if e["event"] == "claude_event"
+            ]
             await asyncio.to_thread(module.stop_relay)
         finally:
             await server.stop()
@@ -509,3 +517,21 @@ async def test_relay_to_a_real_socketio_server(sides: list[Side]) -> None:
         assert [p["data"]["tool_name"] for p in payloads] == ["Read", "Read"], name
         assert all(p["source"] == "event_bus" for p in payloads), name
         assert all(isinstance(p["timestamp"], str) for p in payloads), name
+
+
+def test_events_published_just_before_exit_reach_their_handlers() -> None:
+    """A hook process publishes and exits: the exit handler delivers what is queued."""
+    import subprocess
+
+    code = (
+        "from mpm_events.compat.event_bus import EventBus\n"
+        "bus = EventBus.get_instance()\n"
+        "bus.on('hook.*', lambda t, d: print(t, d['n'], flush=True))\n"
+        "for n in range(3):\n"
+        "    bus.publish('hook.pre_tool', {'n': n})\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert out.stdout.splitlines() == [f"hook.pre_tool {n}" for n in range(3)]
+    assert "Traceback" not in out.stderr

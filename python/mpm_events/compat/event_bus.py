@@ -66,7 +66,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import mpm_events
@@ -81,7 +81,7 @@ _MAX_HISTORY = 100
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def _fresh_stats() -> dict[str, Any]:
@@ -224,6 +224,9 @@ class EventBus:
             self._wildcard_handlers: dict[str, list[Callable[..., Any]]] = {}
             self._pending: dict[str, tuple[str, Any]] = {}
             self._engine = _Engine("mpm-events-compat", _Dispatcher(self))
+            # NOTE: registered after the engine bus exists, so it runs before the
+            # engine's own exit handling and what is queued still reaches the handlers.
+            atexit.register(_shutdown_at_exit)
             self._initialized = True
         logger.info("EventBus initialized")
 
@@ -465,7 +468,6 @@ class EventBus:
         logger.debug("Reset event statistics")
 
 
-@atexit.register
 def _shutdown_at_exit() -> None:
     stop_relay()
     bus = EventBus._instance
@@ -531,6 +533,7 @@ class SocketIORelay:
         if self._engine is None:
             self._consumer = mpm_events.SocketIOConsumer(url=self.url)
             self._engine = _Engine("mpm-events-compat-relay", self._consumer)
+            atexit.register(_shutdown_at_exit)  # again: before this engine's own exit
 
         def handle_hook_event(event_type: str, data: Any) -> None:
             if event_type.startswith("hook."):
