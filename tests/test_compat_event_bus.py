@@ -535,3 +535,20 @@ def test_events_published_just_before_exit_reach_their_handlers() -> None:
     )
     assert out.stdout.splitlines() == [f"hook.pre_tool {n}" for n in range(3)]
     assert "Traceback" not in out.stderr
+
+
+def test_flush_waits_for_async_handlers(sides: list[Side]) -> None:
+    ours = sides[1].bus
+    done: list[int] = []
+    gate = threading.Event()
+
+    async def slow(t: str, d: Any) -> None:
+        await asyncio.to_thread(gate.wait, DEADLINE)
+        done.append(d)
+
+    ours.on("slow.*", slow)
+    ours.publish("slow.x", 1)
+    assert ours.flush(0.05) is False  # the handler is still waiting
+    gate.set()
+    assert ours.flush(DEADLINE) is True
+    assert done == [1]

@@ -65,6 +65,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -326,12 +327,27 @@ class EventBus:
         return self.publish(event_type, data)
 
     def flush(self, timeout: float | None = 10.0) -> bool:
-        """New: wait until every accepted event reached its handlers (not from a handler).
+        """New: wait until every accepted event's handlers ran, async ones included.
+
+        Not from a handler.
 
         Returns:
             True if the bus went idle within ``timeout``.
         """
-        return self._engine.flush(timeout)
+        end = None if timeout is None else time.monotonic() + timeout
+        if not self._engine.flush(timeout):
+            return False
+        left = None if end is None else max(0.0, end - time.monotonic())
+        return bool(
+            self._engine.call(self._wait_handler_tasks(left), None if left is None else left + 5)
+        )
+
+    async def _wait_handler_tasks(self, timeout: float | None) -> bool:
+        tasks = set(self._handler_tasks)
+        if not tasks:
+            return True
+        _done, pending = await asyncio.wait(tasks, timeout=timeout)
+        return not pending
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """New: stop the engine; the next ``get_instance()`` makes a fresh bus."""
