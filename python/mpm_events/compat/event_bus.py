@@ -52,7 +52,9 @@ What differs, on purpose:
   ``data``, ``source: "event_bus"``, plus ``id``/``topic``/session fields) and
   delivery is buffered and retried; it prints nothing to stdout. Its stats keep the
   original's keys: ``events_relayed`` counts events handed to the consumer,
-  ``connected`` is the consumer's health.
+  ``connected`` is the consumer's ``is_healthy``, ``connection_failures`` stays 0
+  (the consumer reconnects on its own). ``SocketIORelay`` also takes ``url=``;
+  ``disable()`` stops relaying without closing the connection (``stop()`` does).
 - ``EventBus.shutdown(timeout)`` (new) stops the engine; the singleton is dropped
   and the next ``get_instance()`` makes a fresh bus. It also runs at interpreter exit.
 """
