@@ -103,6 +103,12 @@ pub enum Outcome {
     Filtered,
     /// Failed with this message; retried if attempts remain.
     Failure(String),
+    /// Failed, and the consumer says trying again cannot help (e.g. an HTTP
+    /// 400 answer): dead-lettered at once, whatever attempts remain.
+    Rejected(String),
+    /// Failed; retried like [`Outcome::Failure`], but not sooner than this
+    /// delay (e.g. an HTTP `Retry-After`) when the policy's own is shorter.
+    FailureNotBefore(String, Duration),
     /// Not attempted: the executor stopped before this item because the job was
     /// cut (the bus is stopping or the consumer unsubscribed). The message says
     /// why; the item is not counted as a failed attempt.
@@ -576,30 +582,11 @@ impl<E: EventLike> Lane<E> {
                         s.finish_entry(&d.entry);
                     }
                 }
-                Outcome::Failure(msg) => {
-                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                    d.entry.event.on_failure(&self.config.name, &msg);
-                    let mut errors = d.errors.clone();
-                    errors.push(msg);
-                    let retry = Delivery {
-                        entry: d.entry.clone(),
-                        errors,
-                    };
-                    let Some(s) = &shared else { continue };
-                    let retries_left = d.attempt() < self.config.retry.max_retries;
-                    let stopping = closed || s.phase() == Phase::Aborting;
-                    if retries_left && !stopping {
-                        self.stats.retried.fetch_add(1, Ordering::Relaxed);
-                        s.note_failure(self, &retry, Some(self.config.retry.delay(d.attempt())));
-                        self.schedule_retry(s, retry);
-                    } else if retries_left {
-                        s.note_failure(self, &retry, None);
-                        s.give_up(self, retry, if closed { UNSUBSCRIBED } else { STOPPED });
-                    } else {
-                        s.note_failure(self, &retry, None);
-                        s.dead_letter(self, retry, None);
-                    }
+                Outcome::Failure(msg) => self.failed(&shared, d, msg, closed, Some(Duration::ZERO)),
+                Outcome::FailureNotBefore(msg, at_least) => {
+                    self.failed(&shared, d, msg, closed, Some(at_least))
                 }
+                Outcome::Rejected(msg) => self.failed(&shared, d, msg, closed, None),
                 Outcome::Cancelled(why) => {
                     let Some(s) = &shared else { continue };
                     let d = Delivery {
@@ -634,8 +621,47 @@ impl<E: EventLike> Lane<E> {
         self.state.lock().current.clone()
     }
 
-    fn schedule_retry(self: &Arc<Self>, shared: &Arc<Shared<E>>, d: Delivery<E>) {
-        let delay = self.config.retry.delay(d.attempt());
+    /// One failed attempt of `d`: retried after at least `retry_after` (the
+    /// policy's delay when longer), or, with `None` (the consumer rejected the
+    /// event), dead-lettered at once.
+    fn failed(
+        self: &Arc<Self>,
+        shared: &Option<Arc<Shared<E>>>,
+        d: &Delivery<E>,
+        msg: String,
+        closed: bool,
+        retry_after: Option<Duration>,
+    ) {
+        self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        d.entry.event.on_failure(&self.config.name, &msg);
+        let mut errors = d.errors.clone();
+        errors.push(msg);
+        let retry = Delivery {
+            entry: d.entry.clone(),
+            errors,
+        };
+        let Some(s) = shared else { return };
+        let retries_left = d.attempt() < self.config.retry.max_retries;
+        let stopping = closed || s.phase() == Phase::Aborting;
+        match retry_after {
+            Some(at_least) if retries_left && !stopping => {
+                self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                let delay = self.config.retry.delay(d.attempt()).max(at_least);
+                s.note_failure(self, &retry, Some(delay));
+                self.schedule_retry(s, retry, delay);
+            }
+            Some(_) if retries_left => {
+                s.note_failure(self, &retry, None);
+                s.give_up(self, retry, if closed { UNSUBSCRIBED } else { STOPPED });
+            }
+            _ => {
+                s.note_failure(self, &retry, None);
+                s.dead_letter(self, retry, None);
+            }
+        }
+    }
+
+    fn schedule_retry(self: &Arc<Self>, shared: &Arc<Shared<E>>, d: Delivery<E>, delay: Duration) {
         let lane = self.clone();
         let mut phase = shared.phase_rx.clone();
         self.stats.retrying.fetch_add(1, Ordering::Relaxed);
@@ -1440,6 +1466,10 @@ mod tests {
         fail_first: AtomicU32,
         seen: Mutex<Vec<(u32, usize)>>,
         hang: AtomicBool,
+        /// The outcome of a failing item (default: `Failure("boom")`).
+        failure: Mutex<Option<Outcome>>,
+        /// When each item was run.
+        times: Mutex<Vec<Instant>>,
     }
 
     impl Executor<Ev> for Manual {
@@ -1461,9 +1491,11 @@ mod tests {
                 }
                 for d in &job.items {
                     self.seen.lock().push((d.entry.event.id, job.items.len()));
+                    self.times.lock().push(Instant::now());
                     if self.fail_first.load(Ordering::Relaxed) > 0 {
                         self.fail_first.fetch_sub(1, Ordering::Relaxed);
-                        job.record(Outcome::Failure("boom".into()));
+                        let failure = self.failure.lock().clone();
+                        job.record(failure.unwrap_or_else(|| Outcome::Failure("boom".into())));
                     } else {
                         job.record(Outcome::Success);
                     }
@@ -1806,6 +1838,63 @@ mod tests {
             engine.is_idle()
         });
         assert_eq!(*heard.lock(), vec![(1, true), (2, false)]);
+        assert_adds_up(&engine);
+    }
+
+    #[test]
+    fn a_rejected_item_is_dead_lettered_without_retries() {
+        let rt = rt();
+        let engine = Engine::new(rt.handle().clone(), 100, 10);
+        let heard: Arc<Mutex<Vec<(u32, bool)>>> = Arc::default();
+        let h = heard.clone();
+        engine.add_failure_listener(move |f| {
+            h.lock().push((f.attempt, f.retry_in.is_some()));
+        });
+        let exec = Arc::new(Manual::default());
+        exec.fail_first.store(10, Ordering::Relaxed);
+        *exec.failure.lock() = Some(Outcome::Rejected("HTTP 400: bad".into()));
+        add(&engine, "a", "x", exec.clone());
+        engine.start();
+        engine.publish(ev("x", 3, 1)).unwrap();
+        wait_until(|| {
+            exec.run();
+            engine.is_idle()
+        });
+        assert_eq!(exec.seen.lock().len(), 1, "one attempt only");
+        assert_eq!(*heard.lock(), vec![(1, false)]);
+        let dead = engine.dead_letters();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].errors, vec!["HTTP 400: bad".to_string()]);
+        assert_adds_up(&engine);
+    }
+
+    #[test]
+    fn a_failure_with_a_minimum_delay_is_retried_no_sooner() {
+        let rt = rt();
+        let engine = Engine::new(rt.handle().clone(), 100, 10);
+        let heard: Arc<Mutex<Vec<Option<Duration>>>> = Arc::default();
+        let h = heard.clone();
+        engine.add_failure_listener(move |f| h.lock().push(f.retry_in));
+        let exec = Arc::new(Manual::default());
+        exec.fail_first.store(1, Ordering::Relaxed);
+        let wait = Duration::from_millis(300);
+        *exec.failure.lock() = Some(Outcome::FailureNotBefore("HTTP 429".into(), wait));
+        add(&engine, "a", "x", exec.clone());
+        engine.start();
+        engine.publish(ev("x", 3, 1)).unwrap();
+        wait_until(|| {
+            exec.run();
+            engine.is_idle()
+        });
+        let times = exec.times.lock().clone();
+        assert_eq!(times.len(), 2, "failed once, then delivered");
+        assert!(times[1] - times[0] >= wait, "{:?}", times[1] - times[0]);
+        assert_eq!(
+            *heard.lock(),
+            vec![Some(wait)],
+            "the policy's 5 ms is shorter"
+        );
+        assert_eq!(engine.counters().processed, 1);
         assert_adds_up(&engine);
     }
 

@@ -14,6 +14,7 @@ from mpm_events._core import (
     Event,
     EventBus,
     EventMetadata,
+    HttpConsumer,
     LoggingConsumer,
     MetricsConsumer,
     SocketIOConsumer,
@@ -51,6 +52,7 @@ __all__ = [
     "EventMetadata",
     "EventPriority",
     "HookEventProducer",
+    "HttpConsumer",
     "IEventBus",
     "IEventConsumer",
     "IEventProducer",
@@ -68,4 +70,5 @@ IEventConsumer.register(MetricsConsumer)
 IEventConsumer.register(LoggingConsumer)
 IEventConsumer.register(DeadLetterConsumer)
 IEventConsumer.register(SocketIOConsumer)
+IEventConsumer.register(HttpConsumer)
 IEventProducer.register(HookEventProducer)

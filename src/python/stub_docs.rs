@@ -642,6 +642,88 @@ events_failed, events_rejected, events_dead_lettered, buffered, in_flight,
 reconnections, connection_attempts, resent, unacked,
 average_emit_time_ms, emit_latency_p50_ms, emit_latency_p99_ms, last_error."#
     };
+    (HttpConsumer) => {
+        r#"POSTs events to an HTTP endpoint: by default the Claude MPM dashboard.
+
+A Rust HTTP/1.1 client (keep-alive connection pool; ``https://`` through
+rustls, no OpenSSL). The default URL is the route claude-mpm's own hook
+handler posts to, ``POST http://127.0.0.1:8765/api/events`` (the dashboard
+server answers 204 and broadcasts the event to the browsers).
+
+Formats:
+
+- ``"claude-mpm"`` (default): one request per event with the body
+  claude-mpm's hook handler posts, ``{"namespace": "", "event":
+  "claude_event", "data": <normalized event>}``; the normalized event is
+  the one :class:`SocketIOConsumer` emits (``type``/``subtype`` never
+  "unknown", ``session_id``, ``cwd``, ``correlation_id`` when known, ISO
+  8601 UTC ``timestamp``).
+- ``"cloudevents"``: CloudEvents 1.0 per its HTTP binding: a batch of one
+  in structured mode (``application/cloudevents+json``), a larger batch in
+  batched mode (``application/cloudevents-batch+json``, a JSON array).
+  Attributes: ``specversion`` "1.0", ``id``, ``source``
+  ``/mpm-events/<source>``, ``type`` ``mpm_events.<event type>`` (e.g.
+  ``mpm_events.PreToolUse``), ``time`` (RFC 3339 UTC), and, when the event
+  has a payload, ``datacontenttype`` ``application/json`` and ``data``;
+  extensions ``topic``, ``correlationid`` and ``sessionid`` when known.
+- ``"json"``: :meth:`Event.to_dict` (``application/json``): one object for
+  a batch of one, a JSON array for a larger batch.
+
+Delivery: an event is delivered only when the server answers 2xx. 408,
+429, 5xx, timeouts and connection failures fail the attempt, retried with
+the consumer's backoff (``retry_delay`` times ``retry_backoff`` per retry,
+``max_retries`` times); a ``Retry-After`` answer (seconds or HTTP date, up
+to an hour) makes the next attempt wait at least that long. Any other
+status (other 4xx; 3xx, since redirects are not followed) is permanent:
+the event is dead-lettered at once, the reason naming the status and the
+start of the body (``HTTP 400 Bad Request from <url>: <body>``). A batch's
+requests are sent one after the other, in order, over one kept-alive
+connection; after a retryable failure the rest of the batch is not sent
+and fails with the same reason. Proxy settings of the environment are not
+used. ``shutdown()`` (``bus.stop()``) starts no further request and waits
+at most ``timeout`` for those in flight.
+
+TLS: trusts Mozilla's root certificates (compiled in, the same on every
+machine) plus those of ``ca_file``; ``client_cert`` and ``client_key``
+present a client certificate (mutual TLS). A certificate the client does
+not trust fails the attempt with the TLS error in the reason.
+
+Config: name ``HttpConsumer``, topics ``**`` (or ``topics``), priority
+HIGH, the given batch size/timeout and retries; the bus's per-call timeout
+is ``timeout * batch_size + 5`` seconds (at least 30).
+
+Args:
+    url: ``http://`` or ``https://`` URL the events are POSTed to.
+    format: ``"claude-mpm"``, ``"cloudevents"`` or ``"json"``.
+    headers: Extra request headers (e.g. ``Authorization``).
+    timeout: Seconds per request (connect, send, answer), default 2 (the
+        hook handler's).
+    batch_size: Events per batch.
+    batch_timeout: Seconds to wait to fill a batch.
+    max_retries: Retries of a failed attempt before the dead letter.
+    retry_delay: Seconds before the first retry.
+    retry_backoff: Multiplier of the delay per further retry.
+    max_retry_delay: Upper bound of the backoff delay.
+    topics: Topic patterns (default ``["**"]``).
+    ca_file: PEM file of extra trusted CA certificates.
+    client_cert: PEM client certificate chain (needs ``client_key``).
+    client_key: PEM private key of ``client_cert``.
+    name: The consumer's name.
+
+Raises:
+    ConsumerConfigError: A bad ``format``, URL or header, or a TLS file
+        that cannot be read or holds no usable PEM (the message names it).
+    ValueError: A negative ``timeout``.
+
+``get_metrics()``: url, format, events_received, events_delivered,
+events_failed (failed attempts), events_dead_lettered (rejected, or failed
+on the last attempt), requests, responses_2xx, responses_3xx,
+responses_4xx, responses_5xx, responses_other, timeouts,
+connection_errors, retry_after_honoured, in_flight, latency_p50_ms,
+latency_p95_ms, latency_p99_ms, latency_mean_ms (per request, answered
+ones), last_status, last_error. ``is_healthy`` is False after a request
+that failed in a way a retry may fix, until one succeeds."#
+    };
     (HookEventProducer) => {
         r#"Publishes hook-system events (source ``hook_handler``); compiled.
 

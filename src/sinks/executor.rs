@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::dispatch::{EventLike, Executor, Job, Outcome};
 use crate::event::EventView;
 
-use super::{Sink, SinkItem};
+use super::{Sink, SinkFailure, SinkItem};
 
 /// An event a sink can take: its fields, copied once at publish.
 pub trait SinkEvent: EventLike {
@@ -81,7 +81,7 @@ async fn run_job<E: SinkEvent>(
     let results = if items.is_empty() {
         Vec::new()
     } else {
-        tokio::time::timeout(timeout, sink.clone().consume(items))
+        tokio::time::timeout(timeout, sink.clone().consume_detailed(items))
             .await
             .ok()?
     };
@@ -91,7 +91,11 @@ async fn run_job<E: SinkEvent>(
             .map(|p| {
                 p.unwrap_or_else(|| match results.next() {
                     Some(Ok(())) => Outcome::Success,
-                    Some(Err(e)) => Outcome::Failure(e),
+                    Some(Err(SinkFailure::Retry(e))) => Outcome::Failure(e),
+                    Some(Err(SinkFailure::RetryNotBefore(e, at_least))) => {
+                        Outcome::FailureNotBefore(e, at_least)
+                    }
+                    Some(Err(SinkFailure::Permanent(e))) => Outcome::Rejected(e),
                     None => {
                         Outcome::Failure("the consumer reported no outcome for this event".into())
                     }
@@ -180,9 +184,18 @@ mod tests {
     }
 
     fn run(events: Vec<Ev>, timeout: Duration) -> (Engine<Ev>, Arc<Picky>) {
+        let sink = Arc::new(Picky::default());
+        (run_with(sink.clone(), 0, events, timeout), sink)
+    }
+
+    fn run_with(
+        sink: Arc<dyn Sink>,
+        max_retries: u32,
+        events: Vec<Ev>,
+        timeout: Duration,
+    ) -> Engine<Ev> {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let engine: Engine<Ev> = Engine::new(rt.handle().clone(), 100, 100);
-        let sink = Arc::new(Picky::default());
         engine.add_lane(
             LaneConfig {
                 name: "sink".into(),
@@ -190,7 +203,8 @@ mod tests {
                 batch_size: 10,
                 batch_timeout: Duration::ZERO,
                 retry: RetryPolicy {
-                    max_retries: 0,
+                    max_retries,
+                    retry_delay: Duration::from_millis(1),
                     ..RetryPolicy::default()
                 },
                 timeout,
@@ -202,7 +216,7 @@ mod tests {
             vec![Pattern::parse("**").unwrap()],
             None,
             Arc::new(SinkExecutor {
-                sink: sink.clone(),
+                sink,
                 timeout,
                 runtime: rt.handle().clone(),
             }),
@@ -218,7 +232,73 @@ mod tests {
         }
         // NOTE: keep the runtime alive until the checks are done.
         std::mem::forget(rt);
-        (engine, sink)
+        engine
+    }
+
+    /// Rejects "reject-*" for good, asks "later-*" to wait 200 ms once.
+    #[derive(Default)]
+    struct Verdicts(Mutex<Vec<(String, Instant)>>);
+    impl Sink for Verdicts {
+        fn needs_data(&self) -> bool {
+            false
+        }
+        fn consume(self: Arc<Self>, _: Vec<SinkItem>) -> BoxFuture<Vec<Result<(), String>>> {
+            unreachable!("the executor calls consume_detailed")
+        }
+        fn consume_detailed(
+            self: Arc<Self>,
+            items: Vec<SinkItem>,
+        ) -> BoxFuture<Vec<Result<(), SinkFailure>>> {
+            Box::pin(async move {
+                items
+                    .iter()
+                    .map(|i| {
+                        self.0.lock().push((i.view.id.to_string(), Instant::now()));
+                        if i.view.id.starts_with("reject") {
+                            Err(SinkFailure::Permanent("HTTP 400: no".into()))
+                        } else if i.view.id.starts_with("later") && i.attempt == 0 {
+                            Err(SinkFailure::RetryNotBefore(
+                                "HTTP 429".into(),
+                                Duration::from_millis(200),
+                            ))
+                        } else {
+                            Ok(())
+                        }
+                    })
+                    .collect()
+            })
+        }
+        fn metrics(&self) -> Value {
+            json!({})
+        }
+    }
+
+    #[test]
+    fn permanent_failures_skip_retries_and_retry_hints_delay_them() {
+        let sink = Arc::new(Verdicts::default());
+        let engine = run_with(
+            sink.clone(),
+            5,
+            vec![
+                Ev {
+                    view: view("reject-1", true),
+                },
+                Ev {
+                    view: view("later-1", true),
+                },
+            ],
+            Duration::from_secs(5),
+        );
+        let seen = sink.0.lock().clone();
+        let tries = |p: &str| seen.iter().filter(|(id, _)| id.starts_with(p)).count();
+        assert_eq!(tries("reject"), 1, "a permanent failure is not retried");
+        assert_eq!(tries("later"), 2);
+        let later: Vec<_> = seen.iter().filter(|(id, _)| id == "later-1").collect();
+        assert!(later[1].1 - later[0].1 >= Duration::from_millis(200));
+        let dead = engine.dead_letters();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].errors, vec!["HTTP 400: no".to_string()]);
+        assert_eq!(engine.counters().processed, 1);
     }
 
     #[test]

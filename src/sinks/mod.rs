@@ -13,10 +13,12 @@ use crate::event::EventView;
 pub mod dead_letter;
 pub mod executor;
 pub mod fanout;
+pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod socketio;
 pub mod socketio_consumer;
+pub mod tls;
 
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -39,6 +41,30 @@ pub struct SinkItem {
 /// name, errors, attempts)`. The bus forwards them to its dead-letter sinks.
 pub type DeadLetterHook = Arc<dyn Fn(SinkItem, &str, &[String], u32) + Send + Sync>;
 
+/// Why one item of a sink's batch failed, for sinks that know more than a message
+/// (see [`Sink::consume_detailed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkFailure {
+    /// A failed attempt, retried by the bus with the consumer's backoff.
+    Retry(String),
+    /// A failed attempt, retried no sooner than this delay (e.g. the server's
+    /// `Retry-After`) when the consumer's backoff is shorter.
+    RetryNotBefore(String, std::time::Duration),
+    /// Trying again cannot help (e.g. an HTTP 400): dead-lettered at once.
+    Permanent(String),
+}
+
+impl SinkFailure {
+    /// The failure's message.
+    pub fn message(&self) -> &str {
+        match self {
+            SinkFailure::Retry(m)
+            | SinkFailure::RetryNotBefore(m, _)
+            | SinkFailure::Permanent(m) => m,
+        }
+    }
+}
+
 /// A delivery back-end run by the engine without the GIL.
 pub trait Sink: Send + Sync + 'static {
     /// Whether the sink reads the payload (`EventView::data`); converting it to
@@ -48,6 +74,22 @@ pub trait Sink: Send + Sync + 'static {
     /// Handles a batch: one result per item, in order (`Err` = failed attempt,
     /// retried by the bus).
     fn consume(self: Arc<Self>, items: Vec<SinkItem>) -> BoxFuture<Vec<Result<(), String>>>;
+
+    /// Handles a batch like [`Sink::consume`], saying of each failure whether
+    /// and when it is worth retrying. The engine calls this one; the default
+    /// treats every `Err` of `consume` as [`SinkFailure::Retry`].
+    fn consume_detailed(
+        self: Arc<Self>,
+        items: Vec<SinkItem>,
+    ) -> BoxFuture<Vec<Result<(), SinkFailure>>> {
+        let fut = self.consume(items);
+        Box::pin(async move {
+            fut.await
+                .into_iter()
+                .map(|r| r.map_err(SinkFailure::Retry))
+                .collect()
+        })
+    }
 
     /// Prepares the sink (the consumer's `initialize()`); `Err` fails the subscribe.
     fn initialize(&self) -> Result<(), String> {

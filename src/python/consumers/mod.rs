@@ -8,12 +8,14 @@ use crate::python::model::ConsumerConfig;
 
 pub mod base;
 pub mod dead_letter;
+pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod socketio;
 
 pub use base::SinkConsumer;
 pub use dead_letter::DeadLetterConsumer;
+pub use http::HttpConsumer;
 pub use logging::LoggingConsumer;
 pub use metrics::MetricsConsumer;
 pub use socketio::SocketIOConsumer;
@@ -39,5 +41,6 @@ pub fn init_pymodule(m: &Bound<'_, pyo3::types::PyModule>) -> PyResult<()> {
     m.add_class::<LoggingConsumer>()?;
     m.add_class::<DeadLetterConsumer>()?;
     m.add_class::<SocketIOConsumer>()?;
+    m.add_class::<HttpConsumer>()?;
     Ok(())
 }
