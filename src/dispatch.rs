@@ -646,7 +646,8 @@ impl<E: EventLike> Lane<E> {
         match retry_after {
             Some(at_least) if retries_left && !stopping => {
                 self.stats.retried.fetch_add(1, Ordering::Relaxed);
-                let delay = self.config.retry.delay(d.attempt()).max(at_least);
+                // NOTE: `retry.attempt()` is the 1-based number of the coming retry.
+                let delay = self.config.retry.delay(retry.attempt()).max(at_least);
                 s.note_failure(self, &retry, Some(delay));
                 self.schedule_retry(s, retry, delay);
             }
