@@ -12,12 +12,16 @@ reason; a server that requires a client certificate gets ours (mutual TLS).
 from __future__ import annotations
 
 import ssl
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_event
+from conftest import make_event, wait_until
 from helpers.http_server import RecordingServer
-from mpm_events import HttpConsumer
+from helpers.sio_helpers import Server
+from mpm_events import ConsumerConfigError, HttpConsumer, SocketIOConsumer
+
+SIO_TLS = Path(__file__).parent / "helpers" / "sio_tls_server.py"
 
 trustme = pytest.importorskip("trustme")
 
@@ -111,3 +115,102 @@ async def test_mutual_tls_presents_the_client_certificate(pki, started_bus):
         assert "client.mpm-events.test" in {*subject.values(), *sans}, req.peercert
         (dl,) = bus.get_dead_letters()
         assert dl["consumer"] == "without"
+
+
+@pytest.fixture
+async def sio_tls(pki):
+    """``await sio_tls(require_client_cert=False)``: a started Socket.IO server over TLS."""
+    servers: list[Server] = []
+
+    async def start(require_client_cert: bool = False) -> Server:
+        s = Server()
+        s.args = [sys.executable, str(SIO_TLS), "--cert", str(pki.server_cert)]
+        s.args += ["--key", str(pki.server_key)]
+        if require_client_cert:
+            s.args += ["--client-ca", str(pki.ca_file)]
+        servers.append(s)
+        return await s.start()
+
+    try:
+        yield start
+    finally:
+        for s in servers:
+            await s.stop()
+
+
+@pytest.mark.parametrize("scheme", ["https", "wss"])
+async def test_socketio_over_tls_with_the_ca_file_delivers(pki, sio_tls, started_bus, scheme):
+    server = await sio_tls()
+    consumer = SocketIOConsumer(
+        url=f"{scheme}://127.0.0.1:{server.port}", ca_file=pki.ca_file, reconnect_delay=0.1
+    )
+    bus = await started_bus("memory")
+    assert await bus.subscribe(consumer)
+    e = make_event(data={"session_id": "wss-1"})
+    assert await bus.publish(e)
+    await server.wait_for(lambda: len(server.events()) == 1)
+    (got,) = server.events()
+    assert (got["event"], got["data"]["id"], got["data"]["session_id"]) == (
+        "claude_event",
+        e.id,
+        "wss-1",
+    )
+    await bus.stop(timeout=10)
+    assert bus.get_dead_letters() == []
+
+
+async def test_socketio_over_tls_without_the_ca_file_fails_with_a_certificate_error(
+    sio_tls, started_bus
+):
+    server = await sio_tls()
+    consumer = SocketIOConsumer(
+        url=f"wss://127.0.0.1:{server.port}", reconnect_delay=0.1, flush_timeout=1.0
+    )
+    bus = await started_bus("memory")
+    assert await bus.subscribe(consumer)
+    assert await bus.publish(make_event())
+    await wait_until(lambda: consumer.get_metrics()["last_error"] is not None)
+    assert "certificate" in consumer.get_metrics()["last_error"].lower()
+    await bus.stop(timeout=10)
+    assert server.connects() == []
+    (dl,) = bus.get_dead_letters()
+    assert "certificate" in dl["errors"][-1].lower(), dl["errors"]
+
+
+async def test_socketio_mutual_tls(pki, sio_tls, started_bus):
+    server = await sio_tls(require_client_cert=True)
+    consumer = SocketIOConsumer(
+        url=f"https://127.0.0.1:{server.port}",
+        ca_file=pki.ca_file,
+        client_cert=pki.client_cert,
+        client_key=pki.client_key,
+        reconnect_delay=0.1,
+    )
+    no_cert = SocketIOConsumer(
+        url=f"https://127.0.0.1:{server.port}",
+        ca_file=pki.ca_file,
+        reconnect_delay=0.1,
+        flush_timeout=1.0,
+        name="no-cert",
+    )
+    bus = await started_bus("memory")
+    assert await bus.subscribe(consumer)
+    assert await bus.subscribe(no_cert)
+    assert await bus.publish(make_event())
+    await server.wait_for(lambda: len(server.events()) == 1)
+    await wait_until(lambda: no_cert.get_metrics()["last_error"] is not None)
+    await bus.stop(timeout=10)
+    assert len(server.connects()) == 1, "only the consumer with the certificate got in"
+    (dl,) = bus.get_dead_letters()
+    assert dl["consumer"] == "no-cert"
+
+
+def test_socketio_bad_tls_files_are_named(tmp_path):
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("nothing\n")
+    with pytest.raises(ConsumerConfigError, match=r"ca_file .*garbage\.pem.*no PEM certificate"):
+        SocketIOConsumer(url="wss://127.0.0.1:1", ca_file=garbage)
+    with pytest.raises(ConsumerConfigError, match="client_cert needs client_key"):
+        SocketIOConsumer(url="wss://127.0.0.1:1", client_cert=garbage)
+    with pytest.raises(ConsumerConfigError, match=r"ca_file .*missing\.pem.*cannot read it"):
+        SocketIOConsumer(url="wss://127.0.0.1:1", ca_file=tmp_path / "missing.pem")

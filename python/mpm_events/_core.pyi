@@ -1005,7 +1005,8 @@ class DeadLetterConsumer(_NativeConsumer):
 class SocketIOConsumer(_NativeConsumer):
     """Forwards events to a Socket.IO v5 server (the Claude MPM dashboard).
 
-    A Rust Socket.IO client over WebSocket (no OpenSSL; ``http``/``ws`` URLs).
+    A Rust Socket.IO client over WebSocket (``http``/``ws`` URLs, and
+    ``https``/``wss`` through rustls: no OpenSSL).
     Point it at a dashboard with ``url`` (``claude-mpm monitor`` serves on
     ``http://localhost:8765``, the default URL's port).
 
@@ -1084,6 +1085,15 @@ class SocketIOConsumer(_NativeConsumer):
         flush_timeout: Most seconds ``shutdown()`` waits to deliver the buffer to a
             server that can be reached (default 5).
         name: The consumer's name.
+        ca_file: PEM file of CA certificates trusted besides Mozilla's
+            (compiled in), for ``https``/``wss`` URLs.
+        client_cert: PEM client certificate chain for mutual TLS (needs
+            ``client_key``).
+        client_key: PEM private key of ``client_cert``.
+
+    Raises:
+        ConsumerConfigError: A TLS file that cannot be read or holds no usable
+            PEM (the message names it).
 
     ``get_metrics()``: connected, events_received, events_emitted,
     events_failed, events_rejected, events_dead_lettered, buffered, in_flight,
@@ -1121,6 +1131,9 @@ class SocketIOConsumer(_NativeConsumer):
         emit_per_batch: str | bool | None = None,
         flush_timeout: float = 5.0,
         name: str = "SocketIOConsumer",
+        ca_file: str | os.PathLike[str] | None = None,
+        client_cert: str | os.PathLike[str] | None = None,
+        client_key: str | os.PathLike[str] | None = None,
     ) -> Self: ...
 
 @final

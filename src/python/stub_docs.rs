@@ -557,7 +557,8 @@ datetimes are UTC). ``topic_filter`` is a prefix as in the original
     (SocketIOConsumer) => {
         r#"Forwards events to a Socket.IO v5 server (the Claude MPM dashboard).
 
-A Rust Socket.IO client over WebSocket (no OpenSSL; ``http``/``ws`` URLs).
+A Rust Socket.IO client over WebSocket (``http``/``ws`` URLs, and
+``https``/``wss`` through rustls: no OpenSSL).
 Point it at a dashboard with ``url`` (``claude-mpm monitor`` serves on
 ``http://localhost:8765``, the default URL's port).
 
@@ -636,6 +637,15 @@ Args:
     flush_timeout: Most seconds ``shutdown()`` waits to deliver the buffer to a
         server that can be reached (default 5).
     name: The consumer's name.
+    ca_file: PEM file of CA certificates trusted besides Mozilla's
+        (compiled in), for ``https``/``wss`` URLs.
+    client_cert: PEM client certificate chain for mutual TLS (needs
+        ``client_key``).
+    client_key: PEM private key of ``client_cert``.
+
+Raises:
+    ConsumerConfigError: A TLS file that cannot be read or holds no usable
+        PEM (the message names it).
 
 ``get_metrics()``: connected, events_received, events_emitted,
 events_failed, events_rejected, events_dead_lettered, buffered, in_flight,

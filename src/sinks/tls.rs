@@ -48,6 +48,20 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
         .map_err(|e| format!("client_key {shown:?}: no PEM private key in it ({e})"))
 }
 
+/// The configuration with no options (webpki roots, no client certificate,
+/// ALPN `http/1.1`), built once.
+pub fn default_client_config() -> Arc<ClientConfig> {
+    static DEFAULT: std::sync::OnceLock<Arc<ClientConfig>> = std::sync::OnceLock::new();
+    DEFAULT
+        .get_or_init(|| {
+            Arc::new(
+                client_config(&TlsOptions::default(), &[b"http/1.1"])
+                    .expect("the default TLS configuration reads no file"),
+            )
+        })
+        .clone()
+}
+
 /// Builds the rustls client configuration for `opts`, offering `alpn`
 /// (e.g. `http/1.1`) if not empty. Errors name the file at fault.
 pub fn client_config(opts: &TlsOptions, alpn: &[&[u8]]) -> Result<ClientConfig, String> {

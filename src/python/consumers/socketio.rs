@@ -42,10 +42,30 @@ pub(crate) fn secs(name: &str, v: f64) -> PyResult<Duration> {
         .map_err(|_| PyValueError::new_err(format!("{name} must be a non-negative number")))
 }
 
+/// The TLS configuration for `wss://`/`https://` URLs when a TLS file is given
+/// (errors name the file); None: the default one.
+fn tls_config(
+    ca_file: Option<std::path::PathBuf>,
+    client_cert: Option<std::path::PathBuf>,
+    client_key: Option<std::path::PathBuf>,
+) -> PyResult<Option<Arc<rustls::ClientConfig>>> {
+    if ca_file.is_none() && client_cert.is_none() && client_key.is_none() {
+        return Ok(None);
+    }
+    let opts = crate::sinks::tls::TlsOptions {
+        ca_file,
+        client_cert,
+        client_key,
+    };
+    crate::sinks::tls::client_config(&opts, &[b"http/1.1"])
+        .map(|c| Some(Arc::new(c)))
+        .map_err(|e| crate::python::runtime::errors::config_error(format!("SocketIOConsumer: {e}")))
+}
+
 #[pymethods]
 impl SocketIOConsumer {
     #[new]
-    #[pyo3(signature = (socketio_server=None, port_range=(8765, 8785), reconnect_delay=1.0, max_reconnect_delay=30.0, batch_size=10, batch_timeout=0.1, *, url=None, namespace="/", auth=None, headers=None, event_name=None, event_names="dashboard", buffer_limit=10_000, emit_per_batch=None, flush_timeout=5.0, name="SocketIOConsumer"))]
+    #[pyo3(signature = (socketio_server=None, port_range=(8765, 8785), reconnect_delay=1.0, max_reconnect_delay=30.0, batch_size=10, batch_timeout=0.1, *, url=None, namespace="/", auth=None, headers=None, event_name=None, event_names="dashboard", buffer_limit=10_000, emit_per_batch=None, flush_timeout=5.0, name="SocketIOConsumer", ca_file=None, client_cert=None, client_key=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -65,6 +85,9 @@ impl SocketIOConsumer {
         emit_per_batch: Option<&Bound<'_, PyAny>>,
         flush_timeout: f64,
         name: &str,
+        ca_file: Option<std::path::PathBuf>,
+        client_cert: Option<std::path::PathBuf>,
+        client_key: Option<std::path::PathBuf>,
     ) -> PyResult<PyClassInitializer<Self>> {
         if buffer_limit == 0 {
             return Err(PyValueError::new_err("buffer_limit must be >= 1"));
@@ -132,6 +155,7 @@ impl SocketIOConsumer {
             reconnect_max: secs("max_reconnect_delay", max_reconnect_delay)?,
             buffer_limit,
             emit_per_batch,
+            tls: tls_config(ca_file, client_cert, client_key)?,
             ..SocketIoConfig::default()
         };
         let topics = default_topics(py, None, &["**"]);

@@ -13,7 +13,7 @@
 //! option. The part of the protocol we need (WebSocket transport, connect with
 //! auth, ping/pong, events with acks) is small, and owning it lets us detect a
 //! lost connection reliably and keep un-acknowledged items for re-sending.
-//! Only `http://`/`ws://` URLs are supported (the dashboard is local).
+//! `https://`/`wss://` URLs go through rustls ([`crate::sinks::tls`]), never OpenSSL.
 //!
 //! What is sent is chosen by [`Protocol`]: by default the Claude MPM dashboard's
 //! inbound protocol (`claude_event` with the normalized payload of
@@ -75,6 +75,8 @@ pub struct SocketIoConfig {
     /// How long a live connection waits for an ack before the item is counted
     /// delivered but unconfirmed.
     pub ack_timeout: Duration,
+    /// TLS for `https://`/`wss://` URLs; None: [`crate::sinks::tls::default_client_config`].
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for SocketIoConfig {
@@ -90,6 +92,7 @@ impl Default for SocketIoConfig {
             emit_per_batch: None,
             connect_timeout: Duration::from_secs(10),
             ack_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -714,11 +717,11 @@ fn ws_url(url: &str) -> Result<String, String> {
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| format!("invalid socket.io url {url:?}"))?;
-    match scheme {
-        "http" | "ws" => {}
-        "https" | "wss" => return Err(format!("TLS is not supported by this build: {url}")),
+    let ws_scheme = match scheme {
+        "http" | "ws" => "ws",
+        "https" | "wss" => "wss",
         _ => return Err(format!("unsupported url scheme in {url:?}")),
-    }
+    };
     let (host, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -731,7 +734,9 @@ fn ws_url(url: &str) -> Result<String, String> {
     } else {
         format!("{path}/")
     };
-    Ok(format!("ws://{host}{path}?EIO=4&transport=websocket"))
+    Ok(format!(
+        "{ws_scheme}://{host}{path}?EIO=4&transport=websocket"
+    ))
 }
 
 async fn connect(cfg: &SocketIoConfig) -> Result<Conn, String> {
@@ -745,9 +750,17 @@ async fn connect(cfg: &SocketIoConfig) -> Result<Conn, String> {
         let value = HeaderValue::try_from(v.as_str()).map_err(|e| format!("header {k}: {e}"))?;
         request.headers_mut().append(name, value);
     }
-    let (mut ws, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .map_err(|e| format!("connect {}: {e}", cfg.url))?;
+    let connector = url.starts_with("wss://").then(|| {
+        tokio_tungstenite::Connector::Rustls(
+            cfg.tls
+                .clone()
+                .unwrap_or_else(crate::sinks::tls::default_client_config),
+        )
+    });
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector)
+            .await
+            .map_err(|e| format!("connect {}: {e}", cfg.url))?;
 
     // Engine.IO open packet: 0{"sid":..,"pingInterval":..,"pingTimeout":..}
     let open = next_text(&mut ws).await?;

@@ -306,7 +306,11 @@ fn url_translation() {
         ws_url("http://h:1/custom").unwrap(),
         "ws://h:1/custom/?EIO=4&transport=websocket"
     );
-    assert!(ws_url("https://h:1").is_err());
+    assert_eq!(
+        ws_url("https://h:1").unwrap(),
+        "wss://h:1/socket.io/?EIO=4&transport=websocket"
+    );
+    assert!(ws_url("ftp://h:1").is_err());
 }
 
 #[test]
