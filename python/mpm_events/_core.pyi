@@ -44,6 +44,7 @@ __all__ = [
     "EventBus",
     "EventMetadata",
     "HookEventProducer",
+    "HttpConsumer",
     "LoggingConsumer",
     "MetricsConsumer",
     "SocketIOConsumer",

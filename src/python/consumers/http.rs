@@ -15,9 +15,6 @@ use crate::python::runtime::errors::config_error;
 use crate::sinks::http::{HttpConfig, HttpFormat, HttpSink};
 use crate::sinks::tls::TlsOptions;
 
-/// The default URL: claude-mpm's dashboard on its default port.
-const DEFAULT_URL: &str = "http://127.0.0.1:8765/api/events";
-
 #[doc = stub_doc!(HttpConsumer)]
 #[pyclass(module = "mpm_events._core", name = "HttpConsumer", extends = SinkConsumer, frozen)]
 pub struct HttpConsumer {
@@ -36,11 +33,11 @@ pub struct HttpConsumer {
 #[pymethods]
 impl HttpConsumer {
     #[new]
-    #[pyo3(signature = (url=DEFAULT_URL.to_string(), *, format="claude-mpm", headers=None, timeout=2.0, batch_size=10, batch_timeout=0.0, max_retries=3, retry_delay=0.1, retry_backoff=2.0, max_retry_delay=30.0, topics=None, ca_file=None, client_cert=None, client_key=None, name="HttpConsumer"))]
+    #[pyo3(signature = (url="http://127.0.0.1:8765/api/events", *, format="claude-mpm", headers=None, timeout=2.0, batch_size=10, batch_timeout=0.0, max_retries=3, retry_delay=0.1, retry_backoff=2.0, max_retry_delay=30.0, topics=None, ca_file=None, client_cert=None, client_key=None, name="HttpConsumer"))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
-        url: String,
+        url: &str,
         format: &str,
         headers: Option<&Bound<'_, PyDict>>,
         timeout: f64,
@@ -65,6 +62,8 @@ impl HttpConsumer {
                 .map(|(k, v)| Ok((k.extract()?, v.extract()?)))
                 .collect::<PyResult<_>>()?,
         };
+        // NOTE: the default URL is claude-mpm's dashboard on its default port.
+        let url = url.to_string();
         let sink = HttpSink::new(HttpConfig {
             url: url.clone(),
             format,
