@@ -285,6 +285,24 @@ async def test_stop_with_the_server_down_and_retries_waiting_does_not_block(star
     assert sorted(d["event"].id for d in dead) == sorted(e.id for e in events)
 
 
+async def test_stop_waits_no_longer_than_the_request_timeout(server, started_bus):
+    server.answer(Answer(204, delay=4.0))
+    consumer = HttpConsumer(server.url, timeout=1.0, retry_delay=30.0)
+    bus = await subscribed(started_bus, consumer)
+    e = make_event()
+    assert await bus.publish(e)
+    await asyncio.to_thread(server.wait_for, 1)
+    began = time.monotonic()
+    await bus.stop(timeout=10)
+    # The request in flight ends at its 1 s timeout, and the draining bus fires the
+    # retry at once instead of waiting out its 30 s backoff: delivered by the second.
+    assert time.monotonic() - began < 1.0 + HUNG
+    m = consumer.get_metrics()
+    assert (m["timeouts"], m["events_delivered"], len(server.requests)) == (1, 1, 2)
+    assert m["last_error"] == f"POST {server.url} timed out after 1.000s"
+    assert bus.get_dead_letters() == []
+
+
 async def test_keep_alive_reuses_one_connection(server, started_bus):
     consumer = HttpConsumer(server.url, batch_size=10)
     bus = await subscribed(started_bus, consumer)
