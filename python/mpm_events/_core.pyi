@@ -1172,8 +1172,9 @@ class HttpConsumer(_NativeConsumer):
     to an hour) makes the next attempt wait at least that long. Any other
     status (other 4xx; 3xx, since redirects are not followed) is permanent:
     the event is dead-lettered at once, the reason naming the status and the
-    start of the body (``HTTP 400 Bad Request from <url>: <body>``). A batch's
-    requests are sent one after the other, in order, over one kept-alive
+    start of the body (``HTTP 400 Bad Request from <url>: <body>``). The answer
+    to a batched request (``cloudevents``, ``json``) counts for each of its
+    events. A batch's requests are sent one after the other, in order, over one kept-alive
     connection; after a retryable failure the rest of the batch is not sent
     and fails with the same reason. Proxy settings of the environment are not
     used. ``shutdown()`` (``bus.stop()``) starts no further request and waits
