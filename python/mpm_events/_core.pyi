@@ -935,8 +935,8 @@ class DeadLetterConsumer(_NativeConsumer):
     """Persists failed events as JSON lines for analysis and replay.
 
     Receives every event that exhausted its retries in ANY consumer of the bus
-    (and items a Rust consumer accepted but could not deliver, e.g. Socket.IO
-    items still buffered at shutdown), plus events on its own topics (default
+    (the built-in Rust consumers too: a Socket.IO event the server never
+    acknowledged), plus events on its own topics (default
     ``error.**``, ``failed.**``) that already have failed consumers, retries
     exhausted or error messages (the original's ``_should_store``). Priority
     CRITICAL.
