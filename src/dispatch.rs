@@ -1346,51 +1346,6 @@ impl<E: EventLike> Engine<E> {
         }
     }
 
-    /// Dead-letters a delivery that counted as handled and later turned out not
-    /// delivered: a sink that buffers (Socket.IO) hands back at its shutdown what
-    /// it accepted but could not send. `origin` is the [`Entry`] the sink was given
-    /// (see `SinkItem::origin`); the counters move the event from processed to
-    /// dead-lettered, and the dead-letter listeners are told as for any dead letter.
-    pub fn dead_letter_after_success(
-        &self,
-        origin: &Entry<E>,
-        consumer: &Arc<str>,
-        errors: Vec<String>,
-        attempts: u32,
-    ) {
-        let s = &self.shared;
-        if let Some(lane) = self.lanes().iter().find(|l| l.config.name == *consumer) {
-            let _ = lane
-                .stats
-                .processed
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-            lane.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        }
-        s.failed.fetch_add(1, Ordering::Relaxed);
-        let before = origin.unfinished.fetch_or(ENDED_DEAD, Ordering::AcqRel);
-        // NOTE: an entry every lane finished with was counted once already; move it.
-        if before & (LANES_MASK | ENDED_DEAD) == 0 {
-            let from = if before & ENDED_RELEASED != 0 {
-                &s.released_events
-            } else {
-                &s.processed
-            };
-            let _ = from.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-            s.dead_events.fetch_add(1, Ordering::Relaxed);
-        }
-        let letter = DeadLetter {
-            event: origin.event.clone(),
-            consumer: consumer.clone(),
-            attempts,
-            errors,
-            at: SystemTime::now(),
-        };
-        for listener in s.dead_listeners.read().iter() {
-            listener(&letter);
-        }
-        s.dead.lock().push(letter);
-    }
-
     /// A handle that does not keep the engine alive.
     pub fn downgrade(&self) -> WeakEngine<E> {
         WeakEngine {
@@ -1777,38 +1732,6 @@ mod tests {
             b.pending() + b.in_flight(),
             3,
             "the other consumer still gets them"
-        );
-        assert_adds_up(&engine);
-    }
-
-    #[test]
-    fn a_late_dead_letter_moves_the_event_from_processed() {
-        let rt = rt();
-        let engine = Engine::new(rt.handle().clone(), 100, 10);
-        let exec = Arc::new(Manual::default());
-        let lane = add(&engine, "a", "x", exec.clone());
-        engine.start();
-        engine.publish(ev("x", 3, 1)).unwrap();
-        let job = exec.jobs.lock().pop_front().unwrap();
-        let entry = job.items[0].entry.clone();
-        job.record(Outcome::Success);
-        job.finish();
-        assert_eq!(engine.counters().processed, 1);
-        let heard = Arc::new(AtomicU32::new(0));
-        let h = heard.clone();
-        engine.add_dead_letter_listener(move |_| {
-            h.fetch_add(1, Ordering::Relaxed);
-        });
-        let name: Arc<str> = "a".into();
-        engine.dead_letter_after_success(&entry, &name, vec!["not sent".into()], 1);
-        let c = engine.counters();
-        assert_eq!((c.processed, c.dead_lettered, c.failed), (0, 1, 1));
-        let s = lane.stats.snapshot();
-        assert_eq!((s.processed, s.dead_lettered), (0, 1));
-        assert_eq!(heard.load(Ordering::Relaxed), 1);
-        assert_eq!(
-            engine.dead_letters()[0].errors,
-            vec!["not sent".to_string()]
         );
         assert_adds_up(&engine);
     }

@@ -217,8 +217,8 @@ def test_demo_forwards_to_socketio_dashboard(tmp_path: Path) -> None:
         subtypes = {x["data"]["subtype"] for x in events}
         assert subtypes >= {"startup", "post_tool", "assistant_response", "hook_error", "shutdown"}
         assert "unknown" not in subtypes and all(subtypes)
-        emitted = _int(rf"^socket\.io {re.escape(url)}: (\d+) emitted", out)
-        assert emitted >= published
+        acked = _int(rf"^socket\.io {re.escape(url)}: (\d+) acknowledged", out)
+        assert acked >= published
     finally:
         server.kill()
         server.wait()

@@ -936,8 +936,8 @@ class DeadLetterConsumer(_NativeConsumer):
     """Persists failed events as JSON lines for analysis and replay.
 
     Receives every event that exhausted its retries in ANY consumer of the bus
-    (and items a Rust consumer accepted but could not deliver, e.g. Socket.IO
-    items still buffered at shutdown), plus events on its own topics (default
+    (the built-in Rust consumers too: a Socket.IO event the server never
+    acknowledged), plus events on its own topics (default
     ``error.**``, ``failed.**``) that already have failed consumers, retries
     exhausted or error messages (the original's ``_should_store``). Priority
     CRITICAL.
@@ -1044,23 +1044,31 @@ class SocketIOConsumer(_NativeConsumer):
     correlation_id}``. claude-mpm's dashboard server handles none of those five
     names. ``event_name`` overrides the name in either mode.
 
-    Delivery: a batch counts as consumed once accepted into the bounded buffer
-    (``buffer_limit`` items), so a server that is away never blocks the bus.
-    Buffered items are emitted in order with acks, at least once, across
-    reconnects (first connect retried too; backoff ``reconnect_delay``
-    doubling to ``max_reconnect_delay``). Items that do not fit fail their
-    attempt and, after the retries, reach the dead-letter queue and every
-    DeadLetterConsumer. ``shutdown()`` (``bus.stop()``) waits up to
-    ``flush_timeout`` seconds to deliver what is buffered while the server
-    can be reached; when it cannot (a refused or timed-out connection attempt
-    during shutdown), it gives up after that one attempt instead of waiting out
-    ``flush_timeout``, so a short-lived process with the dashboard down stops
-    within about the connect timeout. What is still undelivered goes to the
-    bus's dead letters (``get_dead_letters()``, with the last connection error)
-    and to every DeadLetterConsumer, and counts as dead-lettered, not processed.
+    Delivery is honest: one ``consume`` call is one delivery attempt of its
+    batch, and an event counts delivered only when the server acknowledged it
+    (every emit requests a Socket.IO ack; claude-mpm's server acks
+    ``claude_event``). An event not acknowledged within ``ack_timeout`` seconds,
+    or whose connection attempt failed (server down, refused auth), fails that
+    attempt: the bus retries it with this consumer's backoff (``retry_delay``
+    doubling, ``max_retries`` times) and then dead-letters it
+    (``get_dead_letters()`` with the reason, every DeadLetterConsumer), counted
+    failed in the metrics, never delivered. Events are sent in order over one
+    connection; while the server is away the consumer reconnects on demand (an
+    attempt per retry, at most one per ``reconnect_delay``), otherwise with
+    backoff ``reconnect_delay`` doubling to ``max_reconnect_delay``. A server
+    that comes back within the retry window gets each event once (a duplicate
+    only if a connection drops after the server handled an event but before
+    its ack arrived; counted in ``maybe_duplicated``). With ``require_ack=False`` an
+    event counts delivered once written, for servers that never ack. Other
+    consumers and the publisher never wait for this one. ``shutdown()``
+    (``bus.stop()``) closes the connection once every attempt is resolved,
+    waiting at most ``flush_timeout``; with the server unreachable the bus's
+    ``stop()`` does not wait out retries: what is left is dead-lettered with
+    the reason.
 
     Config: name ``SocketIOConsumer``, topics ``**``, priority HIGH, the given
-    batch size/timeout, 3 retries, backoff 2.0.
+    batch size/timeout, ``max_retries`` (3) retries, first after
+    ``retry_delay`` (1 s), backoff 2.0.
 
     Args:
         socketio_server: A URL string (an original server object is ignored).
@@ -1078,13 +1086,21 @@ class SocketIOConsumer(_NativeConsumer):
         event_names: ``"dashboard"`` (default): ``claude_event`` and the
             dashboard's normalized payload; ``"legacy"``: the original's names
             by topic prefix and its payload.
-        buffer_limit: Most accepted, undelivered items.
+        buffer_limit: Most items waiting in the emitter (sent, not yet
+            acknowledged, or waiting for the connection); more fail their
+            attempt.
         emit_per_batch: A name (or True for ``claude_event_batch``): one emit
             per batch carrying the list of payloads (claude-mpm's dashboard
             server handles only one event per ``claude_event``, so leave it
             unset for a dashboard).
-        flush_timeout: Most seconds ``shutdown()`` waits to deliver the buffer to a
-            server that can be reached (default 5).
+        flush_timeout: Most seconds ``shutdown()`` waits for the attempts still
+            open to resolve (default 5).
+        ack_timeout: Seconds an emitted event may wait for the server's ack
+            before its attempt fails (default 10; must be > 0).
+        require_ack: False counts an event delivered once written (no ack
+            requested).
+        max_retries: Retries of a failed attempt before the dead letter.
+        retry_delay: Seconds before the first retry (then doubling).
         name: The consumer's name.
         ca_file: PEM file of CA certificates trusted besides Mozilla's
             (compiled in), for ``https``/``wss`` URLs.
@@ -1096,10 +1112,16 @@ class SocketIOConsumer(_NativeConsumer):
         ConsumerConfigError: A TLS file that cannot be read or holds no usable
             PEM (the message names it).
 
-    ``get_metrics()``: connected, events_received, events_emitted,
-    events_failed, events_rejected, events_dead_lettered, buffered, in_flight,
-    reconnections, connection_attempts, resent, unacked,
-    average_emit_time_ms, emit_latency_p50_ms, emit_latency_p99_ms, last_error.
+    ``get_metrics()``: connected, events_received, events_emitted (acknowledged,
+    or written without ``require_ack``), events_failed (failed attempts),
+    ack_timeouts and unreachable (of those, no ack in time / connection attempt
+    failed), events_rejected (buffer full), buffered, in_flight,
+    reconnections, connection_attempts, resent, maybe_duplicated (written
+    without their ack arriving, then resent or failed: duplicates at the server
+    are bounded by it), unacked (written without an ack),
+    average_emit_time_ms, emit_latency_p50_ms, emit_latency_p99_ms (emit to
+    ack), last_error. The bus's metrics count what finally happened to
+    each event (processed or dead-lettered).
     """
 
     url: str
@@ -1111,6 +1133,8 @@ class SocketIOConsumer(_NativeConsumer):
     batch_timeout: float
     buffer_limit: int
     event_names: str
+    ack_timeout: float
+    require_ack: bool
     def __new__(
         cls,
         socketio_server: str | object | None = None,
@@ -1131,6 +1155,10 @@ class SocketIOConsumer(_NativeConsumer):
         buffer_limit: int = 10_000,
         emit_per_batch: str | bool | None = None,
         flush_timeout: float = 5.0,
+        ack_timeout: float = 10.0,
+        require_ack: bool = True,
+        max_retries: int = 3,
+        retry_delay: float = 1.0,
         name: str = "SocketIOConsumer",
         ca_file: str | os.PathLike[str] | None = None,
         client_cert: str | os.PathLike[str] | None = None,

@@ -467,9 +467,10 @@ async def _main(
     print(f"log: {lg.get('events_logged', '?')} events logged by LoggingConsumer to {log_path}")
     if sio is not None:
         sm = sio.get_metrics()
+        sio_dead = stats[sio.config.name]["dead_lettered"]
         print(
-            f"socket.io {socketio_url}: {sm['events_emitted']} emitted, {sm['events_failed']} "
-            f"failed, {sm['events_dead_lettered']} dead-lettered, "
+            f"socket.io {socketio_url}: {sm['events_emitted']} acknowledged, "
+            f"{sm['events_failed']} failed attempts, {sio_dead} dead-lettered, "
             f"{sm['reconnections']} reconnections, emit p50 {sm['emit_latency_p50_ms']:.2f} ms"
             + (f", last error: {sm['last_error']}" if sm.get("last_error") else "")
         )

@@ -58,9 +58,6 @@ async fn run_job<E: SinkEvent>(
             Some(v) if !needs_data || v.data.is_some() => items.push(SinkItem {
                 view: v.clone(),
                 attempt: d.attempt(),
-                // NOTE: handed back with an item the sink could not deliver later
-                // (Socket.IO at shutdown), so the engine dead-letters this event.
-                origin: Some(d.entry.clone()),
             }),
             Some(v) => {
                 let why = v
@@ -139,7 +136,7 @@ mod tests {
 
     /// Fails the events whose id starts with "bad", hangs on "slow".
     #[derive(Default)]
-    struct Picky(Mutex<Vec<(String, bool)>>);
+    struct Picky(Mutex<Vec<String>>);
     impl Sink for Picky {
         fn needs_data(&self) -> bool {
             true
@@ -151,9 +148,7 @@ mod tests {
                     if i.view.id.starts_with("slow") {
                         tokio::time::sleep(Duration::from_secs(30)).await;
                     }
-                    self.0
-                        .lock()
-                        .push((i.view.id.to_string(), i.origin.is_some()));
+                    self.0.lock().push(i.view.id.to_string());
                     out.push(if i.view.id.starts_with("bad") {
                         Err("rejected".into())
                     } else {
@@ -321,8 +316,8 @@ mod tests {
         let seen = sink.0.lock().clone();
         assert_eq!(
             seen,
-            vec![("ok-1".to_string(), true), ("bad-1".to_string(), true)],
-            "only events with a converted payload reach the sink, with their origin"
+            vec!["ok-1".to_string(), "bad-1".to_string()],
+            "only events with a converted payload reach the sink"
         );
         let dead = engine.dead_letters();
         let errors: Vec<_> = dead.iter().map(|d| d.errors[0].clone()).collect();

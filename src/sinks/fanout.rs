@@ -99,7 +99,6 @@ mod tests {
                 meta: Arc::new(Mutex::new(MetaState::default())),
             }),
             attempt: 2,
-            origin: None,
         }
     }
 

@@ -389,7 +389,6 @@ mod tests {
                 meta: Arc::new(Mutex::new(meta)),
             }),
             attempt: 0,
-            origin: None,
         }
     }
 

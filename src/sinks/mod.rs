@@ -30,16 +30,7 @@ pub struct SinkItem {
     pub view: Arc<EventView>,
     /// 0 for the first attempt, n for the n-th retry.
     pub attempt: u32,
-    /// The engine's record of the delivery, opaque to the sink; handed back with
-    /// an item the sink accepted but could not deliver later (see
-    /// [`DeadLetterHook`]), so the bus can dead-letter the right event.
-    pub origin: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
-
-/// Where a sink hands events it accepted but finally could not deliver (e.g.
-/// buffered Socket.IO items still undelivered at shutdown): `(item, consumer
-/// name, errors, attempts)`. The bus forwards them to its dead-letter sinks.
-pub type DeadLetterHook = Arc<dyn Fn(SinkItem, &str, &[String], u32) + Send + Sync>;
 
 /// Why one item of a sink's batch failed, for sinks that know more than a message
 /// (see [`Sink::consume_detailed`]).
@@ -95,10 +86,6 @@ pub trait Sink: Send + Sync + 'static {
     fn initialize(&self) -> Result<(), String> {
         Ok(())
     }
-
-    /// Gives the sink the bus's dead-letter path for items it accepted but
-    /// could not deliver later (called when subscribed).
-    fn set_dead_letter_hook(&self, _hook: DeadLetterHook) {}
 
     /// Flushes and releases resources.
     fn shutdown(self: Arc<Self>) -> BoxFuture<()> {

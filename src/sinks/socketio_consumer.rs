@@ -1,14 +1,13 @@
 //! The bus-facing adapter of the Socket.IO emitter ([`super::socketio`]).
 //!
-//! Delivery contract: `consume` resolves as soon as the batch is *accepted*
-//! into the emitter's bounded buffer (so a server that is away never blocks the
-//! consumer's lane); the emitter then owns the items and delivers them at
-//! least once, in order, reconnecting with backoff. Items that do not fit in
-//! the buffer fail their attempt (`Err`), so the bus retries them with backoff
-//! and finally dead-letters them (its DLQ and every `DeadLetterConsumer`).
-//! Items still undelivered when the consumer shuts down (after waiting up to
-//! `flush_timeout` for the server) go to the dead-letter sinks through the
-//! hook the bus installs.
+//! Delivery contract: one `consume` call is one delivery attempt of its batch,
+//! and it resolves with the server's answer: an item is `Ok` only once the
+//! server acknowledged it. No ack within `ack_timeout`, a server that cannot
+//! be reached (the connection attempt the item waited for failed), or a full
+//! buffer is an `Err` for that item, so the bus retries it with the consumer's
+//! backoff and finally dead-letters it (its DLQ and every
+//! `DeadLetterConsumer`), counting it failed, never delivered. The emitter
+//! keeps the connection (reconnecting on demand) and sends in order.
 //!
 //! Each item is named and shaped by the consumer's [`Protocol`]: the Claude MPM
 //! dashboard's `claude_event` with its normalized payload by default, the
@@ -19,7 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 use super::dead_letter::iso;
@@ -27,22 +25,16 @@ use super::socketio::dashboard::{self, EventFields};
 use super::socketio::{
     event_name_for, payload, EventNaming, Outgoing, Protocol, SocketIoConfig, SocketIoSink,
 };
-use super::{BoxFuture, DeadLetterHook, Sink, SinkItem};
+use super::{BoxFuture, Sink, SinkItem};
 
 /// The Socket.IO consumer's sink.
 pub struct SocketIoConsumerSink {
-    name: String,
     emitter: SocketIoSink,
     naming: EventNaming,
     protocol: Protocol,
     flush_timeout: Duration,
     next_token: AtomicU64,
-    /// Accepted, not yet delivered items by token (for the dead-letter path).
-    pending: Arc<Mutex<HashMap<u64, SinkItem>>>,
-    hook: Mutex<Option<DeadLetterHook>>,
     received: AtomicU64,
-    dead_lettered: Arc<AtomicU64>,
-    handle: tokio::runtime::Handle,
     buffer_limit: usize,
 }
 
@@ -50,7 +42,6 @@ impl SocketIoConsumerSink {
     /// Starts connecting at once on `handle` (retrying with backoff). Events are
     /// named by `naming` (else by `protocol`) and sent in `protocol`'s payload.
     pub fn start(
-        name: String,
         config: SocketIoConfig,
         naming: EventNaming,
         protocol: Protocol,
@@ -59,17 +50,12 @@ impl SocketIoConsumerSink {
     ) -> Self {
         SocketIoConsumerSink {
             buffer_limit: config.buffer_limit,
-            name,
             emitter: SocketIoSink::start_on(config, handle),
             naming,
             protocol,
             flush_timeout,
             next_token: AtomicU64::new(1),
-            pending: Arc::default(),
-            hook: Mutex::new(None),
             received: AtomicU64::new(0),
-            dead_lettered: Arc::default(),
-            handle: handle.clone(),
         }
     }
 
@@ -112,84 +98,53 @@ impl Sink for SocketIoConsumerSink {
         true
     }
 
-    fn set_dead_letter_hook(&self, hook: DeadLetterHook) {
-        *self.hook.lock() = Some(hook);
-    }
-
     fn consume(self: Arc<Self>, items: Vec<SinkItem>) -> BoxFuture<Vec<Result<(), String>>> {
-        self.received
-            .fetch_add(items.len() as u64, Ordering::Relaxed);
-        let first = self
-            .next_token
-            .fetch_add(items.len() as u64, Ordering::Relaxed);
+        let n = items.len();
+        self.received.fetch_add(n as u64, Ordering::Relaxed);
+        let first = self.next_token.fetch_add(n as u64, Ordering::Relaxed);
         let out: Vec<Outgoing> = items
             .iter()
             .enumerate()
             .map(|(i, item)| self.outgoing(item, first + i as u64))
             .collect();
-        {
-            let mut pending = self.pending.lock();
-            for (i, item) in items.into_iter().enumerate() {
-                pending.insert(first + i as u64, item);
-            }
-        }
         let receipt = self.emitter.send(out);
-        let mut results: Vec<Result<(), String>> = Vec::new();
-        {
-            let mut pending = self.pending.lock();
-            let rejected: Vec<u64> = receipt.rejected.iter().map(|o| o.token).collect();
-            for t in &rejected {
-                pending.remove(t);
-            }
-            let n = receipt.completion.tokens().len() + rejected.len();
-            for i in 0..n as u64 {
-                let token = first + i;
-                results.push(if rejected.contains(&token) {
-                    Err(format!(
-                        "socket.io buffer full ({} items waiting for the server)",
-                        self.emitter.metrics().buffered
-                    ))
-                } else {
-                    Ok(())
-                });
-            }
-        }
-        // NOTE: a delivered item leaves `pending`; an undelivered one stays there
-        // until shutdown hands it to the dead-letter path.
-        let pending = self.pending.clone();
-        let completion = receipt.completion;
-        self.handle.spawn(async move {
-            for d in completion.wait().await {
-                if d.result.is_ok() {
-                    pending.lock().remove(&d.token);
-                }
-            }
+        let full = (!receipt.rejected.is_empty()).then(|| {
+            format!(
+                "socket.io buffer full ({} items waiting for the server)",
+                self.emitter.metrics().buffered
+            )
         });
-        Box::pin(async move { results })
+        let guard = Withdraw {
+            sink: self.clone(),
+            tokens: receipt.completion.tokens().to_vec(),
+            done: false,
+        };
+        Box::pin(async move {
+            let mut guard = guard;
+            let mut by_token: HashMap<u64, Result<(), String>> = receipt
+                .completion
+                .wait()
+                .await
+                .into_iter()
+                .map(|d| (d.token, d.result))
+                .collect();
+            guard.done = true;
+            (0..n as u64)
+                .map(|i| {
+                    by_token.remove(&(first + i)).unwrap_or_else(|| {
+                        Err(full.clone().unwrap_or_else(|| "not accepted".into()))
+                    })
+                })
+                .collect()
+        })
     }
 
     fn shutdown(self: Arc<Self>) -> BoxFuture<()> {
         Box::pin(async move {
-            let undelivered = self.emitter.shutdown(self.flush_timeout).await;
-            let hook = self.hook.lock().clone();
-            let mut pending = self.pending.lock();
-            for out in undelivered {
-                let Some(item) = pending.remove(&out.token) else {
-                    continue;
-                };
-                self.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                if let Some(hook) = &hook {
-                    let why = match self.emitter.metrics().last_error {
-                        Some(e) => {
-                            format!("not delivered to the Socket.IO server before shutdown ({e})")
-                        }
-                        None => "not delivered to the Socket.IO server before shutdown".into(),
-                    };
-                    let errors = [why];
-                    let attempts = item.attempt + 1;
-                    hook(item, &self.name, &errors, attempts);
-                }
-            }
+            // NOTE: the bus has ended every delivery before it shuts consumers
+            // down, so this only closes the connection (what might remain is
+            // failed, and was already accounted by the bus).
+            let _ = self.emitter.shutdown(self.flush_timeout).await;
         })
     }
 
@@ -200,13 +155,15 @@ impl Sink for SocketIoConsumerSink {
             "events_received": self.received.load(Ordering::Relaxed),
             "events_emitted": m.emitted,
             "events_failed": m.failed,
+            "ack_timeouts": m.ack_timeouts,
+            "unreachable": m.unreachable,
             "events_rejected": m.rejected,
-            "events_dead_lettered": self.dead_lettered.load(Ordering::Relaxed),
             "buffered": m.buffered,
             "in_flight": m.in_flight,
             "reconnections": m.reconnections,
             "connection_attempts": m.connect_attempts,
             "resent": m.resent,
+            "maybe_duplicated": m.maybe_duplicated,
             "unacked": m.unacked,
             "average_emit_time_ms": m.emit_latency_mean_ms,
             "emit_latency_p50_ms": m.emit_latency_p50_ms,
@@ -216,7 +173,24 @@ impl Sink for SocketIoConsumerSink {
     }
 
     fn is_healthy(&self) -> bool {
-        // NOTE: healthy while it can accept: a disconnected emitter buffers.
+        // NOTE: healthy while it can accept: a disconnected emitter reconnects
+        // on demand.
         self.emitter.metrics().buffered < self.buffer_limit
+    }
+}
+
+/// Withdraws a batch's unsent items when the bus stops waiting for its
+/// `consume` (timeout, abandon at stop): a retry must not race a late send.
+struct Withdraw {
+    sink: Arc<SocketIoConsumerSink>,
+    tokens: Vec<u64>,
+    done: bool,
+}
+
+impl Drop for Withdraw {
+    fn drop(&mut self) {
+        if !self.done {
+            self.sink.emitter.withdraw(&self.tokens);
+        }
     }
 }

@@ -1,7 +1,8 @@
 """claude-mpm 5.9.10's real dashboard server, ``UnifiedMonitorServer``, in a process of
 its own, for ``tests/test_dashboard_real.py``.
 
-Picks a free port on 127.0.0.1, starts the server there (what ``claude-mpm monitor``
+Picks a free port on 127.0.0.1 (or takes the one given as its argument, to restart a
+dashboard where it was), starts the server there (what ``claude-mpm monitor``
 runs) and prints ``{"port": N}`` as its first stdout line once ``start()`` returned
 True; if it cannot start, prints ``{"error": "..."}`` and exits 1. It then serves
 until its stdin is closed (the test's finalizer does that), calls the server's own
@@ -34,10 +35,11 @@ def main() -> int:
         out({"error": "cannot import UnifiedMonitorServer:\n" + traceback.format_exc()})
         return 1
     errors = []
+    wanted = int(sys.argv[1]) if len(sys.argv) > 1 else None
     # NOTE: another process may take the free port between the probe and the bind;
-    # then start() reports it and the next port is tried.
+    # then start() reports it and the next port is tried (a wanted port is retried).
     for _ in range(3):
-        port = free_port()
+        port = wanted or free_port()
         server = UnifiedMonitorServer(host="127.0.0.1", port=port)
         if server.start():
             break

@@ -17,10 +17,19 @@ SERVER = Path(__file__).parent / "sio_server.py"
 class Server:
     """The helper server; ``lines`` holds what it printed, in order."""
 
-    def __init__(self, port: int = 0, auth: str | None = None, namespace: str = "/") -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        auth: str | None = None,
+        namespace: str = "/",
+        events: list[str] | None = None,
+    ) -> None:
         args = [sys.executable, str(SERVER), "--port", str(port), "--namespace", namespace]
         if auth:
             args += ["--auth", auth]
+        if events is not None:
+            # NOTE: only these names get a handler (and an ack), as on a real server.
+            args += ["--events", ",".join(events)]
         self.args = args
         self.lines: list[dict] = []
         self.proc: asyncio.subprocess.Process | None = None

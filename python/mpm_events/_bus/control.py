@@ -197,9 +197,8 @@ async def _give_up(bus: EventBus, timeout: float | None) -> None:
 
 
 async def _shutdown_consumers(bus: EventBus) -> None:
-    """Each consumer's ``shutdown()``; dead-letter consumers last, so they still
-    receive what the others hand back at their shutdown (undelivered Socket.IO
-    items)."""
+    """Each consumer's ``shutdown()``; dead-letter consumers last, so they are still
+    open for any dead letter queued while the others shut down."""
     from mpm_events._core import DeadLetterConsumer
 
     consumers = bus.get_consumers()

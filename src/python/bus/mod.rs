@@ -16,7 +16,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyString};
 
-use crate::dispatch::{Engine, Entry, Executor, Lane, LaneConfig, Rejected, Route, ViewNeeds};
+use crate::dispatch::{Engine, Executor, Lane, LaneConfig, Rejected, Route, ViewNeeds};
 use crate::python::consumers::SinkConsumer;
 use crate::python::exec::{Inbox, LoopExecutor, PyConsumer, ThreadExecutor};
 use crate::python::model::ConsumerSpec;
@@ -506,7 +506,6 @@ impl EventBus {
                 let item = crate::sinks::SinkItem {
                     view,
                     attempt: letter.attempts,
-                    origin: None,
                 };
                 sinks.fan_out(&item, &letter.consumer, &letter.errors, letter.attempts);
             }));
@@ -933,37 +932,6 @@ impl EventBus {
             if sink.wants_dead_letters() {
                 self.shared.dead_letter_sinks.add(sink.clone());
             }
-            // NOTE: items a sink accepted but could not deliver later (e.g.
-            // still buffered for Socket.IO at shutdown) reach the dead-letter
-            // sinks too.
-            // NOTE: weak: the engine owns the lane that owns this sink.
-            let dl_sinks = self.shared.dead_letter_sinks.clone();
-            let engine = self.shared.engine.downgrade();
-            let name = spec.name.clone();
-            sink.set_dead_letter_hook(Arc::new(move |item, consumer, errors, attempts| {
-                let origin = item
-                    .origin
-                    .as_ref()
-                    .and_then(|o| o.clone().downcast::<Entry<AcceptedEvent>>().ok());
-                match (origin, engine.upgrade()) {
-                    (Some(entry), Some(engine)) => {
-                        let consumer = if *name == *consumer {
-                            name.clone()
-                        } else {
-                            Arc::from(consumer)
-                        };
-                        engine.dead_letter_after_success(
-                            &entry,
-                            &consumer,
-                            errors.to_vec(),
-                            attempts,
-                        );
-                    }
-                    _ => {
-                        dl_sinks.fan_out(&item, consumer, errors, attempts);
-                    }
-                }
-            }));
             let needs_view = if sink.needs_data() {
                 ViewNeeds::FieldsAndData
             } else {

@@ -39,7 +39,6 @@ impl SinkConsumer {
             items.push(SinkItem {
                 view: Arc::new(view),
                 attempt: 0,
-                origin: None,
             });
         }
         let sink = self.sink.clone();

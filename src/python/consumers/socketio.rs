@@ -35,6 +35,10 @@ pub struct SocketIOConsumer {
     buffer_limit: usize,
     #[pyo3(get)]
     event_names: String,
+    #[pyo3(get)]
+    ack_timeout: f64,
+    #[pyo3(get)]
+    require_ack: bool,
 }
 
 pub(crate) fn secs(name: &str, v: f64) -> PyResult<Duration> {
@@ -65,7 +69,7 @@ fn tls_config(
 #[pymethods]
 impl SocketIOConsumer {
     #[new]
-    #[pyo3(signature = (socketio_server=None, port_range=(8765, 8785), reconnect_delay=1.0, max_reconnect_delay=30.0, batch_size=10, batch_timeout=0.1, *, url=None, namespace="/", auth=None, headers=None, event_name=None, event_names="dashboard", buffer_limit=10_000, emit_per_batch=None, flush_timeout=5.0, name="SocketIOConsumer", ca_file=None, client_cert=None, client_key=None))]
+    #[pyo3(signature = (socketio_server=None, port_range=(8765, 8785), reconnect_delay=1.0, max_reconnect_delay=30.0, batch_size=10, batch_timeout=0.1, *, url=None, namespace="/", auth=None, headers=None, event_name=None, event_names="dashboard", buffer_limit=10_000, emit_per_batch=None, flush_timeout=5.0, ack_timeout=10.0, require_ack=true, max_retries=3, retry_delay=1.0, name="SocketIOConsumer", ca_file=None, client_cert=None, client_key=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -84,6 +88,10 @@ impl SocketIOConsumer {
         buffer_limit: usize,
         emit_per_batch: Option<&Bound<'_, PyAny>>,
         flush_timeout: f64,
+        ack_timeout: f64,
+        require_ack: bool,
+        max_retries: i64,
+        retry_delay: f64,
         name: &str,
         ca_file: Option<std::path::PathBuf>,
         client_cert: Option<std::path::PathBuf>,
@@ -91,6 +99,11 @@ impl SocketIOConsumer {
     ) -> PyResult<PyClassInitializer<Self>> {
         if buffer_limit == 0 {
             return Err(PyValueError::new_err("buffer_limit must be >= 1"));
+        }
+        if ack_timeout.is_nan() || ack_timeout <= 0.0 {
+            return Err(PyValueError::new_err(format!(
+                "ack_timeout must be a positive number of seconds, got {ack_timeout}"
+            )));
         }
         let mut url = url;
         if let Some(s) = socketio_server.filter(|s| !s.is_none()) {
@@ -155,6 +168,8 @@ impl SocketIOConsumer {
             reconnect_max: secs("max_reconnect_delay", max_reconnect_delay)?,
             buffer_limit,
             emit_per_batch,
+            ack_timeout: secs("ack_timeout", ack_timeout)?,
+            require_ack,
             tls: tls_config(ca_file, client_cert, client_key)?,
             ..SocketIoConfig::default()
         };
@@ -174,7 +189,14 @@ impl SocketIOConsumer {
                     "batch_timeout",
                     batch_timeout.into_pyobject(py)?.into_any().unbind(),
                 ),
-                ("max_retries", 3i64.into_pyobject(py)?.into_any().unbind()),
+                (
+                    "max_retries",
+                    max_retries.into_pyobject(py)?.into_any().unbind(),
+                ),
+                (
+                    "retry_delay",
+                    retry_delay.into_pyobject(py)?.into_any().unbind(),
+                ),
                 (
                     "retry_backoff",
                     2.0f64.into_pyobject(py)?.into_any().unbind(),
@@ -182,7 +204,6 @@ impl SocketIOConsumer {
             ],
         )?;
         let sink = Arc::new(SocketIoConsumerSink::start(
-            name.to_string(),
             cfg,
             naming,
             protocol,
@@ -201,6 +222,8 @@ impl SocketIOConsumer {
                     batch_timeout,
                     buffer_limit,
                     event_names: event_names.to_string(),
+                    ack_timeout,
+                    require_ack,
                 },
             ),
         )

@@ -550,7 +550,6 @@ mod tests {
                 meta: Arc::default(),
             }),
             attempt: 0,
-            origin: None,
         };
         let out = rt.block_on(sink.clone().consume_detailed(vec![item.clone(), item]));
         assert!(

@@ -20,14 +20,22 @@
 //! [`dashboard::payload`]), or the original consumer's names by topic prefix and
 //! its payload ([`Protocol::Legacy`]).
 //!
-//! Delivery semantics (at least once):
-//! - every emit requests a Socket.IO ack; the ack resolves the item as delivered;
+//! Delivery semantics (one send is one delivery attempt, at least once):
+//! - every emit requests a Socket.IO ack; only the ack resolves the item as
+//!   delivered (`Ok`);
+//! - an item not acknowledged within `ack_timeout` of its `send` resolves
+//!   `Err` (a server that has no handler for an event sends no ack:
+//!   python-socketio only acks handled events); it leaves the buffer, so a
+//!   late ack is ignored and nothing is sent twice by the sink itself;
+//! - a connection attempt that fails resolves every item waiting for it `Err`
+//!   with the reason at once, so the caller's retry policy, not this buffer,
+//!   decides how long to keep trying; items sent while disconnected start a
+//!   new attempt (at most one per `reconnect_initial`);
 //! - if the connection drops before the ack, the item goes back to the front of
 //!   the buffer and is sent again after reconnecting (a duplicate is possible
 //!   when the server handled it but the ack was lost; counted in `resent`);
-//! - a server that does not ack an event (python-socketio only acks handled
-//!   events) gets `ack_timeout` of a live connection; after that the item is
-//!   counted delivered-but-unconfirmed (`unacked`).
+//! - with `require_ack: false` an item counts delivered once written to the
+//!   socket (`unacked`), for servers that never ack.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -72,9 +80,11 @@ pub struct SocketIoConfig {
     pub emit_per_batch: Option<String>,
     /// Timeout of one connection attempt (TCP + WebSocket + namespace connect).
     pub connect_timeout: Duration,
-    /// How long a live connection waits for an ack before the item is counted
-    /// delivered but unconfirmed.
+    /// How long after its `send` an item may wait for its ack; then it resolves
+    /// `Err` (a failed attempt).
     pub ack_timeout: Duration,
+    /// `false`: an item counts delivered once written (no ack requested).
+    pub require_ack: bool,
     /// TLS for `https://`/`wss://` URLs; None: [`crate::sinks::tls::default_client_config`].
     pub tls: Option<Arc<rustls::ClientConfig>>,
 }
@@ -92,6 +102,7 @@ impl Default for SocketIoConfig {
             emit_per_batch: None,
             connect_timeout: Duration::from_secs(10),
             ack_timeout: Duration::from_secs(10),
+            require_ack: true,
             tls: None,
         }
     }
@@ -208,8 +219,9 @@ pub struct Outgoing {
 pub struct Delivery {
     /// The item's [`Outgoing::token`].
     pub token: u64,
-    /// `Ok` once emitted (acknowledged, or unconfirmed after `ack_timeout`),
-    /// `Err` if it was given up (shutdown without delivery, sink dropped).
+    /// `Ok` once acknowledged by the server (or written, without
+    /// `require_ack`); `Err` with the reason otherwise: no ack within
+    /// `ack_timeout`, the server could not be reached, shutdown, sink dropped.
     pub result: Result<(), String>,
 }
 
@@ -258,10 +270,15 @@ impl Completion {
 pub struct SocketIoMetrics {
     /// Currently connected to the namespace.
     pub connected: bool,
-    /// Items delivered (acked or unconfirmed).
+    /// Items delivered (acknowledged, or written without `require_ack`).
     pub emitted: u64,
-    /// Items given up: rejected on overflow or undelivered at shutdown.
+    /// Failed attempts: items resolved `Err` (no ack in time, server
+    /// unreachable, rejected on overflow, undelivered at shutdown).
     pub failed: u64,
+    /// Of `failed`, those sent but not acknowledged within `ack_timeout`.
+    pub ack_timeouts: u64,
+    /// Of `failed`, those that waited for a connection attempt that failed.
+    pub unreachable: u64,
     /// Of `failed`, those rejected because the buffer was full.
     pub rejected: u64,
     /// Accepted items not yet resolved (waiting or in flight).
@@ -274,7 +291,11 @@ pub struct SocketIoMetrics {
     pub connect_attempts: u64,
     /// Items sent again after a connection was lost before their ack.
     pub resent: u64,
-    /// Items counted delivered after `ack_timeout` without an ack.
+    /// Items that may reach the server twice: written without their ack
+    /// arriving, then written again (`resent`) or failed (the caller may retry
+    /// an item the server did handle). Duplicates are bounded by this.
+    pub maybe_duplicated: u64,
+    /// Items counted delivered when written, without an ack (`require_ack: false`).
     pub unacked: u64,
     /// Emit-to-ack latency percentiles and mean, milliseconds (0 if none yet).
     pub emit_latency_p50_ms: f64,
@@ -318,10 +339,13 @@ struct Frame {
     items: Vec<Item>,
     batch_event: Option<String>,
     sent_before: bool,
+    /// `send` time + `ack_timeout`: unresolved by then, the frame fails.
+    deadline: Instant,
 }
 
 impl Frame {
-    fn encode(&self, ns_prefix: &str, ack_id: u64) -> String {
+    /// `42[ns,][ack id][name, payload]`; no ack id with `ack_id == None`.
+    fn encode(&self, ns_prefix: &str, ack_id: Option<u64>) -> String {
         let body = match &self.batch_event {
             Some(name) => {
                 let arr: Vec<&Value> = self.items.iter().map(|i| &i.out.payload).collect();
@@ -329,7 +353,10 @@ impl Frame {
             }
             None => json!([self.items[0].out.event, self.items[0].out.payload]),
         };
-        format!("42{ns_prefix}{ack_id}{body}")
+        match ack_id {
+            Some(id) => format!("42{ns_prefix}{id}{body}"),
+            None => format!("42{ns_prefix}{body}"),
+        }
     }
 
     fn resolve(self, result: Result<(), String>) {
@@ -360,10 +387,13 @@ struct Counters {
     connected: AtomicBool,
     emitted: AtomicU64,
     failed: AtomicU64,
+    ack_timeouts: AtomicU64,
+    unreachable: AtomicU64,
     rejected: AtomicU64,
     reconnections: AtomicU64,
     connect_attempts: AtomicU64,
     resent: AtomicU64,
+    maybe_duplicated: AtomicU64,
     unacked: AtomicU64,
 }
 
@@ -374,6 +404,8 @@ struct Inner {
     notify: Notify,
     counters: Counters,
     last_error: Mutex<Option<String>>,
+    /// When the last connection attempt failed (None once connected).
+    failed_at: Mutex<Option<Instant>>,
     latency_us: Mutex<Histogram<u64>>,
 }
 
@@ -425,6 +457,106 @@ impl Inner {
         }
         frame.resolve(Ok(()));
     }
+
+    /// Resolves `frames` (already removed from the buffer) as failed attempts;
+    /// `written`: they are in flight (the server may have them).
+    fn fail(&self, frames: Vec<Frame>, why: &str, kind: Option<&AtomicU64>, written: bool) {
+        for frame in frames {
+            let n = frame.items.len() as u64;
+            self.counters.failed.fetch_add(n, Ordering::Relaxed);
+            if written || frame.sent_before {
+                self.counters
+                    .maybe_duplicated
+                    .fetch_add(n, Ordering::Relaxed);
+            }
+            if let Some(kind) = kind {
+                kind.fetch_add(n, Ordering::Relaxed);
+            }
+            frame.resolve(Err(why.to_string()));
+        }
+    }
+
+    /// Fails every frame, waiting or in flight, whose deadline has passed; returns
+    /// the earliest deadline still ahead.
+    fn expire(&self, now: Instant) -> Option<Instant> {
+        let (sent, waiting, next) = {
+            let mut buf = self.buf.lock();
+            let buf = &mut *buf;
+            // NOTE: deadlines follow the order of `send`, which is the order of
+            // both queues (in-flight ack ids grow, requeued frames go back to
+            // the front), so only their fronts can be due.
+            let mut sent = Vec::new();
+            while let Some(entry) = buf.in_flight.first_entry() {
+                if entry.get().frame.deadline > now {
+                    break;
+                }
+                let f = entry.remove();
+                buf.in_flight_items -= f.frame.items.len();
+                buf.items -= f.frame.items.len();
+                sent.push(f.frame);
+            }
+            let mut waiting = Vec::new();
+            while buf.pending.front().is_some_and(|f| f.deadline <= now) {
+                let f = buf.pending.pop_front().expect("front checked");
+                buf.items -= f.items.len();
+                waiting.push(f);
+            }
+            let next = [
+                buf.in_flight.values().next().map(|f| f.frame.deadline),
+                buf.pending.front().map(|f| f.deadline),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            (sent, waiting, next)
+        };
+        let secs = self.cfg.ack_timeout.as_secs_f64();
+        if !sent.is_empty() {
+            let why = format!("no ack from the Socket.IO server within {secs:.3}s");
+            self.fail(sent, &why, Some(&self.counters.ack_timeouts), true);
+        }
+        if !waiting.is_empty() {
+            let why = match self.last_error.lock().clone() {
+                Some(e) => format!("not sent to the Socket.IO server within {secs:.3}s ({e})"),
+                None => format!("not sent to the Socket.IO server within {secs:.3}s"),
+            };
+            self.fail(waiting, &why, Some(&self.counters.unreachable), false);
+        }
+        next
+    }
+
+    /// Fails every waiting frame (a connection attempt failed): each was one
+    /// delivery attempt, and the caller decides whether to try again.
+    fn fail_pending(&self, why: &str) {
+        let frames: Vec<Frame> = {
+            let mut buf = self.buf.lock();
+            let frames: Vec<Frame> = buf.pending.drain(..).collect();
+            buf.items -= frames.iter().map(|f| f.items.len()).sum::<usize>();
+            frames
+        };
+        self.fail(frames, why, Some(&self.counters.unreachable), false);
+    }
+
+    /// Takes the waiting frames holding any of `tokens` out of the buffer
+    /// (their caller gave up on them); frames in flight stay until their ack.
+    fn withdraw(&self, tokens: &[u64]) {
+        let frames: Vec<Frame> = {
+            let mut buf = self.buf.lock();
+            let mut kept = VecDeque::with_capacity(buf.pending.len());
+            let mut gone = Vec::new();
+            for f in buf.pending.drain(..) {
+                if f.items.iter().any(|i| tokens.contains(&i.out.token)) {
+                    gone.push(f);
+                } else {
+                    kept.push_back(f);
+                }
+            }
+            buf.pending = kept;
+            buf.items -= gone.iter().map(|f| f.items.len()).sum::<usize>();
+            gone
+        };
+        self.fail(frames, "withdrawn by the caller", None, false);
+    }
 }
 
 /// Engine-side Socket.IO emitter with a background connection manager.
@@ -457,6 +589,7 @@ impl SocketIoSink {
             notify: Notify::new(),
             counters: Counters::default(),
             last_error: Mutex::new(None),
+            failed_at: Mutex::new(None),
             latency_us: Mutex::new(
                 Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid histogram bounds"),
             ),
@@ -492,6 +625,42 @@ impl SocketIoSink {
             self.inner.counters.failed.fetch_add(n, Ordering::Relaxed);
         }
         let tokens: Vec<u64> = items.iter().map(|i| i.token).collect();
+        // NOTE: a connection attempt failed less than `reconnect_initial` ago: the
+        // server is unreachable, and the next attempt is not due yet. This
+        // attempt fails now instead of waiting for that one (a draining bus fires
+        // its retries at once; they must not each wait a reconnect delay).
+        let unreachable = (!self.inner.counters.connected.load(Ordering::Relaxed))
+            .then(|| *self.inner.failed_at.lock())
+            .flatten()
+            .filter(|at| at.elapsed() < self.inner.cfg.reconnect_initial);
+        if let (Some(at), false) = (unreachable, items.is_empty()) {
+            drop(buf);
+            let why = match self.inner.last_error.lock().clone() {
+                Some(e) => format!(
+                    "cannot reach the Socket.IO server: {e} (attempt {} ms ago)",
+                    at.elapsed().as_millis()
+                ),
+                None => "cannot reach the Socket.IO server".to_string(),
+            };
+            let n = items.len() as u64;
+            self.inner.counters.failed.fetch_add(n, Ordering::Relaxed);
+            self.inner
+                .counters
+                .unreachable
+                .fetch_add(n, Ordering::Relaxed);
+            let deliveries = items
+                .iter()
+                .map(|o| Delivery {
+                    token: o.token,
+                    result: Err(why.clone()),
+                })
+                .collect();
+            let _ = tx.send(deliveries);
+            return SendReceipt {
+                rejected,
+                completion: Completion { rx, tokens },
+            };
+        }
         if items.is_empty() {
             let _ = tx.send(Vec::new());
             return SendReceipt {
@@ -505,6 +674,7 @@ impl SocketIoSink {
             tx: Mutex::new(Some(tx)),
         });
         buf.items += items.len();
+        let deadline = Instant::now() + self.inner.cfg.ack_timeout;
         let wrap = |out| Item {
             out,
             batch: batch.clone(),
@@ -514,6 +684,7 @@ impl SocketIoSink {
                 items: items.into_iter().map(wrap).collect(),
                 batch_event: Some(name.clone()),
                 sent_before: false,
+                deadline,
             }),
             None => {
                 for out in items {
@@ -521,6 +692,7 @@ impl SocketIoSink {
                         items: vec![wrap(out)],
                         batch_event: None,
                         sent_before: false,
+                        deadline,
                     });
                 }
             }
@@ -531,6 +703,13 @@ impl SocketIoSink {
             rejected,
             completion: Completion { rx, tokens },
         }
+    }
+
+    /// Gives up on the items with these tokens that were not written yet (their
+    /// caller stopped waiting): they resolve `Err` and are never sent. Items
+    /// already in flight still resolve by their ack or deadline.
+    pub fn withdraw(&self, tokens: &[u64]) {
+        self.inner.withdraw(tokens);
     }
 
     /// Flushes the buffer (waiting up to `timeout` for a connection and acks),
@@ -599,12 +778,15 @@ impl SocketIoSink {
             connected: c.connected.load(Ordering::Relaxed),
             emitted: c.emitted.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
+            ack_timeouts: c.ack_timeouts.load(Ordering::Relaxed),
+            unreachable: c.unreachable.load(Ordering::Relaxed),
             rejected: c.rejected.load(Ordering::Relaxed),
             buffered,
             in_flight,
             reconnections: c.reconnections.load(Ordering::Relaxed),
             connect_attempts: c.connect_attempts.load(Ordering::Relaxed),
             resent: c.resent.load(Ordering::Relaxed),
+            maybe_duplicated: c.maybe_duplicated.load(Ordering::Relaxed),
             unacked: c.unacked.load(Ordering::Relaxed),
             emit_latency_p50_ms: p50,
             emit_latency_p99_ms: p99,
@@ -652,20 +834,33 @@ async fn manager(inner: Arc<Inner>) {
             .connect_attempts
             .fetch_add(1, Ordering::Relaxed);
         let attempt = tokio::time::timeout(cfg.connect_timeout, connect(cfg));
-        let result = match closing {
-            Some(deadline) => match tokio::time::timeout_at(deadline, attempt).await {
-                Ok(r) => r,
-                Err(_) => return,
-            },
-            None => attempt.await,
+        tokio::pin!(attempt);
+        // NOTE: the items' deadlines keep running while we connect (an
+        // unreachable host can take the whole connect timeout).
+        let result = loop {
+            let now = Instant::now();
+            let mut wake = inner.expire(now).unwrap_or(now + IDLE_TICK);
+            if let Some(deadline) = closing {
+                if now >= deadline {
+                    break None;
+                }
+                wake = wake.min(deadline);
+            }
+            tokio::select! {
+                r = &mut attempt => break Some(r),
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = inner.notify.notified() => {}
+            }
         };
-        match result {
+        let Some(result) = result else { return };
+        let failure = match result {
             Ok(Ok(conn)) => {
                 if ever_connected {
                     inner.counters.reconnections.fetch_add(1, Ordering::Relaxed);
                 }
                 ever_connected = true;
                 *inner.last_error.lock() = None;
+                *inner.failed_at.lock() = None;
                 inner.counters.connected.store(true, Ordering::Relaxed);
                 let connected_at = Instant::now();
                 let outcome = run_connection(&inner, conn, &mut ack_id).await;
@@ -676,39 +871,69 @@ async fn manager(inner: Arc<Inner>) {
                     Err(e) => inner.set_error(format!("connection lost: {e}")),
                 }
                 // NOTE: a connection that lived a while is retried at once with
-                // the backoff reset; one that dies right after connecting (a
-                // server that accepts then drops us) keeps backing off, so we
-                // never spin on connect/drop cycles.
+                // the backoff reset (what was in flight waits for it); one that
+                // dies right after connecting (a server that accepts then drops
+                // us) keeps backing off, so we never spin on connect/drop cycles.
                 if connected_at.elapsed() >= STABLE_CONNECTION {
                     backoff = cfg.reconnect_initial;
                     continue;
                 }
+                None
             }
-            Ok(Err(e)) => inner.set_error(e),
-            Err(_) => inner.set_error("connect timed out".into()),
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(format!(
+                "connect timed out after {:.3}s",
+                cfg.connect_timeout.as_secs_f64()
+            )),
+        };
+        if let Some(e) = failure {
+            // NOTE: the attempt the waiting items depended on failed: each of them
+            // was one delivery attempt, failed now with the reason, so the bus's
+            // retry policy (not this buffer) decides how long to keep trying.
+            inner.set_error(e.clone());
+            *inner.failed_at.lock() = Some(Instant::now());
+            inner.fail_pending(&format!("cannot reach the Socket.IO server: {e}"));
         }
         // NOTE: shutting down and the server still cannot be reached: the attempt
         // just made was the last one. Waiting out the flush timeout would only
-        // delay a short-lived process (a hook) by it; what is buffered goes to
-        // the dead letters at once.
+        // delay a short-lived process (a hook) by it.
         if inner.buf.lock().closing.is_some() {
             return;
         }
-        // Back off; a shutdown request ends the wait at once, for one last
-        // connection attempt (bounded by the connect timeout and the deadline).
-        let wake = Instant::now() + backoff;
+        // Back off. Items sent meanwhile shorten the wait to `reconnect_initial`
+        // (an attempt on demand); a shutdown request ends it at once, for one
+        // last connection attempt (bounded by the connect timeout and deadline).
+        let attempt_end = Instant::now();
         loop {
-            if inner.buf.lock().closing.is_some() {
+            let (closing, demand) = {
+                let buf = inner.buf.lock();
+                (buf.closing.is_some(), buf.items > 0)
+            };
+            if closing {
                 break;
             }
+            let wake = attempt_end
+                + if demand {
+                    cfg.reconnect_initial
+                } else {
+                    backoff
+                };
+            let now = Instant::now();
+            if now >= wake {
+                break;
+            }
+            let next = inner.expire(now).map_or(wake, |d| d.min(wake));
             tokio::select! {
-                _ = tokio::time::sleep_until(wake) => break,
+                _ = tokio::time::sleep_until(next) => {}
                 _ = inner.notify.notified() => {}
             }
         }
         backoff = (backoff * 2).min(cfg.reconnect_max);
     }
 }
+
+/// Longest sleep of a wait loop with no deadline ahead (it re-checks then).
+const IDLE_TICK: Duration = Duration::from_secs(3600);
 
 /// A connection that lived this long resets the reconnect backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(2);
@@ -842,11 +1067,10 @@ fn parse_ack(sio: &str, ns_prefix: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Shutdown deadline with frames still un-acked: disconnect and wait (briefly)
-/// for the server's reply to our WebSocket close. The server reads frames in
-/// order, so a close reply proves it read every frame written before it; the
-/// remaining in-flight frames then count as delivered (unconfirmed) instead of
-/// being dead-lettered although the server has them.
+/// Shutdown deadline with frames still un-acked: disconnect and read what the
+/// server still sends until its reply to our WebSocket close (briefly). The
+/// server handles frames in order, so acks in transit arrive before that reply
+/// and resolve their items; what is still un-acked after it fails.
 async fn close_barrier(inner: &Inner, ws: &mut Ws) {
     let _ = ws
         .send(Message::text(format!("41{}", inner.ns_prefix)))
@@ -854,7 +1078,7 @@ async fn close_barrier(inner: &Inner, ws: &mut Ws) {
     if ws.close(None).await.is_err() {
         return;
     }
-    let confirmed = tokio::time::timeout(CLOSE_BARRIER_TIMEOUT, async {
+    let _ = tokio::time::timeout(CLOSE_BARRIER_TIMEOUT, async {
         loop {
             match ws.next().await {
                 Some(Ok(Message::Text(t))) => {
@@ -867,27 +1091,12 @@ async fn close_barrier(inner: &Inner, ws: &mut Ws) {
                     }
                 }
                 // NOTE: `None` after our close means the close handshake completed.
-                Some(Ok(Message::Close(_))) | None => return true,
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                 Some(Ok(_)) => {}
-                Some(Err(_)) => return false,
             }
         }
     })
-    .await
-    .unwrap_or(false);
-    if confirmed {
-        let frames: Vec<Frame> = {
-            let mut buf = inner.buf.lock();
-            let in_flight = std::mem::take(&mut buf.in_flight);
-            buf.in_flight_items = 0;
-            let frames: Vec<Frame> = in_flight.into_values().map(|f| f.frame).collect();
-            buf.items -= frames.iter().map(|f| f.items.len()).sum::<usize>();
-            frames
-        };
-        for frame in frames {
-            inner.deliver(frame, None);
-        }
-    }
+    .await;
 }
 
 /// How long a shutdown waits for the server's close reply.
@@ -904,15 +1113,17 @@ async fn run_connection(inner: &Inner, conn: Conn, ack_id: &mut u64) -> Result<(
         ping_interval,
         ping_timeout,
     } = conn;
-    let cfg = &inner.cfg;
+    let require_ack = inner.cfg.require_ack;
     let mut last_seen = Instant::now();
     loop {
         // 1. Write what is pending (in order) while the in-flight window allows.
+        let mut written: Vec<Frame> = Vec::new();
         let mut wrote = false;
         loop {
             // NOTE: popped and recorded in flight under one lock, *before*
             // writing: an item is always either pending or in flight, so a
-            // failed write, an abort or a drop can never lose it.
+            // failed write, an abort or a drop can never lose it. (Without
+            // acks a frame is kept in `written` until the flush succeeded.)
             let text = {
                 let mut buf = inner.buf.lock();
                 if buf.in_flight.len() >= MAX_IN_FLIGHT {
@@ -921,54 +1132,62 @@ async fn run_connection(inner: &Inner, conn: Conn, ack_id: &mut u64) -> Result<(
                 let Some(frame) = buf.pending.pop_front() else {
                     break;
                 };
-                *ack_id += 1;
-                let id = *ack_id;
-                let text = frame.encode(&inner.ns_prefix, id);
                 let n = frame.items.len();
                 if frame.sent_before {
                     inner.counters.resent.fetch_add(n as u64, Ordering::Relaxed);
+                    inner
+                        .counters
+                        .maybe_duplicated
+                        .fetch_add(n as u64, Ordering::Relaxed);
                 }
-                buf.in_flight_items += n;
-                buf.in_flight.insert(
-                    id,
-                    InFlight {
-                        frame,
-                        sent_at: Instant::now(),
-                    },
-                );
-                text
+                if require_ack {
+                    *ack_id += 1;
+                    let id = *ack_id;
+                    let text = frame.encode(&inner.ns_prefix, Some(id));
+                    buf.in_flight_items += n;
+                    buf.in_flight.insert(
+                        id,
+                        InFlight {
+                            frame,
+                            sent_at: Instant::now(),
+                        },
+                    );
+                    text
+                } else {
+                    let text = frame.encode(&inner.ns_prefix, None);
+                    written.push(frame);
+                    text
+                }
             };
-            ws.feed(Message::text(text))
-                .await
-                .map_err(|e| format!("emit: {e}"))?;
+            if let Err(e) = ws.feed(Message::text(text)).await {
+                requeue_front(inner, written);
+                return Err(format!("emit: {e}"));
+            }
             wrote = true;
         }
         if wrote {
-            ws.flush().await.map_err(|e| format!("emit: {e}"))?;
-        }
-
-        // 2. Resolve in-flight frames whose ack is overdue on this live connection.
-        let now = Instant::now();
-        let (overdue, oldest, closing, idle) = {
-            let mut buf = inner.buf.lock();
-            let mut overdue = Vec::new();
-            while let Some(entry) = buf.in_flight.first_entry() {
-                if now.duration_since(entry.get().sent_at) < cfg.ack_timeout {
-                    break;
-                }
-                let f = entry.remove();
-                buf.in_flight_items -= f.frame.items.len();
-                buf.items -= f.frame.items.len();
-                overdue.push(f.frame);
+            if let Err(e) = ws.flush().await {
+                requeue_front(inner, written);
+                return Err(format!("emit: {e}"));
             }
-            let oldest = buf.in_flight.values().map(|f| f.sent_at).min();
-            (overdue, oldest, buf.closing, buf.items == 0)
-        };
-        for frame in overdue {
-            inner.deliver(frame, None);
+            if !written.is_empty() {
+                let n: usize = written.iter().map(|f| f.items.len()).sum();
+                inner.buf.lock().items -= n;
+                for frame in written {
+                    inner.deliver(frame, None);
+                }
+            }
         }
 
-        // 3. Shutdown: everything delivered -> disconnect; deadline -> give up.
+        // 2. Fail what is past its deadline; learn the next deadline.
+        let now = Instant::now();
+        let next_deadline = inner.expire(now);
+        let (closing, idle) = {
+            let buf = inner.buf.lock();
+            (buf.closing, buf.items == 0)
+        };
+
+        // 3. Shutdown: everything resolved -> disconnect; deadline -> give up.
         if let Some(deadline) = closing {
             if idle {
                 let _ = ws
@@ -983,10 +1202,10 @@ async fn run_connection(inner: &Inner, conn: Conn, ack_id: &mut u64) -> Result<(
             }
         }
 
-        // 4. Wait for a packet, new work, an ack deadline or a dead connection.
+        // 4. Wait for a packet, new work, a deadline or a dead connection.
         let mut wake = last_seen + ping_interval + ping_timeout;
-        if let Some(oldest) = oldest {
-            wake = wake.min(oldest + cfg.ack_timeout);
+        if let Some(d) = next_deadline {
+            wake = wake.min(d);
         }
         if let Some(deadline) = closing {
             wake = wake.min(deadline);
@@ -1023,6 +1242,15 @@ async fn run_connection(inner: &Inner, conn: Conn, ack_id: &mut u64) -> Result<(
             }
             _ => {}
         }
+    }
+}
+
+/// Puts frames written without acks back at the front (the write failed).
+fn requeue_front(inner: &Inner, frames: Vec<Frame>) {
+    let mut buf = inner.buf.lock();
+    for mut f in frames.into_iter().rev() {
+        f.sent_before = true;
+        buf.pending.push_front(f);
     }
 }
 
