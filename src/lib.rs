@@ -16,6 +16,7 @@ pub mod durable;
 pub mod event;
 pub mod queue;
 pub mod retry;
+pub mod rules;
 pub mod stats;
 pub mod storage;
 pub mod topic;
