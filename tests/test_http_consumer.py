@@ -96,7 +96,7 @@ async def test_claude_mpm_posts_the_hook_handlers_body(server, started_bus):
     }
     m = consumer.get_metrics()
     assert (m["events_received"], m["events_delivered"], m["responses_2xx"]) == (1, 1, 1)
-    assert m["events_failed"] == m["events_dead_lettered"] == 0
+    assert m["events_failed"] == m["events_rejected"] == 0
     assert consumer.is_healthy
 
 
@@ -180,7 +180,7 @@ async def test_a_5xx_is_retried_and_delivered_once(server, started_bus):
     assert bus.get_dead_letters() == []
     m = consumer.get_metrics()
     assert (m["responses_5xx"], m["responses_2xx"], m["events_failed"]) == (1, 1, 1)
-    assert (m["events_delivered"], m["events_dead_lettered"], m["last_status"]) == (1, 0, 200)
+    assert (m["events_delivered"], m["events_rejected"], m["last_status"]) == (1, 0, 200)
     assert "HTTP 500" in m["last_error"] and "oops" in m["last_error"]
 
 
@@ -225,7 +225,7 @@ async def test_a_4xx_is_dead_lettered_at_once(server, started_bus):
         f"HTTP 400 Bad Request from {server.url}: bad payload: missing field 'x'"
     ]
     m = consumer.get_metrics()
-    assert (m["responses_4xx"], m["events_dead_lettered"], m["events_delivered"]) == (1, 1, 0)
+    assert (m["responses_4xx"], m["events_rejected"], m["events_delivered"]) == (1, 1, 0)
     assert consumer.is_healthy, "the server is there; the event was at fault"
 
 
@@ -262,7 +262,8 @@ async def test_a_server_that_is_down_gets_retries_then_a_dead_letter(started_bus
     assert dl["attempts"] == 3
     assert all(e.startswith(f"POST {url} failed: ") for e in dl["errors"]), dl["errors"]
     m = consumer.get_metrics()
-    assert (m["connection_errors"], m["events_dead_lettered"]) == (3, 1)
+    assert (m["connection_errors"], m["events_rejected"]) == (3, 0)
+    assert bus.get_metrics()["consumer_stats"][consumer.config.name]["dead_lettered"] == 1
     assert not consumer.is_healthy
     began = time.monotonic()
     await bus.stop(timeout=10)
@@ -331,7 +332,8 @@ async def test_metrics_count_each_status_class(server, started_bus):
     m = consumer.get_metrics()
     classes = [m[f"responses_{c}xx"] for c in "2345"]
     assert classes == [1, 1, 1, 1]
-    assert (m["requests"], m["events_delivered"], m["events_dead_lettered"]) == (4, 1, 3)
+    assert (m["requests"], m["events_delivered"], m["events_rejected"]) == (4, 1, 2)
+    assert bus.get_metrics()["consumer_stats"][consumer.config.name]["dead_lettered"] == 3
     assert m["latency_p50_ms"] > 0 and m["latency_p99_ms"] >= m["latency_p50_ms"]
     assert not consumer.is_healthy, "the last answer was a 503"
     errors = sorted(d["errors"][0] for d in bus.get_dead_letters())

@@ -1241,8 +1241,9 @@ class HttpConsumer(_NativeConsumer):
         ValueError: A negative ``timeout``.
 
     ``get_metrics()``: url, format, events_received, events_delivered,
-    events_failed (failed attempts), events_dead_lettered (rejected, or failed
-    on the last attempt), requests, responses_2xx, responses_3xx,
+    events_failed (failed attempts), events_rejected (permanent answers: those
+    are dead-lettered at once; the bus's ``consumer_stats`` counts every dead
+    letter), requests, responses_2xx, responses_3xx,
     responses_4xx, responses_5xx, responses_other, timeouts,
     connection_errors, retry_after_honoured, in_flight, latency_p50_ms,
     latency_p95_ms, latency_p99_ms, latency_mean_ms (per request, answered

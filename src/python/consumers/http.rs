@@ -74,7 +74,6 @@ impl HttpConsumer {
                 client_cert,
                 client_key,
             },
-            max_retries,
         })
         .map_err(|e| config_error(format!("HttpConsumer: {e}")))?;
         // NOTE: the bus bounds the whole consume() call; a batch is up to

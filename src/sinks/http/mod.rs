@@ -82,9 +82,6 @@ pub struct HttpConfig {
     pub timeout: Duration,
     /// What `https://` trusts and presents.
     pub tls: TlsOptions,
-    /// The consumer's retry limit: a failed attempt at this count is the last
-    /// (only for counting `events_dead_lettered`; the bus decides).
-    pub max_retries: u32,
 }
 
 /// The largest response body read (a bigger one is dropped with its connection).
@@ -95,7 +92,7 @@ struct Counters {
     received: AtomicU64,
     delivered: AtomicU64,
     failed: AtomicU64,
-    dead_lettered: AtomicU64,
+    rejected: AtomicU64,
     requests: AtomicU64,
     responses: [AtomicU64; 4],
     other_responses: AtomicU64,
@@ -109,7 +106,6 @@ pub struct HttpSink {
     url: reqwest::Url,
     format: HttpFormat,
     timeout: Duration,
-    max_retries: u32,
     client: reqwest::Client,
     counters: Counters,
     latency_us: Mutex<Histogram<u64>>,
@@ -189,7 +185,6 @@ impl HttpSink {
             url,
             format: config.format,
             timeout: config.timeout,
-            max_retries: config.max_retries,
             client,
             counters: Counters::default(),
             latency_us: Mutex::new(
@@ -399,15 +394,16 @@ impl Sink for HttpSink {
                 (HttpFormat::ClaudeMpm, _) | (_, 1) => self.post_each(&items, self.format).await,
                 (format, _) => self.post_all(&items, format).await,
             };
-            for (item, r) in items.iter().zip(&results) {
+            for r in &results {
                 match r {
                     Ok(()) => c.delivered.fetch_add(1, Ordering::Relaxed),
                     Err(f) => {
                         c.failed.fetch_add(1, Ordering::Relaxed);
-                        let last = matches!(f, SinkFailure::Permanent(_))
-                            || item.attempt >= self.max_retries;
-                        if last {
-                            c.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                        // NOTE: whether a retryable failure was the last attempt is
+                        // the bus's to say (consumer_stats: dead_lettered); a
+                        // permanent answer is the sink's own verdict.
+                        if matches!(f, SinkFailure::Permanent(_)) {
+                            c.rejected.fetch_add(1, Ordering::Relaxed);
                         }
                         0
                     }
@@ -458,7 +454,7 @@ impl Sink for HttpSink {
             "events_received": n(&c.received),
             "events_delivered": n(&c.delivered),
             "events_failed": n(&c.failed),
-            "events_dead_lettered": n(&c.dead_lettered),
+            "events_rejected": n(&c.rejected),
             "requests": n(&c.requests),
             "responses_2xx": n(&c.responses[0]),
             "responses_3xx": n(&c.responses[1]),
@@ -494,7 +490,6 @@ mod tests {
             headers: vec![],
             timeout: Duration::from_secs(2),
             tls: TlsOptions::default(),
-            max_retries: 3,
         }
     }
 
