@@ -88,6 +88,7 @@ fn dispatch(c: &mut Criterion) {
                 chunk: 512,
                 needs_view: _core::dispatch::ViewNeeds::Nothing,
                 honours_cut: true,
+                ordered: false,
             };
             engine.add_lane(
                 cfg,

@@ -14,6 +14,7 @@
 //! waits for its retry on a timer without holding the lane back.
 
 use crate::queue::ChunkedQueue;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
@@ -209,6 +210,10 @@ pub struct LaneConfig {
     pub honours_cut: bool,
     /// What the executor needs copied out of each event at publish time.
     pub needs_view: ViewNeeds,
+    /// A failed attempt holds the lane: nothing after it is handed out until
+    /// its retry (which comes first), so the consumer sees events in the order
+    /// they were queued across retries, at the cost of throughput while failing.
+    pub ordered: bool,
 }
 
 /// Runs jobs for one lane. `execute` must not block: it hands the job over.
@@ -365,6 +370,14 @@ impl<E: EventLike> Job<E> {
 
 struct LaneState<E: EventLike> {
     pending: [ChunkedQueue<Delivery<E>>; PRIORITY_LEVELS],
+    /// An ordered lane's retries, handed out before anything in `pending`.
+    front: VecDeque<Delivery<E>>,
+    /// An ordered lane's retries collected from the job in flight.
+    hold: Vec<Delivery<E>>,
+    /// The longest retry delay among `hold`.
+    hold_delay: Duration,
+    /// An ordered lane waits for its retries' delay: nothing is handed out.
+    holding: bool,
     len: usize,
     in_flight: Option<u64>,
     /// The job handed out (to cut or abandon it at stop).
@@ -379,6 +392,10 @@ impl<E: EventLike> Default for LaneState<E> {
     fn default() -> Self {
         LaneState {
             pending: Default::default(),
+            front: VecDeque::new(),
+            hold: Vec::new(),
+            hold_delay: Duration::ZERO,
+            holding: false,
             len: 0,
             in_flight: None,
             current: None,
@@ -453,7 +470,7 @@ impl<E: EventLike> Lane<E> {
         };
         let job = {
             let mut st = self.state.lock();
-            if st.in_flight.is_some() || st.len == 0 || st.closed {
+            if st.in_flight.is_some() || st.holding || st.len == 0 || st.closed {
                 return;
             }
             let batch = self.config.batch_size > 1;
@@ -486,6 +503,12 @@ impl<E: EventLike> Lane<E> {
             };
             let n = limit.min(st.len);
             let mut items = Vec::with_capacity(n);
+            while items.len() < n {
+                match st.front.pop_front() {
+                    Some(d) => items.push(d),
+                    None => break,
+                }
+            }
             for level in 0..PRIORITY_LEVELS {
                 while items.len() < n {
                     match st.pending[level].pop_front() {
@@ -599,6 +622,9 @@ impl<E: EventLike> Lane<E> {
         }
         self.stats.processed.fetch_add(succeeded, Ordering::Relaxed);
         self.stats.record_latencies(&latencies);
+        if let Some(s) = &shared {
+            self.hold_for_retries(s);
+        }
         {
             let mut st = self.state.lock();
             if st.in_flight == Some(job.token) {
@@ -649,7 +675,15 @@ impl<E: EventLike> Lane<E> {
                 // NOTE: `retry.attempt()` is the 1-based number of the coming retry.
                 let delay = self.config.retry.delay(retry.attempt()).max(at_least);
                 s.note_failure(self, &retry, Some(delay));
-                self.schedule_retry(s, retry, delay);
+                if self.config.ordered {
+                    // NOTE: held until the job is done, then retried ahead of all.
+                    self.stats.retrying.fetch_add(1, Ordering::Relaxed);
+                    let mut st = self.state.lock();
+                    st.hold.push(retry);
+                    st.hold_delay = st.hold_delay.max(delay);
+                } else {
+                    self.schedule_retry(s, retry, delay);
+                }
             }
             Some(_) if retries_left => {
                 s.note_failure(self, &retry, None);
@@ -677,6 +711,64 @@ impl<E: EventLike> Lane<E> {
         });
     }
 
+    /// An ordered lane with retries from the job just done: holds the lane for
+    /// their delay, then puts them in front of everything waiting.
+    fn hold_for_retries(self: &Arc<Self>, shared: &Arc<Shared<E>>) {
+        let (held, delay) = {
+            let mut st = self.state.lock();
+            if st.hold.is_empty() {
+                return;
+            }
+            st.holding = true;
+            (
+                std::mem::take(&mut st.hold),
+                std::mem::take(&mut st.hold_delay),
+            )
+        };
+        let lane = self.clone();
+        let mut phase = shared.phase_rx.clone();
+        shared.runtime.spawn(async move {
+            // NOTE: like `schedule_retry`: a stopping bus does not wait out the delay.
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = phase.wait_for(|p| *p != Phase::Running) => {}
+            }
+            lane.release_hold(held);
+        });
+    }
+
+    fn release_hold(self: &Arc<Self>, held: Vec<Delivery<E>>) {
+        self.stats
+            .retrying
+            .fetch_sub(held.len() as u64, Ordering::Relaxed);
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let given_up = {
+            let mut st = self.state.lock();
+            st.holding = false;
+            if st.closed {
+                Some((held, UNSUBSCRIBED))
+            } else if shared.phase() == Phase::Aborting {
+                Some((held, STOPPED))
+            } else {
+                st.len += held.len();
+                // NOTE: these were handed out before anything still in `front`
+                // (a hold released more than one job's worth), so they go first.
+                for d in held.into_iter().rev() {
+                    st.front.push_front(d);
+                }
+                None
+            }
+        };
+        if let Some((held, why)) = given_up {
+            for d in held {
+                shared.give_up(self, d, why);
+            }
+        }
+        self.pump();
+    }
+
     fn requeue(self: &Arc<Self>, d: Delivery<E>) {
         self.stats.retrying.fetch_sub(1, Ordering::Relaxed);
         let Some(shared) = self.shared.upgrade() else {
@@ -699,7 +791,11 @@ impl<E: EventLike> Lane<E> {
         let mut st = self.state.lock();
         st.closed = true;
         st.len = 0;
-        st.pending.iter_mut().flat_map(|q| q.drain_all()).collect()
+        let front: Vec<Delivery<E>> = st.front.drain(..).collect();
+        front
+            .into_iter()
+            .chain(st.pending.iter_mut().flat_map(|q| q.drain_all()))
+            .collect()
     }
 
     fn flush_batches(self: &Arc<Self>) {
@@ -1371,7 +1467,11 @@ impl<E: EventLike> Lane<E> {
     fn close_pending(&self) -> Vec<Delivery<E>> {
         let mut st = self.state.lock();
         st.len = 0;
-        st.pending.iter_mut().flat_map(|q| q.drain_all()).collect()
+        let front: Vec<Delivery<E>> = st.front.drain(..).collect();
+        front
+            .into_iter()
+            .chain(st.pending.iter_mut().flat_map(|q| q.drain_all()))
+            .collect()
     }
 }
 
@@ -1484,6 +1584,7 @@ mod tests {
             engine_timeout: false,
             chunk: 64,
             needs_view: ViewNeeds::Nothing,
+            ordered: false,
             honours_cut: true,
         }
     }

@@ -492,6 +492,7 @@ mod tests {
                 chunk: 64,
                 needs_view: crate::dispatch::ViewNeeds::Nothing,
                 honours_cut: true,
+                ordered: false,
             },
             vec![Pattern::parse("**").unwrap()],
             None,

@@ -128,12 +128,20 @@ Args:
     timeout: Seconds one ``consume``/``consume_batch`` call may take (new;
         default 30.0). A call that runs longer fails (and is retried) and does
         not stall the other consumers.
+    ordered: Keep the order across retries (new; default False): a failed
+        attempt holds this consumer's queue until its retry, which is
+        delivered before anything queued after it, so the consumer sees
+        events in the order they were queued (per priority) even while a
+        downstream server is away. Events after a failed one in the same
+        batch were already attempted. A dashboard relay wants this, with a
+        ``max_retries`` large enough to outlast an outage.
 
 The delay before retry ``n`` (1-based) is
 ``min(retry_delay * retry_backoff ** (n - 1), max_retry_delay)`` times a random
 factor in ``[0.9, 1.1]`` (±10 % jitter), capped again at ``max_retry_delay``.
 A failure is a ``False``/falsy/None return, an exception or a timeout. A retry
-waiting for its delay does not hold back the consumer's later events."#
+waiting for its delay does not hold back the consumer's later events (unless
+``ordered``)."#
     };
     (EventBus) => {
         r#"The event bus: a bounded priority queue routing events to consumers by topic.

@@ -206,6 +206,7 @@ mod tests {
                 engine_timeout: false,
                 chunk: 64,
                 needs_view: ViewNeeds::FieldsAndData,
+                ordered: false,
                 honours_cut: false,
             },
             vec![Pattern::parse("**").unwrap()],

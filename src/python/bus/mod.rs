@@ -995,9 +995,12 @@ impl EventBus {
             retry: spec.retry,
             timeout: spec.timeout,
             engine_timeout,
-            chunk: CHUNK,
+            // NOTE: an ordered consumer gets one event per job (with batch_size 1),
+            // so nothing after a failed event is attempted before its retry.
+            chunk: if spec.ordered { 1 } else { CHUNK },
             needs_view,
             honours_cut,
+            ordered: spec.ordered,
         };
         let lane = self
             .shared

@@ -41,12 +41,14 @@ pub struct ConsumerConfig {
     max_retry_delay: f64,
     #[pyo3(get, set)]
     timeout: f64,
+    #[pyo3(get, set)]
+    ordered: bool,
 }
 
 #[pymethods]
 impl ConsumerConfig {
     #[new]
-    #[pyo3(signature = (name, topics=None, topic_pattern=None, priority=None, batch_size=1, batch_timeout=0.0, max_retries=3, retry_backoff=1.0, error_handler=None, filter_func=None, transform_func=None, *, retry_delay=0.1, max_retry_delay=30.0, timeout=30.0))]
+    #[pyo3(signature = (name, topics=None, topic_pattern=None, priority=None, batch_size=1, batch_timeout=0.0, max_retries=3, retry_backoff=1.0, error_handler=None, filter_func=None, transform_func=None, *, retry_delay=0.1, max_retry_delay=30.0, timeout=30.0, ordered=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -64,6 +66,7 @@ impl ConsumerConfig {
         retry_delay: f64,
         max_retry_delay: f64,
         timeout: f64,
+        ordered: bool,
     ) -> PyResult<Self> {
         let priority = match priority {
             Some(p) if !p.is_none() => read_consumer_priority(p)?,
@@ -85,6 +88,7 @@ impl ConsumerConfig {
             retry_delay,
             max_retry_delay,
             timeout,
+            ordered,
         })
     }
 
@@ -111,7 +115,7 @@ impl ConsumerConfig {
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         Ok(format!(
-            "ConsumerConfig(name={}, topics={}, priority={}, batch_size={}, batch_timeout={}, max_retries={}, retry_backoff={}, retry_delay={}, max_retry_delay={}, timeout={})",
+            "ConsumerConfig(name={}, topics={}, priority={}, batch_size={}, batch_timeout={}, max_retries={}, retry_backoff={}, retry_delay={}, max_retry_delay={}, timeout={}, ordered={})",
             self.name.bind(py).repr()?,
             self.topics.bind(py).repr()?,
             ["CRITICAL", "HIGH", "NORMAL", "LOW", "DEFERRED"][(self.priority - 1) as usize],
@@ -121,7 +125,8 @@ impl ConsumerConfig {
             self.retry_backoff,
             self.retry_delay,
             self.max_retry_delay,
-            self.timeout
+            self.timeout,
+            if self.ordered { "True" } else { "False" }
         ))
     }
 }
@@ -140,6 +145,7 @@ pub struct ConsumerSpec {
     pub error_handler: Option<Py<PyAny>>,
     pub filter_func: Option<Py<PyAny>>,
     pub transform_func: Option<Py<PyAny>>,
+    pub ordered: bool,
 }
 
 fn seconds(v: f64, field: &str, name: &str) -> PyResult<Duration> {
@@ -170,7 +176,7 @@ fn optional_callable(
 impl ConsumerSpec {
     /// Reads and validates `config`: our `ConsumerConfig` or any object with its
     /// attributes (the original's dataclass included). New optional fields
-    /// (`retry_delay`, `max_retry_delay`, `timeout`) default when absent.
+    /// (`retry_delay`, `max_retry_delay`, `timeout`, `ordered`) default when absent.
     pub fn read(config: &Bound<'_, PyAny>) -> PyResult<Self> {
         let get = |attr: &str| -> PyResult<Bound<'_, PyAny>> {
             config
@@ -277,6 +283,10 @@ impl ConsumerSpec {
             jitter: 0.1,
         };
         let timeout = seconds(get_or("timeout", 30.0)?, "timeout", &name)?;
+        let ordered = match config.getattr("ordered") {
+            Ok(v) if !v.is_none() => v.is_truthy()?,
+            _ => false,
+        };
         if timeout.is_zero() {
             return Err(config_error(format!(
                 "consumer {name:?}: timeout must be > 0"
@@ -295,6 +305,7 @@ impl ConsumerSpec {
             batch_timeout,
             retry,
             timeout,
+            ordered,
         })
     }
 }
