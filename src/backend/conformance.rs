@@ -42,6 +42,7 @@ macro_rules! conformance_suite {
             bad_inputs_are_refused_clearly,
             append_is_all_or_nothing,
             delete_group_forgets_it,
+            release_hands_claims_back_at_once,
         );
     };
     (@tests $factory:path; $($name:ident),* $(,)?) => {
@@ -617,4 +618,20 @@ pub(crate) fn delete_group_forgets_it(factory: fn() -> TestLog) {
     // Recreated, it starts over.
     log.ensure_group("g", StartAt::Earliest).unwrap();
     assert_eq!(drain(&*log, "g", "i").len(), 3);
+}
+
+pub(crate) fn release_hands_claims_back_at_once(factory: fn() -> TestLog) {
+    let t = factory();
+    let log = t.handle();
+    log.ensure_group("g", StartAt::Earliest).unwrap();
+    append_n(&*log, "p", 3);
+    let got = log.read("g", "a", 3, None).unwrap();
+    let ids: Vec<EntryId> = got.iter().map(|e| e.id).collect();
+    // Only the holder can release.
+    assert_eq!(log.release("g", "b", &ids).unwrap(), 0);
+    assert_eq!(log.release("g", "a", &ids[..2]).unwrap(), 2);
+    let hour = Duration::from_secs(3600);
+    let back = t.handle().claim_expired("g", "b", hour, 10).unwrap();
+    assert_eq!(back.iter().map(|e| e.id).collect::<Vec<_>>(), ids[..2]);
+    assert!(back.iter().all(|e| e.deliveries == 2));
 }

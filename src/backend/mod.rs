@@ -23,6 +23,7 @@
 //!   [`SharedLog::claim_expired`] (its delivery count goes up by one). An instance that
 //!   works on an entry longer than that renews its claims ([`SharedLog::renew`]).
 
+pub mod reader;
 pub mod sqlite;
 
 #[cfg(test)]
@@ -274,6 +275,12 @@ pub trait SharedLog: Send + Sync {
     /// [`SharedLog::claim_expired`] does not hand them to another instance. Returns the
     /// ids still claimed by `instance` (the others were acknowledged or taken over).
     fn renew(&self, group: &str, instance: &str, ids: &[EntryId]) -> Result<Vec<EntryId>>;
+
+    /// Give back `instance`'s claims on `ids` without handling them (a consumer that
+    /// stops): they count as expired at once, so the next
+    /// [`SharedLog::claim_expired`] of any instance takes them (delivery count up by
+    /// one). Returns how many `instance` held. (Redis: `XCLAIM ... IDLE <huge>`.)
+    fn release(&self, group: &str, instance: &str, ids: &[EntryId]) -> Result<u64>;
 
     /// Acknowledge `ids` for `group`: they are handled and leave its pending set
     /// (whichever instance holds them). Unknown or already acknowledged ids are

@@ -570,6 +570,23 @@ impl SharedLog for SqliteLog {
         })
     }
 
+    fn release(&self, group: &str, instance: &str, ids: &[EntryId]) -> Result<u64> {
+        let seqs = ids.iter().map(|&i| seq_of(i)).collect::<Result<Vec<_>>>()?;
+        self.write(|tx| {
+            let mut s = tx
+                .prepare_cached(
+                    "UPDATE log_pending SET claimed_us = 0
+                     WHERE grp = ?1 AND seq = ?2 AND owner = ?3",
+                )
+                .map_err(self.e())?;
+            let mut n = 0u64;
+            for seq in seqs {
+                n += s.execute(params![group, seq, instance]).map_err(self.e())? as u64;
+            }
+            Ok(n)
+        })
+    }
+
     fn ack(&self, group: &str, ids: &[EntryId]) -> Result<u64> {
         let seqs = ids.iter().map(|&i| seq_of(i)).collect::<Result<Vec<_>>>()?;
         self.write(|tx| {
