@@ -23,6 +23,7 @@
 //!   [`SharedLog::claim_expired`] (its delivery count goes up by one). An instance that
 //!   works on an entry longer than that renews its claims ([`SharedLog::renew`]).
 
+pub mod appender;
 pub mod reader;
 pub mod sqlite;
 
