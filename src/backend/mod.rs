@@ -30,7 +30,7 @@ pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod conformance;
 
-mod error;
+pub mod error;
 
 use std::time::Duration;
 

@@ -9,7 +9,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use super::sq;
-use crate::backend::{Durability, LogError, Result};
+use crate::backend::error::{LogError, Result};
+use crate::backend::Durability;
 
 /// `PRAGMA application_id` of a shared log ("MPML" in ASCII). Differs from the
 /// per-process store's ("MPME") so neither opens the other's file.

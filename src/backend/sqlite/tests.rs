@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use super::{SqliteLog, SqliteOptions};
 use crate::backend::conformance::{conformance_suite, rec, TestLog};
-use crate::backend::{Durability, EntryId, LogError, Record, SharedLog, StartAt};
+use crate::backend::error::LogError;
+use crate::backend::{new_instance_id, Durability, EntryId, Record, SharedLog, StartAt};
 
 fn sqlite_factory() -> TestLog {
     let dir = Arc::new(tempfile::tempdir().unwrap());
@@ -239,7 +240,7 @@ fn child_process_entry() {
             let got = log
                 .read(
                     &group,
-                    &crate::backend::new_instance_id(),
+                    &new_instance_id(),
                     max,
                     Some(Duration::from_secs(10)),
                 )
