@@ -8,8 +8,8 @@
 //! * Each handle has one connection behind a mutex; methods are short transactions.
 //! * Wake-up: an append bumps an in-process notifier shared by every handle on the same
 //!   file (instant for same-process readers); a blocked reader also polls
-//!   `PRAGMA data_version` (changes when another connection commits), every 1 ms after
-//!   activity, backing off to 50 ms when idle.
+//!   `PRAGMA data_version` (changes when another connection commits), every 1 ms for
+//!   the first 100 ms of a wait, then backing off to 50 ms when idle.
 
 mod schema;
 mod wake;
@@ -36,8 +36,10 @@ pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 
 /// Longest pause between two `data_version` polls of an idle blocked reader.
 const MAX_POLL: Duration = Duration::from_millis(50);
-/// First pause after activity.
+/// Pause between polls right after activity.
 const MIN_POLL: Duration = Duration::from_millis(1);
+/// How long a blocked reader keeps polling every [`MIN_POLL`] before backing off.
+const ACTIVE_SPELL: Duration = Duration::from_millis(100);
 
 /// Options of [`SqliteLog::open`].
 #[derive(Debug, Clone)]
@@ -522,6 +524,7 @@ impl SharedLog for SqliteLog {
                 return Ok(got);
             };
             let mut pause = MIN_POLL;
+            let waiting_since = Instant::now();
             loop {
                 let now = Instant::now();
                 if now >= deadline {
@@ -539,7 +542,11 @@ impl SharedLog for SqliteLog {
                 if self.data_version()? != version {
                     break;
                 }
-                pause = (pause * 2).min(MAX_POLL);
+                // NOTE: streams are bursty: keep the short pause for a while after
+                // the last activity, then back off towards MAX_POLL when idle.
+                if waiting_since.elapsed() >= ACTIVE_SPELL {
+                    pause = (pause * 2).min(MAX_POLL);
+                }
             }
         }
     }

@@ -185,10 +185,20 @@ pub fn open(
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
         .map_err(|e| sq(location, e))?;
 
-    // NOTE: check-or-create under the write lock, so two processes opening a new file
-    // at once do not both create the schema.
+    // NOTE: an existing log is checked with a plain read (many short-lived publishers
+    // open it at once: they must not queue for the write lock); a new one is created
+    // under the write lock, re-checked there, so two processes opening a new file at
+    // once do not both create the schema.
+    let existing: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .map_err(|e| sq(location, e))?;
+    let behavior = if existing == 0 {
+        TransactionBehavior::Immediate
+    } else {
+        TransactionBehavior::Deferred
+    };
     let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .transaction_with_behavior(behavior)
         .map_err(|e| sq(location, e))?;
     let tables: i64 = tx
         .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))

@@ -264,6 +264,31 @@ fn child_process_entry() {
             }
             println!("CHILD done");
         }
+        // Consume group GROUP and print each entry's publish-to-consume latency (µs)
+        // until COUNT arrived.
+        "latency" => {
+            let group = arg("GROUP");
+            let count: usize = arg("COUNT").parse().unwrap();
+            log.ensure_group(&group, StartAt::Latest).unwrap();
+            println!("CHILD ready");
+            let mut n = 0;
+            while n < count {
+                let got = log
+                    .read(&group, "lat", 256, Some(Duration::from_secs(20)))
+                    .unwrap();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_micros() as i64;
+                let ids: Vec<EntryId> = got.iter().map(|e| e.id).collect();
+                for e in &got {
+                    println!("CHILD lat {}", now - e.record.timestamp_us);
+                }
+                log.ack(&group, &ids).unwrap();
+                n += got.len();
+            }
+            println!("CHILD done");
+        }
         other => panic!("unknown child role {other}"),
     }
     std::process::exit(0);
@@ -549,4 +574,107 @@ fn a_reader_in_another_process_wakes_on_append() {
     assert_eq!(got, format!("got {} p-0", ids[0]));
     assert_eq!(lines.next(Duration::from_secs(15)).as_deref(), Some("done"));
     assert!(child.wait().unwrap().success());
+}
+
+/// Not a test: rough numbers for docs/backends.md and the bus work (W11). Run with
+/// `cargo test --no-default-features --release measure_ -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_throughput_and_cross_process_latency() {
+    use crate::backend::appender::Appender;
+    use crate::backend::reader::{GroupReader, ReaderOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let log: Arc<dyn SharedLog> = Arc::new(SqliteLog::open_path(&path).unwrap());
+    log.ensure_group("r", StartAt::Earliest).unwrap();
+
+    // Single-record submissions from 4 threads through the group-commit appender.
+    let app = Arc::new(Appender::start(log.clone(), 65_536).unwrap());
+    let t0 = Instant::now();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let app = app.clone();
+            std::thread::spawn(move || {
+                let (tx, rx) = std::sync::mpsc::channel();
+                for i in 0..5000 {
+                    let tx = tx.clone();
+                    app.submit(
+                        vec![rec(&format!("t{t}"), i)],
+                        Box::new(move |r| tx.send(r.is_ok()).unwrap()),
+                    )
+                    .unwrap();
+                }
+                (0..5000).filter(|_| rx.recv().unwrap()).count()
+            })
+        })
+        .collect();
+    let ok: usize = threads.into_iter().map(|h| h.join().unwrap()).sum();
+    let dt = t0.elapsed();
+    eprintln!(
+        "appender, sync, 4 threads x 5000 single records: {:.0}/s ({} commits)",
+        ok as f64 / dt.as_secs_f64(),
+        app.stats().commits
+    );
+
+    let t0 = Instant::now();
+    for b in 0..20 {
+        let recs: Vec<Record> = (0..1000).map(|i| rec("batch", b * 1000 + i)).collect();
+        log.append(&recs).unwrap();
+    }
+    eprintln!(
+        "append batches of 1000, sync: {:.0}/s",
+        20_000.0 / t0.elapsed().as_secs_f64()
+    );
+
+    let total = log.stats().unwrap().entries as usize;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t0 = Instant::now();
+    let reader = GroupReader::start(log.clone(), ReaderOptions::new("r"), move |b| {
+        tx.send(b).unwrap()
+    })
+    .unwrap();
+    let mut n = 0;
+    while n < total {
+        let b = rx.recv().unwrap();
+        n += b.len();
+        reader.ack(&b.iter().map(|e| e.id).collect::<Vec<_>>());
+    }
+    let last = log.stats().unwrap().last;
+    while !reader.caught_up(last).unwrap() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    eprintln!(
+        "GroupReader, claim + ack {total}: {:.0}/s",
+        total as f64 / t0.elapsed().as_secs_f64()
+    );
+    reader.stop().unwrap();
+
+    // Publish-to-consume latency to a reader in another process, one event every 2 ms.
+    let mut child = spawn_child(
+        &path,
+        "latency",
+        &[("GROUP", "lat".into()), ("COUNT", "500".into())],
+    );
+    let lines = Lines::of(&mut child);
+    assert_eq!(
+        lines.next(Duration::from_secs(60)).as_deref(),
+        Some("ready")
+    );
+    for i in 0..500 {
+        app.append(vec![rec("lat", i)]).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut lat: Vec<i64> = lines
+        .rest()
+        .iter()
+        .filter_map(|l| l.strip_prefix("lat ").map(|v| v.parse().unwrap()))
+        .collect();
+    lat.sort_unstable();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1000.0;
+    eprintln!(
+        "cross-process publish-to-consume, 500 events 2 ms apart: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
 }
