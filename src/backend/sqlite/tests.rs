@@ -289,6 +289,36 @@ fn child_process_entry() {
             }
             println!("CHILD done");
         }
+        // One GroupReader instance of GROUP: ack and print every entry until the group
+        // has handled entry TOTAL.
+        "consume" => {
+            use crate::backend::reader::{GroupReader, ReaderOptions};
+            let group = arg("GROUP");
+            let total: u64 = arg("TOTAL").parse().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let reader = GroupReader::start(
+                Arc::new(log),
+                ReaderOptions {
+                    batch: 8,
+                    poll: Duration::from_millis(20),
+                    ..ReaderOptions::new(group)
+                },
+                move |b| tx.send(b).unwrap(),
+            )
+            .unwrap();
+            println!("CHILD ready");
+            let target = Some(EntryId::new(total, 0));
+            while !reader.caught_up(target).unwrap() {
+                if let Ok(b) = rx.recv_timeout(Duration::from_millis(20)) {
+                    for e in &b {
+                        println!("CHILD got {}", e.record.event_id);
+                    }
+                    reader.ack(&b.iter().map(|e| e.id).collect::<Vec<_>>());
+                }
+            }
+            reader.stop().unwrap();
+            println!("CHILD done");
+        }
         other => panic!("unknown child role {other}"),
     }
     std::process::exit(0);
@@ -556,6 +586,56 @@ fn entries_of_a_publisher_killed_after_append_returned_are_present() {
     let mut seqs: Vec<u64> = all.values().map(|r| r.publisher_seq).collect();
     seqs.sort_unstable();
     assert!(seqs.iter().enumerate().all(|(i, s)| *s == i as u64));
+}
+
+#[test]
+fn two_names_by_three_consumer_processes_fan_out_and_share_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.db");
+    let log = SqliteLog::open_path(&path).unwrap();
+    const TOTAL: u64 = 300;
+    let mut kids: Vec<(String, Kid, Lines)> = Vec::new();
+    for group in ["relay", "audit"] {
+        for _ in 0..3 {
+            let mut c = spawn_child(
+                &path,
+                "consume",
+                &[("GROUP", group.to_string()), ("TOTAL", TOTAL.to_string())],
+            );
+            let l = Lines::of(&mut c);
+            assert_eq!(l.next(Duration::from_secs(60)).as_deref(), Some("ready"));
+            kids.push((group.to_string(), c, l));
+        }
+    }
+    // Published while they run, in small batches.
+    for b in 0..(TOTAL / 10) {
+        log.append(
+            &(b * 10..b * 10 + 10)
+                .map(|i| rec("pub", i))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+    }
+    let mut per_group: HashMap<String, Vec<String>> = HashMap::new();
+    for (group, c, l) in kids.iter_mut() {
+        let lines = l.rest();
+        assert_eq!(lines.last().map(String::as_str), Some("done"));
+        per_group.entry(group.clone()).or_default().extend(
+            lines
+                .iter()
+                .filter_map(|x| x.strip_prefix("got ").map(str::to_string)),
+        );
+        assert!(c.wait().unwrap().success());
+    }
+    for (group, got) in per_group {
+        let unique: HashSet<&String> = got.iter().collect();
+        assert_eq!(
+            got.len(),
+            TOTAL as usize,
+            "group {group}: each event to one instance"
+        );
+        assert_eq!(unique.len(), TOTAL as usize, "group {group}: all of them");
+    }
 }
 
 #[test]
