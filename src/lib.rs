@@ -10,6 +10,7 @@ pub mod sinks;
 #[cfg(feature = "python")]
 pub mod python;
 
+pub mod backend;
 pub mod dead_letter;
 pub mod dispatch;
 pub mod durable;

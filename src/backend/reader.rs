@@ -1,0 +1,564 @@
+//! [`GroupReader`]: one instance of a consumer group reading a [`SharedLog`] on its own
+//! thread — what a subscribed consumer of a bus with a shared backend runs.
+//!
+//! The thread claims entries (`read`, blocking up to `poll`), hands them to a
+//! `deliver` callback, keeps the claims of everything delivered and not yet
+//! acknowledged alive (`renew` every `claim_timeout / 3`: the heartbeat), takes over
+//! claims of dead instances (`claim_expired` every `claim_timeout / 2`), and writes
+//! acknowledgements in batches. At most `max_in_flight` entries are out at once.
+//! [`GroupReader::stop`] writes the collected acks and releases what is still in
+//! flight, so another instance gets it at once instead of after the claim timeout.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use super::{new_instance_id, Entry, EntryId, LogError, Result, SharedLog, StartAt};
+
+/// Options of [`GroupReader::start`].
+#[derive(Debug, Clone)]
+pub struct ReaderOptions {
+    /// The consumer group (consumer name).
+    pub group: String,
+    /// This instance's id. Default [`new_instance_id`].
+    pub instance: String,
+    /// Where the group starts if the log does not know it. Default `Earliest`.
+    pub start: StartAt,
+    /// Most entries claimed by one read. Default 256.
+    pub batch: usize,
+    /// Most entries delivered and not yet acknowledged. Default 1024.
+    pub max_in_flight: usize,
+    /// A claim idle this long may be taken over by another instance; this reader
+    /// renews its claims three times per timeout. Default 30 s.
+    pub claim_timeout: Duration,
+    /// Longest wait of one blocking read (also bounds how long collected acks wait
+    /// to be written). Default 100 ms.
+    pub poll: Duration,
+}
+
+impl ReaderOptions {
+    /// Defaults for group `group`.
+    pub fn new(group: impl Into<String>) -> ReaderOptions {
+        ReaderOptions {
+            group: group.into(),
+            instance: new_instance_id(),
+            start: StartAt::Earliest,
+            batch: 256,
+            max_in_flight: 1024,
+            claim_timeout: Duration::from_secs(30),
+            poll: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Counters of one [`GroupReader`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReaderStats {
+    /// Entries handed to `deliver` (redeliveries included).
+    pub delivered: u64,
+    /// Of those, entries taken over from an expired claim.
+    pub taken_over: u64,
+    /// Acknowledgements written to the log.
+    pub acked: u64,
+    /// Claims this reader lost to another instance (found at a renewal).
+    pub lost_claims: u64,
+    /// Log errors met by the reader thread (it backs off and carries on).
+    pub errors: u64,
+}
+
+#[derive(Default)]
+struct State {
+    in_flight: HashSet<EntryId>,
+    to_ack: Vec<EntryId>,
+    last_error: Option<LogError>,
+}
+
+struct Shared {
+    log: Arc<dyn SharedLog>,
+    opts: ReaderOptions,
+    state: Mutex<State>,
+    cv: Condvar,
+    stop: AtomicBool,
+    delivered: AtomicU64,
+    taken_over: AtomicU64,
+    acked: AtomicU64,
+    lost: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// One running instance of a consumer group. See the module docs.
+pub struct GroupReader {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+type Deliver = Box<dyn FnMut(Vec<Entry>) + Send>;
+
+impl GroupReader {
+    /// Create the group if needed (errors are returned here) and start the reader
+    /// thread. `deliver` runs on that thread for each claimed batch, in log order
+    /// within a batch; it must not block for long (hand the entries on), and every
+    /// entry it gets must later be [`GroupReader::ack`]ed or
+    /// [`GroupReader::dead_letter`]ed.
+    pub fn start(
+        log: Arc<dyn SharedLog>,
+        opts: ReaderOptions,
+        deliver: impl FnMut(Vec<Entry>) + Send + 'static,
+    ) -> Result<GroupReader> {
+        if opts.batch == 0 || opts.max_in_flight == 0 {
+            return Err(LogError::Invalid(
+                "reader batch and max_in_flight must be at least 1".into(),
+            ));
+        }
+        if opts.claim_timeout < Duration::from_millis(30) {
+            return Err(LogError::Invalid(format!(
+                "claim_timeout {:?} is too short (at least 30 ms)",
+                opts.claim_timeout
+            )));
+        }
+        super::check_name("instance", &opts.instance)?;
+        log.ensure_group(&opts.group, opts.start)?;
+        let shared = Arc::new(Shared {
+            log,
+            opts,
+            state: Mutex::new(State::default()),
+            cv: Condvar::new(),
+            stop: AtomicBool::new(false),
+            delivered: AtomicU64::new(0),
+            taken_over: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("mpm-events-log-{}", shared.opts.group))
+            .spawn(move || run(&s, Box::new(deliver)))
+            .map_err(|e| LogError::Invalid(format!("cannot start the reader thread: {e}")))?;
+        Ok(GroupReader {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// This instance's id.
+    pub fn instance(&self) -> &str {
+        &self.shared.opts.instance
+    }
+
+    /// The group.
+    pub fn group(&self) -> &str {
+        &self.shared.opts.group
+    }
+
+    /// Mark `ids` handled: they leave the in-flight set now; the acknowledgement is
+    /// written by the reader thread with the next batch (within `poll`), or by
+    /// [`GroupReader::flush`] / [`GroupReader::stop`].
+    pub fn ack(&self, ids: &[EntryId]) {
+        let mut st = self.shared.state.lock();
+        for id in ids {
+            st.in_flight.remove(id);
+        }
+        st.to_ack.extend_from_slice(ids);
+        drop(st);
+        self.shared.cv.notify_all();
+    }
+
+    /// Give up on `id`: a dead letter in the log (written now), out of flight.
+    pub fn dead_letter(&self, id: EntryId, reason: &str, attempts: u32) -> Result<i64> {
+        let dl = self
+            .shared
+            .log
+            .dead_letter(&self.shared.opts.group, id, reason, attempts)?;
+        self.shared.state.lock().in_flight.remove(&id);
+        self.shared.cv.notify_all();
+        Ok(dl)
+    }
+
+    /// Write the collected acknowledgements now.
+    pub fn flush(&self) -> Result<()> {
+        flush_acks(&self.shared)
+    }
+
+    /// Entries delivered and neither acknowledged nor dead-lettered.
+    pub fn in_flight(&self) -> usize {
+        self.shared.state.lock().in_flight.len()
+    }
+
+    /// True when nothing is in flight, every ack is written, and the group's position
+    /// is at or past `upto` (e.g. the log's last entry when a `join` began).
+    pub fn caught_up(&self, upto: Option<EntryId>) -> Result<bool> {
+        {
+            let st = self.shared.state.lock();
+            if !st.in_flight.is_empty() || !st.to_ack.is_empty() {
+                return Ok(false);
+            }
+        }
+        let Some(upto) = upto else { return Ok(true) };
+        let g = self.shared.log.group_stats(&self.shared.opts.group)?;
+        Ok(g.position.is_some_and(|p| p >= upto) && g.pending == 0 && g.ready == 0)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ReaderStats {
+        let s = &self.shared;
+        ReaderStats {
+            delivered: s.delivered.load(Ordering::Relaxed),
+            taken_over: s.taken_over.load(Ordering::Relaxed),
+            acked: s.acked.load(Ordering::Relaxed),
+            lost_claims: s.lost.load(Ordering::Relaxed),
+            errors: s.errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The last log error the thread met, if any (taken).
+    pub fn take_error(&self) -> Option<LogError> {
+        self.shared.state.lock().last_error.take()
+    }
+
+    /// Stop the thread (within `poll`), write the collected acks and release the
+    /// claims still in flight (another instance gets them at once). Returns how many
+    /// were released.
+    pub fn stop(mut self) -> Result<u64> {
+        self.halt()
+    }
+
+    fn halt(&mut self) -> Result<u64> {
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        flush_acks(&self.shared)?;
+        let held: Vec<EntryId> = self.shared.state.lock().in_flight.drain().collect();
+        if held.is_empty() {
+            return Ok(0);
+        }
+        let o = &self.shared.opts;
+        self.shared.log.release(&o.group, &o.instance, &held)
+    }
+}
+
+impl Drop for GroupReader {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let _ = self.halt();
+        }
+    }
+}
+
+fn flush_acks(s: &Shared) -> Result<()> {
+    let batch = std::mem::take(&mut s.state.lock().to_ack);
+    if batch.is_empty() {
+        return Ok(());
+    }
+    match s.log.ack(&s.opts.group, &batch) {
+        Ok(n) => {
+            s.acked.fetch_add(n, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(e) => {
+            // Keep them for the next try: an ack must not be lost to a busy file.
+            s.state.lock().to_ack.extend(batch);
+            Err(e)
+        }
+    }
+}
+
+fn run(s: &Shared, mut deliver: Deliver) {
+    let o = &s.opts;
+    let heartbeat = o.claim_timeout / 3;
+    let takeover_every = (o.claim_timeout / 2).max(Duration::from_millis(20));
+    let mut next_heartbeat = Instant::now() + heartbeat;
+    let mut next_takeover = Instant::now();
+    while !s.stop.load(Ordering::Acquire) {
+        if let Err(e) = step(
+            s,
+            &mut deliver,
+            &mut next_heartbeat,
+            &mut next_takeover,
+            heartbeat,
+            takeover_every,
+        ) {
+            if e == LogError::Closed {
+                return;
+            }
+            s.errors.fetch_add(1, Ordering::Relaxed);
+            let mut st = s.state.lock();
+            st.last_error = Some(e);
+            // NOTE: back off on errors (busy or full disk) instead of spinning.
+            if !s.stop.load(Ordering::Acquire) {
+                s.cv.wait_for(&mut st, Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn step(
+    s: &Shared,
+    deliver: &mut Deliver,
+    next_heartbeat: &mut Instant,
+    next_takeover: &mut Instant,
+    heartbeat: Duration,
+    takeover_every: Duration,
+) -> Result<()> {
+    let o = &s.opts;
+    flush_acks(s)?;
+    let now = Instant::now();
+    if now >= *next_heartbeat {
+        let held: Vec<EntryId> = s.state.lock().in_flight.iter().copied().collect();
+        if !held.is_empty() {
+            let kept: HashSet<EntryId> = s
+                .log
+                .renew(&o.group, &o.instance, &held)?
+                .into_iter()
+                .collect();
+            let mut st = s.state.lock();
+            for id in held.iter().filter(|id| !kept.contains(id)) {
+                // Taken over by another instance (or acked meanwhile): no longer ours.
+                if st.in_flight.remove(id) {
+                    s.lost.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        *next_heartbeat = now + heartbeat;
+    }
+    let room = |s: &Shared| {
+        o.max_in_flight
+            .saturating_sub(s.state.lock().in_flight.len())
+    };
+    if now >= *next_takeover && room(s) > 0 {
+        let got = s
+            .log
+            .claim_expired(&o.group, &o.instance, o.claim_timeout, room(s))?;
+        s.taken_over.fetch_add(got.len() as u64, Ordering::Relaxed);
+        hand_over(s, deliver, got);
+        *next_takeover = now + takeover_every;
+    }
+    let free = room(s);
+    let until = (*next_heartbeat).min(*next_takeover);
+    let block = until
+        .saturating_duration_since(Instant::now())
+        .min(o.poll)
+        .max(Duration::from_millis(1));
+    if free == 0 {
+        // Back-pressure: wait for acks (or the next heartbeat).
+        let mut st = s.state.lock();
+        if st.in_flight.len() >= o.max_in_flight && !s.stop.load(Ordering::Acquire) {
+            s.cv.wait_for(&mut st, block);
+        }
+        return Ok(());
+    }
+    let got = s
+        .log
+        .read(&o.group, &o.instance, free.min(o.batch), Some(block))?;
+    hand_over(s, deliver, got);
+    Ok(())
+}
+
+fn hand_over(s: &Shared, deliver: &mut Deliver, got: Vec<Entry>) {
+    if got.is_empty() {
+        return;
+    }
+    {
+        // NOTE: in flight before `deliver` runs, since it may ack synchronously.
+        let mut st = s.state.lock();
+        st.in_flight.extend(got.iter().map(|e| e.id));
+    }
+    s.delivered.fetch_add(got.len() as u64, Ordering::Relaxed);
+    deliver(got);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::backend::conformance::rec;
+    use crate::backend::sqlite::SqliteLog;
+
+    fn log_in(dir: &tempfile::TempDir) -> Arc<dyn SharedLog> {
+        Arc::new(SqliteLog::open_path(dir.path().join("log.db")).unwrap())
+    }
+
+    fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn opts(group: &str, claim_timeout: Duration) -> ReaderOptions {
+        ReaderOptions {
+            claim_timeout,
+            poll: Duration::from_millis(20),
+            ..ReaderOptions::new(group)
+        }
+    }
+
+    #[test]
+    fn delivers_everything_once_and_writes_the_acks() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_in(&dir);
+        log.append(&(0..300).map(|i| rec("p", i)).collect::<Vec<_>>())
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let reader = GroupReader::start(
+            log.clone(),
+            ReaderOptions {
+                batch: 32,
+                ..opts("g", Duration::from_secs(30))
+            },
+            move |batch| tx.send(batch).unwrap(),
+        )
+        .unwrap();
+        let mut seen = Vec::new();
+        while seen.len() < 300 {
+            let batch = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert!(batch.len() <= 32);
+            reader.ack(&batch.iter().map(|e| e.id).collect::<Vec<_>>());
+            seen.extend(batch.into_iter().map(|e| e.record.publisher_seq));
+        }
+        assert_eq!(seen, (0..300).collect::<Vec<_>>());
+        let last = log.stats().unwrap().last;
+        wait_until(Duration::from_secs(10), "acks written", || {
+            reader.caught_up(last).unwrap()
+        });
+        assert_eq!(reader.stats().acked, 300);
+        assert_eq!(reader.stop().unwrap(), 0);
+        let g = log.group_stats("g").unwrap();
+        assert_eq!((g.pending, g.lag), (0, 0));
+    }
+
+    #[test]
+    fn heartbeats_keep_claims_and_stop_releases_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_in(&dir);
+        log.append(&(0..5).map(|i| rec("p", i)).collect::<Vec<_>>())
+            .unwrap();
+        // NOTE: 500 ms: the heartbeat (every 167 ms) has a wide margin on a loaded machine.
+        let lease = Duration::from_millis(500);
+        let (tx, rx) = mpsc::channel();
+        let a = GroupReader::start(log.clone(), opts("g", lease), move |b| tx.send(b).unwrap())
+            .unwrap();
+        let held = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(held.len(), 5);
+        // Not acknowledged for three claim timeouts: the heartbeat keeps them.
+        let other = SqliteLog::open_path(dir.path().join("log.db")).unwrap();
+        let until = Instant::now() + lease * 3;
+        while Instant::now() < until {
+            assert!(other
+                .claim_expired("g", "thief", lease, 10)
+                .unwrap()
+                .is_empty());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(a.stats().lost_claims, 0);
+        // Stopping releases them: a second instance gets them without waiting for
+        // the (long) claim timeout.
+        assert_eq!(a.stop().unwrap(), 5);
+        let (tx, rx) = mpsc::channel();
+        let b = GroupReader::start(log.clone(), opts("g", Duration::from_secs(60)), move |b| {
+            tx.send(b).unwrap()
+        })
+        .unwrap();
+        let again = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(
+            again.iter().map(|e| e.id).collect::<Vec<_>>(),
+            held.iter().map(|e| e.id).collect::<Vec<_>>()
+        );
+        assert!(again.iter().all(|e| e.deliveries == 2));
+        assert_eq!(b.stats().taken_over, 5);
+        b.ack(&again.iter().map(|e| e.id).collect::<Vec<_>>());
+        b.stop().unwrap();
+        assert_eq!(log.group_stats("g").unwrap().pending, 0);
+    }
+
+    #[test]
+    fn a_dead_instances_claims_are_taken_over_after_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_in(&dir);
+        log.ensure_group("g", StartAt::Earliest).unwrap();
+        log.append(&(0..4).map(|i| rec("p", i)).collect::<Vec<_>>())
+            .unwrap();
+        // A "dead" instance: claimed, never renews.
+        let dead = log.read("g", "dead", 4, None).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let r = GroupReader::start(
+            log.clone(),
+            opts("g", Duration::from_millis(200)),
+            move |b| tx.send(b).unwrap(),
+        )
+        .unwrap();
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            got.extend(rx.recv_timeout(Duration::from_secs(10)).unwrap());
+        }
+        assert_eq!(
+            got.iter().map(|e| e.id).collect::<Vec<_>>(),
+            dead.iter().map(|e| e.id).collect::<Vec<_>>()
+        );
+        r.ack(&got.iter().map(|e| e.id).collect::<Vec<_>>());
+        r.stop().unwrap();
+    }
+
+    #[test]
+    fn in_flight_is_bounded_and_dead_letters_count_as_handled() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_in(&dir);
+        log.append(&(0..30).map(|i| rec("p", i)).collect::<Vec<_>>())
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let r = GroupReader::start(
+            log.clone(),
+            ReaderOptions {
+                max_in_flight: 10,
+                ..opts("g", Duration::from_secs(30))
+            },
+            move |b| tx.send(b).unwrap(),
+        )
+        .unwrap();
+        let mut first = Vec::new();
+        while first.len() < 10 {
+            first.extend(rx.recv_timeout(Duration::from_secs(10)).unwrap());
+        }
+        assert_eq!(r.in_flight(), 10);
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "no more until acked"
+        );
+        r.dead_letter(first[0].id, "boom", 3).unwrap();
+        r.ack(&first[1..].iter().map(|e| e.id).collect::<Vec<_>>());
+        let mut rest = 0;
+        while rest < 20 {
+            let b = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            rest += b.len();
+            r.ack(&b.iter().map(|e| e.id).collect::<Vec<_>>());
+        }
+        let last = log.stats().unwrap().last;
+        wait_until(Duration::from_secs(10), "caught up", || {
+            r.caught_up(last).unwrap()
+        });
+        assert_eq!(log.dead_letters(Some("g"), 10).unwrap().len(), 1);
+        r.stop().unwrap();
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_in(&dir);
+        let bad = ReaderOptions {
+            claim_timeout: Duration::from_millis(1),
+            ..ReaderOptions::new("g")
+        };
+        let err = GroupReader::start(log.clone(), bad, |_| {}).err().unwrap();
+        assert!(err.to_string().contains("claim_timeout"), "{err}");
+        let bad = ReaderOptions::new("");
+        assert!(GroupReader::start(log, bad, |_| {}).is_err());
+    }
+}
