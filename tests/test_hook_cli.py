@@ -312,3 +312,89 @@ def test_the_hooks_module_adds_only_json_and_zlib():
     }
     assert not extra, extra
     assert hooks.__name__ in added
+
+
+# --- mpm_events.hooks without a process -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    # The cases of dashboard::snake_case's test in src/sinks/socketio/dashboard.rs: the
+    # topic we publish on and the subtype the consumer computes must agree.
+    [
+        ("PreToolUse", "pre_tool_use"),
+        ("HTTPRequest", "http_request"),
+        ("getHTTP2Response", "get_http2_response"),
+        ("already_snake", "already_snake"),
+        ("tool.start", "tool_start"),
+        ("tool-start", "tool_start"),
+        ("  Spaced  Out ", "spaced_out"),
+        ("T3", "t3"),
+        ("", ""),
+        ("...", ""),
+    ],
+)
+def test_snake_case_is_the_dashboard_mappings(text, want):
+    assert hooks.snake_case(text) == want
+
+
+def test_subtypes_of_known_and_other_hooks():
+    assert hooks.subtype_of("PreToolUse") == "pre_tool"
+    assert hooks.subtype_of("SessionEnd") == "session_end"
+    assert hooks.subtype_of("PermissionRequest") == "permission_request"
+    assert hooks.subtype_of("...") == "generic"
+    assert hooks.subtype_of("Unknown") == "generic"
+
+
+def test_the_hook_name_may_come_from_claude_mpms_other_fields(tmp_path):
+    store = hooks.CorrelationStore(str(tmp_path))
+    e = hooks.convert({"event": "Stop", "session_id": "s"}, store)
+    assert (e.topic, e.type, e.data["hook_event_name"]) == ("hook.stop", "Stop", "Stop")
+    with pytest.raises(hooks.HookInputError, match="no 'hook_event_name'"):
+        hooks.convert({"hook_event_name": ""}, store)
+
+
+def test_without_a_session_nothing_is_stored_and_nothing_paired(tmp_path):
+    store = hooks.CorrelationStore(str(tmp_path / "c"))
+    pre = hooks.convert({k: v for k, v in pre_tool().items() if k != "session_id"}, store)
+    assert pre.correlation_id is None and "correlation_id" not in pre.data
+    assert not (tmp_path / "c").exists()
+
+
+def test_two_tool_calls_in_flight_keep_their_own_ids(tmp_path):
+    # claude-mpm keeps one id per session, so parallel calls overwrite each other's;
+    # keyed by tool and input, each post finds its own pre.
+    store = hooks.CorrelationStore(str(tmp_path))
+    a_in = {"file_path": "/a"}
+    b_in = {"file_path": "/b"}
+    pre_a = hooks.convert(pre_tool(tool_name="Read", tool_input=a_in), store)
+    pre_b = hooks.convert(pre_tool(tool_name="Read", tool_input=b_in), store)
+    post_b = hooks.convert(post_tool(tool_name="Read", tool_input=b_in), store)
+    post_a = hooks.convert(post_tool(tool_name="Read", tool_input=a_in), store)
+    assert pre_a.correlation_id != pre_b.correlation_id
+    assert (post_a.correlation_id, post_b.correlation_id) == (
+        pre_a.correlation_id,
+        pre_b.correlation_id,
+    )
+    # Claimed once: a second post of the same call gets none.
+    assert hooks.convert(post_tool(tool_name="Read", tool_input=a_in), store).correlation_id is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_correlations_are_swept(tmp_path):
+    store = hooks.CorrelationStore(str(tmp_path))
+    key = store.key("s", "Read", {"file_path": "/x"})
+    assert store.put(key, "c-1")
+    old = time.time() - hooks.CORRELATION_TTL_S - 10
+    os.utime(tmp_path / key, (old, old))
+    assert store.sweep() == 1
+    assert store.take(key) is None
+
+
+def test_an_unwritable_correlation_store_only_loses_the_pairing(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    store = hooks.CorrelationStore(str(blocker / "correlations"))
+    pre = hooks.convert(pre_tool(), store)
+    assert pre.topic == "hook.pre_tool" and pre.correlation_id  # still published
+    assert hooks.convert(post_tool(), store).correlation_id is None

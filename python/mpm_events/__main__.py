@@ -206,7 +206,8 @@ def run_hook(backend_url: str | None, deadline_s: float, *, exit_process: bool =
             _publish(event, url, deadline)
         except TimeoutError:
             answer.give(
-                f"the event log {url} did not store the event within the {deadline_s:g} s deadline"
+                f"the event log {url} did not confirm the event within the {deadline_s:g} s "
+                "deadline; it may not be in the log"
             )
         except Exception as exc:
             answer.give(f"the event was not stored in {url}: {type(exc).__name__}: {exc}")
@@ -301,7 +302,10 @@ def main(argv: list[str] | None = None, *, exit_process: bool = False) -> int:
         type=_positive,
         default=HOOK_DEADLINE_S,
         metavar="SECONDS",
-        help=f"hard deadline of the whole command ({HOOK_DEADLINE_S:g})",
+        help=(
+            "seconds the command may take, counted from its start after Python's own "
+            f"start-up; then it answers and exits whatever happened ({HOOK_DEADLINE_S:g})"
+        ),
     )
     args = parser.parse_args(argv)
     if args.command == "hook":
