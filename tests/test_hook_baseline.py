@@ -223,7 +223,12 @@ async def run_our_hook(stdin: dict[str, Any], db: Path, env: dict[str, str]) -> 
         stderr=subprocess.PIPE,
         env=env,
     )
-    out, err = await asyncio.wait_for(proc.communicate(json.dumps(stdin).encode()), 60)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(json.dumps(stdin).encode()), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     assert (proc.returncode, out, err) == (0, b'{"continue": true}\n', b""), err.decode()
 
 
@@ -266,7 +271,11 @@ async def test_our_hook_events_reach_the_dashboard_as_the_baselines_do(
         for name in HOOKS
         if name not in TOOL_CHAIN
     ]
-    await asyncio.gather(tool_chain(), *others)
+    # Every process is waited for before anything is asserted (none outlives the test).
+    results = await asyncio.gather(tool_chain(), *others, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
     consumer = await replay_into_dashboard(db, dashboard.url)
     m = consumer.get_metrics()
     assert (m["events_emitted"], m["unacked"], m["events_failed"]) == (len(HOOKS), 0, 0), m
