@@ -77,6 +77,9 @@ def check_targets(workloads: dict[str, Any]) -> dict[str, Any]:
     if "W9" in workloads:
         w9 = ours("W9")
         verdict("W9", None if w9 is None else w9 >= 80, f"{w9:.0f}% of in-memory" if w9 else "-")
+    if "W10" in workloads:
+        w10 = ours("W10")
+        verdict("W10", None if w10 is None else w10 <= 60, f"{w10:.1f} ms" if w10 else "-")
     return out
 
 
@@ -293,6 +296,14 @@ object (the original's or ours) and uses only the shared API, so both run the sa
 - **W7**: wall time of `python -c "import ..."` minus a paired `python -c "pass"`,
   interleaved, median of many. The original is imported through
   `tests/helpers/original_loader.py` (its package cannot be imported as shipped).
+- **W10** (issue 12): wall time of one cold hook process, from spawn to exit, median:
+  `python -m mpm_events hook --backend sqlite:///...` on a `PreToolUse` input (the event
+  committed and fsynced before it answers), 20 runs, beside claude-mpm's real handler
+  (`python -m claude_mpm.hooks.claude_hooks.hook_handler`, run by
+  `tests/helpers/claude_hook_baseline.py` with its `claude` stub and a local server
+  taking its POSTs) on the same input, 5 runs (each takes a second or more),
+  alternately, after one warm-up run each, with bytecode caching on
+  (`benches/hookprobe.py`).
 - Both buses get the same `max_queue_size` (4x the events: the original splits it into
   four per-priority deques that drop silently when full). Each measurement runs in a fresh
   event loop; rounds alternate which implementation goes first.

@@ -58,6 +58,8 @@ class Sizes:
     w6: int = 1_000_000
     w7_runs: int = 21
     w8: int = 51_200
+    w10_runs: int = 20
+    w10_original_runs: int = 5
     chart_seconds: float = 0.4
     chart_max: int = 100_000
     chart_rounds: int = 3
@@ -74,6 +76,8 @@ QUICK = Sizes(
     w6=100_000,
     w7_runs=5,
     w8=10_240,
+    w10_runs=5,
+    w10_original_runs=2,
     chart_seconds=0.1,
     chart_max=10_000,
     chart_rounds=1,
@@ -123,6 +127,14 @@ WORKLOADS = [
         "% of in-memory",
         True,
         ">= 80%",
+    ),
+    Workload(
+        "W10",
+        "cold `mpm-events hook` process (issue 12)",
+        "wall",
+        "ms",
+        False,
+        "<= 60 ms",
     ),
 ]
 
@@ -211,6 +223,21 @@ def import_times(names: list[str], runs: int) -> dict[str, dict[str, Any]]:
         for name in names:
             added[name].append((times[name] - times["bare"]) * 1000)
     return {name: {"samples": values} for name, values in added.items()}
+
+
+def hook_process_times(ours_runs: int, original_runs: int) -> dict[str, Any]:
+    """W10 in a process of its own (``benches/hookprobe.py``): cold hook processes,
+    ours and claude-mpm's real handler, alternately."""
+    cmd = [sys.executable, str(HERE / "hookprobe.py"), str(ours_runs), str(original_runs)]
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=MEASURE_TIMEOUT_S * 3, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {MEASURE_TIMEOUT_S * 3:.0f} s"}
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["hookprobe failed"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def summary(samples: list[float]) -> dict[str, Any]:
@@ -330,6 +357,22 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
         log(f"W7: {sizes.w7_runs} interleaved interpreter starts per implementation")
         for name, data in import_times(live, sizes.w7_runs).items():
             samples["W7"][name] = [{"value": v} for v in data["samples"]]
+
+    if selected("W10"):
+        log(
+            f"W10: {sizes.w10_runs} cold `mpm-events hook` processes, "
+            f"{sizes.w10_original_runs} of claude-mpm's hook handler"
+        )
+        w10 = hook_process_times(sizes.w10_runs, sizes.w10_original_runs)
+        for name, key in ((impls.OURS, "ours"), (impls.ORIGINAL, "original")):
+            got = w10.get(key) if "error" not in w10 else w10
+            if got is None:
+                continue
+            if "error" in got:
+                samples["W10"][name] = [{"error": got["error"]}]
+            else:
+                samples["W10"][name] = [{"value": v} for v in got["samples_ms"]]
+                log(f"  W10 {name}: median {got['median_ms']:.1f} ms")
 
     charts: dict[str, Any] = {}
     if not args.no_charts and (only is None or "CHARTS" in only):
@@ -451,7 +494,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=0, help="rounds (default 5, quick 1)")
     parser.add_argument("--quick", action="store_true", help="fast smoke run, small sizes")
-    parser.add_argument("--only", default="", help="comma list: W1..W7, CHARTS")
+    parser.add_argument("--only", default="", help="comma list: W1..W10, CHARTS")
     parser.add_argument("--no-charts", action="store_true", help="skip the two chart sweeps")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
     parser.add_argument("--json", type=Path, default=RESULTS, help="results file")
