@@ -24,6 +24,7 @@
 //!   works on an entry longer than that renews its claims ([`SharedLog::renew`]).
 
 pub mod appender;
+pub mod codec;
 pub mod reader;
 pub mod sqlite;
 
