@@ -56,6 +56,10 @@ __all__ = [
     "_Ready",
     "_StoredBatch",
     "__version__",
+    "_log_ack",
+    "_log_append",
+    "_log_range",
+    "_log_read",
     "_validate_topic",
 ]
 
@@ -807,6 +811,98 @@ class _Leaving:
 
 def _validate_topic(topic: str) -> None:
     """Raises InvalidTopicError unless ``topic`` is a valid published topic (private)."""
+
+# --- the shared log without a bus (private helpers: the hook command, tests, W11) ---
+
+def _log_append(
+    url: str,
+    events: Iterable[Event | dict[str, Any]],
+    *,
+    durability: Literal["sync", "normal"] | None = None,
+) -> list[str]:
+    """Appends events to the shared log at ``url`` without a bus (private).
+
+    What ``mpm-events hook`` uses: no ``EventBus``, no asyncio, no Tokio runtime. The
+    events are encoded as the bus's shared-log readers decode them
+    (``src/backend/codec.rs``) and appended in one transaction, committed (and with
+    ``durability="sync"``, the default unless the URL says ``?durability=normal``,
+    fsynced) when this returns. The GIL is released while the log is opened and
+    written. The handle stays open for later calls of this process.
+
+    Args:
+        url: ``sqlite:///path/to/events.db`` (the file and its directories are
+            created if needed).
+        events: ``Event`` objects (or objects with their attributes), or dicts of
+            ``Event``'s constructor arguments (``topic``, ``type``, ``source``,
+            ``data``, ``correlation_id``, ...).
+        durability: ``"sync"`` or ``"normal"``; None: the URL's (default sync).
+
+    Returns:
+        The entry ids (``"<seq>-0"``), in the order of ``events``.
+
+    Raises:
+        ValueError: A URL that is not a SQLite log's, an unknown durability.
+        InvalidTopicError: An event's topic is not a valid published topic.
+        InvalidEventError: An item is not an event, or its data is not JSON.
+        PersistenceError: The log cannot be opened or written (corrupt, newer schema,
+            permission, a path under a regular file, disk full); the message names
+            the path. Nothing of the call is in the log then.
+    """
+
+def _log_range(
+    url: str,
+    *,
+    since_us: int | None = None,
+    until_us: int | None = None,
+    topics: list[str] | None = None,
+    after: str | None = None,
+    limit: int = 10000,
+) -> list[dict[str, Any]]:
+    """Entries of the shared log at ``url``, in log order, read only (private).
+
+    Entries whose event timestamp is in ``since_us <= t < until_us`` (unix
+    microseconds; either bound open) and whose topic matches one of ``topics``
+    (subscription patterns; None: all), at most ``limit``, after the entry id
+    ``after`` (paging). Each is a dict: ``entry_id``, ``id``, ``topic``, ``type``,
+    ``source``, ``timestamp_us``, ``published_us``, ``priority`` (int),
+    ``correlation_id``, ``data``, ``publisher``, ``publisher_seq``.
+
+    Raises:
+        ValueError: A bad URL, pattern or entry id.
+        PersistenceError: The log cannot be opened or read (the message names the path).
+    """
+
+def _log_read(
+    url: str,
+    group: str,
+    instance: str,
+    max: int = 100,
+    block_ms: int = 0,
+    *,
+    start: Literal["earliest", "latest"] = "earliest",
+) -> list[dict[str, Any]]:
+    """Claims up to ``max`` entries for ``instance`` of consumer group ``group``
+    (private; a benchmark-level API, W11).
+
+    The group is created at the first call of this process if the log does not know
+    it (from ``start``). With ``block_ms``, waits up to that long for an append from
+    any process. The dicts are those of :func:`_log_range` plus ``deliveries``.
+    There is no heartbeat: claims expire as the log's ``claim_expired`` decides; the
+    bus's readers (``GroupReader``) renew theirs.
+
+    Raises:
+        ValueError: A bad URL, group or instance name, or ``start``.
+        PersistenceError: The log cannot be opened or written.
+    """
+
+def _log_ack(url: str, group: str, ids: list[str]) -> int:
+    """Acknowledges the entries ``ids`` (``entry_id`` values) for ``group``; returns
+    how many were pending (private; W11).
+
+    Raises:
+        ValueError: A bad URL or entry id.
+        PersistenceError: The log cannot be opened or written.
+    """
 
 @final
 class _StoredBatch:

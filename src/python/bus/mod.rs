@@ -1,7 +1,9 @@
 //! `EventBus`: the Python face of the dispatch engine, with its persistence
-//! ([`persistence`]) and its log of failed deliveries ([`delivery_log`]).
+//! ([`persistence`]) and its log of failed deliveries ([`delivery_log`]); and
+//! [`log_direct`], a shared log's sync functions for processes without a bus.
 
 pub mod delivery_log;
+pub mod log_direct;
 pub mod persistence;
 
 use std::collections::HashMap;
@@ -1331,5 +1333,6 @@ pub fn init_pymodule(m: &Bound<'_, pyo3::types::PyModule>) -> PyResult<()> {
     m.add_class::<EventBus>()?;
     m.add_class::<Leaving>()?;
     m.add_class::<persistence::StoredBatch>()?;
+    log_direct::init_pymodule(m)?;
     Ok(())
 }
