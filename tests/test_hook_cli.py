@@ -310,21 +310,31 @@ def test_the_hook_command_imports_little(tmp_path):
 
 def test_the_hooks_module_adds_only_json_and_zlib():
     # mpm_events.hooks runs in every hook process: on top of `import mpm_events` it
-    # may load json (and the re it needs) and zlib, nothing else.
+    # may load json (and the re, enum, ... it needs) and zlib, nothing else.
     code = (
-        "import sys, mpm_events; before = set(sys.modules); import mpm_events.hooks; "
-        "print(sorted(set(sys.modules) - before))"
+        "import sys, mpm_events; before = set(sys.modules); import json, zlib;"
+        "std = set(sys.modules) - before; import mpm_events.hooks;"
+        "print(sorted(set(sys.modules) - before - std))"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
     )
     added = set(json.loads(proc.stdout.replace("'", '"')))
-    allowed = {"mpm_events.hooks", "zlib", "_json", "json", "copyreg", "_sre"}
-    extra = {
-        m for m in added if m not in allowed and not (m == "re" or m.startswith(("json.", "re.")))
-    }
-    assert not extra, extra
+    assert added == {"mpm_events.hooks"}, added
     assert hooks.__name__ in added
+
+
+def test_import_mpm_events_loads_the_interfaces_only_when_used():
+    code = (
+        "import sys, mpm_events; lazy = 'mpm_events.interfaces' not in sys.modules;"
+        "from mpm_events import EventBus, IEventBus, HookEventProducer, IEventProducer;"
+        "print(lazy, isinstance(EventBus(), IEventBus), issubclass(HookEventProducer,"
+        " IEventProducer), 'SystemEventProducer' in dir(mpm_events))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert proc.stdout.split() == ["True", "True", "True", "True"], proc.stdout
 
 
 # --- mpm_events.hooks without a process -------------------------------------------------

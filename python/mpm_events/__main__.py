@@ -93,9 +93,9 @@ class _Answer:
     """Prints :data:`CONTINUE` once, from the main thread or the deadline's timer."""
 
     def __init__(self) -> None:
-        import threading
+        import _thread
 
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._done = False
 
     def give(self, complaint: str | None = None) -> bool:
@@ -160,11 +160,18 @@ def run_hook(backend_url: str | None, deadline_s: float, *, exit_process: bool =
         ):
             os._exit(0)  # NOTE: the main thread may be blocked in I/O; SQLite stays consistent
 
-    import threading
+    # NOTE: _thread rather than threading.Timer: it is built in, threading costs 1-3
+    # ms of imports. The watcher waits on a lock the main thread releases when done.
+    import _thread
 
-    timer = threading.Timer(deadline_s, too_late)
-    timer.daemon = True
-    timer.start()
+    finished = _thread.allocate_lock()
+    finished.acquire()
+
+    def watch() -> None:
+        if not finished.acquire(timeout=deadline_s):
+            too_late()
+
+    _thread.start_new_thread(watch, ())
     try:
         from mpm_events import hooks
 
@@ -186,7 +193,7 @@ def run_hook(backend_url: str | None, deadline_s: float, *, exit_process: bool =
         answer.give(f"internal error: {type(exc).__name__}: {exc}")
         return 0
     finally:
-        timer.cancel()
+        finished.release()
         if exit_process:
             sys.stdout.flush()
             sys.stderr.flush()
