@@ -287,7 +287,7 @@ def test_the_hook_command_imports_little(tmp_path):
         "from mpm_events import __main__ as m;"
         "code = m.main();"
         "print(sorted(n for n in sys.modules if n.startswith('mpm_events')));"
-        "print('asyncio' in sys.modules)"
+        "print(sorted(n for n in ('asyncio', 'argparse', 'json', 'enum') if n in sys.modules))"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, sqlite_url(tmp_path / "e.db")],
@@ -303,25 +303,78 @@ def test_the_hook_command_imports_little(tmp_path):
     loaded = set(json.loads(out[1].replace("'", '"')))
     assert "mpm_events._demo" not in loaded and "mpm_events.pytest_plugin" not in loaded
     assert "mpm_events.hooks" in loaded
-    # No bus and no asyncio on the hook's path: `import asyncio` alone costs more
-    # than half of a 60 ms budget.
-    assert out[2] == "False", "the hook command imported asyncio"
+    # No bus and no asyncio on the hook's path (`import asyncio` alone costs more than
+    # half of a 60 ms budget), no argparse, and no json with its re and enum.
+    assert out[2] == "[]", f"the hook command imported {out[2]}"
 
 
-def test_the_hooks_module_adds_only_json_and_zlib():
+def test_the_hooks_module_adds_only_zlib_and_the_json_accelerator():
     # mpm_events.hooks runs in every hook process: on top of `import mpm_events` it
-    # may load json (and the re, enum, ... it needs) and zlib, nothing else.
+    # may load zlib and _json (json's C part, through mpm_events._hookjson), not json
+    # itself with the re, enum, functools and collections it needs.
     code = (
-        "import sys, mpm_events; before = set(sys.modules); import json, zlib;"
-        "std = set(sys.modules) - before; import mpm_events.hooks;"
-        "print(sorted(set(sys.modules) - before - std))"
+        "import sys, mpm_events; before = set(sys.modules); import mpm_events.hooks;"
+        "print(sorted(set(sys.modules) - before))"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
     )
     added = set(json.loads(proc.stdout.replace("'", '"')))
-    assert added == {"mpm_events.hooks"}, added
+    assert added <= {"mpm_events.hooks", "mpm_events._hookjson", "_json", "zlib"}, added
     assert hooks.__name__ in added
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": 1, "b": [1, 2.5, null, true, false, "x\\u00e9"], "c": {"z": 1, "a": -1e10}}',
+        " [1] ",
+        '"s"',
+        '  {"n": NaN, "i": Infinity} \n',
+        "123456789012345678901234567890",
+        '{"k": "\\ud83d\\ude00", "e": {}}',
+        "",
+        "   ",
+        '{"a": 1',
+        '{"a": 1} x',
+        "[1,]",
+        "{'a': 1}",
+        '{"a": 1}{"b": 2}',
+        '{"a": "\x01"}',
+    ],
+)
+def test_hookjson_loads_is_json_loads(text):
+    from mpm_events import _hookjson
+
+    def outcome(loads: Any) -> tuple[str, str]:
+        try:
+            return ("ok", repr(loads(text)))
+        except ValueError as exc:
+            return (type(exc).__name__, str(exc))
+
+    assert outcome(_hookjson.loads) == outcome(json.loads)
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        ["Bash", {"command": "ls", "z": [1, 2.0, None, float("nan")], "a": {"\u00e9": "\u00fc"}}],
+        {"correlation_id": "x", "at": 1733100000.123456},
+        ["t", {"b": object(), 1.5: 2}],
+        ["t", {"x": {1, 2}}],
+    ],
+)
+def test_hookjson_dumps_is_json_dumps(obj):
+    from mpm_events import _hookjson
+
+    def outcome(dumps: Any, **kw: Any) -> tuple[str, str]:
+        try:
+            return ("ok", dumps(obj, **kw))
+        except (TypeError, ValueError) as exc:
+            return (type(exc).__name__, str(exc))
+
+    for kw in ({}, {"sort_keys": True, "default": str}):
+        assert outcome(_hookjson.dumps, **kw) == outcome(json.dumps, **kw), kw
 
 
 def test_import_mpm_events_loads_the_interfaces_only_when_used():
