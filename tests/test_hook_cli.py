@@ -243,10 +243,10 @@ def test_fifty_concurrent_hook_processes_store_fifty_events(tmp_path):
         "30",
     ]
     # NOTE: not the default 2 s deadline: the 50 commits are fsynced one after the
-    # other (each process its own transaction), and on the shared 2-core machine
-    # (load 12) the last of them came 1.6-2.0 s after the start signal, so 7-12 of 50
-    # processes gave up at 2 s. The deadline bounds the hook; this test is about all
-    # 50 being stored once.
+    # other (each process its own transaction). On the shared 2-core machine (load
+    # 3-5, release build) the last of 50 answered 1.3-2.5 s after the first started
+    # and 0-1 of 50 gave up at 2 s (debug build, load 12: 7-12). The deadline bounds
+    # the hook; this test is about all 50 being stored once.
     procs = []
     for i in range(50):
         hook = {"hook_event_name": "UserPromptSubmit", "session_id": f"s-{i}", "prompt": f"#{i}"}
