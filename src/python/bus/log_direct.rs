@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use pyo3::exceptions::PyValueError;
@@ -72,6 +72,31 @@ fn options(url: &str, durability: Option<Durability>) -> PyResult<SqliteOptions>
         opts.durability = d;
     }
     Ok(opts)
+}
+
+/// How long a call retries a log that answers "database is locked" at once.
+const BUSY_RETRY_FOR: Duration = Duration::from_secs(10);
+
+/// Runs `attempt` again while the log answers `SQLITE_BUSY` ("database is locked"),
+/// for up to [`BUSY_RETRY_FOR`], with short random pauses. Call without the GIL.
+///
+/// NOTE: SQLite returns `SQLITE_BUSY` without waiting in its busy handler in a few
+/// cases (while another connection recovers the WAL or sets up a new file): of 50
+/// processes appending to a new log at once, now and then one failed so. A failed
+/// open leaves no handle, a busy append is rolled back (nothing of it committed), so
+/// both are safe to repeat.
+fn retry_busy<T>(mut attempt: impl FnMut() -> Result<T, LogError>) -> Result<T, LogError> {
+    let began = Instant::now();
+    loop {
+        match attempt() {
+            Err(LogError::Backend { detail, .. })
+                if detail.contains("database is locked") && began.elapsed() < BUSY_RETRY_FOR =>
+            {
+                std::thread::sleep(Duration::from_micros(500 + fastrand::u64(0..2_000)));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The process's handle on the log (opened on first use). Call without the GIL.
@@ -153,7 +178,7 @@ fn _log_append(
     }
     let ids = py
         .detach(|| -> Result<Vec<EntryId>, LogError> {
-            let log = handle(url, opts)?;
+            let log = retry_busy(|| handle(url, opts.clone()))?;
             let (who, counter) = publisher();
             // NOTE: the counter is held across the append so that this process's
             // publisher_seq grows in log order, as per-publisher order promises.
@@ -163,7 +188,7 @@ fn _log_append(
                 .enumerate()
                 .map(|(i, ev)| record_from_stored(ev, who, *seq + 1 + i as u64))
                 .collect();
-            let ids = log.append(&records)?;
+            let ids = retry_busy(|| log.append(&records))?;
             *seq += records.len() as u64;
             Ok(ids)
         })
@@ -220,7 +245,10 @@ fn _log_range<'py>(
     let opts = options(url, None)?;
     let after = after.map(entry_id).transpose()?;
     let rows = py
-        .detach(|| handle(url, opts)?.range(since_us, until_us, topics.as_deref(), after, limit))
+        .detach(|| {
+            let log = retry_busy(|| handle(url, opts.clone()))?;
+            retry_busy(|| log.range(since_us, until_us, topics.as_deref(), after, limit))
+        })
         .map_err(log_error)?;
     let out = PyList::empty(py);
     for (id, record) in &rows {
@@ -259,14 +287,14 @@ fn _log_read<'py>(
     let opts = options(url, None)?;
     let entries = py
         .detach(|| {
-            let log = handle(url, opts)?;
+            let log = retry_busy(|| handle(url, opts.clone()))?;
             let key = (url.to_string(), group.to_string());
             if !ensured().lock().contains(&key) {
-                log.ensure_group(group, start)?;
+                retry_busy(|| log.ensure_group(group, start))?;
                 ensured().lock().insert(key);
             }
             let block = (block_ms > 0).then(|| Duration::from_millis(block_ms));
-            log.read(group, instance, max, block)
+            retry_busy(|| log.read(group, instance, max, block))
         })
         .map_err(log_error)?;
     let out = PyList::empty(py);
@@ -284,8 +312,11 @@ fn _log_ack(py: Python<'_>, url: &str, group: &str, ids: Vec<String>) -> PyResul
         .iter()
         .map(|t| entry_id(t))
         .collect::<PyResult<Vec<_>>>()?;
-    py.detach(|| handle(url, opts)?.ack(group, &ids))
-        .map_err(log_error)
+    py.detach(|| {
+        let log = retry_busy(|| handle(url, opts.clone()))?;
+        retry_busy(|| log.ack(group, &ids))
+    })
+    .map_err(log_error)
 }
 
 /// Registers the functions in `mpm_events._core`.
