@@ -90,6 +90,40 @@ as :meth:`EventMetadata.to_dict`."#
     (Event, __copy__) => {
         r#"A shallow copy with its own copy of the metadata."#
     };
+    (Rule) => {
+        r#"A content rule: an Amazon EventBridge event pattern, compiled once in Rust.
+
+The rule is a JSON object (a dict, or its JSON text) whose keys name fields of
+the event's document, ``Event.to_dict()`` (``id``, ``topic``, ``type``,
+``timestamp`` (ISO 8601), ``source``, ``data``, ``metadata``,
+``correlation_id``, ``priority`` (its name, e.g. ``"HIGH"``)), nested as the
+document nests. Every key must match; a leaf is a list of matchers, any of
+which may match: exact values (numbers by value), ``{"prefix": ...}``,
+``{"suffix": ...}`` (both also with ``{"equals-ignore-case": ...}``),
+``{"equals-ignore-case": ...}``, ``{"wildcard": "a*b"}``,
+``{"anything-but": ...}`` (values, or a prefix/suffix/ignore-case/wildcard),
+``{"numeric": [">", 0, "<=", 5]}``, ``{"exists": bool}``,
+``{"cidr": "10.0.0.0/24"}``; ``"$or": [rule, rule, ...]`` at any level. An
+array in the event matches when any element does. The full table:
+``docs/routing.md``.
+
+Args:
+    rule: The pattern, a dict or a JSON string.
+
+Raises:
+    InvalidRuleError: The rule does not compile; the message starts with the
+        JSON path of the problem (``$.data.size[0].numeric[1]: expected a
+        number, got "x"``).
+
+Example:
+    >>> Rule({"topic": [{"prefix": "hook."}], "data": {"tool": ["Bash"]}}).matches(event)"#
+    };
+    (Rule, matches) => {
+        r#"Whether ``event`` (an Event, as its ``to_dict()``, or a document dict) matches.
+
+Raises:
+    InvalidEventError: A dict that is not JSON-like."#
+    };
     (ConsumerConfig) => {
         r#"A consumer's configuration, read by :meth:`EventBus.subscribe`.
 
