@@ -173,11 +173,11 @@ fn record_from_row(r: &Row<'_>, first: usize) -> rusqlite::Result<Record> {
     let stored: Vec<u8> = r.get(first + 7)?;
     let payload = match codec {
         0 => stored,
-        1 => lz4_flex::decompress_size_prepended(&stored).map_err(|e| {
+        1 => crate::storage::decompress_lz4(&stored).map_err(|e| {
             rusqlite::Error::FromSqlConversionFailure(
                 first + 7,
                 rusqlite::types::Type::Blob,
-                Box::new(e),
+                e.into(),
             )
         })?,
         other => {
