@@ -83,6 +83,7 @@ struct Shared {
     state: Mutex<State>,
     cv: Condvar,
     stop: AtomicBool,
+    paused: AtomicBool,
     delivered: AtomicU64,
     taken_over: AtomicU64,
     acked: AtomicU64,
@@ -128,6 +129,7 @@ impl GroupReader {
             state: Mutex::new(State::default()),
             cv: Condvar::new(),
             stop: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
             delivered: AtomicU64::new(0),
             taken_over: AtomicU64::new(0),
             acked: AtomicU64::new(0),
@@ -177,6 +179,14 @@ impl GroupReader {
         self.shared.state.lock().in_flight.remove(&id);
         self.shared.cv.notify_all();
         Ok(dl)
+    }
+
+    /// Stop claiming new entries (reads and takeovers) while heartbeats and acks go
+    /// on: a bus that drains before it stops lets its consumers finish what they hold
+    /// without claiming more that it would only release again.
+    pub fn pause(&self) {
+        self.shared.paused.store(true, Ordering::Release);
+        self.shared.cv.notify_all();
     }
 
     /// Write the collected acknowledgements now.
@@ -331,6 +341,13 @@ fn step(
         o.max_in_flight
             .saturating_sub(s.state.lock().in_flight.len())
     };
+    if s.paused.load(Ordering::Acquire) {
+        let mut st = s.state.lock();
+        if !s.stop.load(Ordering::Acquire) {
+            s.cv.wait_for(&mut st, o.poll);
+        }
+        return Ok(());
+    }
     if now >= *next_takeover && room(s) > 0 {
         let got = s
             .log
@@ -399,6 +416,36 @@ mod tests {
             poll: Duration::from_millis(20),
             ..ReaderOptions::new(group)
         }
+    }
+
+    #[test]
+    fn a_paused_reader_claims_nothing_but_still_writes_acks() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_in(&dir);
+        log.append(&(0..10).map(|i| rec("p", i)).collect::<Vec<_>>())
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let reader = GroupReader::start(
+            log.clone(),
+            ReaderOptions {
+                batch: 4,
+                max_in_flight: 4,
+                ..opts("g", Duration::from_secs(30))
+            },
+            move |batch| tx.send(batch).unwrap(),
+        )
+        .unwrap();
+        let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        reader.pause();
+        let ids: Vec<EntryId> = first.iter().map(|e| e.id).collect();
+        reader.ack(&ids);
+        wait_until(Duration::from_secs(10), "acks written", || {
+            reader.stats().acked == 4
+        });
+        // Room for 4 more, but paused: nothing else is claimed.
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+        assert_eq!(log.group_stats("g").unwrap().lag, 6);
+        assert_eq!(reader.stop().unwrap(), 0);
     }
 
     #[test]
