@@ -75,11 +75,15 @@ fn foreign_sqlite_database_is_refused() {
     c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
         .unwrap();
     drop(c);
+    let before = std::fs::read(&path).unwrap();
     let err = SqliteLog::open_path(&path).unwrap_err();
     assert!(
         err.to_string().contains("not an mpm-events shared log"),
         "{err}"
     );
+    // Left byte for byte as it was (not switched to WAL), and no WAL file made.
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    assert!(!path.with_extension("db-wal").exists());
     // The per-process store's file is foreign too (different application_id).
     let store = dir.path().join("store.db");
     drop(crate::storage::Store::open(crate::storage::StoreOptions::new(&store)).unwrap());
