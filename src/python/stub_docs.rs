@@ -93,8 +93,8 @@ as :meth:`EventMetadata.to_dict`."#
     (ConsumerConfig) => {
         r#"A consumer's configuration, read by :meth:`EventBus.subscribe`.
 
-The first eleven parameters are the original's, with its defaults; the last
-three are new and keyword-only. Any object with the original's attributes is also
+The first eleven parameters are the original's, with its defaults; the others
+are new and keyword-only. Any object with the original's attributes is also
 accepted as a consumer's ``config`` (the new ones then take their defaults).
 
 Args:
@@ -135,6 +135,19 @@ Args:
         downstream server is away. Events after a failed one in the same
         batch were already attempted. A dashboard relay wants this, with a
         ``max_retries`` large enough to outlast an outage.
+    claim_timeout: On a shared-log bus (``EventBus(backend=...)``) only, seconds
+        (new; default 30.0, at least 0.03): an event handed to this instance
+        and not acknowledged within it (the process died) is handed to another
+        instance of the same name, or to this name again after a restart. A
+        live instance renews its claims three times per timeout, so it is not
+        robbed while it works.
+    start: On a shared-log bus only, where a consumer name the log has not seen
+        starts (new): ``"earliest"`` (default: every event still in the log,
+        so events published before the consumer first ran reach it),
+        ``"latest"`` (only events appended after it subscribed), or a
+        ``datetime`` (from the first event whose timestamp is at or after it; a
+        naive datetime is taken as UTC). A name the log knows keeps its
+        position; ``start`` is ignored then.
 
 The delay before retry ``n`` (1-based) is
 ``min(retry_delay * retry_backoff ** (n - 1), max_retry_delay)`` times a random
@@ -199,19 +212,39 @@ Args:
     persistence_hard_limit_bytes: Cap on the database file size (SQLite
         ``max_page_count``): a publish that would grow it further returns False
         and logs an error, as on a full disk; nothing is deleted.
+    backend: Where the bus's events live (keyword-only). None or ``"memory"``
+        (default): in this process, as above. ``"sqlite:///path/to/events.db"``
+        (or a plain path, ``str`` or ``os.PathLike``): a **shared durable log**
+        that every process opening the same file shares; add
+        ``?durability=normal`` to skip the fsync per commit (as
+        ``durability="async"`` does). ``publish`` then completes True once the
+        event is committed to the log, and nothing is dispatched at publish:
+        every consumer, in this process or another, receives through its
+        consumer name's group (names share, different names each get every
+        event, positions survive restarts; see ``ConsumerConfig.claim_timeout``
+        and ``start``). Dead letters, ``replay`` and ``join`` work on the log;
+        ``retention_max_age``/``retention_max_bytes`` delete only entries every
+        consumer name has handled. ``redis://`` is not available yet. Cannot be
+        combined with ``enable_persistence``. See ``docs/backends.md``.
 
 Raises:
     ValueError: ``max_queue_size`` or ``dead_letter_capacity`` is below 1, an
-        unknown ``durability``, or a non-positive interval.
+        unknown ``durability``, a non-positive interval, an unknown ``backend``
+        scheme (or ``redis://``), or ``backend`` with ``enable_persistence``.
     PersistenceError: The store cannot be opened: corrupt or not an
         mpm-events store, unreadable, newer schema. The message names the path
-        and what to do; the file is never modified or silently replaced."#
+        and what to do; the file is never modified or silently replaced. The
+        same for a ``backend`` log that cannot be opened (a directory, no
+        permission, garbage, another database, a newer schema)."#
     };
     (EventBus, max_queue_size) => {
         r#"The queue bound; may be changed while running."#
     };
     (EventBus, persistence_path) => {
         r#"The store's file, or None without persistence."#
+    };
+    (EventBus, backend) => {
+        r#"The shared log given as ``backend=``, or None for the in-process bus."#
     };
     (EventBus, is_running) => {
         r#"True between :meth:`start` and :meth:`stop`."#
