@@ -64,9 +64,7 @@ class Child:
                 line = self.lines.get(timeout=min(left, 0.5))
             except queue.Empty:
                 if self.proc.poll() is not None and self.lines.empty():
-                    pytest.fail(
-                        f"child exited {self.proc.returncode}; stderr: {self.stderr()}"
-                    )
+                    pytest.fail(f"child exited {self.proc.returncode}; stderr: {self.stderr()}")
                 continue
             self.seen.append(line)
             if want(line):
@@ -151,9 +149,7 @@ def test_a_publisher_process_reaches_a_consumer_process(url: str, tmp_path: Path
         assert seq == sorted(seq)
 
 
-def test_two_names_by_three_instances_fan_out_and_share_exactly(
-    url: str, tmp_path: Path
-) -> None:
+def test_two_names_by_three_instances_fan_out_and_share_exactly(url: str, tmp_path: Path) -> None:
     children = {
         (name, k): consumer(url, name, tmp_path / f"{name}{k}.txt", batch=10)
         for name in ("x", "y")
@@ -292,9 +288,10 @@ def test_join_waits_for_events_other_processes_published(url: str, tmp_path: Pat
 async def test_start_latest_and_earliest_and_datetime(url: str) -> None:
     bus = EventBus(backend=url)
     await bus.start()
-    assert await bus.publish_batch([ev(i) for i in range(10)]) == 10
-    await asyncio.sleep(0)  # noqa: ASYNC110 - nothing to wait for; timestamps must differ
-    cut = datetime.datetime.now(datetime.UTC)
+    an_hour_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)
+    old = [make_event("log.ev", {"pub": "p", "i": i}, timestamp=an_hour_ago) for i in range(10)]
+    assert await bus.publish_batch(old) == 10
+    cut = an_hour_ago + datetime.timedelta(minutes=30)
     assert await bus.publish_batch([ev(i) for i in range(10, 13)]) == 3
     early = Recorder("early", topics=["log.**"])
     late = Recorder("late", topics=["log.**"], start="latest")
@@ -334,8 +331,13 @@ async def test_a_consumer_name_keeps_its_position_across_restarts(url: str) -> N
 async def test_topics_filter_at_the_consumer_and_metrics_add_up(url: str) -> None:
     bus = EventBus(backend=url)
     only_a = Recorder("only-a", topics=["a.*"])
-    flaky = Recorder("flaky", topics=["**"], behaviour=lambda e: e.data["i"] % 5 != 0,
-                     max_retries=1, retry_delay=0.01)
+    flaky = Recorder(
+        "flaky",
+        topics=["**"],
+        behaviour=lambda e: e.data["i"] % 5 != 0,
+        max_retries=1,
+        retry_delay=0.01,
+    )
     for r in (only_a, flaky):
         await bus.subscribe(r)
     await bus.start()
@@ -351,13 +353,20 @@ async def test_topics_filter_at_the_consumer_and_metrics_add_up(url: str) -> Non
     assert m["shared_log"]["consumers"]["only-a"]["skipped_by_topic"] == 10
     assert s["flaky"]["dead_lettered"] == 4
     assert m["events_published"] == (
-        m["events_processed"] + m["events_dead_lettered"] + m["events_pending_in_store"]
+        m["events_processed"]
+        + m["events_dead_lettered"]
+        + m["events_pending_in_store"]
         + m["events_in_flight"]
     )
     for st in s.values():
         assert st["received"] == (
-            st["processed"] + st["filtered"] + st["dead_lettered"] + st["pending_in_store"]
-            + st["pending"] + st["in_flight"] + st["retrying"]
+            st["processed"]
+            + st["filtered"]
+            + st["dead_lettered"]
+            + st["pending_in_store"]
+            + st["pending"]
+            + st["in_flight"]
+            + st["retrying"]
         )
     assert m["shared_log"]["events_appended"] == 20
     assert len(bus.get_dead_letters()) == 4
@@ -394,8 +403,9 @@ async def test_stop_leaves_what_it_gives_up_on_in_the_log(url: str) -> None:
     bus = EventBus(backend=url)
     # NOTE: the call still running when stop() gives up is abandoned, a failed
     # attempt as on every bus; with retries left it stays in the log too.
-    await bus.subscribe(Recorder("slow", topics=["log.**"], behaviour=wait_gate, timeout=5,
-                                 max_retries=3))
+    await bus.subscribe(
+        Recorder("slow", topics=["log.**"], behaviour=wait_gate, timeout=5, max_retries=3)
+    )
     await bus.start()
     assert await bus.publish_batch([ev(i) for i in range(5)]) == 5
     await wait_until(lambda: bus.get_metrics()["events_in_flight"] > 0, WAIT, "delivered")
@@ -417,8 +427,10 @@ async def test_replay_reads_the_shared_log(url: str) -> None:
     rec = Recorder("r", topics=["nothing.here"])
     await bus.subscribe(rec)
     await bus.start()
-    assert await bus.publish_batch([ev(i, topic="log.a" if i % 2 else "log.b")
-                                    for i in range(10)]) == 10
+    assert (
+        await bus.publish_batch([ev(i, topic="log.a" if i % 2 else "log.b") for i in range(10)])
+        == 10
+    )
     assert await bus.replay(topics=["log.a"], to="r") == 5
     await bus.join(WAIT)
     assert [c.event.data["i"] for c in rec.calls] == [1, 3, 5, 7, 9]

@@ -596,6 +596,12 @@ class EventBus(IEventBus):
         So ``stop(timeout)`` returns within about twice ``timeout``, and afterwards
         ``get_metrics()`` adds up: ``events_published == events_processed +
         events_dead_lettered + events_pending_in_store``.
+
+        On a shared-log bus (``backend=``) the consumers' readers claim nothing more
+        once ``stop`` begins; what the bus gives up on is not dead-lettered but stays
+        in the log for its consumer name (``events_pending_in_store``): the readers'
+        remaining claims are released, so another instance of the name (or the next
+        start) takes them at once. Then the appender is closed.
         """
 
     def publish(self, event: Event | Any) -> Coroutine[Any, Any, bool]:
@@ -609,6 +615,13 @@ class EventBus(IEventBus):
 
         The event is validated, routed and queued before this returns; ``await`` only
         reads the result. It never waits for a consumer.
+
+        On a shared-log bus (``backend=``) the awaitable completes True once the
+        event is committed to the log (fsynced with ``durability="sync"``; with
+        ``"async"``/``?durability=normal`` committed, surviving a killed process but
+        not a power cut), False with an error logged if it could not be written.
+        Concurrent publishes share one transaction. Nothing is dispatched here:
+        every consumer, in this process or another, receives it from the log.
 
         Returns:
             An awaitable of True if accepted; False if the bus is not running (a
@@ -629,7 +642,8 @@ class EventBus(IEventBus):
         """Publishes one event without awaiting; may be called from any thread.
 
         Same validation and result as :meth:`publish` (for synchronous hook handlers
-        and worker threads).
+        and worker threads). On a shared-log bus it blocks (the GIL released) until
+        the event is committed.
         """
 
     def publish_batch(self, events: Iterable[Event | Any]) -> _Ready[int]:
@@ -684,6 +698,12 @@ class EventBus(IEventBus):
         their ``batch_timeout``; an event handled means it succeeded, was filtered
         out or went to the dead-letter queue. Use it in tests instead of sleeping.
 
+        On a shared-log bus: waits until this bus's publishes are committed, then
+        until each consumer name subscribed here has handled every entry the log
+        held at that moment, whoever published it (nothing pending for the name,
+        in any of its instances: an instance that died holds its claims until its
+        ``claim_timeout``).
+
         Returns:
             True.
 
@@ -723,6 +743,15 @@ class EventBus(IEventBus):
         + events_pending_in_store + events_in_flight``, and per consumer
         ``received == processed + filtered + dead_lettered + pending_in_store +
         pending + in_flight + retrying``.
+
+        On a shared-log bus, ``events_published`` and ``received`` count the events
+        this process's consumers took from the log (an entry a consumer's ``topics``
+        do not match is acknowledged for it without a call and not counted), and a
+        ``shared_log`` key is added: ``backend``, ``events_appended`` (committed by
+        this bus), ``append_failures``, ``appends_in_flight``, and ``consumers``:
+        name -> ``pending`` (claimed, not yet acknowledged, all instances),
+        ``ready`` (replayed dead letters waiting), ``lag`` (entries not yet handed
+        to the name), ``dead_letters`` and ``skipped_by_topic``.
         """
 
     def get_dead_letters(self) -> list[dict[str, Any]]:
@@ -731,6 +760,10 @@ class EventBus(IEventBus):
         Each is a dict: ``event`` (the :class:`Event`), ``consumer`` (its name),
         ``errors`` (the message of each failed attempt, oldest first; not prefixed),
         ``attempts`` (int) and ``failed_at`` (UTC datetime).
+
+        On a shared-log bus: the dead letters kept in the log, of every consumer
+        name and every process (``errors`` holds the last error only), with their
+        ``id`` and ``entry_id`` in the log.
         """
 
     def replay(
@@ -747,12 +780,15 @@ class EventBus(IEventBus):
         patterns ``topics`` (all if None) and queues them, in timestamp order, for
         ``to`` only, with their original ids; other consumers and live traffic are
         not affected. Resolves once all are queued (``join()`` waits for handling).
+        On a shared-log bus it reads the log's range (every process's events, in
+        log order); what it queues is not acknowledged in the log.
 
         Returns:
             How many events were queued.
 
         Raises:
-            RuntimeError: Persistence is off or the bus is not running.
+            RuntimeError: Persistence (or a shared log) is off, or the bus is not
+                running.
             ValueError: ``to`` is not subscribed.
             InvalidTopicError: A pattern is malformed.
         """
@@ -790,11 +826,15 @@ class EventBus(IEventBus):
         them from the dead-letter queue and queues each for that consumer only, with
         a fresh set of retries.
 
+        On a shared-log bus the dead letters go back into the log for their consumer
+        name: whichever instance of it runs, in any process, gets them (this bus
+        need not run, nor be the one that dead-lettered them).
+
         Returns:
             How many were re-queued.
 
         Raises:
-            RuntimeError: The bus is not running.
+            RuntimeError: The bus is not running (in-process bus).
         """
 
     # ----- private, used by mpm_events._bus -----

@@ -72,8 +72,11 @@ class Writer(IEventConsumer):
     async def consume(self, event: Event) -> bool:
         return await self.consume_batch([event]) == 1
 
+    def _failing(self) -> bool:
+        return self.fail_while is not None and os.path.exists(self.fail_while)
+
     async def consume_batch(self, events: list[Event]) -> int:
-        if self.fail_while and os.path.exists(self.fail_while):
+        if self._failing():
             return 0
         if self.slow:
             await asyncio.sleep(self.slow)

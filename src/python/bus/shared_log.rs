@@ -274,27 +274,10 @@ impl SharedLogBus {
     pub fn open(
         py: Python<'_>,
         url: String,
-        mut opts: SqliteOptions,
-        durability: &str,
-        compress_threshold: usize,
-        hard_limit_bytes: Option<u64>,
+        opts: SqliteOptions,
         retention: Option<(Retention, Duration)>,
         inbox: Arc<Inbox>,
     ) -> PyResult<Arc<SharedLogBus>> {
-        // NOTE: a `?durability=` in the URL wins over the keyword argument.
-        if !url.contains("durability=") {
-            opts.durability = match durability {
-                "sync" => Durability::Sync,
-                "async" | "normal" => Durability::Normal,
-                other => {
-                    return Err(PyValueError::new_err(format!(
-                        "durability must be \"sync\" or \"async\", got {other:?}"
-                    )))
-                }
-            };
-        }
-        opts.compress_threshold = compress_threshold;
-        opts.hard_limit_bytes = hard_limit_bytes;
         let log = py
             .detach(move || SqliteLog::open(opts))
             .map_err(|e| log_error_py(&e))?;
@@ -610,7 +593,7 @@ impl SharedLogBus {
             for l in letters {
                 if event_ids
                     .as_ref()
-                    .is_none_or(|ids| ids.iter().any(|i| *i == l.record.event_id))
+                    .is_none_or(|ids| ids.contains(&l.record.event_id))
                 {
                     by_group.entry(l.group).or_default().push(l.dl_id);
                 }
@@ -742,6 +725,21 @@ pub(super) fn open(
     ),
     (compress_threshold, retention_interval, hard_limit): (usize, Option<f64>, Option<u64>),
 ) -> PyResult<Arc<SharedLogBus>> {
+    let mut opts = opts;
+    // NOTE: a `?durability=` in the URL wins over the keyword argument.
+    if !url.contains("durability=") {
+        opts.durability = match durability {
+            "sync" => Durability::Sync,
+            "async" | "normal" => Durability::Normal,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "durability must be \"sync\" or \"async\", got {other:?}"
+                )))
+            }
+        };
+    }
+    opts.compress_threshold = compress_threshold;
+    opts.hard_limit_bytes = hard_limit;
     // NOTE: the same validation of the retention arguments as enable_persistence.
     let po = super::persist::options(
         Some(std::path::PathBuf::from("-")),
@@ -764,16 +762,7 @@ pub(super) fn open(
             every,
         )),
     };
-    SharedLogBus::open(
-        py,
-        url,
-        opts,
-        durability,
-        compress_threshold,
-        hard_limit,
-        retention,
-        inbox.clone(),
-    )
+    SharedLogBus::open(py, url, opts, retention, inbox.clone())
 }
 
 /// At `start()`, after the engine started: the appender and every consumer's reader.
