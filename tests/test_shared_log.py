@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 from conftest import Recorder, make_event, wait_until
+from helpers.sio_helpers import Server, free_port
 from mpm_events import ConsumerConfig, ConsumerConfigError, EventBus, PersistenceError
 
 CHILD = Path(__file__).parent / "helpers" / "shared_log_child.py"
@@ -37,9 +38,9 @@ WAIT = 30.0  # generous: a loaded 2-core machine starts Python processes slowly
 class Child:
     """A child process whose stdout lines are collected by a thread."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, command: list[str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(CHILD), *args],
+            command or [sys.executable, str(CHILD), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -512,3 +513,67 @@ def test_memory_bus_is_unchanged(tmp_path: Path) -> None:
     assert bus.backend is None
     assert "shared_log" not in bus.get_metrics()
     assert not os.listdir(tmp_path)
+
+
+# ----- mpm-events relay -----
+
+
+def pending_of(url: str, group: str) -> int:
+    db = sqlite3.connect(url.removeprefix("sqlite:///"))
+    try:
+        return db.execute("SELECT count(*) FROM log_pending WHERE grp = ?", (group,)).fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        db.close()
+
+
+async def test_relay_forwards_in_order_across_a_dashboard_restart(url: str) -> None:
+    port = free_port()
+    server = await Server(port=port).start()
+    relay = Child(
+        command=[sys.executable, "-m", "mpm_events", "relay", "--backend", url, "--to", server.url]
+    )
+    try:
+        await asyncio.to_thread(relay.wait_line, lambda line: "forwarding" in line)
+        first = Child("publish", url, "p1", "20", "10")
+        await asyncio.to_thread(first.wait_exit)
+        await server.wait_for(lambda: len(server.events()) >= 20, WAIT)
+        await server.stop()
+        # The dashboard is away: events published now wait in the log, the relay retries.
+        second = Child("publish", url, "p2", "20")
+        await asyncio.to_thread(second.wait_exit)
+        await wait_until(lambda: pending_of(url, "dashboard-relay") > 0, WAIT, "relay retrying")
+        server2 = await Server(port=port).start()
+        try:
+            await server2.wait_for(lambda: len(server2.events()) >= 20, WAIT)
+            await asyncio.to_thread(relay.terminate)
+            got1 = [(e["data"]["data"]["pub"], e["data"]["data"]["i"]) for e in server.events()]
+            got2 = [(e["data"]["data"]["pub"], e["data"]["data"]["i"]) for e in server2.events()]
+        finally:
+            await server2.stop()
+    finally:
+        relay.kill()
+        await server.stop()
+    # Once each and in order: the first stream before the outage, the second after.
+    assert got1 == [("p1", i) for i in range(20)]
+    assert got2 == [("p2", i) for i in range(20)]
+    assert relay.proc.returncode == 0
+
+
+def test_relay_refuses_bad_arguments(tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mpm_events", "relay", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    bad_url = run("--backend", f"sqlite:///{tmp_path}/x.db", "--to", "ftp://dash")
+    assert bad_url.returncode == 2 and "ftp://dash" in bad_url.stderr
+    bad_log = run("--backend", f"sqlite:///{tmp_path}", "--to", "http://127.0.0.1:1")
+    assert bad_log.returncode == 2 and str(tmp_path) in bad_log.stderr
+    no_to = run("--backend", f"sqlite:///{tmp_path}/x.db")
+    assert no_to.returncode == 2 and "--to" in no_to.stderr
