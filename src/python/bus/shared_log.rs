@@ -315,6 +315,7 @@ impl SharedLogBus {
             let mut t = self.retention_task.lock();
             if t.is_none() {
                 let log = Arc::downgrade(&self.log);
+                let inbox = Arc::downgrade(&self.inbox);
                 *t = Some(runtime().spawn(async move {
                     let mut tick = tokio::time::interval(every);
                     tick.tick().await;
@@ -323,14 +324,18 @@ impl SharedLogBus {
                         let Some(log) = log.upgrade() else { return };
                         let r =
                             tokio::task::spawn_blocking(move || log.apply_retention(&policy)).await;
-                        if let Ok(Ok(rep)) = r {
-                            if rep.dropped_unhandled > 0 {
-                                eprintln!(
-                                    "mpm_events: retention removed {} entries some consumer \
-                                     had not handled (older than the hard cap)",
-                                    rep.dropped_unhandled
-                                );
-                            }
+                        let msg = match r {
+                            Ok(Ok(rep)) if rep.dropped_unhandled > 0 => format!(
+                                "shared log retention removed {} entries some consumer name \
+                                 had not handled (older than the hard cap)",
+                                rep.dropped_unhandled
+                            ),
+                            Ok(Ok(_)) | Err(_) => continue,
+                            Ok(Err(e)) => format!("shared log retention failed: {e}"),
+                        };
+                        // NOTE: logged on the loop (the logger needs the GIL); rare.
+                        if let Some(inbox) = inbox.upgrade() {
+                            inbox.call_soon(Box::new(move |py| log_warning(py, &msg)));
                         }
                     }
                 }));
