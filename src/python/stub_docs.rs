@@ -289,10 +289,9 @@ events_dead_lettered + events_pending_in_store``.
 On a shared-log bus (``backend=``) the consumers' readers claim nothing more
 once ``stop`` begins; what the bus gives up on is not dead-lettered but stays
 in the log for its consumer name (``events_pending_in_store``): the readers'
-remaining claims are released, so the next start of the name takes them at
-once, and another running instance at its next takeover check (every half
-``claim_timeout``), without waiting for the claim to expire. Then the
-appender is closed."#
+remaining claims are released, so the next start of the name, or another
+running instance of it (within 0.1 s), takes them without waiting for the
+claim to expire. Then the appender is closed."#
     };
     (EventBus, publish) => {
         r#"Publishes one event; returns an already-complete awaitable.
