@@ -477,6 +477,34 @@ async def test_unsubscribe_hands_the_claims_to_another_instance_at_once(url: str
     await second.stop(5)
 
 
+async def test_events_appended_while_a_consumer_leaves_wait_for_its_name(url: str) -> None:
+    gate = asyncio.Event()
+
+    async def wait_gate(e: Any) -> bool:
+        await gate.wait()
+        return True
+
+    bus = EventBus(backend=url)
+    leaving = Recorder("u", topics=["log.**"], behaviour=wait_gate, timeout=30)
+    await bus.subscribe(leaving)
+    await bus.start()
+    assert await bus.publish_batch([ev(i) for i in range(5)]) == 5
+    await wait_until(lambda: len(leaving.calls) == 1, WAIT, "a call in flight")
+    # unsubscribe waits for the call in flight; meanwhile more events are appended.
+    task = asyncio.create_task(bus.unsubscribe("u"))
+    await wait_until(lambda: bus._topics("u") is None, WAIT, "unregistered")
+    assert await bus.publish_batch([ev(i) for i in range(5, 25)]) == 20
+    gate.set()
+    assert await task
+    back = Recorder("u", topics=["log.**"])
+    await bus.subscribe(back)
+    await bus.join(WAIT)
+    # None was acknowledged for the consumer that was leaving without reaching it.
+    got = {c.event.data["i"] for c in back.calls} | {leaving.calls[0].event.data["i"]}
+    assert got == set(range(25))
+    await bus.stop(5)
+
+
 async def test_replay_reads_the_shared_log(url: str) -> None:
     bus = EventBus(backend=url)
     rec = Recorder("r", topics=["nothing.here"])

@@ -1118,6 +1118,10 @@ impl EventBus {
         };
         let (_, s) = consumers.remove(pos);
         drop(consumers);
+        if let Some(l) = &self.shared_log {
+            // NOTE: before the lane goes, so no entry is taken for a topic mismatch.
+            l.leaving(name);
+        }
         if let Ok(native) = s.consumer.bind(py).cast::<SinkConsumer>() {
             let sink = native.get().sink.clone();
             self.shared.dead_letter_sinks.remove(&sink);
@@ -1478,7 +1482,11 @@ impl EventBus {
 impl Drop for EventBus {
     fn drop(&mut self) {
         // NOTE: worker threads hold their consumer, not the bus; closing the
-        // lanes lets them exit.
+        // lanes lets them exit. Readers of a shared log stop delivering first, so
+        // no entry is acknowledged for a lane that is gone.
+        if let Some(l) = &self.shared_log {
+            l.leaving_all();
+        }
         for lane in self.shared.engine.lanes() {
             self.shared.engine.remove_lane(&lane);
         }

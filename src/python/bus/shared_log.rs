@@ -196,6 +196,12 @@ impl LaneReader {
                     }
                 },
                 Ok(None) => {
+                    // NOTE: a lane that left the route because the consumer is
+                    // leaving is not a topic mismatch: leave the entry in flight
+                    // (released at the reader's stop) rather than ack it.
+                    if self.stopping.load(Ordering::Acquire) {
+                        break;
+                    }
                     self.skipped.fetch_add(1, Ordering::Relaxed);
                     skip.push(entry.id);
                 }
@@ -490,6 +496,25 @@ impl SharedLogBus {
         *lr.reader.write() = Some(reader);
         self.readers.lock().insert(name.clone(), lr);
         Ok(())
+    }
+
+    /// Consumer `name` is leaving (before its lane is removed): its reader delivers
+    /// and claims nothing more.
+    pub fn leaving(&self, name: &str) {
+        if let Some(lr) = self.readers.lock().get(name) {
+            lr.stopping.store(true, Ordering::Release);
+            if let Some(r) = lr.reader.read().as_ref() {
+                r.pause();
+            }
+        }
+    }
+
+    /// Every consumer is leaving (the bus is dropped without `stop()`).
+    pub fn leaving_all(&self) {
+        let names: Vec<Arc<str>> = self.readers.lock().keys().cloned().collect();
+        for n in names {
+            self.leaving(&n);
+        }
     }
 
     /// Stop claiming for every reader (the bus is draining before it stops).
