@@ -837,8 +837,11 @@ fn accept_owned(
     Ok(eref)
 }
 
-fn refused(py: Python<'_>, msg: &str) {
-    if !msg.is_empty() {
+/// A publish not taken: an empty `msg` means the bus is stopping (warned once).
+fn refused(bus: &super::EventBus, py: Python<'_>, msg: &str) {
+    if msg.is_empty() {
+        bus.warn_not_running(py);
+    } else {
         log_error(py, &format!("publish failed: {msg}"));
     }
 }
@@ -871,7 +874,7 @@ pub(super) fn publish(
             Ok(Py::new(py, Pending { it })?.into_any())
         }
         Err(msg) => {
-            refused(py, &msg);
+            refused(bus, py, &msg);
             Ok(Ready::of_bool(py, false).into_any())
         }
     }
@@ -911,7 +914,7 @@ pub(super) fn publish_batch(
             Ok(Py::new(py, Pending { it })?.into_any())
         }
         Err(msg) => {
-            refused(py, &msg);
+            refused(bus, py, &msg);
             zero(py)
         }
     }
@@ -946,7 +949,7 @@ pub(super) fn publish_blocking(
     match outcome {
         Ok(n) => Ok(n > 0),
         Err(msg) => {
-            refused(py, &msg);
+            refused(bus, py, &msg);
             Ok(false)
         }
     }
