@@ -669,6 +669,38 @@ async def test_relay_forwards_in_order_across_a_dashboard_restart(url: str) -> N
     assert relay.proc.returncode == 0
 
 
+def test_relay_over_http_keeps_order_through_failed_answers(url: str) -> None:
+    from helpers.http_server import Answer, RecordingServer
+
+    with RecordingServer() as server:
+        # The dashboard answers 503 four times: the first event is retried, nothing
+        # after it is sent before it (ordered), and each is delivered once.
+        server.answer(*[Answer(503)] * 4)
+        relay = Child(
+            command=[
+                sys.executable,
+                "-m",
+                "mpm_events",
+                "relay",
+                "--backend",
+                url,
+                "--to",
+                server.url,
+            ]
+        )
+        try:
+            relay.wait_line(lambda line: "forwarding" in line)
+            Child("publish", url, "h", "8").wait_exit()
+            server.wait_for(4 + 8, timeout=WAIT)
+            relay.terminate()
+            requests = list(server.requests)
+        finally:
+            relay.kill()
+    sent = [(r.json()["data"]["data"]["pub"], r.json()["data"]["data"]["i"]) for r in requests]
+    assert sent[:4] == [("h", 0)] * 4
+    assert sent[4:] == [("h", i) for i in range(8)], "once each, in order"
+
+
 def test_relay_refuses_bad_arguments(tmp_path: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
