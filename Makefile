@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 VENV_ENV := VIRTUAL_ENV=$(abspath $(VENV)) PATH="$(abspath $(VENV))/bin:$$PATH"
 
-.PHONY: all venv build test test-rust test-python test-wheel demo lint bench clean
+.PHONY: all venv build test test-rust test-python test-wheel demo lint bench fuzz clean
 
 all: build
 
@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "maturin>=1.7,<2" "pytest>=8" "pytest-asyncio>=0.24" pytest-timeout \
 		"python-socketio[asyncio_client]>=5.11" aiohttp ruff mypy matplotlib abi3audit \
-		watchdog pyyaml packaging psutil pyee websocket-client trustme
+		watchdog pyyaml packaging psutil pyee websocket-client trustme hypothesis
 # NOTE: claude-mpm without its dependency tree; the line above adds what its dashboard
 # server (tests/test_dashboard_real.py) needs beyond python-socketio and aiohttp.
 	$(PY) -m pip install -q --no-deps claude-mpm==5.9.10
@@ -61,6 +61,18 @@ lint: venv
 bench: build ## Benchmarks against claude-mpm 5.9.10 (writes docs/benchmarks.md), then Rust routing/dispatch
 	$(PY) benches/run.py $(BENCH_ARGS)
 	cargo bench --no-default-features --bench engine -- --warm-up-time 0.5 --measurement-time 2
+
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= topic rules socketio payload record
+fuzz: ## Each fuzz target for FUZZ_SECONDS (cargo-fuzz, libFuzzer, nightly toolchain)
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+# NOTE: new inputs go to target/fuzz-corpus (the first corpus dir); fuzz/corpus holds
+# the committed seeds and is only read.
+	for t in $(FUZZ_TARGETS); do \
+		mkdir -p target/fuzz-corpus/$$t && \
+		cargo +nightly fuzz run $$t target/fuzz-corpus/$$t fuzz/corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -malloc_limit_mb=512 || exit 1; \
+	done
 
 clean:
 	rm -rf target $(VENV) dist

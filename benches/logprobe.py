@@ -9,9 +9,10 @@ claimed batch with ``_core._log_ack``; four publisher processes append with
 ``_core._log_append``. All seven are started and imported first; the publishers start
 together on one line on their stdin.
 
-NOTE: this is a benchmark-level API, not the bus: ``EventBus(backend="sqlite:///...")``
-(one ``Appender`` with group commit per process, one ``GroupReader`` per consumer
-name) is not on main yet. ``_log_append`` is one transaction per call, so with
+NOTE: this is a benchmark-level API, not the bus: it was written before
+``EventBus(backend="sqlite:///...")`` (one ``Appender`` with group commit per process,
+one ``GroupReader`` per consumer name) reached main; a run through the bus is still to
+be added. ``_log_append`` is one transaction per call, so with
 ``durability="sync"`` every single-event call is its own fsync; the bus's appender
 commits the publishes of many tasks of one process together.
 

@@ -311,8 +311,8 @@ object (the original's or ours) and uses only the shared API, so both run the sa
   and 2 consumer processes (two consumer names, each gets every event) claiming and
   acknowledging (`benches/logprobe.py`): single appends (sync, and normal durability),
   batches of 1,000 (the table's number), and a paced stream for latency; events/s end
-  to end and publish-to-consume p50/p99 across processes are in the notes. Until
-  `EventBus(backend=...)` is on main it runs on the benchmark-level functions
+  to end and publish-to-consume p50/p99 across processes are in the notes. It runs on
+  the benchmark-level functions (not yet through `EventBus(backend=...)`)
   `_core._log_append` / `_log_read` / `_log_ack` (one transaction per call: no group
   commit across a process's publishers).
 - Both buses get the same `max_queue_size` (4x the events: the original splits it into

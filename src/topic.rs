@@ -437,4 +437,77 @@ mod tests {
         assert_eq!(&*r.route("hook.tool"), &[1, 0, 2]);
         assert_eq!(&*r.route("hook.response"), &[0]);
     }
+
+    /// A plain reference for the pattern language: `*` one segment, `**` zero or
+    /// more, as a regex over the topic with a dot before every segment.
+    fn reference(pattern: &str) -> regex::Regex {
+        let mut re = String::from("^");
+        for seg in pattern.split('.') {
+            re.push_str(match seg {
+                "*" => r"\.[^.]+",
+                "**" => r"(?:\.[^.]+)*",
+                lit => {
+                    re.push_str(r"\.");
+                    re.push_str(&regex::escape(lit));
+                    continue;
+                }
+            });
+        }
+        re.push('$');
+        regex::Regex::new(&re).unwrap()
+    }
+
+    fn random_path(rng: &mut fastrand::Rng, words: &[&str]) -> String {
+        let n = rng.usize(1..=4);
+        (0..n)
+            .map(|_| words[rng.usize(..words.len())])
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    #[test]
+    fn the_trie_routes_like_the_reference_on_random_patterns() {
+        let topics_words = ["a", "b", "c"];
+        let pattern_words = ["a", "b", "c", "*", "**"];
+        for seed in 0..100u64 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let patterns: Vec<String> = (0..rng.usize(1..12))
+                .map(|_| random_path(&mut rng, &pattern_words))
+                .collect();
+            let mut r = Router::new();
+            // NOTE: one id may hold several patterns; ids are ranked in reverse to
+            // check the ordering by rank as well.
+            let ids: Vec<usize> = patterns.iter().map(|_| rng.usize(0..6)).collect();
+            let mut by_id: HashMap<usize, Vec<Pattern>> = HashMap::new();
+            for (pat, id) in patterns.iter().zip(&ids) {
+                by_id.entry(*id).or_default().push(p(pat));
+            }
+            for (id, pats) in &by_id {
+                r.add(*id, (10 - *id) as u8, pats, None);
+            }
+            let removed = rng.usize(0..6);
+            if let Some(pats) = by_id.remove(&removed) {
+                r.remove(removed, &pats);
+            }
+            let refs: Vec<(usize, Vec<regex::Regex>)> = by_id
+                .iter()
+                .map(|(id, pats)| (*id, pats.iter().map(|q| reference(q.as_str())).collect()))
+                .collect();
+            for _ in 0..40 {
+                let topic = random_path(&mut rng, &topics_words);
+                let dotted = format!(".{topic}");
+                let mut want: Vec<usize> = refs
+                    .iter()
+                    .filter(|(_, res)| res.iter().any(|re| re.is_match(&dotted)))
+                    .map(|(id, _)| *id)
+                    .collect();
+                want.sort_by_key(|id| (10 - *id, *id));
+                assert_eq!(
+                    &*r.route(&topic),
+                    &want[..],
+                    "seed {seed}, topic {topic}, patterns {patterns:?} ids {ids:?}"
+                );
+            }
+        }
+    }
 }

@@ -107,6 +107,7 @@ class Browser:
         self._changed = asyncio.Event()
         for name in BROADCASTS:
             self.sio.on(name, self._recorder(name))
+        self.sio.on("hook:history:response", self._recorder("hook:history:response"))
 
     def _recorder(self, name: str) -> Callable[[Any], Awaitable[None]]:
         async def record(data: Any) -> None:
@@ -122,6 +123,21 @@ class Browser:
             for n, d in self.received
             if n == name and isinstance(d.get("original_event"), dict)
             if "id" in d["original_event"]
+        ]
+
+    async def history(self) -> list[dict[str, Any]]:
+        """The server's event history (what its claude_event handler processed, also
+        before this client connected): our events' original payloads."""
+        before = len(self.received)
+        await self.sio.emit("hook:history:get", {"limit": 1000})
+        await self.wait_for(
+            lambda: any(n == "hook:history:response" for n, _ in self.received[before:])
+        )
+        (answer,) = [d for n, d in self.received[before:] if n == "hook:history:response"]
+        return [
+            e["original_event"]
+            for e in answer["events"]
+            if isinstance(e.get("original_event"), dict) and "id" in e["original_event"]
         ]
 
     async def wait_for(self, cond: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -524,9 +540,10 @@ async def test_dashboard_down_then_back_within_the_retry_window(tmp_path, starte
             browser = Browser()
             await browser.sio.connect(second.url, transports=["websocket"], wait_timeout=10)
             assert await bus.join(timeout=30)
-            await browser.wait_for(lambda: len(browser.got("claude_event")) >= len(during))
             await bus.stop(timeout=10)
-            got = [g["original_event"]["id"] for g in browser.got("claude_event")]
+            # NOTE: the patient consumer may have delivered before the browser
+            # connected; the server's history has everything its handler processed.
+            got = [e["id"] for e in await browser.history()]
             assert sorted(got) == sorted(during), "each event once, from the patient consumer"
             stats = bus.get_metrics()["consumer_stats"]
             assert (stats["patient"]["processed"], stats["patient"]["dead_lettered"]) == (8, 0)

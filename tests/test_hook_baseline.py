@@ -7,7 +7,7 @@ inputs:
 
 - ``mpm_events.hooks.convert`` (topic, type, session_id, cwd: no server);
 - end to end: ``mpm-events hook`` processes append the events to a shared log
-  (SQLite); the log's entries, read back, go through a bus into a default
+  (SQLite); a bus on that log (``EventBus(backend=...)``) delivers them to a default
   ``SocketIOConsumer(url=...)`` pointed at claude-mpm's
   real dashboard server (``UnifiedMonitorServer``, ``helpers/dashboard_server.py``),
   and a Socket.IO client standing in for the browser records what the server
@@ -35,14 +35,13 @@ import sys
 import urllib.request
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import socketio
 from helpers.claude_hook_baseline import BaselineRun, run_chains
-from mpm_events import Event, EventBus, HookEventProducer, SocketIOConsumer, hooks
+from mpm_events import EventBus, HookEventProducer, SocketIOConsumer, hooks
 from mpm_events._core import _log_range
 from test_dashboard_real import Dashboard
 
@@ -236,30 +235,14 @@ async def run_our_hook(stdin: dict[str, Any], db: Path, env: dict[str, str]) -> 
 
 
 async def replay_into_dashboard(db: Path, url: str) -> SocketIOConsumer:
-    """What a relay does: the shared log's events, read back with ``_log_range`` and
-    published into a memory bus with a default consumer.
-
-    NOTE: until ``EventBus(backend="sqlite:///...")`` is on main, the entries are
-    rebuilt into ``Event``s here; the relay then reads them through its consumer group.
-    """
-    entries = _log_range(f"sqlite://{db}", topics=["hook.**"])
-    assert len(entries) == len(HOOKS)
-    bus = EventBus()
+    """What a relay does: a default consumer on a bus on the shared log
+    (``EventBus(backend=...)``) receives what the hook processes appended."""
+    assert len(_log_range(f"sqlite://{db}", topics=["hook.**"])) == len(HOOKS)
+    bus = EventBus(backend=f"sqlite://{db}")
     consumer = SocketIOConsumer(url=url)
     assert await bus.subscribe(consumer)
     await bus.start()
     try:
-        for e in entries:
-            event = Event(
-                id=e["id"],
-                topic=e["topic"],
-                type=e["type"],
-                source=e["source"],
-                data=e["data"],
-                correlation_id=e["correlation_id"],
-                timestamp=datetime.fromtimestamp(e["timestamp_us"] / 1e6, UTC),
-            )
-            assert await bus.publish(event)
         assert await bus.join(timeout=20)
     finally:
         await bus.stop(timeout=10)

@@ -500,3 +500,33 @@ def test_the_hook_arguments_are_read_without_argparse_or_by_it():
         ["hook", "extra"],
     ):
         assert _fast_hook_args(argv) is None, argv
+
+
+async def test_a_bus_on_the_shared_log_receives_what_hook_processes_wrote(tmp_path):
+    # The point of the shared log: a consumer of EventBus(backend=URL) in another
+    # process gets the hook's events, decoded as the bus's own (backend::codec).
+    from conftest import Recorder
+    from mpm_events import EventBus
+
+    db = tmp_path / "events.db"
+    env = hook_env(tmp_path)
+    for hook in (pre_tool(), post_tool()):
+        proc = run_hook(json.dumps(hook), tmp_path, "--backend", sqlite_url(db), env=env)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, CONTINUE, "")
+    written = stored(db)
+    bus = EventBus(backend=sqlite_url(db))
+    rec = Recorder("hook-reader", topics=["hook.**"])
+    assert await bus.subscribe(rec)
+    await bus.start()
+    try:
+        assert await bus.join(20)
+    finally:
+        await bus.stop(5)
+    got = [c.event for c in rec.calls]
+    assert [e.id for e in got] == [w.id for w in written]
+    assert [(e.topic, e.type, e.source) for e in got] == [
+        ("hook.pre_tool", "PreToolUse", "hook"),
+        ("hook.post_tool", "PostToolUse", "hook"),
+    ]
+    assert got[0].correlation_id and got[0].correlation_id == got[1].correlation_id
+    assert got[1].data["tool_response"] == post_tool()["tool_response"]

@@ -17,6 +17,7 @@ from mpm_events._core import (
     HttpConsumer,
     LoggingConsumer,
     MetricsConsumer,
+    Rule,
     SocketIOConsumer,
     __version__,
 )
@@ -24,6 +25,7 @@ from mpm_events.errors import (
     ConsumerConfigError,
     EventBusError,
     InvalidEventError,
+    InvalidRuleError,
     InvalidTopicError,
     PersistenceError,
 )
@@ -87,10 +89,12 @@ __all__ = [
     "IEventConsumer",
     "IEventProducer",
     "InvalidEventError",
+    "InvalidRuleError",
     "InvalidTopicError",
     "LoggingConsumer",
     "MetricsConsumer",
     "PersistenceError",
+    "Rule",
     "SocketIOConsumer",
     "SystemEventProducer",
     "__version__",

@@ -1,5 +1,5 @@
 """Command line (``mpm-events``, also ``python -m mpm_events``): ``demo``, ``hook``,
-``--version``.
+``relay``, ``--version``.
 
 Each command imports what it needs when it runs. ``hook`` runs once per Claude Code
 hook in a fresh process, so its import cost is its wall time: its usual arguments
@@ -321,7 +321,48 @@ def main(argv: list[str] | None = None, *, exit_process: bool = False) -> int:
             f"start-up; then it answers and exits whatever happened ({HOOK_DEADLINE_S:g})"
         ),
     )
+    relay = commands.add_parser(
+        "relay",
+        help="forward the shared event log to a dashboard until SIGTERM/SIGINT",
+        description=(
+            "Subscribes a dashboard consumer under the name dashboard-relay to the shared "
+            "event log and forwards every event, in order, until SIGTERM or SIGINT, then "
+            "stops gracefully (exit 0). While the dashboard is away it retries (at most "
+            "5 s apart) and loses nothing; what is not delivered stays in the log for the "
+            "next relay."
+        ),
+    )
+    relay.add_argument(
+        "--backend",
+        metavar="URL",
+        default=None,
+        help=(
+            "the event log, sqlite:///path/to/events.db (default: $MPM_EVENTS_BACKEND, "
+            "else sqlite://~/.claude-mpm/mpm-events/events.db)"
+        ),
+    )
+    relay.add_argument(
+        "--to",
+        metavar="URL",
+        required=True,
+        help=(
+            "the dashboard: a Socket.IO URL (http://127.0.0.1:8765), or its HTTP route "
+            "(a URL ending in /api/events, or any URL with --via http)"
+        ),
+    )
+    relay.add_argument(
+        "--via",
+        choices=("socketio", "http"),
+        default=None,
+        help="how to reach the dashboard (default: http for .../api/events, else socketio)",
+    )
     args = parser.parse_args(argv)
+    if args.command == "relay":
+        import asyncio
+
+        from mpm_events import relay as relay_command
+
+        return asyncio.run(relay_command.run(args.backend or default_backend(), args.to, args.via))
     if args.command == "hook":
         return run_hook(args.backend, args.deadline, exit_process=exit_process)
     if args.command != "demo":

@@ -11,6 +11,7 @@ __all__ = [
     "ConsumerConfigError",
     "EventBusError",
     "InvalidEventError",
+    "InvalidRuleError",
     "InvalidTopicError",
     "PersistenceError",
 ]
@@ -26,6 +27,10 @@ class InvalidTopicError(EventBusError, ValueError):
 
 class InvalidEventError(EventBusError, TypeError):
     """An object given as an event is not one (wrong type, missing attribute, bad field)."""
+
+
+class InvalidRuleError(EventBusError, ValueError):
+    """A content rule does not compile; the message names the JSON path of the problem."""
 
 
 class ConsumerConfigError(EventBusError, ValueError):

@@ -620,6 +620,11 @@ impl Field {
 impl Matcher {
     /// Whether a present value matches.
     fn matches_value(&self, v: &Value) -> bool {
+        // NOTE: matchers compare leaf values; an object there (the rule has a
+        // list where the event has an object) only "exists".
+        if v.is_object() {
+            return matches!(self, Matcher::Exists(true));
+        }
         match self {
             Matcher::Exact(s) => s.equals(v),
             Matcher::Prefix(t) => v.as_str().is_some_and(|s| t.starts(s)),

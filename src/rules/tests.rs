@@ -136,6 +136,14 @@ fn exists_and_absence() {
 }
 
 #[test]
+fn an_object_where_the_rule_has_matchers_only_exists() {
+    yes(json!({"data": {"nested": [{"exists": true}]}}));
+    no(json!({"data": {"nested": [{"anything-but": {"prefix": ""}}]}}));
+    no(json!({"data": {"nested": [{"anything-but": "x"}]}}));
+    no(json!({"data": {"nested": [{"wildcard": "*"}]}}));
+}
+
+#[test]
 fn cidr_blocks() {
     yes(json!({"data": {"ip": [{"cidr": "10.0.0.0/24"}]}}));
     no(json!({"data": {"ip": [{"cidr": "10.0.1.0/24"}]}}));

@@ -38,8 +38,32 @@ pub fn encode(data: Vec<u8>, threshold: usize) -> (Codec, Vec<u8>) {
 pub fn decode(codec: Codec, stored: Vec<u8>) -> Result<Vec<u8>, String> {
     match codec {
         Codec::None => Ok(stored),
-        Codec::Lz4 => lz4_flex::decompress_size_prepended(&stored).map_err(|e| e.to_string()),
+        Codec::Lz4 => decompress_lz4(&stored),
     }
+}
+
+/// More than an LZ4 block can expand: each input byte of a length run adds at most
+/// 255 output bytes.
+const LZ4_MAX_RATIO: usize = 256;
+
+/// `lz4_flex::decompress_size_prepended`, refusing a declared size the input
+/// cannot hold.
+///
+/// NOTE: lz4_flex allocates the declared size before decoding; a corrupt row
+/// declaring 4 GiB would allocate 4 GiB. A block of `n` bytes decodes to at most
+/// about `255 * n` bytes, so a larger claim is corruption.
+pub fn decompress_lz4(stored: &[u8]) -> Result<Vec<u8>, String> {
+    let Some(head) = stored.get(..4) else {
+        return Err("compressed payload shorter than its size header".into());
+    };
+    let declared = u32::from_le_bytes(head.try_into().expect("4 bytes")) as usize;
+    let body = stored.len() - 4;
+    if declared > body.saturating_mul(LZ4_MAX_RATIO).saturating_add(64) {
+        return Err(format!(
+            "compressed payload claims {declared} bytes from {body}: corrupt"
+        ));
+    }
+    lz4_flex::decompress_size_prepended(stored).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -60,6 +84,23 @@ mod tests {
         assert_eq!(c, Codec::Lz4);
         assert!(b.len() < data.len());
         assert_eq!(decode(c, b).unwrap(), data);
+    }
+
+    #[test]
+    fn the_most_compressible_payload_still_decodes() {
+        let data = vec![b'0'; 10 << 20];
+        let (c, b) = encode(data.clone(), 16);
+        assert_eq!(c, Codec::Lz4);
+        assert_eq!(decode(c, b).unwrap(), data);
+    }
+
+    #[test]
+    fn a_corrupt_size_header_is_refused_before_allocating() {
+        let mut forged = u32::MAX.to_le_bytes().to_vec();
+        forged.extend_from_slice(&[0x10, b'x']);
+        let e = decompress_lz4(&forged).unwrap_err();
+        assert!(e.contains("claims 4294967295 bytes from 2"), "{e}");
+        assert!(decompress_lz4(&[1, 2]).unwrap_err().contains("shorter"));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use rusqlite::Connection;
 
-pub use compress::Codec;
+pub use compress::{decode as decode_payload, decompress_lz4, encode as encode_payload, Codec};
 pub use error::{Result, StorageError};
 pub use writer::{AckKey, AppendSource, Reply, Row, Targets};
 

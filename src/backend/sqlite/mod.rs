@@ -173,11 +173,11 @@ fn record_from_row(r: &Row<'_>, first: usize) -> rusqlite::Result<Record> {
     let stored: Vec<u8> = r.get(first + 7)?;
     let payload = match codec {
         0 => stored,
-        1 => lz4_flex::decompress_size_prepended(&stored).map_err(|e| {
+        1 => crate::storage::decompress_lz4(&stored).map_err(|e| {
             rusqlite::Error::FromSqlConversionFailure(
                 first + 7,
                 rusqlite::types::Type::Blob,
-                Box::new(e),
+                e.into(),
             )
         })?,
         other => {
@@ -641,6 +641,19 @@ impl SharedLog for SqliteLog {
                 rows.collect::<rusqlite::Result<_>>().map_err(self.e())?
             };
             self.load(tx, claimed)
+        })
+    }
+
+    fn has_expired(&self, group: &str, min_idle: Duration) -> Result<bool> {
+        let cutoff = now_us() - min_idle.as_micros() as i64;
+        // NOTE: a plain read (WAL): never waits for, nor blocks, a writer.
+        self.with_conn(|c| {
+            c.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM log_pending
+                                WHERE grp = ?1 AND owner IS NOT NULL AND claimed_us <= ?2)",
+            )
+            .and_then(|mut s| s.query_row(params![group, cutoff], |r| r.get(0)))
+            .map_err(self.e())
         })
     }
 

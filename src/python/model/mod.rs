@@ -8,12 +8,14 @@ pub mod accepted;
 pub mod config;
 pub mod event;
 pub mod metadata;
+pub mod rule;
 pub mod view;
 
 pub use accepted::*;
 pub use config::{ConsumerConfig, ConsumerSpec};
 pub use event::*;
 pub use metadata::*;
+pub use rule::Rule;
 pub use view::*;
 
 /// Registers this room's classes.
@@ -21,5 +23,6 @@ pub fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Event>()?;
     m.add_class::<EventMetadata>()?;
     m.add_class::<ConsumerConfig>()?;
+    m.add_class::<Rule>()?;
     Ok(())
 }

@@ -938,7 +938,8 @@ const IDLE_TICK: Duration = Duration::from_secs(3600);
 /// A connection that lived this long resets the reconnect backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(2);
 
-fn ws_url(url: &str) -> Result<String, String> {
+/// The Engine.IO WebSocket URL for a Socket.IO server URL (`http(s)://`, `ws(s)://`).
+pub fn ws_url(url: &str) -> Result<String, String> {
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| format!("invalid socket.io url {url:?}"))?;
@@ -1051,7 +1052,7 @@ async fn next_text(ws: &mut Ws) -> Result<String, String> {
 }
 
 /// Parses an incoming Socket.IO ack `43[/ns,]<id>[...]` for our namespace.
-fn parse_ack(sio: &str, ns_prefix: &str) -> Option<u64> {
+pub fn parse_ack(sio: &str, ns_prefix: &str) -> Option<u64> {
     let rest = sio.strip_prefix('3')?;
     let rest = if ns_prefix.is_empty() {
         if rest.starts_with('/') {
