@@ -357,3 +357,33 @@ def test_events_zero_is_a_usage_error_of_the_demo() -> None:
     proc = _run("demo", "--rate", "-5")
     assert proc.returncode == 2
     assert "argument --rate: must not be negative" in proc.stderr, proc.stderr
+
+
+def test_the_cross_process_demo_loses_nothing_across_an_outage(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mpm_events",
+            "demo",
+            "--processes",
+            "--hooks",
+            "12",
+            "--output-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "12 hook processes in 2 sessions" in out
+    assert "dashboard DOWN: 4 hooks ran anyway" in out
+    assert "received 12 of 12 events: lost 0, duplicates 0, in order per session: yes" in out
+    late = int(re.search(r"; (\d+) arrived after it came back", out).group(1))
+    assert late >= 4, out  # at least the outage's hooks waited in the log
+    assert "relay stopped (exit 0)" in out
+    # What the dashboard got is on disk, one line per event, from both sessions.
+    lines = (tmp_path / "dashboard.jsonl").read_text().splitlines()
+    assert len(lines) == 12

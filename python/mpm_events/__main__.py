@@ -285,6 +285,20 @@ def main(argv: list[str] | None = None, *, exit_process: bool = False) -> int:
         help="where dead-letter files and events.log go (default: a fresh temp dir)",
     )
     demo.add_argument(
+        "--processes",
+        action="store_true",
+        help=(
+            "the cross-process flow instead: hook processes append to a shared log, a "
+            "relay forwards it to a dashboard that goes away and comes back"
+        ),
+    )
+    demo.add_argument(
+        "--hooks",
+        type=_at_least_one,
+        default=30,
+        help="with --processes: hook processes to run (30)",
+    )
+    demo.add_argument(
         "--socketio",
         metavar="URL",
         default=None,
@@ -369,6 +383,10 @@ def main(argv: list[str] | None = None, *, exit_process: bool = False) -> int:
         parser.print_help()
         return 2
 
+    if args.processes:
+        from mpm_events._demo_processes import run as run_processes
+
+        return run_processes(hooks=args.hooks, output_dir=args.output_dir)
     from mpm_events._demo import run
 
     return run(
