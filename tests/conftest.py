@@ -257,3 +257,31 @@ async def stop_after():
     finally:
         for b in buses:
             await b.stop(timeout=5)
+
+
+# -- claude-mpm's real dashboard (tests/helpers/dashboard.py) --------------------------
+
+
+@pytest.fixture(scope="module")
+def dashboard(tmp_path_factory):
+    """claude-mpm's real dashboard server, one per test module."""
+    from helpers.dashboard import Dashboard
+
+    server = Dashboard(tmp_path_factory.mktemp("dashboard"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def browser(dashboard):
+    """A browser-like Socket.IO client connected to ``dashboard``."""
+    from helpers.dashboard import Browser
+
+    b = Browser()
+    await b.sio.connect(dashboard.url, transports=["websocket"], wait_timeout=10)
+    try:
+        yield b
+    finally:
+        await b.sio.disconnect()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_dashboard_real import Browser, Dashboard
+from helpers.dashboard import Browser, Dashboard
 
 SESSIONS = ("s-1", "s-2")
 

@@ -43,7 +43,6 @@ import socketio
 from helpers.claude_hook_baseline import BaselineRun, run_chains
 from mpm_events import EventBus, HookEventProducer, SocketIOConsumer, hooks
 from mpm_events._core import _log_range
-from test_dashboard_real import Dashboard
 
 SESSION = f"baseline-{uuid.uuid4()}"
 CWD = "/work/projects/shop"
@@ -179,15 +178,6 @@ class Browser:
             while not cond():
                 self._changed.clear()
                 await self._changed.wait()
-
-
-@pytest.fixture(scope="module")
-def dashboard(tmp_path_factory):
-    server = Dashboard(tmp_path_factory.mktemp("dashboard"))
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

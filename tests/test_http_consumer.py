@@ -15,13 +15,15 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-import socketio
 from conftest import Recorder, make_event, wait_until
+
+# NOTE: the real server's process and the producer cases are shared with the
+# Socket.IO consumer's real-dashboard test.
+from helpers.dashboard import CATEGORIES
 from helpers.http_server import Answer, RecordingServer
 from helpers.sio_helpers import free_port
 from mpm_events import (
@@ -31,10 +33,7 @@ from mpm_events import (
     HttpConsumer,
     SystemEventProducer,
 )
-
-# NOTE: the real server's process and the producer cases are shared with the
-# Socket.IO consumer's real-dashboard test.
-from test_dashboard_real import CASES, Dashboard
+from test_dashboard_real import CASES
 
 # How long stop() may take before we call it hung (not a speed assertion: with
 # nothing in flight it returns at once, and a request in flight is bounded by the
@@ -389,61 +388,6 @@ def _a_cert(tmp_path) -> str:
 
 # ---------------------------------------------------------------------------------
 # Against claude-mpm's REAL dashboard server
-
-# The names the server broadcasts POST /api/events under (its _categorize_event).
-CATEGORIES = (
-    "claude_event",
-    "hook_event",
-    "tool_event",
-    "session_event",
-    "response_event",
-    "agent_event",
-    "file_event",
-    "system_event",
-)
-
-
-@pytest.fixture(scope="module")
-def dashboard(tmp_path_factory):
-    server = Dashboard(tmp_path_factory.mktemp("dashboard-http"))
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-class Browser:
-    """A Socket.IO client like the dashboard's page: records every broadcast."""
-
-    def __init__(self) -> None:
-        self.sio = socketio.AsyncClient(reconnection=False)
-        self.received: list[tuple[str, dict[str, Any]]] = []
-        self._changed = asyncio.Event()
-        for name in CATEGORIES:
-            self.sio.on(name, self._recorder(name))
-
-    def _recorder(self, name: str) -> Callable[[Any], Awaitable[None]]:
-        async def record(data: Any) -> None:
-            self.received.append((name, data))
-            self._changed.set()
-
-        return record
-
-    async def wait_for(self, cond: Callable[[], bool], timeout: float = 15.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not cond():
-                self._changed.clear()
-                await self._changed.wait()
-
-
-@pytest.fixture
-async def browser(dashboard):
-    b = Browser()
-    await b.sio.connect(dashboard.url, transports=["websocket"], wait_timeout=10)
-    try:
-        yield b
-    finally:
-        await b.sio.disconnect()
 
 
 def _session_of(e: Event) -> str | None:
