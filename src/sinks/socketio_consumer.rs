@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::dead_letter::iso;
-use super::socketio::dashboard::{self, EventFields};
+use super::socketio::dashboard;
 use super::socketio::{
     event_name_for, payload, EventNaming, Outgoing, Protocol, SocketIoConfig, SocketIoSink,
 };
@@ -61,27 +61,15 @@ impl SocketIoConsumerSink {
 
     fn outgoing(&self, item: &SinkItem, token: u64) -> Outgoing {
         let v = &item.view;
-        let timestamp = iso(&v.timestamp);
-        let data = v.data.clone();
         let payload = match self.protocol {
-            Protocol::Dashboard => dashboard::payload(
-                &EventFields {
-                    id: &v.id,
-                    topic: &v.topic,
-                    event_type: &v.event_type,
-                    source: &v.source,
-                    timestamp_iso: &timestamp,
-                    correlation_id: v.correlation_id.as_deref(),
-                },
-                data,
-            ),
+            Protocol::Dashboard => dashboard::payload_of(v),
             Protocol::Legacy => payload(
                 &v.id,
                 &v.event_type,
                 &v.topic,
-                &timestamp,
+                &iso(&v.timestamp),
                 &v.source,
-                data.unwrap_or(Value::Null),
+                v.data.clone().unwrap_or(Value::Null),
                 v.correlation_id.as_deref(),
             ),
         };

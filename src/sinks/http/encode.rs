@@ -21,7 +21,7 @@ use serde_json::{json, Map, Value};
 
 use crate::event::{priority_name, EventView};
 use crate::sinks::dead_letter::iso;
-use crate::sinks::socketio::dashboard::{self, EventFields};
+use crate::sinks::socketio::dashboard;
 
 /// `Content-Type` of a `claude-mpm` or `json` body.
 pub const JSON: &str = "application/json";
@@ -42,19 +42,7 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 
 /// claude-mpm's hook handler's body for one event.
 pub fn claude_mpm(v: &EventView) -> Value {
-    let timestamp = iso(&v.timestamp);
-    let normalized = dashboard::payload(
-        &EventFields {
-            id: &v.id,
-            topic: &v.topic,
-            event_type: &v.event_type,
-            source: &v.source,
-            timestamp_iso: &timestamp,
-            correlation_id: v.correlation_id.as_deref(),
-        },
-        v.data.clone(),
-    );
-    json!({"namespace": "", "event": CLAUDE_EVENT, "data": normalized})
+    json!({"namespace": "", "event": CLAUDE_EVENT, "data": dashboard::payload_of(v)})
 }
 
 /// One event as a CloudEvent (JSON event format).

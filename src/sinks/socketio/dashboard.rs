@@ -190,6 +190,22 @@ pub struct EventFields<'a> {
     pub correlation_id: Option<&'a str>,
 }
 
+/// [`payload`] of an event as a Rust sink sees it (its fields and data).
+pub fn payload_of(v: &crate::event::EventView) -> Value {
+    let timestamp = crate::sinks::dead_letter::iso(&v.timestamp);
+    payload(
+        &EventFields {
+            id: &v.id,
+            topic: &v.topic,
+            event_type: &v.event_type,
+            source: &v.source,
+            timestamp_iso: &timestamp,
+            correlation_id: v.correlation_id.as_deref(),
+        },
+        v.data.clone(),
+    )
+}
+
 /// The normalized event the dashboard's server handles as `claude_event`:
 /// `{event, source, type, subtype, timestamp, data, correlation_id?,
 /// session_id?, cwd?, id, topic}` (keys in this order; the three optional ones
