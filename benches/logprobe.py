@@ -91,6 +91,124 @@ def publisher(url: str, count: int, batch: int, rate: float) -> None:
     print(json.dumps({"start": start, "end": time.time()}), flush=True)
 
 
+#: Publishing tasks per publisher process on the bus (their publishes share commits).
+BUS_TASKS = 64
+
+
+def publisher_bus(url: str, count: int, batch: int, rate: float) -> None:
+    """A publisher process on ``EventBus(backend=url)``: ``publish`` from many tasks
+    (the appender commits what they queued together), or ``publish_batch``."""
+    import asyncio
+
+    from mpm_events import Event, EventBus
+
+    async def main() -> None:
+        bus = EventBus(backend=url)
+        await bus.start()
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        start = time.time()
+
+        def make(i: int) -> Event:
+            e = _event(i)
+            e["data"]["t"] = time.time()
+            return Event(**e)
+
+        if rate > 0:
+            pause = 1.0 / rate
+            due = time.monotonic()
+            for i in range(count):
+                assert await bus.publish(make(i))
+                due += pause
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+        elif batch > 1:
+            for i in range(0, count, batch):
+                n = min(batch, count - i)
+                assert await bus.publish_batch([make(i + k) for k in range(n)]) == n
+        else:
+
+            async def task(k: int) -> None:
+                for i in range(k, count, BUS_TASKS):
+                    assert await bus.publish(make(i))
+
+            await asyncio.gather(*(task(k) for k in range(BUS_TASKS)))
+        end = time.time()
+        await bus.stop(30)
+        print(json.dumps({"start": start, "end": end}), flush=True)
+
+    asyncio.run(main())
+
+
+def consumer_bus(url: str, name: str, total: int) -> None:
+    """A consumer process on ``EventBus(backend=url)``: one Python consumer named
+    ``name`` (batches of up to 1,000), until ``total`` events."""
+    import asyncio
+
+    from mpm_events import ConsumerConfig, EventBus
+
+    seen: set[str] = set()
+    state: dict[str, Any] = {"dupes": 0, "first": None, "last": None}
+    lat_us: list[int] = []
+    done = asyncio.Event()
+
+    class Consumer:
+        config = ConsumerConfig(name, topics=["hook.**"], batch_size=1000, batch_timeout=0.001)
+        is_healthy = True
+
+        async def initialize(self) -> bool:
+            return True
+
+        async def consume(self, event: Any) -> bool:
+            return await self.consume_batch([event]) == 1
+
+        async def consume_batch(self, events: list[Any]) -> int:
+            now = time.time()
+            state["first"] = state["first"] or now
+            state["last"] = now
+            for e in events:
+                if e.id in seen:
+                    state["dupes"] += 1
+                seen.add(e.id)
+                lat_us.append(int((now - e.data["t"]) * 1e6))
+            if len(seen) >= total:
+                done.set()
+            return len(events)
+
+        async def shutdown(self) -> None:
+            pass
+
+        def get_metrics(self) -> dict[str, Any]:
+            return {}
+
+    async def main() -> None:
+        bus = EventBus(backend=url)
+        await bus.start()
+        await bus.subscribe(Consumer())
+        print("ready", flush=True)
+        try:
+            await asyncio.wait_for(done.wait(), TIMEOUT_S)
+        except TimeoutError:
+            pass
+        await bus.stop(30)
+
+    asyncio.run(main())
+    lat_us.sort()
+    print(
+        json.dumps(
+            {
+                "count": len(seen),
+                "dupes": state["dupes"],
+                "first": state["first"],
+                "last": state["last"],
+                "p50_ms": _pct(lat_us, 0.50) / 1000,
+                "p99_ms": _pct(lat_us, 0.99) / 1000,
+                "max_ms": (lat_us[-1] if lat_us else 0) / 1000,
+            }
+        ),
+        flush=True,
+    )
+
+
 def consumer(url: str, name: str, total: int) -> None:
     """A consumer process: claim and ack until ``total`` events, print what it saw."""
     from mpm_events._core import _log_ack, _log_read
@@ -150,7 +268,13 @@ def _spawn(*args: str) -> subprocess.Popen[str]:
 
 
 def run(
-    mode: str, per_publisher: int, *, batch: int = 1, rate: float = 0.0, durability: str = "sync"
+    mode: str,
+    per_publisher: int,
+    *,
+    batch: int = 1,
+    rate: float = 0.0,
+    durability: str = "sync",
+    via: str = "direct",
 ) -> dict[str, Any]:
     """One run on a fresh log; returns its numbers (or ``error``)."""
     with tempfile.TemporaryDirectory(prefix="mpm-w11-") as tmp:
@@ -158,14 +282,15 @@ def run(
         total = per_publisher * PUBLISHERS
         procs: list[subprocess.Popen[str]] = []
         try:
-            consumers = [_spawn("consume", url, name, str(total)) for name in NAMES]
+            suffix = "-bus" if via == "bus" else ""
+            consumers = [_spawn("consume" + suffix, url, name, str(total)) for name in NAMES]
             procs += consumers
             for c in consumers:
                 assert c.stdout is not None
                 if c.stdout.readline().strip() != "ready":
                     return {"error": "a consumer did not start"}
             pubs = [
-                _spawn("publish", url, str(per_publisher), str(batch), str(rate))
+                _spawn("publish" + suffix, url, str(per_publisher), str(batch), str(rate))
                 for _ in range(PUBLISHERS)
             ]
             procs += pubs
@@ -194,6 +319,7 @@ def run(
         con_end = max(c["last"] for c in con_out)
         return {
             "mode": mode,
+            "via": via,
             "durability": durability,
             "publishers": PUBLISHERS,
             "names": len(NAMES),
@@ -212,6 +338,12 @@ def run(
 def measure(quick: bool) -> dict[str, Any]:
     scale = 5 if quick else 1
     plan = [
+        # Through the bus: EventBus(backend=...) publishers (many tasks, group commit)
+        # and consumers (GroupReader); the issue's W11 targets are for these.
+        ("single", {"per_publisher": 20_000 // scale, "via": "bus"}),
+        ("batch", {"per_publisher": 50_000 // scale, "batch": 1000, "via": "bus"}),
+        ("paced", {"per_publisher": 250 // scale, "rate": 50.0, "via": "bus"}),
+        # The benchmark-level API (one transaction per call), for comparison.
         ("single", {"per_publisher": 500 // scale}),
         ("single", {"per_publisher": 5000 // scale, "durability": "normal"}),
         ("batch", {"per_publisher": 50_000 // scale, "batch": 1000}),
@@ -229,6 +361,14 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "publish":
         _, _, url, n, batch, rate = sys.argv
         publisher(url, int(n), int(batch), float(rate))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "publish-bus":
+        _, _, url, n, batch, rate = sys.argv
+        publisher_bus(url, int(n), int(batch), float(rate))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "consume-bus":
+        _, _, url, name, total = sys.argv
+        consumer_bus(url, name, int(total))
         return
     if len(sys.argv) > 1 and sys.argv[1] == "consume":
         _, _, url, name, total = sys.argv

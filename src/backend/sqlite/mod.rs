@@ -213,13 +213,29 @@ impl SqliteLog {
     /// shared log, or has a newer schema; the file is not changed then.
     pub fn open(opts: SqliteOptions) -> Result<SqliteLog> {
         let location = opts.path.display().to_string();
-        let conn = schema::open(
-            &opts.path,
-            &location,
-            opts.durability,
-            opts.busy_timeout,
-            opts.verify_on_open,
-        )?;
+        // NOTE: SQLite answers SQLITE_BUSY at once, without its busy handler, in a few
+        // steps of an open (switching a new file to WAL, recovering the WAL) while
+        // another process does the same: two buses opening one log together failed
+        // so. An open that failed leaves nothing behind, so it is tried again, for
+        // up to the busy timeout, with short random pauses.
+        let began = std::time::Instant::now();
+        let conn = loop {
+            match schema::open(
+                &opts.path,
+                &location,
+                opts.durability,
+                opts.busy_timeout,
+                opts.verify_on_open,
+            ) {
+                Err(LogError::Backend { detail, .. })
+                    if detail.contains("database is locked")
+                        && began.elapsed() < opts.busy_timeout =>
+                {
+                    std::thread::sleep(Duration::from_micros(500 + fastrand::u64(0..2_000)));
+                }
+                other => break other?,
+            }
+        };
         if let Some(limit) = opts.hard_limit_bytes {
             schema::set_hard_limit(&conn, &location, limit)?;
         }
