@@ -622,7 +622,8 @@ impl<E: EventLike> Lane<E> {
         }
         self.stats.processed.fetch_add(succeeded, Ordering::Relaxed);
         self.stats.record_latencies(&latencies);
-        if let Some(s) = &shared {
+        // NOTE: only an ordered lane collects retries to hold; the others skip the lock.
+        if let (true, Some(s)) = (self.config.ordered, &shared) {
             self.hold_for_retries(s);
         }
         {
