@@ -80,6 +80,9 @@ def check_targets(workloads: dict[str, Any]) -> dict[str, Any]:
     if "W10" in workloads:
         w10 = ours("W10")
         verdict("W10", None if w10 is None else w10 <= 60, f"{w10:.1f} ms" if w10 else "-")
+    if "W11" in workloads:
+        w11 = ours("W11")
+        verdict("W11", None if w11 is None else w11 >= 2e5, f"{w11:,.0f} events/s" if w11 else "-")
     return out
 
 
@@ -304,6 +307,14 @@ object (the original's or ours) and uses only the shared API, so both run the sa
   taking its POSTs) on the same input, 5 runs (each takes a second or more),
   alternately, after one warm-up run each, with bytecode caching on
   (`benches/hookprobe.py`).
+- **W11** (issue 12, ours only): one shared SQLite log, 4 publisher processes appending
+  and 2 consumer processes (two consumer names, each gets every event) claiming and
+  acknowledging (`benches/logprobe.py`): single appends (sync, and normal durability),
+  batches of 1,000 (the table's number), and a paced stream for latency; events/s end
+  to end and publish-to-consume p50/p99 across processes are in the notes. It runs on
+  the benchmark-level functions (not yet through `EventBus(backend=...)`)
+  `_core._log_append` / `_log_read` / `_log_ack` (one transaction per call: no group
+  commit across a process's publishers).
 - Both buses get the same `max_queue_size` (4x the events: the original splits it into
   four per-priority deques that drop silently when full). Each measurement runs in a fresh
   event loop; rounds alternate which implementation goes first.

@@ -136,6 +136,14 @@ WORKLOADS = [
         False,
         "<= 60 ms",
     ),
+    Workload(
+        "W11",
+        "shared log, 4 publisher processes x 2 names, batches of 1,000 (issue 12)",
+        "throughput",
+        "events/s",
+        True,
+        ">= 200k/s",
+    ),
 ]
 
 
@@ -237,6 +245,21 @@ def hook_process_times(ours_runs: int, original_runs: int) -> dict[str, Any]:
         return {"error": f"timed out after {MEASURE_TIMEOUT_S * 3:.0f} s"}
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["hookprobe failed"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def shared_log_runs(quick: bool) -> dict[str, Any]:
+    """W11 in processes of its own (``benches/logprobe.py``): 4 publisher processes
+    and 2 consumer-name processes on one shared log, several modes."""
+    cmd = [sys.executable, str(HERE / "logprobe.py"), *(["--quick"] if quick else [])]
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=MEASURE_TIMEOUT_S * 5, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {MEASURE_TIMEOUT_S * 5:.0f} s"}
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["logprobe failed"])[-1]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -374,6 +397,25 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
                 samples["W10"][name] = [{"value": v} for v in got["samples_ms"]]
                 log(f"  W10 {name}: median {got['median_ms']:.1f} ms")
 
+    if selected("W11") and impls.OURS in live:
+        log("W11: the shared log across processes (4 publishers, 2 consumer names)")
+        w11 = shared_log_runs(bool(args.quick))
+        if "error" in w11:
+            samples["W11"][impls.OURS] = [{"error": w11["error"]}]
+        for run in w11.get("runs", []):
+            label = f"W11 {run['mode']} {run.get('durability', 'sync')} batch {run.get('batch', 1)}"
+            if "error" in run:
+                notes[label] = run["error"]
+                continue
+            notes[label] = (
+                f"{run['events']} events: {run['end_to_end_events_per_s']:,.0f}/s end to end, "
+                f"publish {run['publish_events_per_s']:,.0f}/s, publish-to-consume p50 "
+                f"{run['p50_ms']:.1f} ms p99 {run['p99_ms']:.1f} ms, {run['duplicates']} dupes"
+            )
+            log(f"  {label}: {notes[label]}")
+            if run["mode"] == "batch":
+                samples["W11"][impls.OURS] = [{"value": run["end_to_end_events_per_s"]}]
+
     charts: dict[str, Any] = {}
     if not args.no_charts and (only is None or "CHARTS" in only):
         charts = run_charts(loaded, live, sizes)
@@ -494,7 +536,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=0, help="rounds (default 5, quick 1)")
     parser.add_argument("--quick", action="store_true", help="fast smoke run, small sizes")
-    parser.add_argument("--only", default="", help="comma list: W1..W10, CHARTS")
+    parser.add_argument("--only", default="", help="comma list: W1..W11, CHARTS")
     parser.add_argument("--no-charts", action="store_true", help="skip the two chart sweeps")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
     parser.add_argument("--json", type=Path, default=RESULTS, help="results file")

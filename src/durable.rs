@@ -74,11 +74,30 @@ impl Acks {
     }
 }
 
-/// An event's place in the store: its sequence number once stored, and the way to
-/// acknowledge it.
+/// Where a consumer's acknowledgement of an entry of a shared log goes (the
+/// [`crate::backend::reader::GroupReader`] of that consumer, behind the binding).
+pub trait LogAcker: Send + Sync {
+    /// The consumer handled entry `id` (success or filtered out).
+    fn ack(&self, id: crate::backend::EntryId);
+    /// The consumer gave up on entry `id`: a dead letter in the log.
+    fn dead_letter(&self, id: crate::backend::EntryId, reason: &str, attempts: u32);
+}
+
+/// What an [`StoredRef`] acknowledges into.
+enum AckTarget {
+    /// The per-process store (`enable_persistence`): `(seq, consumer)` pairs.
+    Store(Arc<Acks>),
+    /// An entry of a shared log, delivered to one consumer's group reader.
+    Log(Arc<dyn LogAcker>, crate::backend::EntryId),
+}
+
+/// An event's place in durable storage and the way to acknowledge it: a row of the
+/// per-process store (its sequence number once stored), or an entry of a shared log.
+// NOTE: one type behind one `Arc` for both, so `AcceptedEvent` keeps its size (W5).
 pub struct StoredRef {
-    acks: Arc<Acks>,
-    /// The store's sequence number once the event is stored (0 before).
+    target: AckTarget,
+    /// The store's sequence number once the event is stored (0 before; 0 for a log
+    /// entry).
     seq: AtomicI64,
 }
 
@@ -86,7 +105,15 @@ impl StoredRef {
     /// A reference for an event not stored yet.
     pub fn new(acks: &Arc<Acks>) -> Arc<StoredRef> {
         Arc::new(StoredRef {
-            acks: acks.clone(),
+            target: AckTarget::Store(acks.clone()),
+            seq: AtomicI64::new(0),
+        })
+    }
+
+    /// A reference for entry `id` of a shared log, acknowledged through `acker`.
+    pub fn log_entry(acker: Arc<dyn LogAcker>, id: crate::backend::EntryId) -> Arc<StoredRef> {
+        Arc::new(StoredRef {
+            target: AckTarget::Log(acker, id),
             seq: AtomicI64::new(0),
         })
     }
@@ -96,18 +123,39 @@ impl StoredRef {
         self.seq.store(seq, Ordering::Release);
     }
 
-    /// The store's sequence number (0 while not stored).
+    /// The store's sequence number (0 while not stored, and for a log entry).
     pub fn seq(&self) -> i64 {
         self.seq.load(Ordering::Acquire)
     }
 
+    /// True for an entry of a shared log (not a row of the per-process store).
+    pub fn is_log_entry(&self) -> bool {
+        matches!(self.target, AckTarget::Log(..))
+    }
+
     /// `consumer` is done with the event.
     pub fn ack(&self, consumer: &Arc<str>) {
-        // NOTE: an event is dispatched only once stored (`stored_as` comes first), so
-        // the seq is known; 0 would mean nothing stored, so nothing to acknowledge.
-        match self.seq() {
-            0 => {}
-            seq => self.acks.ack_key(AckKey::Seq(seq), consumer),
+        match &self.target {
+            // NOTE: an event is dispatched only once stored (`stored_as` comes first),
+            // so the seq is known; 0 would mean nothing stored, so nothing to ack.
+            AckTarget::Store(acks) => match self.seq() {
+                0 => {}
+                seq => acks.ack_key(AckKey::Seq(seq), consumer),
+            },
+            // NOTE: a log entry is delivered to exactly one consumer (its group's lane).
+            AckTarget::Log(acker, id) => acker.ack(*id),
+        }
+    }
+
+    /// The consumer gave up on the event: for a log entry, a dead letter in the log
+    /// (returns true); a store row's dead letter is written by the binding (false).
+    pub fn dead_letter(&self, reason: &str, attempts: u32) -> bool {
+        match &self.target {
+            AckTarget::Store(_) => false,
+            AckTarget::Log(acker, id) => {
+                acker.dead_letter(*id, reason, attempts);
+                true
+            }
         }
     }
 }

@@ -6,8 +6,9 @@ Claude Code does, and records what it POSTs to the dashboard. Ours, on the same
 inputs:
 
 - ``mpm_events.hooks.convert`` (topic, type, session_id, cwd: no server);
-- end to end: ``mpm-events hook`` processes store the events in a SQLite log; a bus
-  replays the log into a default ``SocketIOConsumer(url=...)`` pointed at claude-mpm's
+- end to end: ``mpm-events hook`` processes append the events to a shared log
+  (SQLite); a bus on that log (``EventBus(backend=...)``) delivers them to a default
+  ``SocketIOConsumer(url=...)`` pointed at claude-mpm's
   real dashboard server (``UnifiedMonitorServer``, ``helpers/dashboard_server.py``),
   and a Socket.IO client standing in for the browser records what the server
   broadcasts. The baseline's POST bodies go to the same server's ``/api/events``, as
@@ -41,6 +42,7 @@ import pytest
 import socketio
 from helpers.claude_hook_baseline import BaselineRun, run_chains
 from mpm_events import EventBus, HookEventProducer, SocketIOConsumer, hooks
+from mpm_events._core import _log_range
 from test_dashboard_real import Dashboard
 
 SESSION = f"baseline-{uuid.uuid4()}"
@@ -233,13 +235,14 @@ async def run_our_hook(stdin: dict[str, Any], db: Path, env: dict[str, str]) -> 
 
 
 async def replay_into_dashboard(db: Path, url: str) -> SocketIOConsumer:
-    """What a relay does: the stored events, replayed into a default consumer."""
-    bus = EventBus(enable_persistence=True, persistence_path=str(db), retention_interval=None)
+    """What a relay does: a default consumer on a bus on the shared log
+    (``EventBus(backend=...)``) receives what the hook processes appended."""
+    assert len(_log_range(f"sqlite://{db}", topics=["hook.**"])) == len(HOOKS)
+    bus = EventBus(backend=f"sqlite://{db}")
     consumer = SocketIOConsumer(url=url)
     assert await bus.subscribe(consumer)
     await bus.start()
     try:
-        assert await bus.replay(topics=["hook.**"], to=consumer) == len(HOOKS)
         assert await bus.join(timeout=20)
     finally:
         await bus.stop(timeout=10)

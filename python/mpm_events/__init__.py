@@ -29,19 +29,49 @@ from mpm_events.errors import (
     InvalidTopicError,
     PersistenceError,
 )
-from mpm_events.interfaces import (
-    ConsumerPriority,
-    EventPriority,
-    IEventBus,
-    IEventConsumer,
-    IEventProducer,
-)
-from mpm_events.producers import HookEventProducer, SystemEventProducer
 
-# NOTE: the package stays silent unless the application configures logging; the
-# NullHandler is attached when the first bus is made (see mpm_events._log).
+# NOTE: the interfaces (abc classes and enums: ``enum`` alone costs several ms) and
+# the Python producers load on first use (PEP 562), so that ``import mpm_events``
+# stays cheap for a process that only needs the engine (``mpm-events hook`` runs once
+# per Claude Code hook). ``mpm_events.interfaces`` registers our compiled classes with
+# its ABCs when it loads. The package stays silent unless the application configures
+# logging; the NullHandler is attached when the first bus is made (mpm_events._log).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from mpm_events.interfaces import (
+        ConsumerPriority,
+        EventPriority,
+        IEventBus,
+        IEventConsumer,
+        IEventProducer,
+    )
+    from mpm_events.producers import HookEventProducer, SystemEventProducer
 
-IEventBus.register(EventBus)
+_LAZY = {
+    "ConsumerPriority": "mpm_events.interfaces",
+    "EventPriority": "mpm_events.interfaces",
+    "IEventBus": "mpm_events.interfaces",
+    "IEventConsumer": "mpm_events.interfaces",
+    "IEventProducer": "mpm_events.interfaces",
+    "HookEventProducer": "mpm_events.producers",
+    "SystemEventProducer": "mpm_events.producers",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mpm_events' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "ConsumerConfig",
@@ -69,10 +99,3 @@ __all__ = [
     "SystemEventProducer",
     "__version__",
 ]
-
-IEventConsumer.register(MetricsConsumer)
-IEventConsumer.register(LoggingConsumer)
-IEventConsumer.register(DeadLetterConsumer)
-IEventConsumer.register(SocketIOConsumer)
-IEventConsumer.register(HttpConsumer)
-IEventProducer.register(HookEventProducer)

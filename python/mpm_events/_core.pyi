@@ -57,6 +57,10 @@ __all__ = [
     "_Ready",
     "_StoredBatch",
     "__version__",
+    "_log_ack",
+    "_log_append",
+    "_log_range",
+    "_log_read",
     "_validate_topic",
 ]
 
@@ -371,8 +375,8 @@ class Rule:
 class ConsumerConfig:
     """A consumer's configuration, read by :meth:`EventBus.subscribe`.
 
-    The first eleven parameters are the original's, with its defaults; the last
-    three are new and keyword-only. Any object with the original's attributes is also
+    The first eleven parameters are the original's, with its defaults; the others
+    are new and keyword-only. Any object with the original's attributes is also
     accepted as a consumer's ``config`` (the new ones then take their defaults).
 
     Args:
@@ -413,6 +417,19 @@ class ConsumerConfig:
             downstream server is away. Events after a failed one in the same
             batch were already attempted. A dashboard relay wants this, with a
             ``max_retries`` large enough to outlast an outage.
+        claim_timeout: On a shared-log bus (``EventBus(backend=...)``) only, seconds
+            (new; default 30.0, at least 0.03): an event handed to this instance
+            and not acknowledged within it (the process died) is handed to another
+            instance of the same name, or to this name again after a restart. A
+            live instance renews its claims three times per timeout, so it is not
+            robbed while it works.
+        start: On a shared-log bus only, where a consumer name the log has not seen
+            starts (new): ``"earliest"`` (default: every event still in the log,
+            so events published before the consumer first ran reach it),
+            ``"latest"`` (only events appended after it subscribed), or a
+            ``datetime`` (from the first event whose timestamp is at or after it; a
+            naive datetime is taken as UTC). A name the log knows keeps its
+            position; ``start`` is ignored then.
 
     The delay before retry ``n`` (1-based) is
     ``min(retry_delay * retry_backoff ** (n - 1), max_retry_delay)`` times a random
@@ -437,6 +454,8 @@ class ConsumerConfig:
     max_retry_delay: float
     timeout: float
     ordered: bool
+    claim_timeout: float
+    start: str | datetime
 
     def __init__(
         self,
@@ -456,6 +475,8 @@ class ConsumerConfig:
         max_retry_delay: float = 30.0,
         timeout: float = 30.0,
         ordered: bool = False,
+        claim_timeout: float = 30.0,
+        start: Literal["earliest", "latest"] | datetime | None = None,
     ) -> None: ...
 
 @disjoint_base
@@ -515,13 +536,30 @@ class EventBus(IEventBus):
         persistence_hard_limit_bytes: Cap on the database file size (SQLite
             ``max_page_count``): a publish that would grow it further returns False
             and logs an error, as on a full disk; nothing is deleted.
+        backend: Where the bus's events live (keyword-only). None or ``"memory"``
+            (default): in this process, as above. ``"sqlite:///path/to/events.db"``
+            (or a plain path, ``str`` or ``os.PathLike``): a **shared durable log**
+            that every process opening the same file shares; add
+            ``?durability=normal`` to skip the fsync per commit (as
+            ``durability="async"`` does). ``publish`` then completes True once the
+            event is committed to the log, and nothing is dispatched at publish:
+            every consumer, in this process or another, receives through its
+            consumer name's group (names share, different names each get every
+            event, positions survive restarts; see ``ConsumerConfig.claim_timeout``
+            and ``start``). Dead letters, ``replay`` and ``join`` work on the log;
+            ``retention_max_age``/``retention_max_bytes`` delete only entries every
+            consumer name has handled. ``redis://`` is not available yet. Cannot be
+            combined with ``enable_persistence``. See ``docs/backends.md``.
 
     Raises:
         ValueError: ``max_queue_size`` or ``dead_letter_capacity`` is below 1, an
-            unknown ``durability``, or a non-positive interval.
+            unknown ``durability``, a non-positive interval, an unknown ``backend``
+            scheme (or ``redis://``), or ``backend`` with ``enable_persistence``.
         PersistenceError: The store cannot be opened: corrupt or not an
             mpm-events store, unreadable, newer schema. The message names the path
-            and what to do; the file is never modified or silently replaced.
+            and what to do; the file is never modified or silently replaced. The
+            same for a ``backend`` log that cannot be opened (a directory, no
+            permission, garbage, another database, a newer schema).
     """
 
     max_queue_size: int
@@ -544,6 +582,7 @@ class EventBus(IEventBus):
         compress_threshold: int = 4096,
         retention_interval: float | None = 60.0,
         persistence_hard_limit_bytes: int | None = None,
+        backend: str | os.PathLike[str] | None = None,
     ) -> None: ...
     @property
     def process_interval(self) -> float: ...
@@ -556,6 +595,9 @@ class EventBus(IEventBus):
     @property
     def persistence_path(self) -> str | None:
         """The store's file, or None without persistence."""
+    @property
+    def backend(self) -> str | None:
+        """The shared log given as ``backend=``, or None for the in-process bus."""
     @property
     def is_running(self) -> bool:
         """True between :meth:`start` and :meth:`stop`."""
@@ -597,6 +639,13 @@ class EventBus(IEventBus):
         So ``stop(timeout)`` returns within about twice ``timeout``, and afterwards
         ``get_metrics()`` adds up: ``events_published == events_processed +
         events_dead_lettered + events_pending_in_store``.
+
+        On a shared-log bus (``backend=``) the consumers' readers claim nothing more
+        once ``stop`` begins; what the bus gives up on is not dead-lettered but stays
+        in the log for its consumer name (``events_pending_in_store``): the readers'
+        remaining claims are released, so the next start of the name, or another
+        running instance of it (within 0.1 s), takes them without waiting for the
+        claim to expire. Then the appender is closed.
         """
 
     def publish(self, event: Event | Any) -> Coroutine[Any, Any, bool]:
@@ -610,6 +659,13 @@ class EventBus(IEventBus):
 
         The event is validated, routed and queued before this returns; ``await`` only
         reads the result. It never waits for a consumer.
+
+        On a shared-log bus (``backend=``) the awaitable completes True once the
+        event is committed to the log (fsynced with ``durability="sync"``; with
+        ``"async"``/``?durability=normal`` committed, surviving a killed process but
+        not a power cut), False with an error logged if it could not be written.
+        Concurrent publishes share one transaction. Nothing is dispatched here:
+        every consumer, in this process or another, receives it from the log.
 
         Returns:
             An awaitable of True if accepted; False if the bus is not running (a
@@ -630,7 +686,8 @@ class EventBus(IEventBus):
         """Publishes one event without awaiting; may be called from any thread.
 
         Same validation and result as :meth:`publish` (for synchronous hook handlers
-        and worker threads).
+        and worker threads). On a shared-log bus it blocks (the GIL released) until
+        the event is committed.
         """
 
     def publish_batch(self, events: Iterable[Event | Any]) -> _Ready[int]:
@@ -685,6 +742,12 @@ class EventBus(IEventBus):
         their ``batch_timeout``; an event handled means it succeeded, was filtered
         out or went to the dead-letter queue. Use it in tests instead of sleeping.
 
+        On a shared-log bus: waits until this bus's publishes are committed, then
+        until each consumer name subscribed here has handled every entry the log
+        held at that moment, whoever published it (nothing pending for the name,
+        in any of its instances: an instance that died holds its claims until its
+        ``claim_timeout``).
+
         Returns:
             True.
 
@@ -724,6 +787,15 @@ class EventBus(IEventBus):
         + events_pending_in_store + events_in_flight``, and per consumer
         ``received == processed + filtered + dead_lettered + pending_in_store +
         pending + in_flight + retrying``.
+
+        On a shared-log bus, ``events_published`` and ``received`` count the events
+        this process's consumers took from the log (an entry a consumer's ``topics``
+        do not match is acknowledged for it without a call and not counted), and a
+        ``shared_log`` key is added: ``backend``, ``events_appended`` (committed by
+        this bus), ``append_failures``, ``appends_in_flight``, and ``consumers``:
+        name -> ``pending`` (claimed, not yet acknowledged, all instances),
+        ``ready`` (replayed dead letters waiting), ``lag`` (entries not yet handed
+        to the name), ``dead_letters`` and ``skipped_by_topic``.
         """
 
     def get_dead_letters(self) -> list[dict[str, Any]]:
@@ -732,6 +804,10 @@ class EventBus(IEventBus):
         Each is a dict: ``event`` (the :class:`Event`), ``consumer`` (its name),
         ``errors`` (the message of each failed attempt, oldest first; not prefixed),
         ``attempts`` (int) and ``failed_at`` (UTC datetime).
+
+        On a shared-log bus: the dead letters kept in the log, of every consumer
+        name and every process (``errors`` holds the last error only), with their
+        ``id`` and ``entry_id`` in the log.
         """
 
     def replay(
@@ -748,12 +824,15 @@ class EventBus(IEventBus):
         patterns ``topics`` (all if None) and queues them, in timestamp order, for
         ``to`` only, with their original ids; other consumers and live traffic are
         not affected. Resolves once all are queued (``join()`` waits for handling).
+        On a shared-log bus it reads the log's range (every process's events, in
+        log order); what it queues is not acknowledged in the log.
 
         Returns:
             How many events were queued.
 
         Raises:
-            RuntimeError: Persistence is off or the bus is not running.
+            RuntimeError: Persistence (or a shared log) is off, or the bus is not
+                running.
             ValueError: ``to`` is not subscribed.
             InvalidTopicError: A pattern is malformed.
         """
@@ -791,11 +870,15 @@ class EventBus(IEventBus):
         them from the dead-letter queue and queues each for that consumer only, with
         a fresh set of retries.
 
+        On a shared-log bus the dead letters go back into the log for their consumer
+        name: whichever instance of it runs, in any process, gets them (this bus
+        need not run, nor be the one that dead-lettered them).
+
         Returns:
             How many were re-queued.
 
         Raises:
-            RuntimeError: The bus is not running.
+            RuntimeError: The bus is not running (in-process bus).
         """
 
     # ----- private, used by mpm_events._bus -----
@@ -831,6 +914,11 @@ class EventBus(IEventBus):
         self, since_us: int | None, until_us: int | None, topics: list[str] | None, to: str
     ) -> _StoredBatch: ...
     def _persist_push(self, batch: _StoredBatch) -> int: ...
+    def _log_begin_stop(self) -> None: ...
+    def _log_last(self) -> tuple[int, int] | None: ...
+    def _log_caught_up(self, upto: tuple[int, int] | None) -> bool: ...
+    def _log_stop_reader(self, name: str) -> int: ...
+    def _log_close(self) -> int: ...
 
 @final
 class _Leaving:
@@ -846,6 +934,98 @@ class _Leaving:
 
 def _validate_topic(topic: str) -> None:
     """Raises InvalidTopicError unless ``topic`` is a valid published topic (private)."""
+
+# --- the shared log without a bus (private helpers: the hook command, tests, W11) ---
+
+def _log_append(
+    url: str,
+    events: Iterable[Event | dict[str, Any]],
+    *,
+    durability: Literal["sync", "normal"] | None = None,
+) -> list[str]:
+    """Appends events to the shared log at ``url`` without a bus (private).
+
+    What ``mpm-events hook`` uses: no ``EventBus``, no asyncio, no Tokio runtime. The
+    events are encoded as the bus's shared-log readers decode them
+    (``src/backend/codec.rs``) and appended in one transaction, committed (and with
+    ``durability="sync"``, the default unless the URL says ``?durability=normal``,
+    fsynced) when this returns. The GIL is released while the log is opened and
+    written. The handle stays open for later calls of this process.
+
+    Args:
+        url: ``sqlite:///path/to/events.db`` (the file and its directories are
+            created if needed).
+        events: ``Event`` objects (or objects with their attributes), or dicts of
+            ``Event``'s constructor arguments (``topic``, ``type``, ``source``,
+            ``data``, ``correlation_id``, ...).
+        durability: ``"sync"`` or ``"normal"``; None: the URL's (default sync).
+
+    Returns:
+        The entry ids (``"<seq>-0"``), in the order of ``events``.
+
+    Raises:
+        ValueError: A URL that is not a SQLite log's, an unknown durability.
+        InvalidTopicError: An event's topic is not a valid published topic.
+        InvalidEventError: An item is not an event, or its data is not JSON.
+        PersistenceError: The log cannot be opened or written (corrupt, newer schema,
+            permission, a path under a regular file, disk full); the message names
+            the path. Nothing of the call is in the log then.
+    """
+
+def _log_range(
+    url: str,
+    *,
+    since_us: int | None = None,
+    until_us: int | None = None,
+    topics: list[str] | None = None,
+    after: str | None = None,
+    limit: int = 10000,
+) -> list[dict[str, Any]]:
+    """Entries of the shared log at ``url``, in log order, read only (private).
+
+    Entries whose event timestamp is in ``since_us <= t < until_us`` (unix
+    microseconds; either bound open) and whose topic matches one of ``topics``
+    (subscription patterns; None: all), at most ``limit``, after the entry id
+    ``after`` (paging). Each is a dict: ``entry_id``, ``id``, ``topic``, ``type``,
+    ``source``, ``timestamp_us``, ``published_us``, ``priority`` (int),
+    ``correlation_id``, ``data``, ``publisher``, ``publisher_seq``.
+
+    Raises:
+        ValueError: A bad URL, pattern or entry id.
+        PersistenceError: The log cannot be opened or read (the message names the path).
+    """
+
+def _log_read(
+    url: str,
+    group: str,
+    instance: str,
+    max: int = 100,
+    block_ms: int = 0,
+    *,
+    start: Literal["earliest", "latest"] = "earliest",
+) -> list[dict[str, Any]]:
+    """Claims up to ``max`` entries for ``instance`` of consumer group ``group``
+    (private; a benchmark-level API, W11).
+
+    The group is created at the first call of this process if the log does not know
+    it (from ``start``). With ``block_ms``, waits up to that long for an append from
+    any process. The dicts are those of :func:`_log_range` plus ``deliveries``.
+    There is no heartbeat: claims expire as the log's ``claim_expired`` decides; the
+    bus's readers (``GroupReader``) renew theirs.
+
+    Raises:
+        ValueError: A bad URL, group or instance name, or ``start``.
+        PersistenceError: The log cannot be opened or written.
+    """
+
+def _log_ack(url: str, group: str, ids: list[str]) -> int:
+    """Acknowledges the entries ``ids`` (``entry_id`` values) for ``group``; returns
+    how many were pending (private; W11).
+
+    Raises:
+        ValueError: A bad URL or entry id.
+        PersistenceError: The log cannot be opened or written.
+    """
 
 @final
 class _StoredBatch:

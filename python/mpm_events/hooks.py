@@ -46,16 +46,19 @@ pre-tool) and ``token_usage_updated`` (a ``Stop`` with usage); nor the data it d
 (git branch, security risk, ...). It skips ``user_prompt`` for prompts starting with
 ``/mpm``; we publish every hook.
 
-This module imports only ``json``, ``os``, ``time`` and ``zlib``: a hook process is
+This module imports only ``os``, ``time``, ``zlib`` and :mod:`mpm_events._hookjson`
+(the ``json`` module's C parser and encoder without ``import json``, whose ``re``,
+``enum`` and ``functools`` cost a hook process 5-10 ms): a hook process is
 short-lived.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import zlib
+
+from mpm_events import _hookjson
 
 # NOTE: typing is not imported at run time (import cost in a hook process).
 TYPE_CHECKING = False
@@ -194,8 +197,8 @@ def parse(text: str | bytes) -> dict[str, Any]:
     if not text.strip():
         raise HookInputError("stdin is empty (expected one JSON object)")
     try:
-        hook = json.loads(text)
-    except json.JSONDecodeError as exc:
+        hook = _hookjson.loads(text)
+    except ValueError as exc:  # NOTE: json.JSONDecodeError
         raise HookInputError(f"stdin is not JSON: {exc}") from None
     if not isinstance(hook, dict):
         raise HookInputError(f"expected a JSON object on stdin, got a JSON {_json_kind(hook)}")
@@ -287,7 +290,7 @@ class CorrelationStore:
         """The file name of one tool call's correlation."""
         tool = tool_name if isinstance(tool_name, str) else ""
         try:
-            blob = json.dumps([tool, tool_input], sort_keys=True, default=str)
+            blob = _hookjson.dumps([tool, tool_input], sort_keys=True, default=str)
         except (TypeError, ValueError):
             blob = repr([tool, tool_input])
         crc = zlib.crc32(blob.encode("utf-8", "surrogatepass"))
@@ -300,7 +303,7 @@ class CorrelationStore:
         try:
             os.makedirs(self.directory, exist_ok=True)
             with open(tmp, "w", encoding="utf-8") as f:
-                f.write(json.dumps({"correlation_id": correlation_id, "at": time.time()}))
+                f.write(_hookjson.dumps({"correlation_id": correlation_id, "at": time.time()}))
             os.replace(tmp, path)
         except OSError:
             _unlink(tmp)
@@ -319,7 +322,7 @@ class CorrelationStore:
             return None
         try:
             with open(claimed, encoding="utf-8") as f:
-                value = json.loads(f.read()).get("correlation_id")
+                value = _hookjson.loads(f.read()).get("correlation_id")
         except (OSError, ValueError, AttributeError):
             value = None
         finally:

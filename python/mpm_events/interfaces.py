@@ -146,3 +146,28 @@ def __getattr__(name: str) -> Any:
 
         return ConsumerConfig
     raise AttributeError(name)
+
+
+def _register_ours() -> None:
+    """Makes our compiled classes virtual subclasses of the interfaces they implement.
+
+    NOTE: done here, when this module is first imported, rather than in the package's
+    ``__init__``: ``import mpm_events`` loads this module (and ``enum``, ~7 ms) only
+    when one of its names is used, and ``isinstance`` against an interface needs the
+    interface, so the registrations are always in place when they can matter.
+    """
+    from mpm_events import _core
+
+    IEventBus.register(_core.EventBus)
+    for consumer in (
+        _core.MetricsConsumer,
+        _core.LoggingConsumer,
+        _core.DeadLetterConsumer,
+        _core.SocketIOConsumer,
+        _core.HttpConsumer,
+    ):
+        IEventConsumer.register(consumer)
+    IEventProducer.register(_core.HookEventProducer)
+
+
+_register_ours()

@@ -303,6 +303,15 @@ pub trait SharedLog: Send + Sync {
         max: usize,
     ) -> Result<Vec<Entry>>;
 
+    /// Whether `group` has a pending entry whose claim has been idle for at least
+    /// `min_idle` (what [`SharedLog::claim_expired`] would take, released claims
+    /// included), by reads only: a reader can look often without taking the write
+    /// lock. The default answers true (the caller then tries `claim_expired`).
+    fn has_expired(&self, group: &str, min_idle: Duration) -> Result<bool> {
+        let _ = (group, min_idle);
+        Ok(true)
+    }
+
     /// Give up on entry `id` for `group`: store a dead letter (with a copy of the
     /// record, `reason` and `attempts`) and remove the entry from the group's pending
     /// set, in one transaction. Fails with [`LogError::Invalid`] if the entry is not

@@ -4,7 +4,9 @@
 //! The thread claims entries (`read`, blocking up to `poll`), hands them to a
 //! `deliver` callback, keeps the claims of everything delivered and not yet
 //! acknowledged alive (`renew` every `claim_timeout / 3`: the heartbeat), takes over
-//! claims of dead instances (`claim_expired` every `claim_timeout / 2`), and writes
+//! claims of dead instances (`claim_expired` every `claim_timeout / 2`, and as soon as
+//! a cheap read, `has_expired`, made every `poll`, sees released or expired claims),
+//! and writes
 //! acknowledgements in batches. At most `max_in_flight` entries are out at once.
 //! [`GroupReader::stop`] writes the collected acks and releases what is still in
 //! flight, so another instance gets it at once instead of after the claim timeout.
@@ -83,6 +85,7 @@ struct Shared {
     state: Mutex<State>,
     cv: Condvar,
     stop: AtomicBool,
+    paused: AtomicBool,
     delivered: AtomicU64,
     taken_over: AtomicU64,
     acked: AtomicU64,
@@ -128,6 +131,7 @@ impl GroupReader {
             state: Mutex::new(State::default()),
             cv: Condvar::new(),
             stop: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
             delivered: AtomicU64::new(0),
             taken_over: AtomicU64::new(0),
             acked: AtomicU64::new(0),
@@ -177,6 +181,14 @@ impl GroupReader {
         self.shared.state.lock().in_flight.remove(&id);
         self.shared.cv.notify_all();
         Ok(dl)
+    }
+
+    /// Stop claiming new entries (reads and takeovers) while heartbeats and acks go
+    /// on: a bus that drains before it stops lets its consumers finish what they hold
+    /// without claiming more that it would only release again.
+    pub fn pause(&self) {
+        self.shared.paused.store(true, Ordering::Release);
+        self.shared.cv.notify_all();
     }
 
     /// Write the collected acknowledgements now.
@@ -275,12 +287,13 @@ fn run(s: &Shared, mut deliver: Deliver) {
     let takeover_every = (o.claim_timeout / 2).max(Duration::from_millis(20));
     let mut next_heartbeat = Instant::now() + heartbeat;
     let mut next_takeover = Instant::now();
+    let mut next_probe = Instant::now();
     while !s.stop.load(Ordering::Acquire) {
         if let Err(e) = step(
             s,
             &mut deliver,
             &mut next_heartbeat,
-            &mut next_takeover,
+            (&mut next_takeover, &mut next_probe),
             heartbeat,
             takeover_every,
         ) {
@@ -302,7 +315,7 @@ fn step(
     s: &Shared,
     deliver: &mut Deliver,
     next_heartbeat: &mut Instant,
-    next_takeover: &mut Instant,
+    (next_takeover, next_probe): (&mut Instant, &mut Instant),
     heartbeat: Duration,
     takeover_every: Duration,
 ) -> Result<()> {
@@ -331,7 +344,22 @@ fn step(
         o.max_in_flight
             .saturating_sub(s.state.lock().in_flight.len())
     };
-    if now >= *next_takeover && room(s) > 0 {
+    if s.paused.load(Ordering::Acquire) {
+        let mut st = s.state.lock();
+        if !s.stop.load(Ordering::Acquire) {
+            s.cv.wait_for(&mut st, o.poll);
+        }
+        return Ok(());
+    }
+    // NOTE: claims another instance released (it stopped) count as expired at once;
+    // a plain read every `poll` finds them without waiting for the periodic
+    // takeover, and without taking the write lock when there is nothing to take.
+    let mut due = now >= *next_takeover;
+    if !due && now >= *next_probe && room(s) > 0 {
+        *next_probe = now + o.poll;
+        due = s.log.has_expired(&o.group, o.claim_timeout)?;
+    }
+    if due && room(s) > 0 {
         let got = s
             .log
             .claim_expired(&o.group, &o.instance, o.claim_timeout, room(s))?;
@@ -402,6 +430,36 @@ mod tests {
     }
 
     #[test]
+    fn a_paused_reader_claims_nothing_but_still_writes_acks() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_in(&dir);
+        log.append(&(0..10).map(|i| rec("p", i)).collect::<Vec<_>>())
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let reader = GroupReader::start(
+            log.clone(),
+            ReaderOptions {
+                batch: 4,
+                max_in_flight: 4,
+                ..opts("g", Duration::from_secs(30))
+            },
+            move |batch| tx.send(batch).unwrap(),
+        )
+        .unwrap();
+        let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        reader.pause();
+        let ids: Vec<EntryId> = first.iter().map(|e| e.id).collect();
+        reader.ack(&ids);
+        wait_until(Duration::from_secs(10), "acks written", || {
+            reader.stats().acked == 4
+        });
+        // Room for 4 more, but paused: nothing else is claimed.
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+        assert_eq!(log.group_stats("g").unwrap().lag, 6);
+        assert_eq!(reader.stop().unwrap(), 0);
+    }
+
+    #[test]
     fn delivers_everything_once_and_writes_the_acks() {
         let dir = tempfile::tempdir().unwrap();
         let log = log_in(&dir);
@@ -459,14 +517,16 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(a.stats().lost_claims, 0);
-        // Stopping releases them: a second instance gets them without waiting for
-        // the (long) claim timeout.
-        assert_eq!(a.stop().unwrap(), 5);
+        // Stopping releases them: a second instance, already running (its first
+        // takeover done, the next one 30 s away), gets them without waiting for the
+        // (long) claim timeout nor its next periodic takeover.
         let (tx, rx) = mpsc::channel();
         let b = GroupReader::start(log.clone(), opts("g", Duration::from_secs(60)), move |b| {
             tx.send(b).unwrap()
         })
         .unwrap();
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+        assert_eq!(a.stop().unwrap(), 5);
         let again = rx.recv_timeout(Duration::from_secs(10)).unwrap();
         assert_eq!(
             again.iter().map(|e| e.id).collect::<Vec<_>>(),

@@ -127,8 +127,8 @@ Raises:
     (ConsumerConfig) => {
         r#"A consumer's configuration, read by :meth:`EventBus.subscribe`.
 
-The first eleven parameters are the original's, with its defaults; the last
-three are new and keyword-only. Any object with the original's attributes is also
+The first eleven parameters are the original's, with its defaults; the others
+are new and keyword-only. Any object with the original's attributes is also
 accepted as a consumer's ``config`` (the new ones then take their defaults).
 
 Args:
@@ -169,6 +169,19 @@ Args:
         downstream server is away. Events after a failed one in the same
         batch were already attempted. A dashboard relay wants this, with a
         ``max_retries`` large enough to outlast an outage.
+    claim_timeout: On a shared-log bus (``EventBus(backend=...)``) only, seconds
+        (new; default 30.0, at least 0.03): an event handed to this instance
+        and not acknowledged within it (the process died) is handed to another
+        instance of the same name, or to this name again after a restart. A
+        live instance renews its claims three times per timeout, so it is not
+        robbed while it works.
+    start: On a shared-log bus only, where a consumer name the log has not seen
+        starts (new): ``"earliest"`` (default: every event still in the log,
+        so events published before the consumer first ran reach it),
+        ``"latest"`` (only events appended after it subscribed), or a
+        ``datetime`` (from the first event whose timestamp is at or after it; a
+        naive datetime is taken as UTC). A name the log knows keeps its
+        position; ``start`` is ignored then.
 
 The delay before retry ``n`` (1-based) is
 ``min(retry_delay * retry_backoff ** (n - 1), max_retry_delay)`` times a random
@@ -233,19 +246,39 @@ Args:
     persistence_hard_limit_bytes: Cap on the database file size (SQLite
         ``max_page_count``): a publish that would grow it further returns False
         and logs an error, as on a full disk; nothing is deleted.
+    backend: Where the bus's events live (keyword-only). None or ``"memory"``
+        (default): in this process, as above. ``"sqlite:///path/to/events.db"``
+        (or a plain path, ``str`` or ``os.PathLike``): a **shared durable log**
+        that every process opening the same file shares; add
+        ``?durability=normal`` to skip the fsync per commit (as
+        ``durability="async"`` does). ``publish`` then completes True once the
+        event is committed to the log, and nothing is dispatched at publish:
+        every consumer, in this process or another, receives through its
+        consumer name's group (names share, different names each get every
+        event, positions survive restarts; see ``ConsumerConfig.claim_timeout``
+        and ``start``). Dead letters, ``replay`` and ``join`` work on the log;
+        ``retention_max_age``/``retention_max_bytes`` delete only entries every
+        consumer name has handled. ``redis://`` is not available yet. Cannot be
+        combined with ``enable_persistence``. See ``docs/backends.md``.
 
 Raises:
     ValueError: ``max_queue_size`` or ``dead_letter_capacity`` is below 1, an
-        unknown ``durability``, or a non-positive interval.
+        unknown ``durability``, a non-positive interval, an unknown ``backend``
+        scheme (or ``redis://``), or ``backend`` with ``enable_persistence``.
     PersistenceError: The store cannot be opened: corrupt or not an
         mpm-events store, unreadable, newer schema. The message names the path
-        and what to do; the file is never modified or silently replaced."#
+        and what to do; the file is never modified or silently replaced. The
+        same for a ``backend`` log that cannot be opened (a directory, no
+        permission, garbage, another database, a newer schema)."#
     };
     (EventBus, max_queue_size) => {
         r#"The queue bound; may be changed while running."#
     };
     (EventBus, persistence_path) => {
         r#"The store's file, or None without persistence."#
+    };
+    (EventBus, backend) => {
+        r#"The shared log given as ``backend=``, or None for the in-process bus."#
     };
     (EventBus, is_running) => {
         r#"True between :meth:`start` and :meth:`stop`."#
@@ -285,7 +318,14 @@ for, and one warning with the counts is logged (no exception is raised):
 
 So ``stop(timeout)`` returns within about twice ``timeout``, and afterwards
 ``get_metrics()`` adds up: ``events_published == events_processed +
-events_dead_lettered + events_pending_in_store``."#
+events_dead_lettered + events_pending_in_store``.
+
+On a shared-log bus (``backend=``) the consumers' readers claim nothing more
+once ``stop`` begins; what the bus gives up on is not dead-lettered but stays
+in the log for its consumer name (``events_pending_in_store``): the readers'
+remaining claims are released, so the next start of the name, or another
+running instance of it (within 0.1 s), takes them without waiting for the
+claim to expire. Then the appender is closed."#
     };
     (EventBus, publish) => {
         r#"Publishes one event; returns an already-complete awaitable.
@@ -298,6 +338,13 @@ stored (disk full), in which case it is not dispatched either. With
 
 The event is validated, routed and queued before this returns; ``await`` only
 reads the result. It never waits for a consumer.
+
+On a shared-log bus (``backend=``) the awaitable completes True once the
+event is committed to the log (fsynced with ``durability="sync"``; with
+``"async"``/``?durability=normal`` committed, surviving a killed process but
+not a power cut), False with an error logged if it could not be written.
+Concurrent publishes share one transaction. Nothing is dispatched here:
+every consumer, in this process or another, receives it from the log.
 
 Returns:
     An awaitable of True if accepted; False if the bus is not running (a
@@ -317,7 +364,8 @@ Raises:
         r#"Publishes one event without awaiting; may be called from any thread.
 
 Same validation and result as :meth:`publish` (for synchronous hook handlers
-and worker threads)."#
+and worker threads). On a shared-log bus it blocks (the GIL released) until
+the event is committed."#
     };
     (EventBus, publish_batch) => {
         r#"Publishes several events; returns an already-complete awaitable.
@@ -368,6 +416,12 @@ Returns:
 their ``batch_timeout``; an event handled means it succeeded, was filtered
 out or went to the dead-letter queue. Use it in tests instead of sleeping.
 
+On a shared-log bus: waits until this bus's publishes are committed, then
+until each consumer name subscribed here has handled every entry the log
+held at that moment, whoever published it (nothing pending for the name,
+in any of its instances: an instance that died holds its claims until its
+``claim_timeout``).
+
 Returns:
     True.
 
@@ -405,14 +459,27 @@ handled), ``subscriptions``, and ``consumer_stats``: name -> dict with
 They add up: ``events_published == events_processed + events_dead_lettered
 + events_pending_in_store + events_in_flight``, and per consumer
 ``received == processed + filtered + dead_lettered + pending_in_store +
-pending + in_flight + retrying``."#
+pending + in_flight + retrying``.
+
+On a shared-log bus, ``events_published`` and ``received`` count the events
+this process's consumers took from the log (an entry a consumer's ``topics``
+do not match is acknowledged for it without a call and not counted), and a
+``shared_log`` key is added: ``backend``, ``events_appended`` (committed by
+this bus), ``append_failures``, ``appends_in_flight``, and ``consumers``:
+name -> ``pending`` (claimed, not yet acknowledged, all instances),
+``ready`` (replayed dead letters waiting), ``lag`` (entries not yet handed
+to the name), ``dead_letters`` and ``skipped_by_topic``."#
     };
     (EventBus, get_dead_letters) => {
         r#"The dead letters, oldest first.
 
 Each is a dict: ``event`` (the :class:`Event`), ``consumer`` (its name),
 ``errors`` (the message of each failed attempt, oldest first; not prefixed),
-``attempts`` (int) and ``failed_at`` (UTC datetime)."#
+``attempts`` (int) and ``failed_at`` (UTC datetime).
+
+On a shared-log bus: the dead letters kept in the log, of every consumer
+name and every process (``errors`` holds the last error only), with their
+``id`` and ``entry_id`` in the log."#
     };
     (EventBus, replay) => {
         r#"Re-delivers stored events to one subscribed consumer (persistence only).
@@ -422,12 +489,15 @@ None for open; naive datetimes are UTC) whose topic matches one of the
 patterns ``topics`` (all if None) and queues them, in timestamp order, for
 ``to`` only, with their original ids; other consumers and live traffic are
 not affected. Resolves once all are queued (``join()`` waits for handling).
+On a shared-log bus it reads the log's range (every process's events, in
+log order); what it queues is not acknowledged in the log.
 
 Returns:
     How many events were queued.
 
 Raises:
-    RuntimeError: Persistence is off or the bus is not running.
+    RuntimeError: Persistence (or a shared log) is off, or the bus is not
+        running.
     ValueError: ``to`` is not subscribed.
     InvalidTopicError: A pattern is malformed."#
     };
@@ -461,11 +531,15 @@ Selects the dead letters of ``consumer`` (all if None) whose event id is in
 them from the dead-letter queue and queues each for that consumer only, with
 a fresh set of retries.
 
+On a shared-log bus the dead letters go back into the log for their consumer
+name: whichever instance of it runs, in any process, gets them (this bus
+need not run, nor be the one that dead-lettered them).
+
 Returns:
     How many were re-queued.
 
 Raises:
-    RuntimeError: The bus is not running."#
+    RuntimeError: The bus is not running (in-process bus)."#
     };
     (_NativeConsumer) => {
         r#"Base class of the built-in consumers written in Rust.

@@ -111,6 +111,10 @@ async def unsubscribe(bus: EventBus, consumer_name: str) -> bool:
             _cancel_abandoned()
             break
         await asyncio.sleep(0.005)
+    if bus.backend is not None:
+        # NOTE: acks written, claims still held released to the consumer name's
+        # other instances (or its next subscription).
+        await asyncio.to_thread(bus._log_stop_reader, consumer_name)
     try:
         await _maybe_await(consumer.shutdown())
     except Exception as exc:
@@ -119,7 +123,36 @@ async def unsubscribe(bus: EventBus, consumer_name: str) -> bool:
 
 
 async def join(bus: EventBus, timeout: float | None = None) -> bool:
-    """``EventBus.join``: wait until every accepted event is fully handled."""
+    """``EventBus.join``: wait until every accepted event is fully handled (on a
+    shared-log bus: until this bus's consumers handled everything in the log as of
+    the call)."""
+    if bus.backend is not None:
+        return await _log_join(bus, timeout)
+    return await _join_idle(bus, timeout)
+
+
+async def _log_join(bus: EventBus, timeout: float | None) -> bool:
+    """``join`` on a shared-log bus: this bus's appends answered, then every consumer
+    name of this bus at or past the log's last entry of now, nothing pending."""
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    await _join_idle(bus, timeout)
+    upto = await asyncio.to_thread(bus._log_last)
+    delay = 0.002
+    while not await asyncio.to_thread(bus._log_caught_up, upto):
+        if deadline is not None and loop.time() >= deadline:
+            raise TimeoutError(
+                f"join() timed out after {timeout:g}s: this bus's consumers have not "
+                f"handled every event of the shared log up to entry {upto[0] if upto else 0}"
+            )
+        # NOTE: the readers acknowledge in rounds (about every 100 ms); poll gently.
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    return True
+
+
+async def _join_idle(bus: EventBus, timeout: float | None = None) -> bool:
+    """Wait until every event accepted by this bus's engine is fully handled."""
     if bus._is_idle():
         return True
     rebind_if_gone(bus, asyncio.get_running_loop())
@@ -141,16 +174,22 @@ async def stop(bus: EventBus, timeout: float | None = None) -> None:
         return
     rebind_if_gone(bus, asyncio.get_running_loop())
     logger.info("Stopping event bus")
+    if bus.backend is not None:
+        # NOTE: no new publishes, and the readers claim nothing more; what they
+        # delivered is handled below, what a stop gives up on stays in the log.
+        bus._log_begin_stop()
     if bus.enable_persistence:
         # NOTE: publishes whose store write is in flight are dispatched before draining.
         await quiesce(bus)
     bus._begin_stop()
     try:
-        await join(bus, timeout)
+        await _join_idle(bus, timeout)
     except TimeoutError:
         await _give_up(bus, timeout)
     await _shutdown_consumers(bus)
     bus._close_log()
+    if bus.backend is not None:
+        await asyncio.to_thread(bus._log_close)
     if bus.enable_persistence:
         await asyncio.to_thread(bus.flush_persistence)
     bus._detach()
@@ -170,14 +209,14 @@ async def _give_up(bus: EventBus, timeout: float | None) -> None:
     # cancelled, a thread's result ignored, and the attempt counted as failed.
     grace = min(bus._call_grace(), max(timeout or 0.0, 0.5))
     try:
-        await join(bus, grace)
+        await _join_idle(bus, grace)
     except TimeoutError:
         bus._abandon_in_flight(
             f"abandoned: still running when stop(timeout={timeout:g}) gave up on it"
         )
         _cancel_abandoned()
         try:
-            await join(bus, 5.0)
+            await _join_idle(bus, 5.0)
         except TimeoutError as exc:  # pragma: no cover - every path above ends an event
             logger.error("mpm_events: %s after stop() gave up on every event", exc)
     after = bus._ended_counts()
@@ -186,7 +225,11 @@ async def _give_up(bus: EventBus, timeout: float | None) -> None:
     if dead:
         where.append(f"{dead} went to the dead letters (see get_dead_letters())")
     if released:
-        where.append(f"{released} stay unacknowledged in the store for the next start")
+        where.append(
+            f"{released} stay unacknowledged in the store for the next start"
+            if bus.backend is None
+            else f"{released} stay in the shared log for their consumer names"
+        )
     if where:
         logger.warning(
             "stop(timeout=%g): %d accepted event(s) were not handled in time: %s",

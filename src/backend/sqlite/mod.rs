@@ -644,6 +644,19 @@ impl SharedLog for SqliteLog {
         })
     }
 
+    fn has_expired(&self, group: &str, min_idle: Duration) -> Result<bool> {
+        let cutoff = now_us() - min_idle.as_micros() as i64;
+        // NOTE: a plain read (WAL): never waits for, nor blocks, a writer.
+        self.with_conn(|c| {
+            c.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM log_pending
+                                WHERE grp = ?1 AND owner IS NOT NULL AND claimed_us <= ?2)",
+            )
+            .and_then(|mut s| s.query_row(params![group, cutoff], |r| r.get(0)))
+            .map_err(self.e())
+        })
+    }
+
     fn dead_letter(&self, group: &str, id: EntryId, reason: &str, attempts: u32) -> Result<i64> {
         let seq = seq_of(id)?;
         self.write(|tx| {

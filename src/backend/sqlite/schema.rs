@@ -166,7 +166,13 @@ pub fn open(
     }
     conn.busy_timeout(busy_timeout)
         .map_err(|e| sq(location, e))?;
-    // Reading the journal mode is the first access to page 1: a non-database fails here.
+    // NOTE: check what the file is before anything can write to it: switching to WAL
+    // rewrites the header of a rollback-journal database (another program's file must
+    // be left as it was). This is the first access to page 1: a non-database fails here.
+    let (tables, app_id, version) = identity(&conn, location)?;
+    if tables > 0 {
+        check_identity(location, tables, app_id, version)?;
+    }
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .map_err(|e| sq(location, e))?;
@@ -200,41 +206,15 @@ pub fn open(
     let tx = conn
         .transaction_with_behavior(behavior)
         .map_err(|e| sq(location, e))?;
-    let tables: i64 = tx
-        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
-        .map_err(|e| sq(location, e))?;
-    let app_id: i32 = tx
-        .query_row("PRAGMA application_id", [], |r| r.get(0))
-        .map_err(|e| sq(location, e))?;
-    let version: i32 = tx
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| sq(location, e))?;
+    let (tables, app_id, version) = identity(&tx, location)?;
     if tables == 0 {
         tx.execute_batch(SCHEMA).map_err(|e| sq(location, e))?;
         tx.pragma_update(None, "application_id", APPLICATION_ID)
             .map_err(|e| sq(location, e))?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(|e| sq(location, e))?;
-    } else if app_id != APPLICATION_ID {
-        return Err(LogError::Corrupt {
-            location: location.to_string(),
-            detail: format!(
-                "it is an SQLite database but not an mpm-events shared log \
-                 (application_id {app_id:#x}, {tables} schema objects)"
-            ),
-        });
-    } else if version > SCHEMA_VERSION {
-        return Err(LogError::Incompatible {
-            location: location.to_string(),
-            detail: format!(
-                "schema version {version}, this version supports up to {SCHEMA_VERSION}"
-            ),
-        });
-    } else if version < 1 {
-        return Err(LogError::Corrupt {
-            location: location.to_string(),
-            detail: format!("the shared log schema is missing (schema version {version})"),
-        });
+    } else {
+        check_identity(location, tables, app_id, version)?;
     }
     tx.commit().map_err(|e| sq(location, e))?;
 
@@ -257,6 +237,48 @@ pub fn open(
         }
     }
     Ok(conn)
+}
+
+/// `(schema objects, application_id, user_version)` of an open database.
+fn identity(conn: &Connection, location: &str) -> Result<(i64, i32, i32)> {
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .map_err(|e| sq(location, e))?;
+    let app_id: i32 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(|e| sq(location, e))?;
+    let version: i32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| sq(location, e))?;
+    Ok((tables, app_id, version))
+}
+
+/// A database with a schema must be a shared log of a version this code reads.
+fn check_identity(location: &str, tables: i64, app_id: i32, version: i32) -> Result<()> {
+    if app_id != APPLICATION_ID {
+        return Err(LogError::Corrupt {
+            location: location.to_string(),
+            detail: format!(
+                "it is an SQLite database but not an mpm-events shared log \
+                 (application_id {app_id:#x}, {tables} schema objects)"
+            ),
+        });
+    }
+    if version > SCHEMA_VERSION {
+        return Err(LogError::Incompatible {
+            location: location.to_string(),
+            detail: format!(
+                "schema version {version}, this version supports up to {SCHEMA_VERSION}"
+            ),
+        });
+    }
+    if version < 1 {
+        return Err(LogError::Corrupt {
+            location: location.to_string(),
+            detail: format!("the shared log schema is missing (schema version {version})"),
+        });
+    }
+    Ok(())
 }
 
 /// Cap the file at `limit` bytes (`PRAGMA max_page_count`, per connection): writes

@@ -75,11 +75,15 @@ fn foreign_sqlite_database_is_refused() {
     c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
         .unwrap();
     drop(c);
+    let before = std::fs::read(&path).unwrap();
     let err = SqliteLog::open_path(&path).unwrap_err();
     assert!(
         err.to_string().contains("not an mpm-events shared log"),
         "{err}"
     );
+    // Left byte for byte as it was (not switched to WAL), and no WAL file made.
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    assert!(!path.with_extension("db-wal").exists());
     // The per-process store's file is foreign too (different application_id).
     let store = dir.path().join("store.db");
     drop(crate::storage::Store::open(crate::storage::StoreOptions::new(&store)).unwrap());
@@ -757,4 +761,22 @@ fn measure_throughput_and_cross_process_latency() {
         pct(0.99),
         pct(1.0)
     );
+}
+
+#[test]
+fn has_expired_sees_released_and_expired_claims_by_a_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SqliteLog::open_path(dir.path().join("log.db")).unwrap();
+    log.ensure_group("g", StartAt::Earliest).unwrap();
+    let long = Duration::from_secs(60);
+    assert!(!log.has_expired("g", long).unwrap(), "nothing pending");
+    log.append(&(0..3).map(|i| rec("p", i)).collect::<Vec<_>>())
+        .unwrap();
+    let got = log.read("g", "a", 3, None).unwrap();
+    assert!(!log.has_expired("g", long).unwrap(), "fresh claims");
+    assert!(log.has_expired("g", Duration::ZERO).unwrap());
+    log.release("g", "a", &[got[0].id]).unwrap();
+    assert!(log.has_expired("g", long).unwrap(), "a released claim");
+    assert_eq!(log.claim_expired("g", "b", long, 10).unwrap().len(), 1);
+    assert!(!log.has_expired("g", long).unwrap(), "taken over");
 }

@@ -1,8 +1,11 @@
 //! `EventBus`: the Python face of the dispatch engine, with its persistence
-//! ([`persistence`]) and its log of failed deliveries ([`delivery_log`]).
+//! ([`persistence`]) and its log of failed deliveries ([`delivery_log`]); and
+//! [`log_direct`], a shared log's sync functions for processes without a bus.
 
 pub mod delivery_log;
+pub mod log_direct;
 pub mod persistence;
+pub mod shared_log;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -29,6 +32,7 @@ use crate::sinks::executor::SinkExecutor;
 use crate::sinks::fanout::DeadLetterSinks;
 use delivery_log::DeliveryLog;
 use persistence::{self as persist, Persistence};
+use shared_log::SharedLogBus;
 
 /// Items the loop handles per wake-up before letting other callbacks run.
 const LOOP_BUDGET: usize = 16_384;
@@ -86,6 +90,8 @@ struct Subscribed {
     consumer: Py<PyAny>,
     lane: Arc<Lane<AcceptedEvent>>,
     topics: Vec<String>,
+    /// Shared-log bus: the consumer's claim timeout and start.
+    reader: (Duration, crate::backend::StartAt),
 }
 
 struct BusShared {
@@ -123,6 +129,8 @@ pub struct EventBus {
     #[pyo3(get)]
     enable_persistence: bool,
     persist: Option<Arc<Persistence>>,
+    /// `backend="sqlite:///..."`: the shared log this bus publishes to and reads from.
+    shared_log: Option<Arc<SharedLogBus>>,
 }
 
 impl EventBus {
@@ -176,7 +184,9 @@ impl EventBus {
 
     /// True when every accepted event is handled and no durable write is in flight.
     fn idle(&self) -> bool {
-        self.shared.engine.is_idle() && self.persist.as_ref().is_none_or(|p| p.is_quiet())
+        self.shared.engine.is_idle()
+            && self.persist.as_ref().is_none_or(|p| p.is_quiet())
+            && self.shared_log.as_ref().is_none_or(|l| l.appending() == 0)
     }
 
     fn persist(&self) -> PyResult<&Arc<Persistence>> {
@@ -338,7 +348,7 @@ impl EventBus {
     /// Whether a publish is answered at once: in memory, or durable with "async"
     /// durability (a "sync" publish is answered after the commit).
     pub(crate) fn answers_at_once(&self) -> bool {
-        self.persist.as_ref().is_none_or(|p| !p.sync)
+        self.persist.as_ref().is_none_or(|p| !p.sync) && self.shared_log.is_none()
     }
 
     /// Publishes `event` and says whether it was accepted, for callers that need the
@@ -346,6 +356,9 @@ impl EventBus {
     /// (Self::answers_at_once): a "sync" durable bus would block here until the commit.
     pub(crate) fn publish_now(&self, event: &Bound<'_, PyAny>) -> PyResult<bool> {
         self.ensure_loop(event.py())?;
+        if let Some(l) = &self.shared_log {
+            return shared_log::publish_blocking(self, l, event);
+        }
         match &self.persist {
             None => Ok(self.accept(event)?.is_ok()),
             Some(p) => {
@@ -443,7 +456,7 @@ impl EventBus {
 #[pymethods]
 impl EventBus {
     #[new]
-    #[pyo3(signature = (max_queue_size=10000, process_interval=0.01, batch_timeout=0.1, enable_metrics=true, enable_persistence=false, *, dead_letter_capacity=10000, persistence_path=None, durability="sync", flush_interval=0.05, retention_max_age=None, retention_max_bytes=None, compress_threshold=4096, retention_interval=60.0, persistence_hard_limit_bytes=None))]
+    #[pyo3(signature = (max_queue_size=10000, process_interval=0.01, batch_timeout=0.1, enable_metrics=true, enable_persistence=false, *, dead_letter_capacity=10000, persistence_path=None, durability="sync", flush_interval=0.05, retention_max_age=None, retention_max_bytes=None, compress_threshold=4096, retention_interval=60.0, persistence_hard_limit_bytes=None, backend=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -461,8 +474,16 @@ impl EventBus {
         compress_threshold: usize,
         retention_interval: Option<f64>,
         persistence_hard_limit_bytes: Option<u64>,
+        backend: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         crate::python::runtime::ensure_logger(py);
+        let backend = shared_log::parse_backend(backend)?;
+        if backend.is_some() && enable_persistence {
+            return Err(PyValueError::new_err(
+                "backend= and enable_persistence=True cannot be combined: a shared log \
+                 (backend=\"sqlite:///...\") is already durable; use one or the other",
+            ));
+        }
         if max_queue_size < 1 {
             return Err(PyValueError::new_err(format!(
                 "max_queue_size must be >= 1, got {max_queue_size}"
@@ -513,7 +534,7 @@ impl EventBus {
         let log = DeliveryLog::install(&engine, &inbox);
         // NOTE: a durable bus leaves what it gives up on at stop unacked in the
         // store (redelivered at the next start) instead of dead-lettering it.
-        engine.set_release_on_stop(enable_persistence);
+        engine.set_release_on_stop(enable_persistence || backend.is_some());
         let persist = if enable_persistence {
             let p = Persistence::open(
                 persist::options(
@@ -532,6 +553,30 @@ impl EventBus {
             Some(p)
         } else {
             None
+        };
+        let shared_log = match backend {
+            None => None,
+            Some((url, opts)) => {
+                let l = shared_log::open(
+                    py,
+                    url,
+                    opts,
+                    &inbox,
+                    (
+                        durability,
+                        flush_interval,
+                        retention_max_age,
+                        retention_max_bytes,
+                    ),
+                    (
+                        compress_threshold,
+                        retention_interval,
+                        persistence_hard_limit_bytes,
+                    ),
+                )?;
+                SharedLogBus::listen_dead_letters(&engine);
+                Some(l)
+            }
         };
         Ok(EventBus {
             shared: Arc::new(BusShared {
@@ -552,6 +597,7 @@ impl EventBus {
             enable_metrics,
             enable_persistence,
             persist,
+            shared_log,
         })
     }
 
@@ -615,6 +661,9 @@ impl EventBus {
         };
         this.shared.engine.start();
         this.shared.running.store(true, Ordering::Release);
+        if let Some(l) = &this.shared_log {
+            shared_log::start(this, py, l)?;
+        }
         if let Some(p) = &this.persist {
             // NOTE: consumers subscribed before start get what they have not acked.
             p.set_closing(false);
@@ -645,6 +694,9 @@ impl EventBus {
     #[doc = stub_doc!(EventBus, publish)]
     fn publish(&self, py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         self.ensure_loop(py)?;
+        if let Some(l) = &self.shared_log {
+            return shared_log::publish(self, py, l, event);
+        }
         if let Some(p) = &self.persist {
             let event_loop = self.shared.inbox.current_loop(py);
             return persist::publish(p, py, event_loop, |done| {
@@ -657,6 +709,9 @@ impl EventBus {
     #[doc = stub_doc!(EventBus, publish_nowait)]
     fn publish_nowait(&self, py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<bool> {
         self.ensure_loop(py)?;
+        if let Some(l) = &self.shared_log {
+            return shared_log::publish_blocking(self, l, event);
+        }
         if let Some(p) = &self.persist {
             return persist::publish_blocking(p, py, |done| self.accept_durable(p, event, done));
         }
@@ -666,6 +721,9 @@ impl EventBus {
     #[doc = stub_doc!(EventBus, publish_batch)]
     fn publish_batch(&self, py: Python<'_>, events: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         self.ensure_loop(py)?;
+        if let Some(l) = &self.shared_log {
+            return shared_log::publish_batch(self, py, l, events);
+        }
         if let Some(p) = &self.persist {
             return self.publish_batch_durable(p, py, events);
         }
@@ -812,11 +870,18 @@ impl EventBus {
             cs.set_item(name.as_ref(), e)?;
         }
         d.set_item("consumer_stats", cs)?;
+        drop(consumers);
+        if let Some(l) = &self.shared_log {
+            l.metrics(py, &d)?;
+        }
         Ok(d)
     }
 
     #[doc = stub_doc!(EventBus, get_dead_letters)]
     fn get_dead_letters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        if let Some(l) = &self.shared_log {
+            return l.dead_letters(py);
+        }
         let list = PyList::empty(py);
         for l in self.shared.engine.dead_letters() {
             let d = PyDict::new(py);
@@ -838,6 +903,11 @@ impl EventBus {
         consumer: Option<String>,
         event_ids: Option<Vec<String>>,
     ) -> PyResult<usize> {
+        if let Some(l) = &self.shared_log {
+            // NOTE: back in the log for their consumer names: any instance, in any
+            // process, gets them (this bus need not run).
+            return l.replay_dead_letters(py, consumer, event_ids);
+        }
         if !self.shared.running.load(Ordering::Acquire) {
             return Err(PyRuntimeError::new_err(
                 "replay_dead_letters() needs a running bus",
@@ -1010,11 +1080,31 @@ impl EventBus {
             spec.name.clone(),
             Subscribed {
                 consumer: consumer.clone().unbind(),
-                lane,
+                lane: lane.clone(),
                 topics: spec.topic_names,
+                reader: (spec.claim_timeout, spec.start),
             },
         ));
         drop(consumers);
+        if let Some(l) = &self.shared_log {
+            if self.shared.running.load(Ordering::Acquire) {
+                if let Err(e) = l.start_reader(
+                    py,
+                    &self.shared.engine,
+                    &spec.name,
+                    &lane,
+                    spec.claim_timeout,
+                    spec.start,
+                ) {
+                    self.shared
+                        .consumers
+                        .write()
+                        .retain(|(n, _)| *n != spec.name);
+                    self.shared.engine.remove_lane(&lane);
+                    return Err(e);
+                }
+            }
+        }
         log_info(py, &format!("Subscribed consumer {}", spec.name));
         Ok(true)
     }
@@ -1030,6 +1120,10 @@ impl EventBus {
         };
         let (_, s) = consumers.remove(pos);
         drop(consumers);
+        if let Some(l) = &self.shared_log {
+            // NOTE: before the lane goes, so no entry is taken for a topic mismatch.
+            l.leaving(name);
+        }
         if let Ok(native) = s.consumer.bind(py).cast::<SinkConsumer>() {
             let sink = native.get().sink.clone();
             self.shared.dead_letter_sinks.remove(&sink);
@@ -1153,12 +1247,16 @@ impl EventBus {
         to: String,
     ) -> PyResult<persist::StoredBatch> {
         let patterns = topics
+            .clone()
             .unwrap_or_default()
             .iter()
             .map(|t| {
                 crate::topic::Pattern::parse(t).map_err(crate::python::runtime::errors::topic_error)
             })
             .collect::<PyResult<Vec<_>>>()?;
+        if let Some(l) = &self.shared_log {
+            return l.replay_read(py, since_us, until_us, topics, to);
+        }
         self.persist()?.replay(py, since_us, until_us, patterns, to)
     }
 
@@ -1174,10 +1272,72 @@ impl EventBus {
             .iter()
             .map(|(n, s)| (n.clone(), s.lane.clone()))
             .collect();
+        if self.shared_log.is_some() {
+            return persist::push_rows(
+                py,
+                &self.shared.engine,
+                batch.get(),
+                |n| lanes.get(n).cloned(),
+                None,
+                &std::sync::atomic::AtomicU64::new(0),
+            );
+        }
         self.persist()?
             .push(py, &self.shared.engine, batch.get(), |n| {
                 lanes.get(n).cloned()
             })
+    }
+
+    // ----- shared log (see shared_log.rs and docs/backends.md) -----
+
+    #[doc = stub_doc!(EventBus, backend)]
+    #[getter]
+    fn backend(&self) -> Option<String> {
+        self.shared_log.as_ref().map(|l| l.url.clone())
+    }
+
+    fn _log_begin_stop(&self) {
+        if let Some(l) = &self.shared_log {
+            l.set_closing(true);
+            l.pause_readers();
+        }
+    }
+
+    fn _log_last(&self, py: Python<'_>) -> PyResult<Option<(u64, u64)>> {
+        let Some(l) = &self.shared_log else {
+            return Ok(None);
+        };
+        py.detach(|| l.last_entry())
+            .map(|o| o.map(|e| (e.major, e.minor)))
+            .map_err(|e| shared_log::log_error_py(&e))
+    }
+
+    fn _log_caught_up(&self, py: Python<'_>, upto: Option<(u64, u64)>) -> PyResult<bool> {
+        let Some(l) = &self.shared_log else {
+            return Ok(true);
+        };
+        if !self.shared.engine.is_idle() {
+            return Ok(false);
+        }
+        let upto = upto.map(|(a, b)| crate::backend::EntryId::new(a, b));
+        py.detach(|| l.caught_up(upto))
+            .map_err(|e| shared_log::log_error_py(&e))
+    }
+
+    fn _log_stop_reader(&self, py: Python<'_>, name: &str) -> PyResult<u64> {
+        let Some(l) = &self.shared_log else {
+            return Ok(0);
+        };
+        py.detach(|| l.stop_reader(name))
+            .map_err(|e| shared_log::log_error_py(&e))
+    }
+
+    fn _log_close(&self, py: Python<'_>) -> PyResult<u64> {
+        let Some(l) = &self.shared_log else {
+            return Ok(0);
+        };
+        py.detach(|| l.close())
+            .map_err(|e| shared_log::log_error_py(&e))
     }
 
     fn _add_idle_waiter(&self, fut: Py<PyAny>) {
@@ -1271,6 +1431,11 @@ impl EventBus {
         if let Some(p) = &self.persist {
             let _ = p.flush(py);
         }
+        if let Some(l) = &self.shared_log {
+            // NOTE: acks written and claims released, so other instances need not
+            // wait for the claim timeout.
+            let _ = py.detach(|| l.close());
+        }
         let after = engine.counters();
         Ok((
             after.dead_lettered - before.dead_lettered,
@@ -1319,7 +1484,11 @@ impl EventBus {
 impl Drop for EventBus {
     fn drop(&mut self) {
         // NOTE: worker threads hold their consumer, not the bus; closing the
-        // lanes lets them exit.
+        // lanes lets them exit. Readers of a shared log stop delivering first, so
+        // no entry is acknowledged for a lane that is gone.
+        if let Some(l) = &self.shared_log {
+            l.leaving_all();
+        }
         for lane in self.shared.engine.lanes() {
             self.shared.engine.remove_lane(&lane);
         }
@@ -1331,5 +1500,6 @@ pub fn init_pymodule(m: &Bound<'_, pyo3::types::PyModule>) -> PyResult<()> {
     m.add_class::<EventBus>()?;
     m.add_class::<Leaving>()?;
     m.add_class::<persistence::StoredBatch>()?;
+    log_direct::init_pymodule(m)?;
     Ok(())
 }

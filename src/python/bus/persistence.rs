@@ -352,61 +352,23 @@ impl Persistence {
         batch: &StoredBatch,
         lane_of: impl Fn(&str) -> Option<Arc<Lane<AcceptedEvent>>>,
     ) -> PyResult<usize> {
-        let mut pushed = 0;
-        loop {
-            let Some((ev, names)) = batch.rows.lock().pop_front() else {
-                return Ok(pushed);
-            };
-            let lanes: Vec<_> = names.iter().filter_map(|n| lane_of(n)).collect();
-            if lanes.is_empty() {
-                continue;
-            }
-            let obj = py_event(py, &ev)?;
-            let (mut eref, ()) = AcceptedEvent::accept(py, obj, Utc::now(), |topic| {
-                crate::topic::validate_topic(topic).map(|()| (Arc::from(topic), ()))
-            })?;
-            let durable = self.log.new_ref();
-            durable.stored_as(ev.seq);
-            eref.durable = Some(durable);
-            if batch.replay {
-                // NOTE: a lane serves higher event priorities first; one level for the
-                // whole replay keeps it in store order (the Event keeps its priority).
-                eref.priority = 4;
-            }
-            let need = lanes
-                .iter()
-                .map(|l| l.config.needs_view)
-                .max()
-                .unwrap_or_default();
-            if need != ViewNeeds::Nothing {
-                eref.view = Some(Arc::new(build_view(
-                    py,
-                    &eref,
-                    need == ViewNeeds::FieldsAndData,
-                )?));
-            }
-            match engine.publish_to(Arc::new(eref), &lanes) {
-                Ok(()) => {
-                    pushed += 1;
-                    let c = if batch.replay {
-                        &self.replayed
-                    } else {
-                        &self.redelivered
-                    };
-                    c.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(Rejected::QueueFull) => {
-                    batch.rows.lock().push_front((ev, names));
-                    return Ok(pushed);
-                }
-                Err(Rejected::NotRunning) => {
-                    batch.rows.lock().push_front((ev, names));
-                    return Err(pyo3::exceptions::PyRuntimeError::new_err(
-                        "the bus stopped while stored events were being delivered",
-                    ));
-                }
-            }
-        }
+        let counter = if batch.replay {
+            &self.replayed
+        } else {
+            &self.redelivered
+        };
+        push_rows(
+            py,
+            engine,
+            batch,
+            lane_of,
+            Some(&|seq| {
+                let durable = self.log.new_ref();
+                durable.stored_as(seq);
+                durable
+            }),
+            counter,
+        )
     }
 
     /// `persistence_stats()`.
@@ -476,12 +438,84 @@ pub struct StoredBatch {
     replay: bool,
 }
 
+impl StoredBatch {
+    /// A replay of `rows`, all for consumer `to`.
+    pub fn for_replay(rows: Vec<StoredEvent>, to: &str) -> StoredBatch {
+        StoredBatch {
+            rows: Mutex::new(rows.into_iter().map(|e| (e, vec![to.to_owned()])).collect()),
+            replay: true,
+        }
+    }
+}
+
 #[pymethods]
 impl StoredBatch {
     /// Rows not pushed yet.
     #[getter]
     fn remaining(&self) -> usize {
         self.rows.lock().len()
+    }
+}
+
+/// Pushes rows of `batch` into the engine (to the lanes `lane_of` finds for their
+/// consumer names) until the queue is full; each event gets the acknowledgement
+/// target `durable` makes from its seq (none without it: a replay from a shared log).
+/// Returns how many were pushed, counted in `counter` too.
+pub fn push_rows(
+    py: Python<'_>,
+    engine: &Engine<AcceptedEvent>,
+    batch: &StoredBatch,
+    lane_of: impl Fn(&str) -> Option<Arc<Lane<AcceptedEvent>>>,
+    durable: Option<&dyn Fn(i64) -> Arc<crate::durable::StoredRef>>,
+    counter: &AtomicU64,
+) -> PyResult<usize> {
+    let mut pushed = 0;
+    loop {
+        let Some((ev, names)) = batch.rows.lock().pop_front() else {
+            return Ok(pushed);
+        };
+        let lanes: Vec<_> = names.iter().filter_map(|n| lane_of(n)).collect();
+        if lanes.is_empty() {
+            continue;
+        }
+        let obj = py_event(py, &ev)?;
+        let (mut eref, ()) = AcceptedEvent::accept(py, obj, Utc::now(), |topic| {
+            crate::topic::validate_topic(topic).map(|()| (Arc::from(topic), ()))
+        })?;
+        eref.durable = durable.map(|f| f(ev.seq));
+        if batch.replay {
+            // NOTE: a lane serves higher event priorities first; one level for the
+            // whole replay keeps it in store order (the Event keeps its priority).
+            eref.priority = 4;
+        }
+        let need = lanes
+            .iter()
+            .map(|l| l.config.needs_view)
+            .max()
+            .unwrap_or_default();
+        if need != ViewNeeds::Nothing {
+            eref.view = Some(Arc::new(build_view(
+                py,
+                &eref,
+                need == ViewNeeds::FieldsAndData,
+            )?));
+        }
+        match engine.publish_to(Arc::new(eref), &lanes) {
+            Ok(()) => {
+                pushed += 1;
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(Rejected::QueueFull) => {
+                batch.rows.lock().push_front((ev, names));
+                return Ok(pushed);
+            }
+            Err(Rejected::NotRunning) => {
+                batch.rows.lock().push_front((ev, names));
+                return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                    "the bus stopped while stored events were being delivered",
+                ));
+            }
+        }
     }
 }
 
@@ -744,7 +778,12 @@ pub fn listen_dead_letters(
 ) {
     let (weak, inbox) = (Arc::downgrade(p), Arc::downgrade(inbox));
     engine.add_dead_letter_listener(move |letter| {
-        if letter.event.durable.is_none() {
+        if letter
+            .event
+            .durable
+            .as_ref()
+            .is_none_or(|d| d.is_log_entry())
+        {
             return;
         }
         let (Some(inbox), weak) = (inbox.upgrade(), weak.clone()) else {

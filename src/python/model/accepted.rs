@@ -28,7 +28,8 @@ pub struct AcceptedEvent {
     pub meta: MetaCell,
     /// Fields copied for Rust consumers, when one is on the event's route.
     pub view: Option<Arc<crate::event::EventView>>,
-    /// Where acknowledgements go when the event is stored (`enable_persistence`).
+    /// Where acknowledgements go when the event is stored (`enable_persistence`)
+    /// or was read from a shared log (`backend=`): see [`crate::durable::StoredRef`].
     pub durable: Option<Arc<crate::durable::StoredRef>>,
 }
 

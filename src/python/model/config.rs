@@ -6,6 +6,7 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 
+use crate::backend::StartAt;
 use crate::python::convert::priority::{consumer_priority_member, read_consumer_priority};
 use crate::python::runtime::errors::{config_error, topic_error};
 use crate::retry::RetryPolicy;
@@ -43,12 +44,16 @@ pub struct ConsumerConfig {
     timeout: f64,
     #[pyo3(get, set)]
     ordered: bool,
+    #[pyo3(get, set)]
+    claim_timeout: f64,
+    #[pyo3(get, set)]
+    start: Py<PyAny>,
 }
 
 #[pymethods]
 impl ConsumerConfig {
     #[new]
-    #[pyo3(signature = (name, topics=None, topic_pattern=None, priority=None, batch_size=1, batch_timeout=0.0, max_retries=3, retry_backoff=1.0, error_handler=None, filter_func=None, transform_func=None, *, retry_delay=0.1, max_retry_delay=30.0, timeout=30.0, ordered=false))]
+    #[pyo3(signature = (name, topics=None, topic_pattern=None, priority=None, batch_size=1, batch_timeout=0.0, max_retries=3, retry_backoff=1.0, error_handler=None, filter_func=None, transform_func=None, *, retry_delay=0.1, max_retry_delay=30.0, timeout=30.0, ordered=false, claim_timeout=30.0, start=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -67,12 +72,26 @@ impl ConsumerConfig {
         max_retry_delay: f64,
         timeout: f64,
         ordered: bool,
+        claim_timeout: f64,
+        start: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let priority = match priority {
             Some(p) if !p.is_none() => read_consumer_priority(p)?,
             _ => 3,
         };
         let none = || py.None();
+        let start = match start {
+            Some(s) if !s.is_none() => s,
+            _ => pyo3::types::PyString::new(py, "earliest").into_any(),
+        };
+        // NOTE: checked here too, so a bad value fails where it was written.
+        let label = name
+            .bind(py)
+            .str()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        check_claim_timeout(claim_timeout, &label)?;
+        read_start(&start, &label)?;
         Ok(ConsumerConfig {
             name,
             topics: topics.unwrap_or_else(none),
@@ -89,6 +108,8 @@ impl ConsumerConfig {
             max_retry_delay,
             timeout,
             ordered,
+            claim_timeout,
+            start: start.unbind(),
         })
     }
 
@@ -115,7 +136,7 @@ impl ConsumerConfig {
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         Ok(format!(
-            "ConsumerConfig(name={}, topics={}, priority={}, batch_size={}, batch_timeout={}, max_retries={}, retry_backoff={}, retry_delay={}, max_retry_delay={}, timeout={}, ordered={})",
+            "ConsumerConfig(name={}, topics={}, priority={}, batch_size={}, batch_timeout={}, max_retries={}, retry_backoff={}, retry_delay={}, max_retry_delay={}, timeout={}, ordered={}, claim_timeout={}, start={})",
             self.name.bind(py).repr()?,
             self.topics.bind(py).repr()?,
             ["CRITICAL", "HIGH", "NORMAL", "LOW", "DEFERRED"][(self.priority - 1) as usize],
@@ -126,7 +147,9 @@ impl ConsumerConfig {
             self.retry_delay,
             self.max_retry_delay,
             self.timeout,
-            if self.ordered { "True" } else { "False" }
+            if self.ordered { "True" } else { "False" },
+            self.claim_timeout,
+            self.start.bind(py).repr()?
         ))
     }
 }
@@ -146,6 +169,48 @@ pub struct ConsumerSpec {
     pub filter_func: Option<Py<PyAny>>,
     pub transform_func: Option<Py<PyAny>>,
     pub ordered: bool,
+    /// Shared-log consumers: claim timeout of the group reader.
+    pub claim_timeout: Duration,
+    /// Shared-log consumers: where a consumer name new to the log starts.
+    pub start: StartAt,
+}
+
+/// `claim_timeout` must be a finite number of seconds, at least 0.03 (the group
+/// reader renews its claims three times per timeout).
+fn check_claim_timeout(v: f64, name: &str) -> PyResult<Duration> {
+    if !v.is_finite() || v < 0.03 {
+        return Err(config_error(format!(
+            "consumer {name:?}: claim_timeout must be a number of seconds >= 0.03, got {v}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// `start`: `"earliest"`, `"latest"` or a `datetime` (a naive one is taken as UTC,
+/// as event timestamps are).
+fn read_start(v: &Bound<'_, PyAny>, name: &str) -> PyResult<StartAt> {
+    if v.is_none() {
+        return Ok(StartAt::Earliest);
+    }
+    if let Ok(s) = v.cast::<PyString>() {
+        return match &*s.to_cow()? {
+            "earliest" => Ok(StartAt::Earliest),
+            "latest" => Ok(StartAt::Latest),
+            other => Err(config_error(format!(
+                "consumer {name:?}: start must be \"earliest\", \"latest\" or a datetime, got {other:?}"
+            ))),
+        };
+    }
+    if let Ok(t) = v.extract::<chrono::DateTime<chrono::FixedOffset>>() {
+        return Ok(StartAt::Time(t.timestamp_micros()));
+    }
+    if let Ok(t) = v.extract::<chrono::NaiveDateTime>() {
+        return Ok(StartAt::Time(t.and_utc().timestamp_micros()));
+    }
+    Err(config_error(format!(
+        "consumer {name:?}: start must be \"earliest\", \"latest\" or a datetime, got {}",
+        crate::python::convert::text::type_name(v)
+    )))
 }
 
 fn seconds(v: f64, field: &str, name: &str) -> PyResult<Duration> {
@@ -176,7 +241,8 @@ fn optional_callable(
 impl ConsumerSpec {
     /// Reads and validates `config`: our `ConsumerConfig` or any object with its
     /// attributes (the original's dataclass included). New optional fields
-    /// (`retry_delay`, `max_retry_delay`, `timeout`, `ordered`) default when absent.
+    /// (`retry_delay`, `max_retry_delay`, `timeout`, `ordered`, `claim_timeout`,
+    /// `start`) default when absent.
     pub fn read(config: &Bound<'_, PyAny>) -> PyResult<Self> {
         let get = |attr: &str| -> PyResult<Bound<'_, PyAny>> {
             config
@@ -287,6 +353,11 @@ impl ConsumerSpec {
             Ok(v) if !v.is_none() => v.is_truthy()?,
             _ => false,
         };
+        let claim_timeout = check_claim_timeout(get_or("claim_timeout", 30.0)?, &name)?;
+        let start = match config.getattr("start") {
+            Ok(v) => read_start(&v, &name)?,
+            Err(_) => StartAt::Earliest,
+        };
         if timeout.is_zero() {
             return Err(config_error(format!(
                 "consumer {name:?}: timeout must be > 0"
@@ -306,6 +377,8 @@ impl ConsumerSpec {
             retry,
             timeout,
             ordered,
+            claim_timeout,
+            start,
         })
     }
 }
