@@ -1,0 +1,92 @@
+"""One bus across processes on Redis Streams: ``EventBus(backend="redis://...")``
+(issue 13).
+
+Each test starts its own ``redis-server`` (``tests/helpers/redis_server.py``: a free
+port, ``--appendfsync always``, a temporary directory) and real processes
+(``tests/helpers/shared_log_child.py``, the same children as the SQLite tests): a
+publisher in one process reaches a consumer in another; dead letters of a consumer in
+one process are seen and replayed from another; bad URLs and an unreachable server
+raise clear errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import wait_until
+from helpers.redis_server import RedisServer
+from mpm_events import EventBus, PersistenceError
+from test_shared_log import WAIT, Child, consumer, ev, handled, wait_for
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    s = RedisServer(tmp_path)
+    yield s
+    s.kill()
+
+
+@pytest.fixture
+def url(server: RedisServer) -> str:
+    return server.url(prefix=f"t{uuid.uuid4().hex[:8]}")
+
+
+def test_a_publisher_process_reaches_a_consumer_process(url: str, tmp_path: Path) -> None:
+    out = tmp_path / "a.txt"
+    c = consumer(url, "a", out)
+    pub = Child("publish", url, "p1", "120", "40")
+    pub.wait_line(lambda line: line == "DONE")
+    pub.wait_exit()
+    single = Child("publish", url, "p2", "30")
+    single.wait_exit()
+    want = {("p1", i) for i in range(120)} | {("p2", i) for i in range(30)}
+    wait_for(lambda: {(p, i) for p, i, _ in handled(out)} >= want, what="all 150 handled")
+    c.terminate()
+    rows = handled(out)
+    assert {(p, i) for p, i, _ in rows} == want
+    for p in ("p1", "p2"):
+        seq = [i for q, i, _ in rows if q == p]
+        assert seq == sorted(seq), f"{p} out of order"
+
+
+def test_dead_letters_are_seen_and_replayed_across_processes(url: str, tmp_path: Path) -> None:
+    out = tmp_path / "d.txt"
+    flag = tmp_path / "failing"
+    flag.touch()
+    c = consumer(url, "dl", out, fail_while=str(flag))
+
+    async def main() -> None:
+        bus = EventBus(backend=url)
+        await bus.start()
+        assert await bus.publish_batch([ev(i) for i in range(5)]) == 5
+        await wait_until(lambda: len(bus.get_dead_letters()) == 5, WAIT, "5 dead letters")
+        letters = bus.get_dead_letters()
+        assert {d["consumer"] for d in letters} == {"dl"}
+        assert sorted(d["event"].data["i"] for d in letters) == list(range(5))
+        assert all(d["errors"] and d["attempts"] == 1 for d in letters)
+        flag.unlink()
+        first = letters[0]["event"].id
+        assert bus.replay_dead_letters(consumer="dl", event_ids=[first]) == 1
+        await wait_until(lambda: len(handled(out)) == 1, WAIT, "one replayed")
+        assert bus.replay_dead_letters() == 4
+        await wait_until(lambda: len(handled(out)) == 5, WAIT, "all replayed")
+        assert bus.get_dead_letters() == []
+        await bus.stop(5)
+
+    asyncio.run(main())
+    c.terminate()
+    assert sorted(i for _, i, _ in handled(out)) == list(range(5))
+
+
+def test_bad_redis_urls_and_an_unreachable_server_are_clear(server: RedisServer) -> None:
+    with pytest.raises(ValueError, match="colour"):
+        EventBus(backend=f"redis://127.0.0.1:{server.port}/0?colour=red")
+    with pytest.raises(ValueError, match="hard_limit"):
+        EventBus(backend=server.url(), persistence_hard_limit_bytes=1 << 20)
+    server.kill()
+    with pytest.raises(PersistenceError, match=f"127.0.0.1:{server.port}"):
+        EventBus(backend=server.url())
