@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use super::{RedisLog, RedisOptions};
 use crate::backend::conformance::{conformance_suite, rec, TestLog};
-use crate::backend::{EntryId, LogError, Record, SharedLog, StartAt};
+use crate::backend::error::LogError;
+use crate::backend::{EntryId, Record, SharedLog, StartAt};
 
 /// The redis-server binary, if there is one.
 fn server_binary() -> Option<PathBuf> {

@@ -60,9 +60,7 @@ pub fn log_error_py(e: &LogError) -> PyErr {
 /// SQLite log; a `str` without a scheme or an `os.PathLike` is taken as the path of a
 /// SQLite log; `"redis://host:port/db?prefix=mpm"` (or `rediss://`) a log on Redis
 /// Streams. Any other scheme is refused.
-pub fn parse_backend(
-    value: Option<&Bound<'_, PyAny>>,
-) -> PyResult<Option<(String, LogOptions)>> {
+pub fn parse_backend(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<(String, LogOptions)>> {
     let Some(v) = value.filter(|v| !v.is_none()) else {
         return Ok(None);
     };
@@ -98,7 +96,10 @@ pub fn parse_backend(
         })
         .or_else(|| trimmed.starts_with("sqlite:").then_some("sqlite"));
     match scheme.map(str::to_ascii_lowercase).as_deref() {
-        None => Ok(Some((text.clone(), LogOptions::Sqlite(SqliteOptions::new(trimmed))))),
+        None => Ok(Some((
+            text.clone(),
+            LogOptions::Sqlite(SqliteOptions::new(trimmed)),
+        ))),
         Some("sqlite") => {
             let opts = SqliteOptions::from_url(trimmed)
                 .map_err(|e| PyValueError::new_err(e.to_string()))?;
