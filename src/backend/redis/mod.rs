@@ -56,6 +56,9 @@ pub struct RedisOptions {
     pub dedup_ttl: Duration,
     /// Connect timeout and response timeout of ordinary commands. Default 5 s.
     pub timeout: Duration,
+    /// `rediss://` only: trust the CA certificates in this PEM file instead of the
+    /// webpki roots (a private CA).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl RedisOptions {
@@ -67,12 +70,13 @@ impl RedisOptions {
             compress_threshold: 4096,
             dedup_ttl: Duration::from_secs(600),
             timeout: Duration::from_secs(5),
+            ca_file: None,
         }
     }
 
     /// Options from a backend URL: `redis://host:port/db?prefix=mpm` (or `rediss://`),
     /// query options `prefix`, `compress_threshold` (bytes), `dedup_ttl` and `timeout`
-    /// (seconds).
+    /// (seconds), `ca_file` (a PEM file of CA certificates, `rediss://` only).
     pub fn from_url(url: &str) -> Result<RedisOptions> {
         if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
             return Err(LogError::Invalid(format!(
@@ -88,7 +92,8 @@ impl RedisOptions {
         let bad = |pair: &str| {
             LogError::Invalid(format!(
                 "backend URL {:?}: bad option {pair:?} (known: prefix=NAME, \
-                 compress_threshold=BYTES, dedup_ttl=SECONDS, timeout=SECONDS)",
+                 compress_threshold=BYTES, dedup_ttl=SECONDS, timeout=SECONDS, \
+                 ca_file=PATH)",
                 mask(url)
             ))
         };
@@ -107,6 +112,9 @@ impl RedisOptions {
                 }
                 Some(("dedup_ttl", v)) => o.dedup_ttl = secs(v, pair)?,
                 Some(("timeout", v)) => o.timeout = secs(v, pair)?,
+                Some(("ca_file", v)) if base.starts_with("rediss://") && !v.is_empty() => {
+                    o.ca_file = Some(v.into())
+                }
                 _ => return Err(bad(pair)),
             }
         }
@@ -295,8 +303,23 @@ impl RedisLog {
             // means a provider is installed already.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let client = redis::Client::open(opts.url.as_str())
-            .map_err(|e| LogError::Invalid(format!("backend URL {location:?}: {e}")))?;
+        let client = match &opts.ca_file {
+            None => redis::Client::open(opts.url.as_str()),
+            Some(ca) => {
+                let pem = std::fs::read(ca).map_err(|e| LogError::Io {
+                    location: location.clone(),
+                    detail: format!("cannot read ca_file {}: {e}", ca.display()),
+                })?;
+                redis::Client::build_with_tls(
+                    opts.url.as_str(),
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )
+            }
+        }
+        .map_err(|e| LogError::Invalid(format!("backend URL {location:?}: {e}")))?;
         let p = &opts.prefix;
         let keys = Keys {
             stream: format!("{{{p}}}:stream"),

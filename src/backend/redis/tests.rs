@@ -187,14 +187,16 @@ fn urls_parse_and_mask_passwords() {
     assert_eq!(o.url, "redis://h:6380/2");
     assert_eq!(o.prefix, "bus1");
     assert_eq!(o.dedup_ttl, Duration::from_secs(30));
-    let o = RedisOptions::from_url("rediss://u:secret@h/0").unwrap();
+    let o = RedisOptions::from_url("rediss://u:secret@h/0?ca_file=/etc/ca.pem").unwrap();
     assert_eq!(o.prefix, "mpm");
+    assert_eq!(o.ca_file, Some(PathBuf::from("/etc/ca.pem")));
     for bad in [
         "sqlite:///x.db",
         "redis://h/0?prefix=",
         "redis://h/0?prefix=a{b}",
         "redis://h/0?colour=red",
         "redis://h/0?timeout=-1",
+        "redis://h/0?ca_file=/ca.pem",
     ] {
         let err = RedisOptions::from_url(bad).unwrap_err();
         assert!(matches!(err, LogError::Invalid(_)), "{bad}: {err:?}");
@@ -467,6 +469,140 @@ fn killed_server_restarted_keeps_every_acknowledged_publish() {
         fresh.stats().unwrap().entries,
         "no duplicates"
     );
+}
+
+/// A CA and a server certificate for `localhost` made with the openssl CLI, or None.
+fn make_certs(dir: &std::path::Path) -> Option<()> {
+    let run = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let ok = run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=mpm test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]) && run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]) && {
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             extendedKeyUsage=serverAuth\n",
+        )
+        .is_ok()
+    } && run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        "server.pem",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    ok.then_some(())
+}
+
+#[test]
+fn rediss_over_rustls_with_a_private_ca() {
+    if !redis_available("rediss_over_rustls_with_a_private_ca") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    if make_certs(dir.path()).is_none() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "\nSKIPPED rediss_over_rustls_with_a_private_ca: the openssl CLI could not \
+             make test certificates"
+        );
+        return;
+    }
+    let port = free_port();
+    let d = |f: &str| dir.path().join(f).display().to_string();
+    let _server = Kid(Command::new(server_binary().unwrap())
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            &d("server.pem"),
+            "--tls-key-file",
+            &d("server.key"),
+        ])
+        .args([
+            "--tls-ca-cert-file",
+            &d("ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ])
+        .args(["--save", "", "--dir", &d("")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    let url = format!(
+        "rediss://localhost:{port}/0?prefix=tls&ca_file={}",
+        d("ca.pem")
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        match RedisLog::open_url(&url) {
+            Ok(log) => break log,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no TLS connection: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    log.ensure_group("g", StartAt::Earliest).unwrap();
+    log.append(&[rec("p", 0)]).unwrap();
+    let got = log
+        .read("g", "i", 10, Some(Duration::from_secs(2)))
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    // Without the private CA the server's certificate is not trusted.
+    let plain = format!("rediss://localhost:{port}/0?prefix=tls&timeout=2");
+    assert!(RedisLog::open_url(&plain).is_err());
 }
 
 // ---------------------------------------------------------------- multi-process
