@@ -712,3 +712,103 @@ fn sigkilled_reader_mid_batch_is_redelivered_after_the_claim_timeout() {
     assert_eq!(log.ack("g", &all).unwrap(), 8);
     assert_eq!(log.group_stats("g").unwrap().pending, 0);
 }
+
+// ---------------------------------------------------------------- GroupReader on Redis
+
+fn reader_opts(group: &str, claim_timeout: Duration) -> crate::backend::reader::ReaderOptions {
+    crate::backend::reader::ReaderOptions {
+        claim_timeout,
+        poll: Duration::from_millis(20),
+        ..crate::backend::reader::ReaderOptions::new(group)
+    }
+}
+
+#[test]
+fn a_long_handler_keeps_its_claims_and_stop_hands_them_on() {
+    use crate::backend::reader::GroupReader;
+    if !redis_available("a_long_handler_keeps_its_claims_and_stop_hands_them_on") {
+        return;
+    }
+    let server = RedisServer::start();
+    let opts = options(&server);
+    let log: Arc<dyn SharedLog> = Arc::new(RedisLog::open(opts.clone()).unwrap());
+    log.append(&(0..5).map(|i| rec("p", i)).collect::<Vec<_>>())
+        .unwrap();
+    // NOTE: 500 ms: the heartbeat (every 167 ms) has a wide margin on a loaded machine.
+    let lease = Duration::from_millis(500);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let a = GroupReader::start(log.clone(), reader_opts("g", lease), move |b| {
+        tx.send(b).unwrap()
+    })
+    .unwrap();
+    let held = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(held.len(), 5);
+    // The handler takes three claim timeouts: another process never gets them.
+    let other = RedisLog::open(opts).unwrap();
+    let until = Instant::now() + lease * 3;
+    while Instant::now() < until {
+        assert!(other
+            .claim_expired("g", "thief", lease, 10)
+            .unwrap()
+            .is_empty());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(a.stats().lost_claims, 0);
+    // Stopping releases them to a running second instance at once.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let b = GroupReader::start(
+        log.clone(),
+        reader_opts("g", Duration::from_secs(60)),
+        move |b| tx.send(b).unwrap(),
+    )
+    .unwrap();
+    assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+    assert_eq!(a.stop().unwrap(), 5);
+    let again = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        again.iter().map(|e| e.id).collect::<Vec<_>>(),
+        held.iter().map(|e| e.id).collect::<Vec<_>>()
+    );
+    assert!(again.iter().all(|e| e.deliveries == 2));
+    b.ack(&again.iter().map(|e| e.id).collect::<Vec<_>>());
+    b.stop().unwrap();
+    assert_eq!(log.group_stats("g").unwrap().pending, 0);
+}
+
+#[test]
+fn a_group_reader_delivers_everything_once_and_catches_up() {
+    use crate::backend::reader::GroupReader;
+    if !redis_available("a_group_reader_delivers_everything_once_and_catches_up") {
+        return;
+    }
+    let server = RedisServer::start();
+    let log: Arc<dyn SharedLog> = Arc::new(RedisLog::open(options(&server)).unwrap());
+    log.append(&(0..300).map(|i| rec("p", i)).collect::<Vec<_>>())
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = GroupReader::start(
+        log.clone(),
+        crate::backend::reader::ReaderOptions {
+            batch: 32,
+            ..reader_opts("g", Duration::from_secs(30))
+        },
+        move |batch| tx.send(batch).unwrap(),
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 300 {
+        let batch = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        reader.ack(&batch.iter().map(|e| e.id).collect::<Vec<_>>());
+        seen.extend(batch.into_iter().map(|e| e.record.publisher_seq));
+    }
+    assert_eq!(seen, (0..300).collect::<Vec<_>>());
+    let last = log.stats().unwrap().last;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !reader.caught_up(last).unwrap() {
+        assert!(Instant::now() < deadline, "acks never written");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(reader.stop().unwrap(), 0);
+    let g = log.group_stats("g").unwrap();
+    assert_eq!((g.pending, g.lag), (0, 0));
+}
