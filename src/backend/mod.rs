@@ -26,6 +26,7 @@
 pub mod appender;
 pub mod codec;
 pub mod reader;
+pub mod redis;
 pub mod sqlite;
 
 #[cfg(test)]

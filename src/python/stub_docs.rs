@@ -258,18 +258,22 @@ Args:
         event, positions survive restarts; see ``ConsumerConfig.claim_timeout``
         and ``start``). Dead letters, ``replay`` and ``join`` work on the log;
         ``retention_max_age``/``retention_max_bytes`` delete only entries every
-        consumer name has handled. ``redis://`` is not available yet. Cannot be
-        combined with ``enable_persistence``. See ``docs/backends.md``.
+        consumer name has handled. ``"redis://host:port/db?prefix=mpm"`` (or
+        ``rediss://``, TLS) puts the same log on Redis Streams, shared across
+        machines; there ``durability`` is the server's ``appendfsync`` setting and
+        ``persistence_hard_limit_bytes`` does not apply. Cannot be combined with
+        ``enable_persistence``. See ``docs/backends.md``.
 
 Raises:
     ValueError: ``max_queue_size`` or ``dead_letter_capacity`` is below 1, an
         unknown ``durability``, a non-positive interval, an unknown ``backend``
-        scheme (or ``redis://``), or ``backend`` with ``enable_persistence``.
+        scheme or option, or ``backend`` with ``enable_persistence``.
     PersistenceError: The store cannot be opened: corrupt or not an
         mpm-events store, unreadable, newer schema. The message names the path
         and what to do; the file is never modified or silently replaced. The
         same for a ``backend`` log that cannot be opened (a directory, no
-        permission, garbage, another database, a newer schema)."#
+        permission, garbage, another database, a newer schema, a Redis server
+        that does not answer)."#
     };
     (EventBus, max_queue_size) => {
         r#"The queue bound; may be changed while running."#

@@ -28,6 +28,7 @@ use super::persistence::{py_event, stored_event, StoredBatch};
 use crate::backend::appender::Appender;
 use crate::backend::codec::{record_from_stored, stored_from_record};
 use crate::backend::reader::{GroupReader, ReaderOptions};
+use crate::backend::redis::{RedisLog, RedisOptions};
 use crate::backend::sqlite::{SqliteLog, SqliteOptions};
 use crate::backend::{
     new_instance_id, Durability, Entry, EntryId, LogError, Retention, SharedLog, StartAt,
@@ -57,10 +58,9 @@ pub fn log_error_py(e: &LogError) -> PyErr {
 /// `None` and `"memory"` are the in-process bus; `"sqlite:///abs/path.db"` (also
 /// `sqlite://rel/path.db`, `sqlite:path.db`, with `?durability=sync|normal`) a shared
 /// SQLite log; a `str` without a scheme or an `os.PathLike` is taken as the path of a
-/// SQLite log. `redis://` is refused (not available yet), as is any other scheme.
-pub fn parse_backend(
-    value: Option<&Bound<'_, PyAny>>,
-) -> PyResult<Option<(String, SqliteOptions)>> {
+/// SQLite log; `"redis://host:port/db?prefix=mpm"` (or `rediss://`) a log on Redis
+/// Streams. Any other scheme is refused.
+pub fn parse_backend(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<(String, LogOptions)>> {
     let Some(v) = value.filter(|v| !v.is_none()) else {
         return Ok(None);
     };
@@ -69,7 +69,7 @@ pub fn parse_backend(
     } else if v.hasattr("__fspath__")? {
         let p: std::path::PathBuf = v.extract()?;
         let url = p.display().to_string();
-        return Ok(Some((url, SqliteOptions::new(p))));
+        return Ok(Some((url, LogOptions::Sqlite(SqliteOptions::new(p)))));
     } else {
         return Err(PyValueError::new_err(format!(
             "backend must be None, \"memory\", a \"sqlite:///path\" URL or a path, got {}",
@@ -96,21 +96,33 @@ pub fn parse_backend(
         })
         .or_else(|| trimmed.starts_with("sqlite:").then_some("sqlite"));
     match scheme.map(str::to_ascii_lowercase).as_deref() {
-        None => Ok(Some((text.clone(), SqliteOptions::new(trimmed)))),
+        None => Ok(Some((
+            text.clone(),
+            LogOptions::Sqlite(SqliteOptions::new(trimmed)),
+        ))),
         Some("sqlite") => {
             let opts = SqliteOptions::from_url(trimmed)
                 .map_err(|e| PyValueError::new_err(e.to_string()))?;
-            Ok(Some((text.clone(), opts)))
+            Ok(Some((text.clone(), LogOptions::Sqlite(opts))))
         }
-        Some("redis") | Some("rediss") => Err(PyValueError::new_err(format!(
-            "backend {text:?}: the Redis backend is not available yet; use a shared SQLite \
-             log (\"sqlite:///path/to/events.db\")"
-        ))),
+        Some("redis") | Some("rediss") => {
+            let opts = RedisOptions::from_url(trimmed)
+                .map_err(|e| PyValueError::new_err(e.to_string()))?;
+            Ok(Some((text.clone(), LogOptions::Redis(opts))))
+        }
         Some(other) => Err(PyValueError::new_err(format!(
             "backend {text:?}: unknown scheme {other:?} (known: \"memory\", \
-             \"sqlite:///path/to/events.db\")"
+             \"sqlite:///path/to/events.db\", \"redis://host:port/0\")"
         ))),
     }
+}
+
+/// Which shared log `EventBus(backend=...)` opens.
+pub enum LogOptions {
+    /// `sqlite:///path`: one SQLite file.
+    Sqlite(SqliteOptions),
+    /// `redis://...`: Redis Streams.
+    Redis(RedisOptions),
 }
 
 /// One consumer's group reader, and what its events acknowledge into.
@@ -259,7 +271,7 @@ impl LaneReader {
 pub struct SharedLogBus {
     /// The backend as given (shown in stats and errors).
     pub url: String,
-    log: Arc<SqliteLog>,
+    log: Arc<dyn SharedLog>,
     appender: Mutex<Option<Appender>>,
     /// This bus's publisher id (in every record it appends).
     publisher: String,
@@ -280,16 +292,21 @@ impl SharedLogBus {
     pub fn open(
         py: Python<'_>,
         url: String,
-        opts: SqliteOptions,
+        opts: LogOptions,
         retention: Option<(Retention, Duration)>,
         inbox: Arc<Inbox>,
     ) -> PyResult<Arc<SharedLogBus>> {
-        let log = py
-            .detach(move || SqliteLog::open(opts))
+        let log: Arc<dyn SharedLog> = py
+            .detach(move || -> Result<Arc<dyn SharedLog>, LogError> {
+                Ok(match opts {
+                    LogOptions::Sqlite(o) => Arc::new(SqliteLog::open(o)?),
+                    LogOptions::Redis(o) => Arc::new(RedisLog::open(o)?),
+                })
+            })
             .map_err(|e| log_error_py(&e))?;
         Ok(Arc::new(SharedLogBus {
             url,
-            log: Arc::new(log),
+            log,
             appender: Mutex::new(None),
             publisher: new_instance_id(),
             next_seq: AtomicU64::new(0),
@@ -745,7 +762,7 @@ impl SharedLogBus {
 pub(super) fn open(
     py: Python<'_>,
     url: String,
-    opts: SqliteOptions,
+    opts: LogOptions,
     inbox: &Arc<Inbox>,
     (durability, flush_interval, max_age, max_bytes): (
         &str,
@@ -755,21 +772,40 @@ pub(super) fn open(
     ),
     (compress_threshold, retention_interval, hard_limit): (usize, Option<f64>, Option<u64>),
 ) -> PyResult<Arc<SharedLogBus>> {
-    let mut opts = opts;
-    // NOTE: a `?durability=` in the URL wins over the keyword argument.
-    if !url.contains("durability=") {
-        opts.durability = match durability {
-            "sync" => Durability::Sync,
-            "async" | "normal" => Durability::Normal,
-            other => {
-                return Err(PyValueError::new_err(format!(
-                    "durability must be \"sync\" or \"async\", got {other:?}"
-                )))
+    let durability_mode = match durability {
+        "sync" => Durability::Sync,
+        "async" | "normal" => Durability::Normal,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "durability must be \"sync\" or \"async\", got {other:?}"
+            )))
+        }
+    };
+    let opts = match opts {
+        LogOptions::Sqlite(mut o) => {
+            // NOTE: a `?durability=` in the URL wins over the keyword argument.
+            if !url.contains("durability=") {
+                o.durability = durability_mode;
             }
-        };
-    }
-    opts.compress_threshold = compress_threshold;
-    opts.hard_limit_bytes = hard_limit;
+            o.compress_threshold = compress_threshold;
+            o.hard_limit_bytes = hard_limit;
+            LogOptions::Sqlite(o)
+        }
+        LogOptions::Redis(mut o) => {
+            // NOTE: on Redis what survives a crash is the server's appendfsync setting
+            // (docs/backends.md, RedisLog); `durability` cannot change it from here.
+            if hard_limit.is_some() {
+                return Err(PyValueError::new_err(
+                    "persistence_hard_limit_bytes does not apply to a Redis backend \
+                     (cap the server with maxmemory, the log with retention_max_bytes)",
+                ));
+            }
+            if !url.contains("compress_threshold=") {
+                o.compress_threshold = compress_threshold;
+            }
+            LogOptions::Redis(o)
+        }
+    };
     // NOTE: the same validation of the retention arguments as enable_persistence.
     let po = super::persist::options(
         Some(std::path::PathBuf::from("-")),

@@ -1,0 +1,814 @@
+//! RedisLog: the conformance suite and Redis-specific failure tests, each against its
+//! own `redis-server` (started on a free port with `--appendonly yes --appendfsync
+//! always` in a temporary directory, killed on drop), never the shared one on 6379.
+//!
+//! The server binary is `$MPM_REDIS_SERVER`, else `redis-server` on PATH or
+//! `/usr/bin/redis-server`. When `MPM_TEST_PYTHON` is set (as `make test-rust` does)
+//! a missing binary fails every Redis test with the reason; otherwise each prints
+//! `SKIPPED <test>: ...` to the real stderr and returns (cargo has no runtime skip).
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{RedisLog, RedisOptions};
+use crate::backend::conformance::{conformance_suite, rec, TestLog};
+use crate::backend::error::LogError;
+use crate::backend::{EntryId, Record, SharedLog, StartAt};
+
+/// The redis-server binary, if there is one.
+fn server_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MPM_REDIS_SERVER") {
+        return Some(PathBuf::from(p));
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("redis-server"))
+            .find(|p| p.is_file())
+    });
+    on_path.or_else(|| {
+        let p = PathBuf::from("/usr/bin/redis-server");
+        p.is_file().then_some(p)
+    })
+}
+
+/// Whether `test` can run (see the module docs): panics under `make test-rust` when
+/// the server is missing, prints SKIPPED otherwise.
+pub(crate) fn redis_available(test: &str) -> bool {
+    if server_binary().is_some() {
+        return true;
+    }
+    if std::env::var_os("MPM_TEST_PYTHON").is_some() {
+        panic!(
+            "{test}: no redis-server binary (looked at $MPM_REDIS_SERVER, PATH and \
+             /usr/bin/redis-server); install it (apt-get install redis-server) or unset \
+             MPM_TEST_PYTHON to skip the Redis tests"
+        );
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "\nSKIPPED {test}: no redis-server binary (MPM_TEST_PYTHON is not set)"
+    );
+    false
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private redis-server; SIGKILLed on drop.
+pub(crate) struct RedisServer {
+    child: Option<Child>,
+    pub(crate) port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Start one on a free port (a few tries: the port may be taken meanwhile).
+    pub(crate) fn start() -> RedisServer {
+        for _ in 0..5 {
+            let mut s = RedisServer {
+                child: None,
+                port: free_port(),
+                dir: tempfile::tempdir().unwrap(),
+            };
+            if s.spawn() {
+                return s;
+            }
+        }
+        panic!("could not start a redis-server on a free port");
+    }
+
+    /// Start the process (again) on the same port and directory; true when it answers.
+    fn spawn(&mut self) -> bool {
+        let bin = server_binary().expect("redis-server binary");
+        let child = Command::new(bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(_)) = c.try_wait() {
+                    self.child = None;
+                    return false;
+                }
+            }
+            if let Ok(client) = redis::Client::open(self.url()) {
+                if let Ok(mut c) = client.get_connection_with_timeout(Duration::from_millis(200)) {
+                    if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                        return true;
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// SIGKILL the server (nothing flushed beyond what appendfsync always did).
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start it again on the same port and data directory.
+    pub(crate) fn restart(&mut self) {
+        assert!(self.spawn(), "redis-server did not come back");
+    }
+
+    fn raw(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+static PREFIXES: AtomicU64 = AtomicU64::new(0);
+
+fn options(server: &RedisServer) -> RedisOptions {
+    let mut o = RedisOptions::new(server.url());
+    o.prefix = format!("t{}", PREFIXES.fetch_add(1, Ordering::Relaxed));
+    o
+}
+
+fn redis_factory() -> TestLog {
+    let server = Arc::new(RedisServer::start());
+    let opts = options(&server);
+    TestLog {
+        open: Box::new(move || {
+            let _keep = &server;
+            Arc::new(RedisLog::open(opts.clone()).unwrap()) as Arc<dyn SharedLog>
+        }),
+    }
+}
+
+conformance_suite!(redis_factory, skip_unless = redis_available);
+
+// ---------------------------------------------------------------- Redis-specific
+
+#[test]
+fn urls_parse_and_mask_passwords() {
+    let o = RedisOptions::from_url("redis://h:6380/2?prefix=bus1&dedup_ttl=30").unwrap();
+    assert_eq!(o.url, "redis://h:6380/2");
+    assert_eq!(o.prefix, "bus1");
+    assert_eq!(o.dedup_ttl, Duration::from_secs(30));
+    let o = RedisOptions::from_url("rediss://u:secret@h/0?ca_file=/etc/ca.pem").unwrap();
+    assert_eq!(o.prefix, "mpm");
+    assert_eq!(o.ca_file, Some(PathBuf::from("/etc/ca.pem")));
+    for bad in [
+        "sqlite:///x.db",
+        "redis://h/0?prefix=",
+        "redis://h/0?prefix=a{b}",
+        "redis://h/0?colour=red",
+        "redis://h/0?timeout=-1",
+        "redis://h/0?ca_file=/ca.pem",
+    ] {
+        let err = RedisOptions::from_url(bad).unwrap_err();
+        assert!(matches!(err, LogError::Invalid(_)), "{bad}: {err:?}");
+    }
+    let err = RedisOptions::from_url("redis://u:secret@h/0?x=1").unwrap_err();
+    assert!(!err.to_string().contains("secret"), "{err}");
+}
+
+#[test]
+fn unreachable_server_is_an_io_error_naming_the_url() {
+    if !redis_available("unreachable_server_is_an_io_error_naming_the_url") {
+        return;
+    }
+    let mut o = RedisOptions::new(format!("redis://127.0.0.1:{}/0", free_port()));
+    o.timeout = Duration::from_millis(500);
+    let err = RedisLog::open(o).unwrap_err();
+    assert!(matches!(err, LogError::Io { .. }), "{err:?}");
+    assert!(err.to_string().contains("127.0.0.1"), "{err}");
+}
+
+#[test]
+fn keys_share_one_hash_tag() {
+    if !redis_available("keys_share_one_hash_tag") {
+        return;
+    }
+    let server = RedisServer::start();
+    let mut o = RedisOptions::new(server.url());
+    o.prefix = "bus".into();
+    let log = RedisLog::open(o).unwrap();
+    log.ensure_group("g", StartAt::Earliest).unwrap();
+    log.append(&[rec("p", 0)]).unwrap();
+    let got = log.read("g", "i", 1, None).unwrap();
+    log.dead_letter("g", got[0].id, "boom", 1).unwrap();
+    let mut c = server.raw();
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        vec!["{bus}:dlq", "{bus}:eid:p-0", "{bus}:meta", "{bus}:stream"]
+    );
+}
+
+#[test]
+fn blocking_read_longer_than_a_default_response_timeout_strands_nothing() {
+    if !redis_available("blocking_read_longer_than_a_default_response_timeout_strands_nothing") {
+        return;
+    }
+    let server = RedisServer::start();
+    let opts = options(&server);
+    let log = Arc::new(RedisLog::open(opts.clone()).unwrap());
+    log.ensure_group("g", StartAt::Earliest).unwrap();
+    let reader = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let got = log
+                .read("g", "i", 10, Some(Duration::from_secs(6)))
+                .unwrap();
+            (got, started.elapsed())
+        })
+    };
+    // Longer than redis-rs's 500 ms default response timeout, and than our 1 s slice.
+    std::thread::sleep(Duration::from_millis(1700));
+    RedisLog::open(opts)
+        .unwrap()
+        .append(&[rec("p", 0)])
+        .unwrap();
+    let (got, waited) = reader.join().unwrap();
+    assert_eq!(got.len(), 1, "the entry reached the blocked reader");
+    // (The thread may start its clock a little after the sleep began.)
+    assert!(waited >= Duration::from_millis(1500), "{waited:?}");
+    let st = log.group_stats("g").unwrap();
+    assert_eq!(
+        (st.pending, st.lag),
+        (1, 0),
+        "pending = what the reader got"
+    );
+}
+
+#[test]
+fn a_lost_read_reply_is_reread_by_the_instance() {
+    if !redis_available("a_lost_read_reply_is_reread_by_the_instance") {
+        return;
+    }
+    let server = RedisServer::start();
+    let opts = options(&server);
+    let log = RedisLog::open(opts.clone()).unwrap();
+    log.ensure_group("g", StartAt::Earliest).unwrap();
+    let ids = log
+        .append(&(0..5).map(|i| rec("p", i)).collect::<Vec<_>>())
+        .unwrap();
+    // The server delivers 3 into instance i's pending list; the reply never arrives.
+    let mut c = server.raw();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("i")
+        .arg("COUNT")
+        .arg(3)
+        .arg("STREAMS")
+        .arg(format!("{{{}}}:stream", opts.prefix))
+        .arg(">")
+        .query(&mut c)
+        .unwrap();
+    // Instance i (re)starting on a handle gets those first, then the rest.
+    let again = RedisLog::open(opts).unwrap();
+    let first = again.read("g", "i", 10, None).unwrap();
+    assert_eq!(first.iter().map(|e| e.id).collect::<Vec<_>>(), ids[..3]);
+    assert!(first.iter().all(|e| e.deliveries >= 1));
+    let rest = again.read("g", "i", 10, None).unwrap();
+    assert_eq!(rest.iter().map(|e| e.id).collect::<Vec<_>>(), ids[3..]);
+    assert!(again.read("g", "i", 10, None).unwrap().is_empty());
+}
+
+#[test]
+fn a_retried_publish_keeps_one_copy() {
+    if !redis_available("a_retried_publish_keeps_one_copy") {
+        return;
+    }
+    let server = RedisServer::start();
+    let log = RedisLog::open(options(&server)).unwrap();
+    let r = rec("p", 7);
+    let a = log.append(std::slice::from_ref(&r)).unwrap();
+    // The same event again (a retry after a timed-out reply), from another handle too.
+    let b = log.append(std::slice::from_ref(&r)).unwrap();
+    let other = RedisLog::open(log.options().clone()).unwrap();
+    let c = other.append(&[r.clone(), rec("p", 8)]).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(c[0], a[0]);
+    assert_eq!(log.stats().unwrap().entries, 2);
+    let all = log.range(None, None, None, None, 100).unwrap();
+    assert_eq!(
+        all.iter().filter(|(_, x)| x.event_id == "p-7").count(),
+        1,
+        "one copy"
+    );
+}
+
+#[test]
+fn deleted_pending_entries_are_counted_when_claimed() {
+    if !redis_available("deleted_pending_entries_are_counted_when_claimed") {
+        return;
+    }
+    let server = RedisServer::start();
+    let opts = options(&server);
+    let log = RedisLog::open(opts.clone()).unwrap();
+    log.ensure_group("g", StartAt::Earliest).unwrap();
+    log.append(&(0..3).map(|i| rec("p", i)).collect::<Vec<_>>())
+        .unwrap();
+    let got = log.read("g", "dead", 3, None).unwrap();
+    // Someone deletes a pending entry by hand before it was handled.
+    let mut c = server.raw();
+    let n: i64 = redis::cmd("XDEL")
+        .arg(format!("{{{}}}:stream", opts.prefix))
+        .arg(got[1].id.to_string())
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(n, 1);
+    let back = log.claim_expired("g", "me", Duration::ZERO, 10).unwrap();
+    assert_eq!(
+        back.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![got[0].id, got[2].id]
+    );
+    assert_eq!(log.stats().unwrap().dropped_unhandled, 1);
+    assert_eq!(log.group_stats("g").unwrap().pending, 2);
+}
+
+#[test]
+fn large_payloads_are_compressed_and_round_trip() {
+    if !redis_available("large_payloads_are_compressed_and_round_trip") {
+        return;
+    }
+    let server = RedisServer::start();
+    let log = RedisLog::open(options(&server)).unwrap();
+    let payload = format!("{{\"t\":\"{}\"}}", "abc".repeat(10_000)).into_bytes();
+    let r = Record {
+        payload: payload.clone(),
+        ..rec("p", 0)
+    };
+    log.append(&[r]).unwrap();
+    assert!(log.stats().unwrap().bytes < payload.len() as u64 / 4);
+    let back = log.range(None, None, None, None, 1).unwrap();
+    assert_eq!(back[0].1.payload, payload);
+}
+
+#[test]
+fn killed_server_restarted_keeps_every_acknowledged_publish() {
+    if !redis_available("killed_server_restarted_keeps_every_acknowledged_publish") {
+        return;
+    }
+    let mut server = RedisServer::start();
+    let mut opts = options(&server);
+    opts.timeout = Duration::from_millis(500);
+    let log = Arc::new(RedisLog::open(opts.clone()).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let failed = Arc::new(AtomicU64::new(0));
+    let storm: Vec<_> = (0..3)
+        .map(|p| {
+            let (log, stop, ok, failed) = (log.clone(), stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let name = format!("pub{p}");
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let r = rec(&name, n);
+                    match log.append(std::slice::from_ref(&r)) {
+                        Ok(_) => ok.lock().push(r.event_id),
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    let wait_ok = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ok.lock().len() < n {
+            assert!(Instant::now() < deadline, "publishers stalled");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_ok(300);
+    server.kill();
+    let before_restart = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while failed.load(Ordering::SeqCst) < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "no publish failed while Redis was down"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        ok.lock().len()
+    };
+    server.restart();
+    wait_ok(before_restart + 300);
+    stop.store(true, Ordering::SeqCst);
+    for h in storm {
+        h.join().unwrap();
+    }
+    let acknowledged: Vec<String> = ok.lock().clone();
+    let fresh = RedisLog::open(opts).unwrap();
+    let mut stored = HashSet::new();
+    let mut after = None;
+    loop {
+        let page = fresh.range(None, None, None, after, 1000).unwrap();
+        let Some(last) = page.last().map(|(id, _)| *id) else {
+            break;
+        };
+        stored.extend(page.into_iter().map(|(_, r)| r.event_id));
+        after = Some(last);
+    }
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|e| !stored.contains(*e))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged publishes lost (failed attempts {}): {:?}",
+        lost.len(),
+        acknowledged.len(),
+        failed.load(Ordering::SeqCst),
+        &lost[..lost.len().min(5)]
+    );
+    assert_eq!(
+        stored.len() as u64,
+        fresh.stats().unwrap().entries,
+        "no duplicates"
+    );
+}
+
+/// A CA and a server certificate for `localhost` made with the openssl CLI, or None.
+fn make_certs(dir: &std::path::Path) -> Option<()> {
+    let run = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let ok = run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=mpm test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]) && run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]) && {
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             extendedKeyUsage=serverAuth\n",
+        )
+        .is_ok()
+    } && run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        "server.pem",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    ok.then_some(())
+}
+
+#[test]
+fn rediss_over_rustls_with_a_private_ca() {
+    if !redis_available("rediss_over_rustls_with_a_private_ca") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    if make_certs(dir.path()).is_none() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "\nSKIPPED rediss_over_rustls_with_a_private_ca: the openssl CLI could not \
+             make test certificates"
+        );
+        return;
+    }
+    let port = free_port();
+    let d = |f: &str| dir.path().join(f).display().to_string();
+    let _server = Kid(Command::new(server_binary().unwrap())
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            &d("server.pem"),
+            "--tls-key-file",
+            &d("server.key"),
+        ])
+        .args([
+            "--tls-ca-cert-file",
+            &d("ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ])
+        .args(["--save", "", "--dir", &d("")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    let url = format!(
+        "rediss://localhost:{port}/0?prefix=tls&ca_file={}",
+        d("ca.pem")
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        match RedisLog::open_url(&url) {
+            Ok(log) => break log,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no TLS connection: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    log.ensure_group("g", StartAt::Earliest).unwrap();
+    log.append(&[rec("p", 0)]).unwrap();
+    let got = log
+        .read("g", "i", 10, Some(Duration::from_secs(2)))
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    // Without the private CA the server's certificate is not trusted.
+    let plain = format!("rediss://localhost:{port}/0?prefix=tls&timeout=2");
+    assert!(RedisLog::open_url(&plain).is_err());
+}
+
+// ---------------------------------------------------------------- multi-process
+
+const ROLE: &str = "MPM_REDIS_LOG_CHILD_ROLE";
+
+/// Entry point of the child processes (the test binary re-executed with `--exact`
+/// and [`ROLE`] set). Without the variable it does nothing.
+#[test]
+fn redis_child_process_entry() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    let arg = |k: &str| std::env::var(k).unwrap_or_default();
+    let mut o = RedisOptions::new(arg("MPM_REDIS_URL"));
+    o.prefix = arg("MPM_REDIS_PREFIX");
+    let log = RedisLog::open(o).unwrap();
+    match role.as_str() {
+        // Claim a batch of MAX, print the ids, then hang (to be killed).
+        "claim" => {
+            let max: usize = arg("MAX").parse().unwrap();
+            let got = log
+                .read("g", "doomed", max, Some(Duration::from_secs(10)))
+                .unwrap();
+            let ids: Vec<String> = got.iter().map(|e| e.id.to_string()).collect();
+            println!("CHILD claimed {}", ids.join(" "));
+            loop {
+                std::thread::park();
+            }
+        }
+        other => panic!("unknown child role {other}"),
+    }
+}
+
+struct Kid(Child);
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn sigkilled_reader_mid_batch_is_redelivered_after_the_claim_timeout() {
+    if !redis_available("sigkilled_reader_mid_batch_is_redelivered_after_the_claim_timeout") {
+        return;
+    }
+    let server = RedisServer::start();
+    let opts = options(&server);
+    let log = RedisLog::open(opts.clone()).unwrap();
+    log.ensure_group("g", StartAt::Earliest).unwrap();
+    let ids = log
+        .append(&(0..20).map(|i| rec("p", i)).collect::<Vec<_>>())
+        .unwrap();
+    let mut kid = Kid(Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "backend::redis::tests::redis_child_process_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ROLE, "claim")
+        .env("MPM_REDIS_URL", server.url())
+        .env("MPM_REDIS_PREFIX", &opts.prefix)
+        .env("MAX", "8")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap());
+    let out = BufReader::new(kid.0.stdout.take().unwrap());
+    let mut claimed = Vec::new();
+    for line in out.lines() {
+        let line = line.unwrap();
+        // NOTE: the harness prints `test <name> ... ` before the child's first line.
+        if let Some((_, rest)) = line.split_once("CHILD claimed ") {
+            claimed = rest
+                .split(' ')
+                .map(|s| EntryId::parse(s).unwrap())
+                .collect();
+            break;
+        }
+    }
+    assert_eq!(claimed, ids[..8], "the child claimed the first batch");
+    kid.0.kill().unwrap();
+    kid.0.wait().unwrap();
+    // The other instance handles the rest meanwhile; the dead one's batch comes back
+    // after the claim timeout, each once, delivery count 2.
+    let rest = log.read("g", "alive", 100, None).unwrap();
+    assert_eq!(rest.iter().map(|e| e.id).collect::<Vec<_>>(), ids[8..]);
+    let rest_ids: Vec<EntryId> = rest.iter().map(|e| e.id).collect();
+    assert_eq!(log.ack("g", &rest_ids).unwrap(), 12);
+    let lease = Duration::from_millis(400);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut back = Vec::new();
+    while back.len() < 8 {
+        assert!(
+            Instant::now() < deadline,
+            "the dead reader's batch never came back"
+        );
+        back.extend(log.claim_expired("g", "alive", lease, 100).unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(back.iter().map(|e| e.id).collect::<Vec<_>>(), ids[..8]);
+    assert!(back.iter().all(|e| e.deliveries == 2));
+    let all: Vec<EntryId> = back.iter().chain(rest.iter()).map(|e| e.id).collect();
+    assert_eq!(all.len(), 20, "0 lost, 0 duplicated");
+    assert_eq!(log.ack("g", &all).unwrap(), 8);
+    assert_eq!(log.group_stats("g").unwrap().pending, 0);
+}
+
+// ---------------------------------------------------------------- GroupReader on Redis
+
+fn reader_opts(group: &str, claim_timeout: Duration) -> crate::backend::reader::ReaderOptions {
+    crate::backend::reader::ReaderOptions {
+        claim_timeout,
+        poll: Duration::from_millis(20),
+        ..crate::backend::reader::ReaderOptions::new(group)
+    }
+}
+
+#[test]
+fn a_long_handler_keeps_its_claims_and_stop_hands_them_on() {
+    use crate::backend::reader::GroupReader;
+    if !redis_available("a_long_handler_keeps_its_claims_and_stop_hands_them_on") {
+        return;
+    }
+    let server = RedisServer::start();
+    let opts = options(&server);
+    let log: Arc<dyn SharedLog> = Arc::new(RedisLog::open(opts.clone()).unwrap());
+    log.append(&(0..5).map(|i| rec("p", i)).collect::<Vec<_>>())
+        .unwrap();
+    // NOTE: 500 ms: the heartbeat (every 167 ms) has a wide margin on a loaded machine.
+    let lease = Duration::from_millis(500);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let a = GroupReader::start(log.clone(), reader_opts("g", lease), move |b| {
+        tx.send(b).unwrap()
+    })
+    .unwrap();
+    let held = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(held.len(), 5);
+    // The handler takes three claim timeouts: another process never gets them.
+    let other = RedisLog::open(opts).unwrap();
+    let until = Instant::now() + lease * 3;
+    while Instant::now() < until {
+        assert!(other
+            .claim_expired("g", "thief", lease, 10)
+            .unwrap()
+            .is_empty());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(a.stats().lost_claims, 0);
+    // Stopping releases them to a running second instance at once.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let b = GroupReader::start(
+        log.clone(),
+        reader_opts("g", Duration::from_secs(60)),
+        move |b| tx.send(b).unwrap(),
+    )
+    .unwrap();
+    assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+    assert_eq!(a.stop().unwrap(), 5);
+    let again = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        again.iter().map(|e| e.id).collect::<Vec<_>>(),
+        held.iter().map(|e| e.id).collect::<Vec<_>>()
+    );
+    assert!(again.iter().all(|e| e.deliveries == 2));
+    b.ack(&again.iter().map(|e| e.id).collect::<Vec<_>>());
+    b.stop().unwrap();
+    assert_eq!(log.group_stats("g").unwrap().pending, 0);
+}
+
+#[test]
+fn a_group_reader_delivers_everything_once_and_catches_up() {
+    use crate::backend::reader::GroupReader;
+    if !redis_available("a_group_reader_delivers_everything_once_and_catches_up") {
+        return;
+    }
+    let server = RedisServer::start();
+    let log: Arc<dyn SharedLog> = Arc::new(RedisLog::open(options(&server)).unwrap());
+    log.append(&(0..300).map(|i| rec("p", i)).collect::<Vec<_>>())
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = GroupReader::start(
+        log.clone(),
+        crate::backend::reader::ReaderOptions {
+            batch: 32,
+            ..reader_opts("g", Duration::from_secs(30))
+        },
+        move |batch| tx.send(batch).unwrap(),
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 300 {
+        let batch = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        reader.ack(&batch.iter().map(|e| e.id).collect::<Vec<_>>());
+        seen.extend(batch.into_iter().map(|e| e.record.publisher_seq));
+    }
+    assert_eq!(seen, (0..300).collect::<Vec<_>>());
+    let last = log.stats().unwrap().last;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !reader.caught_up(last).unwrap() {
+        assert!(Instant::now() < deadline, "acks never written");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(reader.stop().unwrap(), 0);
+    let g = log.group_stats("g").unwrap();
+    assert_eq!((g.pending, g.lag), (0, 0));
+}
