@@ -14,30 +14,34 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+class _Handler(BaseHTTPRequestHandler):
+    """Appends each POSTed body's ``data`` (with its arrival time) to the server's file."""
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            event = json.loads(body)["data"]
+        except (ValueError, KeyError, TypeError):
+            self.send_response(400)
+            self.end_headers()
+            return
+        event["_received_at"] = time.time()
+        out = self.server.out  # type: ignore[attr-defined]
+        out.write(json.dumps(event) + "\n")
+        out.flush()
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 def main() -> int:
     port, path = int(sys.argv[1]), sys.argv[2]
-    out = open(path, "a", encoding="utf-8")  # NOTE: open for the server's life
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            try:
-                event = json.loads(body)["data"]
-            except (ValueError, KeyError, TypeError):
-                self.send_response(400)
-                self.end_headers()
-                return
-            event["_received_at"] = time.time()
-            out.write(json.dumps(event) + "\n")
-            out.flush()
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
     ThreadingHTTPServer.allow_reuse_address = True
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
+    # NOTE: open for the server's life.
+    server.out = open(path, "a", encoding="utf-8")  # type: ignore[attr-defined]
     print("ready", flush=True)
     try:
         server.serve_forever()
