@@ -22,7 +22,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,22 @@ def url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'log.db'}"
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The log on each backend: a SQLite file, or a private redis-server of its own
+    (``tests/helpers/redis_server.py``). The cross-process tests run on both."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'log.db'}"
+        return
+    from helpers.redis_server import RedisServer
+
+    server = RedisServer(tmp_path)
+    try:
+        yield server.url(prefix=f"t{uuid.uuid4().hex[:8]}")
+    finally:
+        server.kill()
+
+
 def ev(i: int, pub: str = "parent", topic: str = "log.ev") -> Any:
     return make_event(topic, {"pub": pub, "i": i})
 
@@ -152,7 +169,8 @@ def ev(i: int, pub: str = "parent", topic: str = "log.ev") -> Any:
 # ----- across processes -----
 
 
-def test_a_publisher_process_reaches_a_consumer_process(url: str, tmp_path: Path) -> None:
+def test_a_publisher_process_reaches_a_consumer_process(any_url: str, tmp_path: Path) -> None:
+    url = any_url
     out = tmp_path / "a.txt"
     c = consumer(url, "a", out)
     pub = Child("publish", url, "p1", "120", "40")
@@ -171,7 +189,10 @@ def test_a_publisher_process_reaches_a_consumer_process(url: str, tmp_path: Path
         assert seq == sorted(seq)
 
 
-def test_two_names_by_three_instances_fan_out_and_share_exactly(url: str, tmp_path: Path) -> None:
+def test_two_names_by_three_instances_fan_out_and_share_exactly(
+    any_url: str, tmp_path: Path
+) -> None:
+    url = any_url
     children = {
         (name, k): consumer(url, name, tmp_path / f"{name}{k}.txt", batch=10)
         for name in ("x", "y")
@@ -198,8 +219,9 @@ def test_two_names_by_three_instances_fan_out_and_share_exactly(url: str, tmp_pa
 
 
 def test_a_consumer_killed_mid_stream_loses_nothing_and_duplicates_are_bounded(
-    url: str, tmp_path: Path
+    any_url: str, tmp_path: Path
 ) -> None:
+    url = any_url
     n = 3000
     out = tmp_path / "k.txt"
     pub = Child("publish", url, "p", str(n), "500")
@@ -254,7 +276,8 @@ def test_a_publisher_killed_right_after_publish_returned_has_its_events(
     assert stored == set(range(len(stored)))
 
 
-def test_dead_letters_are_seen_and_replayed_across_processes(url: str, tmp_path: Path) -> None:
+def test_dead_letters_are_seen_and_replayed_across_processes(any_url: str, tmp_path: Path) -> None:
+    url = any_url
     out = tmp_path / "d.txt"
     flag = tmp_path / "failing"
     flag.touch()
