@@ -10,7 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 from typing import Any
+
+from mpm_events.__main__ import _positive
+from mpm_events._cli import timeparse
 
 BACKEND_HELP = (
     "read the shared log directly: sqlite:///path/to/events.db or redis://host:port/0 "
@@ -43,74 +47,55 @@ def _add(commands: argparse._SubParsersAction, name: str, **kw: Any) -> argparse
         commands._parser_class = before
 
 
-def _count(text: str) -> int:
+def _checked(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse ``type`` from a parser that raises ValueError with its message."""
+
+    def check(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    check.__name__ = parse.__name__
+    return check
+
+
+def count(text: str) -> int:
+    """An int >= 0."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        raise ValueError(f"invalid int value: {text!r}") from None
     if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
+        raise ValueError(f"must not be negative, not {value}")
     return value
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
-    if not value > 0:  # NOTE: also refuses NaN
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
-    return value
-
-
-def _duration(text: str) -> float:
-    from mpm_events._cli.timeparse import parse_duration
-
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _when(text: str) -> int:
-    """An ISO 8601 datetime or a duration ago, as unix microseconds."""
-    from mpm_events._cli.timeparse import parse_when
-
-    try:
-        return parse_when(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _iso(text: str) -> int:
-    from mpm_events._cli.timeparse import parse_iso
-
-    try:
-        return parse_iso(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _pattern(text: str) -> str:
+def pattern(text: str) -> str:
     """A topic pattern (``hook.**``), checked as subscriptions check it."""
     from mpm_events import Event
 
-    try:
-        Event(topic="x").matches_topic(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    Event(topic="x").matches_topic(text)  # NOTE: InvalidTopicError is a ValueError
     return text
 
 
-def _rule(text: str) -> tuple[str, object]:
+def rule(text: str) -> tuple[str, Any]:
     """``--rule``: ``(text, Rule)``, compiled at once, so a bad rule is argparse's one
     line and exit 2."""
     from mpm_events import Rule
 
     try:
         return text, Rule(text)
-    except Exception as exc:
-        raise argparse.ArgumentTypeError(f"invalid rule: {exc}") from None
+    except ValueError as exc:  # NOTE: InvalidRuleError is a ValueError
+        raise ValueError(f"invalid rule: {exc}") from None
+
+
+_count = _checked(count)
+_pattern = _checked(pattern)
+_rule = _checked(rule)
+_duration = _checked(timeparse.parse_duration)
+_when = _checked(timeparse.parse_when)
+_iso = _checked(timeparse.parse_iso)
 
 
 def _target(p: argparse.ArgumentParser) -> None:
