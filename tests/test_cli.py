@@ -316,18 +316,22 @@ def test_stats_and_dlq_list_show_purge_redrive_then_the_consumer_gets_them(
             assert time.monotonic() < end, letters
             time.sleep(0.1)
         # Oldest first: in the order the consumer gave up on them.
-        assert [d["id"] for d in letters] == sorted(d["id"] for d in letters)
+        assert [d["timestamp"] for d in letters] == sorted(d["timestamp"] for d in letters)
+        newest = letters[-1]
         letters.sort(key=lambda d: d["event"]["data"]["i"])
         assert [
             (d["consumer"], d["topic"], d["attempts"], d["event"]["data"]) for d in letters
         ] == [("dl", "log.ev", 1, {"pub": "p", "i": i}) for i in range(3)]
         assert all(
-            set(d) == {"id", "consumer", "topic", "attempts", "error", "timestamp", "event"}
+            set(d)
+            == {"id", "consumer", "topic", "attempts", "errors", "error", "timestamp", "event"}
             for d in letters
         )
-        assert all(d["error"] for d in letters)
+        assert all(d["error"] and d["errors"] == [d["error"]] for d in letters)
+        assert all(d["id"] == d["event"]["id"] for d in letters)
         ids = [d["id"] for d in letters]
-        assert ok("dlq", "show", str(ids[1]), "--backend", url) == [letters[1]]
+        assert ok("dlq", "show", ids[1], "--backend", url) == [letters[1]]
+        assert ok("dlq", "list", "--limit", "1", "--backend", url) == [newest]
         assert ok("dlq", "list", "--consumer", "nobody", "--backend", url) == []
 
         [snap] = ok("stats", "--backend", url)
@@ -346,12 +350,10 @@ def test_stats_and_dlq_list_show_purge_redrive_then_the_consumer_gets_them(
             "dead_letters": 3,
         }
 
-        assert "no dead letter with id 999999" in fails(
-            1, "dlq", "show", "999999", "--backend", url
-        )
-        assert ok("dlq", "purge", str(ids[2]), "--backend", url) == [{"purged": 1}]
+        assert "no dead letter with id 'nope'" in fails(1, "dlq", "show", "nope", "--backend", url)
+        assert ok("dlq", "purge", ids[2], "--backend", url) == [{"purged": 1}]
         flag.unlink()
-        assert ok("dlq", "redrive", str(ids[0]), "--backend", url) == [{"redriven": 1}]
+        assert ok("dlq", "redrive", ids[0], "--backend", url) == [{"redriven": 1}]
         assert wait_lines(out, 1) == [f"p 0 {c.proc.pid}"]
         assert ok("dlq", "redrive", "--consumer", "dl", "--backend", url) == [{"redriven": 1}]
         assert sorted(wait_lines(out, 2)) == [f"p 0 {c.proc.pid}", f"p 1 {c.proc.pid}"]
@@ -428,10 +430,11 @@ def monitor() -> Iterator[FakeMonitor]:
 
 def _letter(i: int, consumer: str) -> dict[str, Any]:
     return {
-        "id": i,
+        "id": f"ev/{i}",
         "consumer": consumer,
         "topic": "hook.x",
         "attempts": 3,
+        "errors": ["boom"],
         "error": "boom",
         "timestamp": "2026-12-02T05:00:00+00:00",
         "event": {"topic": "hook.x", "data": {"i": i}},
@@ -450,19 +453,21 @@ def test_monitor_stats_and_dlq_speak_the_api(monitor: FakeMonitor) -> None:
         == monitor.dead_letters[:2]
     )
     assert monitor.requests[-1].path == "/api/dead-letters?consumer=c&limit=5"
-    assert ok("dlq", "show", "3", "--monitor", monitor.url) == [monitor.dead_letters[2]]
-    assert "HTTP 404" in fails(1, "dlq", "show", "9", "--monitor", monitor.url)
+    assert ok("dlq", "show", "ev/3", "--monitor", monitor.url) == [monitor.dead_letters[2]]
+    assert monitor.requests[-1].path == "/api/dead-letters/ev%2F3"
+    assert "HTTP 404" in fails(1, "dlq", "show", "ev/9", "--monitor", monitor.url)
     # State changes need the token: without it the monitor's 401 is one line.
-    said = fails(1, "dlq", "redrive", "1", "--monitor", monitor.base + "/")
+    said = fails(1, "dlq", "redrive", "ev/1", "--monitor", monitor.base + "/")
     assert "HTTP 401 (pass the monitor URL with the ?token= it printed)" in said
-    assert ok("dlq", "redrive", "1", "--monitor", monitor.url) == [{"redriven": 1}]
+    assert ok("dlq", "redrive", "ev/1", "--monitor", monitor.url) == [{"redriven": 1}]
     post = monitor.requests[-1]
     assert (post.method, post.path, post.body) == (
         "POST",
         "/api/dead-letters/redrive",
-        {"ids": [1]},
+        {"ids": ["ev/1"]},
     )
     assert post.headers["Authorization"] == f"Bearer {monitor.token}"
+    assert "Origin" not in post.headers
     assert ok("dlq", "purge", "--consumer", "d", "--monitor", monitor.url) == [{"purged": 1}]
     assert monitor.requests[-1].body == {"consumer": "d"}
     assert ok("dlq", "redrive", "--all", "--monitor", monitor.url) == [{"redriven": 1}]

@@ -66,6 +66,7 @@ __all__ = [
     "_log_read",
     "_log_redrive",
     "_log_requeue",
+    "_log_scan",
     "_log_stats",
     "_validate_topic",
 ]
@@ -1010,6 +1011,29 @@ def _log_range(
     Raises:
         ValueError: A bad URL, pattern or entry id.
         PersistenceError: The log cannot be opened or read (the message names the path).
+    """
+
+def _log_scan(
+    url: str,
+    *,
+    since_us: int | None = None,
+    until_us: int | None = None,
+    topics: list[str] | None = None,
+    exclude: list[str] | None = None,
+    after: str | None = None,
+    limit: int = 1000,
+    budget: int = 50000,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Entries after ``after`` as :func:`_log_range` filters them (at most ``limit``),
+    and the entry id of the last entry looked at, matching or not (private; ``tail``).
+
+    Passing that id as the next call's ``after`` moves a follower past entries that
+    did not match instead of reading them again. One call looks at no more than about
+    ``budget`` entries; the id is ``after`` itself when there was nothing to look at.
+
+    Raises:
+        ValueError: A bad URL, pattern or entry id.
+        PersistenceError: The log cannot be opened or read.
     """
 
 def _log_read(

@@ -80,9 +80,9 @@ class FakeMonitor:
                     ]
                     return self._answer(200, items[: int(q.get("limit", ["1000"])[0])])
                 if path.startswith("/api/dead-letters/"):
-                    want = path.rsplit("/", 1)[1]
+                    want = urllib.parse.unquote(path.rsplit("/", 1)[1])
                     for d in fake.dead_letters:
-                        if str(d["id"]) == want:
+                        if d["id"] == want:
                             return self._answer(200, d)
                     return self._answer(404, {"error": f"no dead letter {want}"})
                 if path.startswith("/api/replay/"):

@@ -200,12 +200,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     actions = dlq.add_subparsers(dest="dlq_action", metavar="ACTION", required=True)
     dl_list = actions.add_parser("list", help="list dead letters, oldest first")
     dl_list.add_argument("--consumer", metavar="NAME", help="only this consumer's")
-    dl_list.add_argument("--limit", type=_count, default=1000, metavar="N", help="at most N (1000)")
+    dl_list.add_argument(
+        "--limit", type=_count, default=1000, metavar="N", help="the newest N at most (1000)"
+    )
     dl_show = actions.add_parser("show", help="one dead letter with its event")
-    dl_show.add_argument("id", metavar="ID", type=_count, help="its id (from dlq list)")
+    dl_show.add_argument("id", metavar="ID", help="its id (the event's id, from dlq list)")
+    dl_show.add_argument("--consumer", metavar="NAME", help="the one of this consumer")
     for name, verb in (("redrive", "hand back to their consumer"), ("purge", "delete")):
         act = actions.add_parser(name, help=f"{verb}: the given ids, one consumer's, or --all")
-        act.add_argument("ids", metavar="ID", type=_count, nargs="*", help="dead-letter ids")
+        act.add_argument("ids", metavar="ID", nargs="*", help="dead-letter ids (event ids)")
         act.add_argument("--consumer", metavar="NAME", help="all of this consumer's")
         act.add_argument("--all", action="store_true", help="every dead letter")
     for act in (dl_list, dl_show, *(actions.choices[n] for n in ("redrive", "purge"))):

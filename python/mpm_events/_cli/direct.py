@@ -28,13 +28,15 @@ def document(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def dead_letter(dl: dict[str, Any]) -> dict[str, Any]:
-    """A dead letter of ``_log_dead_letters`` in the monitor's shape."""
+    """A dead letter of ``_log_dead_letters`` in the monitor's shape: its ``id`` is the
+    event's (as the monitor's), the log keeps only the last error."""
     event = document(dl["event"])
     return {
-        "id": dl["dl_id"],
+        "id": event["id"],
         "consumer": dl["group"],
         "topic": event["topic"],
         "attempts": dl["attempts"],
+        "errors": [dl["reason"]],
         "error": dl["reason"],
         "timestamp": iso(dl["failed_us"]),
         "event": event,

@@ -34,44 +34,39 @@ def run(args: argparse.Namespace) -> int:
         _log_redrive,
     )
 
-    if action == "list":
-        letters = [
-            dead_letter(d) for d in log_call(url, _log_dead_letters, args.consumer, args.limit)
-        ]
-        _print_list(args, letters)
-        return 0
-    everything = [dead_letter(d) for d in log_call(url, _log_dead_letters, None, ALL)]
-    if action == "show":
-        found = [d for d in everything if d["id"] == args.id]
-        if not found:
-            raise CliError(f"no dead letter with id {args.id} in {url}")
-        _print_one(args, found[0])
-        return 0
-    picked = [
-        d
-        for d in everything
-        if (not args.ids or d["id"] in args.ids)
-        and (not args.consumer or d["consumer"] == args.consumer)
+    # (dead letter in the monitor's shape, its dl_id in the log), oldest first
+    letters = [
+        (dead_letter(d), d["dl_id"]) for d in log_call(url, _log_dead_letters, args.consumer, ALL)
     ]
-    missing = sorted(set(args.ids) - {d["id"] for d in picked})
+    if action == "list":
+        # NOTE: the newest `limit`, as the monitor's /api/dead-letters?limit= gives.
+        shown = letters[-args.limit :] if args.limit else []
+        _print_list(args, [d for d, _ in shown])
+        return 0
+    if action == "show":
+        found = [d for d, _ in letters if d["id"] == args.id]
+        if not found:
+            raise CliError(f"no dead letter with id {args.id!r} in {url}")
+        for d in found:
+            _print_one(args, d)
+        return 0
+    picked = [(d, dl) for d, dl in letters if not args.ids or d["id"] in args.ids]
+    missing = sorted(set(args.ids) - {d["id"] for d, _ in picked})
     if missing:
         raise CliError(
-            f"no dead letter with id {', '.join(map(str, missing))}"
+            f"no dead letter with id {', '.join(map(repr, missing))}"
             + (f" of consumer {args.consumer!r}" if args.consumer else "")
             + f" in {url}"
         )
     by_group: dict[str, list[int]] = {}
-    for d in picked:
-        by_group.setdefault(d["consumer"], []).append(d["id"])
-    n = 0
+    for d, dl in picked:
+        by_group.setdefault(d["consumer"], []).append(dl)
     if action == "redrive":
-        for group, ids in by_group.items():
-            n += log_call(url, _log_redrive, group, ids)
+        n = sum(log_call(url, _log_redrive, group, ids) for group, ids in by_group.items())
         output.line({"redriven": n})
     else:
         ids = [i for group_ids in by_group.values() for i in group_ids]
-        n = log_call(url, _log_purge, ids) if ids else 0
-        output.line({"purged": n})
+        output.line({"purged": log_call(url, _log_purge, ids) if ids else 0})
     return 0
 
 
@@ -83,7 +78,12 @@ def _monitor(args: argparse.Namespace, monitor: Any) -> int:
         _print_list(args, list(items or []))
         return 0
     if action == "show":
-        _print_one(args, monitor.get(f"/api/dead-letters/{args.id}"))
+        import urllib.parse
+
+        d = monitor.get(f"/api/dead-letters/{urllib.parse.quote(args.id, safe='')}")
+        if args.consumer and d.get("consumer") != args.consumer:
+            raise CliError(f"dead letter {args.id!r} is not consumer {args.consumer!r}'s")
+        _print_one(args, d)
         return 0
     body: dict[str, Any] = {}
     if args.consumer:

@@ -5,7 +5,8 @@ The contract (``docs/cli.md``): ``GET /api/metrics``, ``/api/consumers``,
 ``/api/stream?pattern=&exclude=&rule=`` (SSE: ``id: <seq>``, ``data: <event JSON>``;
 resume with ``Last-Event-ID``), ``POST /api/dead-letters/redrive`` and ``/purge``
 (``{"consumer"?, "ids"?}``), ``POST /api/replay`` and ``GET /api/replay/<job>``.
-State-changing requests carry the URL's ``?token=`` as ``Authorization: Bearer``.
+State-changing requests carry the URL's ``?token=`` as ``Authorization: Bearer``
+(and no ``Origin``: the monitor checks one only when a browser sends it).
 """
 
 from __future__ import annotations

@@ -65,6 +65,8 @@ def _monitor(args: argparse.Namespace, monitor: Any) -> int:
     for flag, value in (("--rate", args.rate), ("--dry-run", args.dry_run or None)):
         if value is not None:
             raise usage(f"{flag} needs --backend URL (the monitor's replay API has no such option)")
+    if args.since is None:
+        raise usage("replay --monitor needs --since (the monitor replays from a start time)")
     body = {
         "since": iso(args.since) if args.since is not None else None,
         "until": iso(args.until) if args.until is not None else None,

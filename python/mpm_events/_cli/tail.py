@@ -13,9 +13,10 @@ from mpm_events._cli.timeparse import ago
 
 #: Without --since/--from, how many of the last events come first.
 DEFAULT_LAST = 10
-#: Seconds between looks at the log while following. NOTE: bounded polling of one
-#: indexed range query (GIL released) rather than a consumer group: a group would
-#: keep entries from retention and count as a consumer in stats.
+#: Seconds between looks at the log while following, when the last look found nothing
+#: new. NOTE: polling ``_log_scan`` (GIL released; it returns how far it looked, so
+#: entries that do not match are read once) rather than a consumer group: a group
+#: would keep entries from retention and count as a consumer in stats.
 POLL_S = 0.2
 PAGE = 1000
 
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         return _tail_monitor(args, target.monitor, show)
 
     from mpm_events._cli.direct import document
-    from mpm_events._core import _log_range
+    from mpm_events._core import _log_range, _log_scan, _log_stats
 
     url = target.backend
     assert url is not None
@@ -38,8 +39,12 @@ def run(args: argparse.Namespace) -> int:
     last = args.last
     if last is None and since_us is None:
         last = DEFAULT_LAST
-    topics = [args.pattern]
-    exclude = args.exclude or None
+    window = {
+        "since_us": since_us,
+        "until_us": until_us,
+        "topics": [args.pattern],
+        "exclude": args.exclude or None,
+    }
 
     def emit(entries: list[dict[str, Any]]) -> None:
         for e in entries:
@@ -47,42 +52,39 @@ def run(args: argparse.Namespace) -> int:
             if rule is None or rule.matches(doc):
                 show(doc)
 
-    # NOTE: the follow starts after the log's last entry as the backlog is read, so
-    # nothing appended meanwhile is missed or shown twice.
-    from mpm_events._core import _log_stats
-
-    after = log_call(url, _log_stats, topics=False)["last"]
-    window = {"since_us": since_us, "until_us": until_us, "topics": topics, "exclude": exclude}
-    if last is not None and rule is None:
-        backlog = log_call(url, _log_range, **window, last=last) if last > 0 else []
-        emit([e for e in backlog if after is None or _le(e["entry_id"], after)])
-    elif last != 0:
-        # Every entry of the window, in pages; with a rule and -n, the last N matching.
-        kept: deque[dict[str, Any]] | None = deque(maxlen=last) if last else None
-        cursor = None
-        while True:
-            page = log_call(url, _log_range, **window, after=cursor, limit=PAGE)
-            full = len(page) >= PAGE
-            page = [e for e in page if after is None or _le(e["entry_id"], after)]
-            if kept is None:
-                emit(page)
-            else:
-                kept.extend(e for e in page if rule is None or rule.matches(document(e)))
-            if not full or len(page) < PAGE:
-                break
-            cursor = page[-1]["entry_id"]
-        if kept is not None:
-            emit(list(kept))
+    # NOTE: the backlog ends at the log's last entry when tail starts and the follow
+    # starts right after it: nothing appended meanwhile is missed or shown twice.
+    end = log_call(url, _log_stats, topics=False)["last"]
+    if end is not None:
+        if last is not None and rule is None:
+            if last > 0:
+                backlog = log_call(url, _log_range, **window, last=last)
+                emit([e for e in backlog if _le(e["entry_id"], end)])
+        elif last != 0:
+            # The whole window in pages; with a rule and -n, the last N matching.
+            kept: deque[dict[str, Any]] | None = deque(maxlen=last) if last else None
+            cursor = None
+            while cursor is None or not _le(end, cursor):
+                page, seen = log_call(url, _log_scan, **window, after=cursor, limit=PAGE)
+                page = [e for e in page if _le(e["entry_id"], end)]
+                if kept is None:
+                    emit(page)
+                else:
+                    kept.extend(e for e in page if rule is None or rule.matches(document(e)))
+                if seen is None or seen == cursor:
+                    break
+                cursor = seen
+            if kept is not None:
+                emit(list(kept))
     if args.no_follow or until_us is not None:
         return 0
-    cursor = after
+    cursor = end
     while True:
-        page = log_call(url, _log_range, **window, after=cursor, limit=PAGE)
-        if page:
-            emit(page)
-            cursor = page[-1]["entry_id"]
-        if len(page) < PAGE:
+        page, seen = log_call(url, _log_scan, **window, after=cursor, limit=PAGE)
+        emit(page)
+        if seen == cursor:
             time.sleep(POLL_S)
+        cursor = seen
 
 
 def _le(a: str, b: str) -> bool:

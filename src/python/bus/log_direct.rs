@@ -1,5 +1,5 @@
 //! A shared log without a bus: `_log_append`, `_log_range`, `_log_read`, `_log_ack`,
-//! and what the command line inspects and changes: `_log_groups`, `_log_stats`,
+//! and what the command line inspects and changes: `_log_scan`, `_log_groups`, `_log_stats`,
 //! `_log_dead_letters`, `_log_redrive`, `_log_purge`, `_log_requeue`.
 //!
 //! Synchronous functions for processes that only write a few events and exit (the
@@ -85,6 +85,12 @@ fn options(url: &str, durability: Option<Durability>) -> PyResult<Target> {
         // NOTE: on Redis what survives a crash is the server's appendfsync setting;
         // `durability` does not apply (docs/backends.md, RedisLog).
         return Ok(Target::Redis(RedisOptions::from_url(url).map_err(invalid)?));
+    }
+    if !url.starts_with("sqlite:") {
+        return Err(PyValueError::new_err(format!(
+            "log URL {url:?} is not a shared log's: expected sqlite:///path/to/events.db \
+             or redis://host:port/0"
+        )));
     }
     let mut opts = SqliteOptions::from_url(url).map_err(invalid)?;
     if let Some(d) = durability {
@@ -270,11 +276,11 @@ fn entry_id(text: &str) -> PyResult<EntryId> {
     EntryId::parse(text).map_err(log_error)
 }
 
-/// Parsed topic patterns (`ValueError` naming a bad one).
+/// Parsed topic patterns (`InvalidTopicError` naming a bad one).
 fn patterns(list: Option<&[String]>) -> PyResult<Vec<Pattern>> {
     list.unwrap_or_default()
         .iter()
-        .map(|p| Pattern::parse(p).map_err(|e| PyValueError::new_err(e.to_string())))
+        .map(|p| Pattern::parse(p).map_err(topic_error))
         .collect()
 }
 
@@ -343,6 +349,63 @@ fn _log_range<'py>(
         out.append(entry_dict(py, *id, record, None)?)?;
     }
     Ok(out)
+}
+
+/// Entries after `after` whose topic matches `topics` and none of `exclude`, and the
+/// id of the last entry looked at, so a follower's next call starts past what did not
+/// match instead of reading it again.
+#[pyfunction]
+#[pyo3(signature = (url, *, since_us=None, until_us=None, topics=None, exclude=None, after=None, limit=1000, budget=50_000))]
+#[allow(clippy::too_many_arguments)]
+fn _log_scan<'py>(
+    py: Python<'py>,
+    url: &str,
+    since_us: Option<i64>,
+    until_us: Option<i64>,
+    topics: Option<Vec<String>>,
+    exclude: Option<Vec<String>>,
+    after: Option<&str>,
+    limit: usize,
+    budget: usize,
+) -> PyResult<(Bound<'py, PyList>, Option<String>)> {
+    let after = after.map(entry_id).transpose()?;
+    let wanted = topics.map(|t| patterns(Some(&t))).transpose()?;
+    let exclude = patterns(exclude.as_deref())?;
+    let keep = |topic: &str| {
+        wanted
+            .as_ref()
+            .is_none_or(|ps| ps.iter().any(|p| p.matches(topic)))
+            && !exclude.iter().any(|p| p.matches(topic))
+    };
+    let (rows, seen) = with_log(py, url, |log| {
+        let mut out = Vec::new();
+        let mut seen = after;
+        let mut looked = 0usize;
+        loop {
+            // NOTE: the topic filter runs here, not in `range`, so that `seen` moves
+            // past entries that do not match.
+            let page = log.range(since_us, until_us, None, seen, PAGE)?;
+            let full = page.len() >= PAGE;
+            for (id, record) in page {
+                seen = Some(id);
+                looked += 1;
+                if keep(&record.topic) {
+                    out.push((id, record));
+                    if out.len() >= limit.max(1) {
+                        return Ok((out, seen));
+                    }
+                }
+            }
+            if !full || looked >= budget {
+                return Ok((out, seen));
+            }
+        }
+    })?;
+    let out = PyList::empty(py);
+    for (id, record) in &rows {
+        out.append(entry_dict(py, *id, record, None)?)?;
+    }
+    Ok((out, seen.map(|id| id.to_string())))
 }
 
 /// Groups this process has ensured, by URL and name.
@@ -524,6 +587,7 @@ fn _log_requeue(py: Python<'_>, url: &str, group: &str, ids: Vec<String>) -> PyR
 pub fn init_pymodule(m: &Bound<'_, pyo3::types::PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_log_append, m)?)?;
     m.add_function(wrap_pyfunction!(_log_range, m)?)?;
+    m.add_function(wrap_pyfunction!(_log_scan, m)?)?;
     m.add_function(wrap_pyfunction!(_log_read, m)?)?;
     m.add_function(wrap_pyfunction!(_log_ack, m)?)?;
     m.add_function(wrap_pyfunction!(_log_groups, m)?)?;
