@@ -45,6 +45,9 @@ def resolve(args: argparse.Namespace, *, must_exist: bool = True) -> Target:
     from mpm_events.__main__ import default_backend
 
     url = args.backend or default_backend()
+    if "://" not in url and not url.startswith("sqlite:") and url != "memory":
+        # NOTE: a bare path is a SQLite log, as EventBus(backend=...) takes it.
+        url = "sqlite://" + os.path.abspath(url)
     if url.startswith(("redis://", "rediss://")):
         return Target(backend=url)
     if not url.startswith("sqlite:"):
