@@ -276,6 +276,10 @@ fn entry_id(text: &str) -> PyResult<EntryId> {
     EntryId::parse(text).map_err(log_error)
 }
 
+fn entry_ids(texts: &[String]) -> PyResult<Vec<EntryId>> {
+    texts.iter().map(|t| entry_id(t)).collect()
+}
+
 /// Parsed topic patterns (`InvalidTopicError` naming a bad one).
 fn patterns(list: Option<&[String]>) -> PyResult<Vec<Pattern>> {
     list.unwrap_or_default()
@@ -458,10 +462,7 @@ fn _log_read<'py>(
 /// Acknowledges entries of `group` (their `entry_id`s); returns how many were pending.
 #[pyfunction]
 fn _log_ack(py: Python<'_>, url: &str, group: &str, ids: Vec<String>) -> PyResult<u64> {
-    let ids = ids
-        .iter()
-        .map(|t| entry_id(t))
-        .collect::<PyResult<Vec<_>>>()?;
+    let ids = entry_ids(&ids)?;
     with_log(py, url, |log| log.ack(group, &ids))
 }
 
@@ -576,10 +577,7 @@ fn _log_purge(py: Python<'_>, url: &str, dl_ids: Vec<i64>) -> PyResult<u64> {
 /// Hands the entries `ids` to `group` again (a replay into one consumer name).
 #[pyfunction]
 fn _log_requeue(py: Python<'_>, url: &str, group: &str, ids: Vec<String>) -> PyResult<u64> {
-    let ids = ids
-        .iter()
-        .map(|t| entry_id(t))
-        .collect::<PyResult<Vec<_>>>()?;
+    let ids = entry_ids(&ids)?;
     with_log(py, url, |log| log.requeue(group, &ids))
 }
 
