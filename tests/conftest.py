@@ -12,7 +12,8 @@ import inspect
 import sys
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -285,3 +286,19 @@ async def browser(dashboard):
         yield b
     finally:
         await b.sio.disconnect()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The log on each backend: a SQLite file, or a private redis-server of its own
+    (``tests/helpers/redis_server.py``). The cross-process tests run on both."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'log.db'}"
+        return
+    from helpers.redis_server import RedisServer
+
+    server = RedisServer(tmp_path)
+    try:
+        yield server.url(prefix=f"t{uuid.uuid4().hex[:8]}")
+    finally:
+        server.kill()

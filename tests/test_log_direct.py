@@ -1,5 +1,5 @@
-"""``_core._log_append`` / ``_log_range`` / ``_log_read`` / ``_log_ack``: the shared
-log without a bus (what ``mpm-events hook`` and W11 use), on real SQLite files."""
+"""``_core._log_*``: the shared log without a bus (what ``mpm-events hook``, the
+``tail``/``stats``/``dlq``/``replay`` commands and W11 use), on real SQLite files."""
 
 from __future__ import annotations
 
@@ -96,8 +96,8 @@ def test_bad_arguments_and_unusable_logs(tmp_path):
         _log_append(url_of(garbage), [{"topic": "a", "type": "t"}])
     assert garbage.read_bytes() == b"not sqlite at all" * 100
     url = url_of(tmp_path / "ok.db")
-    with pytest.raises(ValueError, match="sqlite:"):
-        _log_append("redis://localhost/0", [])
+    with pytest.raises(ValueError, match=r"sqlite:///path/to/events\.db or redis://"):
+        _log_append("ftp://localhost/0", [])
     with pytest.raises(ValueError, match="durability"):
         _log_append(url, [], durability="fast")  # type: ignore[arg-type]
     with pytest.raises(InvalidTopicError):
@@ -110,3 +110,71 @@ def test_bad_arguments_and_unusable_logs(tmp_path):
     with pytest.raises(InvalidTopicError):
         _log_append(url, [{"topic": "ok", "type": "t"}, {"topic": "", "type": "t"}])
     assert _log_range(url) == []
+
+
+def _topics(entries):
+    return [(e["entry_id"], e["topic"]) for e in entries]
+
+
+def test_range_last_and_exclude_and_scan_moves_past_what_does_not_match(tmp_path):
+    from mpm_events._core import _log_scan
+
+    url = url_of(tmp_path / "events.db")
+    topics = ["a.x", "b", "a.y", "b", "b", "a.x"]
+    _log_append(url, [{"topic": t, "type": "T"} for t in topics])
+    assert _topics(_log_range(url, topics=["a.**"], exclude=["a.y"])) == [
+        ("1-0", "a.x"),
+        ("6-0", "a.x"),
+    ]
+    assert _topics(_log_range(url, topics=["**"], exclude=["b"], limit=2)) == [
+        ("1-0", "a.x"),
+        ("3-0", "a.y"),
+    ]
+    assert _topics(_log_range(url, topics=["b"], last=2)) == [("4-0", "b"), ("5-0", "b")]
+    assert _log_range(url, last=0) == []
+    # _log_scan: what matched, and how far it looked (matching or not).
+    got, seen = _log_scan(url, topics=["a.*"], after="3-0")
+    assert (_topics(got), seen) == ([("6-0", "a.x")], "6-0")
+    got, seen = _log_scan(url, topics=["b"], after="5-0")
+    assert (got, seen) == ([], "6-0")
+    assert _log_scan(url, topics=["b"], after="6-0") == ([], "6-0")
+    got, seen = _log_scan(url, topics=["**"], limit=2)
+    assert (_topics(got), seen) == ([("1-0", "a.x"), ("2-0", "b")], "2-0")
+    with pytest.raises(InvalidTopicError, match=r"a\.\.b"):
+        _log_scan(url, exclude=["a..b"])
+
+
+def test_groups_stats_and_requeue(tmp_path):
+    """(Dead letters, redrive and purge need a failing consumer: tests/test_cli.py.)"""
+    from mpm_events._core import (
+        _log_dead_letters,
+        _log_groups,
+        _log_requeue,
+        _log_stats,
+    )
+
+    url = url_of(tmp_path / "events.db")
+    _log_append(url, [{"topic": t, "type": "T", "data": {"i": i}} for i, t in enumerate("aab")])
+    got = _log_read(url, "g", "i1", 2)
+    assert _log_ack(url, "g", [e["entry_id"] for e in got]) == 2
+    assert _log_groups(url) == [
+        {"name": "g", "position": "2-0", "pending": 0, "ready": 0, "lag": 1, "dead_letters": 0}
+    ]
+    stats = _log_stats(url)
+    assert (stats["entries"], stats["last"], stats["groups"], stats["topics"]) == (
+        3,
+        "3-0",
+        1,
+        {"a": 2, "b": 1},
+    )
+    assert "topics" not in _log_stats(url, topics=False)
+    # Requeue: the two handled entries come back to g; the unread one is skipped.
+    assert _log_requeue(url, "g", ["1-0", "2-0", "3-0", "99-0"]) == 2
+    assert _log_groups(url)[0]["ready"] == 2
+    again = _log_read(url, "g", "i1", 10)
+    assert [(e["entry_id"], e["deliveries"]) for e in again] == [("1-0", 1), ("2-0", 1), ("3-0", 1)]
+    assert _log_dead_letters(url) == []
+    with pytest.raises(PersistenceError, match="nobody"):
+        _log_requeue(url, "nobody", ["1-0"])
+    with pytest.raises(ValueError, match="entry id"):
+        _log_requeue(url, "g", ["x"])

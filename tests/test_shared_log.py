@@ -22,8 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -144,22 +143,6 @@ def log_entries(url: str) -> int:
 @pytest.fixture
 def url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'log.db'}"
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The log on each backend: a SQLite file, or a private redis-server of its own
-    (``tests/helpers/redis_server.py``). The cross-process tests run on both."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'log.db'}"
-        return
-    from helpers.redis_server import RedisServer
-
-    server = RedisServer(tmp_path)
-    try:
-        yield server.url(prefix=f"t{uuid.uuid4().hex[:8]}")
-    finally:
-        server.kill()
 
 
 def ev(i: int, pub: str = "parent", topic: str = "log.ev") -> Any:

@@ -6,6 +6,10 @@ hook in a fresh process, so its import cost is its wall time: its usual argument
 are read without ``argparse`` (which with ``shutil``, ``gettext`` and ``locale`` costs
 about 4 ms of a 60 ms budget); anything else (``--help``, a bad value) goes through
 the full parser.
+
+``tail``, ``stats``, ``dlq``, ``replay`` and ``bench`` live in :mod:`mpm_events._cli`:
+``_cli.commands`` (argparse only) registers them once the full parser is built, and
+each command's module is imported only when it runs.
 """
 
 from __future__ import annotations
@@ -370,7 +374,12 @@ def main(argv: list[str] | None = None, *, exit_process: bool = False) -> int:
         default=None,
         help="how to reach the dashboard (default: http for .../api/events, else socketio)",
     )
+    from mpm_events._cli import commands as cli_commands
+
+    cli_commands.register(commands)
     args = parser.parse_args(argv)
+    if getattr(args, "cli_module", None):
+        return cli_commands.run(args, parser.prog)
     if args.command == "relay":
         import asyncio
 

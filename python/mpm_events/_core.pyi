@@ -59,8 +59,15 @@ __all__ = [
     "__version__",
     "_log_ack",
     "_log_append",
+    "_log_dead_letters",
+    "_log_groups",
+    "_log_purge",
     "_log_range",
     "_log_read",
+    "_log_redrive",
+    "_log_requeue",
+    "_log_scan",
+    "_log_stats",
     "_validate_topic",
 ]
 
@@ -958,7 +965,7 @@ def _log_append(
 
     Args:
         url: ``sqlite:///path/to/events.db`` (the file and its directories are
-            created if needed).
+            created if needed) or ``redis://host:port/0``.
         events: ``Event`` objects (or objects with their attributes), or dicts of
             ``Event``'s constructor arguments (``topic``, ``type``, ``source``,
             ``data``, ``correlation_id``, ...).
@@ -968,7 +975,7 @@ def _log_append(
         The entry ids (``"<seq>-0"``), in the order of ``events``.
 
     Raises:
-        ValueError: A URL that is not a SQLite log's, an unknown durability.
+        ValueError: A URL that is not a SQLite or Redis log's, an unknown durability.
         InvalidTopicError: An event's topic is not a valid published topic.
         InvalidEventError: An item is not an event, or its data is not JSON.
         PersistenceError: The log cannot be opened or written (corrupt, newer schema,
@@ -984,19 +991,49 @@ def _log_range(
     topics: list[str] | None = None,
     after: str | None = None,
     limit: int = 10000,
+    exclude: list[str] | None = None,
+    last: int | None = None,
 ) -> list[dict[str, Any]]:
     """Entries of the shared log at ``url``, in log order, read only (private).
 
     Entries whose event timestamp is in ``since_us <= t < until_us`` (unix
     microseconds; either bound open) and whose topic matches one of ``topics``
-    (subscription patterns; None: all), at most ``limit``, after the entry id
-    ``after`` (paging). Each is a dict: ``entry_id``, ``id``, ``topic``, ``type``,
-    ``source``, ``timestamp_us``, ``published_us``, ``priority`` (int),
-    ``correlation_id``, ``data``, ``publisher``, ``publisher_seq``.
+    (subscription patterns; None: all) and none of ``exclude``, at most ``limit``,
+    after the entry id ``after`` (paging). With ``last``, the last ``last`` such
+    entries instead (one pass over the window; ``limit`` is ignored). Each is a dict:
+    ``entry_id``, ``id``, ``topic``, ``type``, ``source``, ``timestamp_us``,
+    ``published_us``, ``priority`` (int), ``correlation_id``, ``data``,
+    ``publisher``, ``publisher_seq``.
+
+    Args:
+        url: ``sqlite:///path/to/events.db`` or ``redis://host:port/0``.
 
     Raises:
         ValueError: A bad URL, pattern or entry id.
         PersistenceError: The log cannot be opened or read (the message names the path).
+    """
+
+def _log_scan(
+    url: str,
+    *,
+    since_us: int | None = None,
+    until_us: int | None = None,
+    topics: list[str] | None = None,
+    exclude: list[str] | None = None,
+    after: str | None = None,
+    limit: int = 1000,
+    budget: int = 50000,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Entries after ``after`` as :func:`_log_range` filters them (at most ``limit``),
+    and the entry id of the last entry looked at, matching or not (private; ``tail``).
+
+    Passing that id as the next call's ``after`` moves a follower past entries that
+    did not match instead of reading them again. One call looks at no more than about
+    ``budget`` entries; the id is ``after`` itself when there was nothing to look at.
+
+    Raises:
+        ValueError: A bad URL, pattern or entry id.
+        PersistenceError: The log cannot be opened or read.
     """
 
 def _log_read(
@@ -1029,6 +1066,79 @@ def _log_ack(url: str, group: str, ids: list[str]) -> int:
     Raises:
         ValueError: A bad URL or entry id.
         PersistenceError: The log cannot be opened or written.
+    """
+
+def _log_groups(url: str) -> list[dict[str, Any]]:
+    """Every consumer group (consumer name) of the shared log at ``url`` (private; the
+    ``stats`` command).
+
+    Each is a dict: ``name``, ``position`` (the last entry id handed to it, or None),
+    ``pending`` (claimed, not yet acknowledged), ``ready`` (waiting to be handed out
+    again: redriven or replayed), ``lag`` (entries after its position),
+    ``dead_letters``.
+
+    Raises:
+        ValueError: A bad URL.
+        PersistenceError: The log cannot be opened or read.
+    """
+
+def _log_stats(url: str, *, topics: bool = True) -> dict[str, Any]:
+    """Counts of the shared log at ``url`` (private; the ``stats`` command).
+
+    A dict: ``entries``, ``bytes``, ``first`` and ``last`` (entry ids or None),
+    ``groups``, ``dead_letters``, ``dropped_unhandled``, and with ``topics`` also
+    ``topics``: entries per topic (one pass over the log).
+
+    Raises:
+        ValueError: A bad URL.
+        PersistenceError: The log cannot be opened or read.
+    """
+
+def _log_dead_letters(
+    url: str, group: str | None = None, limit: int = 1000
+) -> list[dict[str, Any]]:
+    """The dead letters kept in the shared log at ``url``, oldest first, of consumer
+    name ``group`` or of all (private; the ``dlq`` command).
+
+    Each is a dict: ``dl_id`` (for :func:`_log_redrive` and :func:`_log_purge`),
+    ``group``, ``entry_id``, ``reason`` (the last error), ``attempts``,
+    ``failed_us`` and ``event`` (a dict as :func:`_log_range` gives).
+
+    Raises:
+        ValueError: A bad URL.
+        PersistenceError: The log cannot be opened or read.
+    """
+
+def _log_redrive(url: str, group: str, dl_ids: list[int] | None = None) -> int:
+    """Hands dead letters back to consumer name ``group`` (``dl_ids`` None: all of
+    its): each becomes an entry waiting to be handed out to that name again, its dead
+    letter removed. Returns how many (private; ``dlq redrive``).
+
+    Raises:
+        ValueError: A bad URL.
+        PersistenceError: The log cannot be opened or written, or does not know
+            ``group``.
+    """
+
+def _log_purge(url: str, dl_ids: list[int]) -> int:
+    """Deletes dead letters without handing them back; returns how many (private;
+    ``dlq purge``).
+
+    Raises:
+        ValueError: A bad URL.
+        PersistenceError: The log cannot be opened or written.
+    """
+
+def _log_requeue(url: str, group: str, ids: list[str]) -> int:
+    """Hands the entries ``ids`` (``entry_id`` values) to consumer name ``group``
+    again, and to no other name: each waits to be handed out once more (private; the
+    ``replay`` command). Entries after the group's position (it gets them anyway) and
+    entries no longer in the log are skipped. Returns how many were handed back.
+
+    Raises:
+        ValueError: A bad URL or entry id.
+        PersistenceError: The log cannot be opened or written, or does not know
+            ``group``.
     """
 
 @final

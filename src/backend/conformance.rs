@@ -50,6 +50,7 @@ macro_rules! conformance_suite {
             append_is_all_or_nothing,
             delete_group_forgets_it,
             release_hands_claims_back_at_once,
+            requeue_hands_handled_entries_to_one_group,
         );
     };
     (@tests $factory:path, $guard:path; $($name:ident),* $(,)?) => {
@@ -649,4 +650,42 @@ pub(crate) fn release_hands_claims_back_at_once(factory: fn() -> TestLog) {
     let back = t.handle().claim_expired("g", "b", hour, 10).unwrap();
     assert_eq!(back.iter().map(|e| e.id).collect::<Vec<_>>(), ids[..2]);
     assert!(back.iter().all(|e| e.deliveries == 2));
+}
+
+pub(crate) fn requeue_hands_handled_entries_to_one_group(factory: fn() -> TestLog) {
+    let t = factory();
+    let log = t.handle();
+    log.ensure_group("g", StartAt::Earliest).unwrap();
+    log.ensure_group("other", StartAt::Earliest).unwrap();
+    append_n(&*log, "p", 4);
+    let first = log.read("g", "a", 2, None).unwrap();
+    let ids: Vec<EntryId> = first.iter().map(|e| e.id).collect();
+    log.ack("g", &ids).unwrap();
+    let all: Vec<EntryId> = log
+        .range(None, None, None, None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    // Two handled entries come back; two not yet handed to the group are skipped.
+    let b = t.handle();
+    assert_eq!(b.requeue("g", &all).unwrap(), 2);
+    assert_eq!(b.group_stats("g").unwrap().ready, 2);
+    let got = drain(&*log, "g", "a");
+    let mut seen: Vec<(EntryId, u32)> = got.iter().map(|e| (e.id, e.deliveries)).collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![(all[0], 1), (all[1], 1), (all[2], 1), (all[3], 1)],
+        "each once: the two replayed, then the two the group had not read"
+    );
+    assert_eq!(
+        drain(&*log, "other", "o").len(),
+        4,
+        "other group unaffected"
+    );
+    assert!(matches!(
+        b.requeue("nobody", &all),
+        Err(LogError::UnknownGroup(_))
+    ));
 }

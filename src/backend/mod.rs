@@ -327,6 +327,13 @@ pub trait SharedLog: Send + Sync {
     /// `dl_ids` `None`: all dead letters of `group`. Returns how many.
     fn replay_dead_letters(&self, group: &str, dl_ids: Option<&[i64]>) -> Result<u64>;
 
+    /// Hand entries `ids` to `group` again (a replay into one consumer name): each
+    /// becomes a pending entry waiting to be handed out again (delivery count
+    /// restarting at 0), as a replayed dead letter does. Entries after the group's
+    /// position (it gets them anyway), entries no longer in the log and unknown ids
+    /// are skipped. Returns how many were handed back.
+    fn requeue(&self, group: &str, ids: &[EntryId]) -> Result<u64>;
+
     /// Delete dead letters without replaying them. Returns how many.
     fn remove_dead_letters(&self, dl_ids: &[i64]) -> Result<u64>;
 

@@ -1133,6 +1133,47 @@ impl SharedLog for RedisLog {
         Ok(n.max(0) as u64)
     }
 
+    fn requeue(&self, group: &str, ids: &[EntryId]) -> Result<u64> {
+        check_name("group", group)?;
+        let position = self
+            .group_info(group)?
+            .get("last-delivered-id")
+            .and_then(text)
+            .map(|s| parse_id(&s))
+            .transpose()?
+            .unwrap_or(EntryId::new(0, 0));
+        let wanted: Vec<String> = ids
+            .iter()
+            .filter(|id| **id <= position)
+            .map(|id| id.to_string())
+            .collect();
+        if wanted.is_empty() {
+            return Ok(0);
+        }
+        // NOTE: XCLAIM ... FORCE to the ready pseudo-consumer, as replayed dead letters
+        // are; Redis drops ids no longer in the stream, so the reply counts the rest.
+        let mut n = 0u64;
+        for chunk in wanted.chunks(500) {
+            let claimed: Vec<String> = self.run(false, |c| {
+                redis::cmd("XCLAIM")
+                    .arg(&self.keys.stream)
+                    .arg(group)
+                    .arg(READY)
+                    .arg(0)
+                    .arg(chunk)
+                    .arg("IDLE")
+                    .arg(0)
+                    .arg("RETRYCOUNT")
+                    .arg(0)
+                    .arg("FORCE")
+                    .arg("JUSTID")
+                    .query(c)
+            })?;
+            n += claimed.len() as u64;
+        }
+        Ok(n)
+    }
+
     fn remove_dead_letters(&self, dl_ids: &[i64]) -> Result<u64> {
         if dl_ids.is_empty() {
             return Ok(0);

@@ -791,6 +791,33 @@ impl SharedLog for SqliteLog {
         Ok(n)
     }
 
+    fn requeue(&self, group: &str, ids: &[EntryId]) -> Result<u64> {
+        let n = self.write(|tx| {
+            let position = self.group_position(tx, group)?;
+            let now = now_us();
+            // NOTE: only entries still in the log and already handed to the group
+            // (seq <= position); REPLACE also hands back one an instance holds now.
+            let mut s = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO log_pending (grp, seq, owner, claimed_us, deliveries)
+                     SELECT ?1, seq, NULL, ?2, 0 FROM log_entries WHERE seq = ?3 AND seq <= ?4",
+                )
+                .map_err(self.e())?;
+            let mut n = 0u64;
+            for id in ids {
+                let seq = seq_of(*id)?;
+                n += s
+                    .execute(params![group, now, seq, position])
+                    .map_err(self.e())? as u64;
+            }
+            Ok(n)
+        })?;
+        if n > 0 {
+            self.notifier.bump();
+        }
+        Ok(n)
+    }
+
     fn remove_dead_letters(&self, dl_ids: &[i64]) -> Result<u64> {
         self.write(|tx| {
             let mut s = tx

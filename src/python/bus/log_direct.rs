@@ -1,14 +1,18 @@
-//! A shared log without a bus: `_log_append`, `_log_range`, `_log_read`, `_log_ack`.
+//! A shared log without a bus: `_log_append`, `_log_range`, `_log_read`, `_log_ack`,
+//! and what the command line inspects and changes: `_log_scan`, `_log_groups`, `_log_stats`,
+//! `_log_dead_letters`, `_log_redrive`, `_log_purge`, `_log_requeue`.
 //!
 //! Synchronous functions for processes that only write a few events and exit (the
-//! `mpm-events hook` command), and for tests and benchmarks that read a log back:
+//! `mpm-events hook` command), the `mpm-events tail/stats/dlq/replay` commands, and
+//! tests and benchmarks that read a log back:
 //! no `EventBus`, no asyncio, no Tokio runtime. Each call holds the GIL only to
 //! convert its arguments and results; the log work (open, transaction, fsync) runs
 //! with the GIL released, so a deadline timer on another Python thread can still run.
 //!
 //! Events become records through [`crate::backend::codec`], the one encoding the
 //! bus's readers decode. Handles are opened once per process and URL (and
-//! durability) and kept.
+//! durability) and kept. A `sqlite:///` URL opens a [`SqliteLog`], a `redis://` (or
+//! `rediss://`) one a [`RedisLog`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
@@ -20,19 +24,21 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::backend::codec::{record_from_stored, stored_from_record};
+use crate::backend::redis::{RedisLog, RedisOptions};
 use crate::backend::sqlite::{SqliteLog, SqliteOptions};
 use crate::backend::{Durability, EntryId, LogError, Record, SharedLog, StartAt};
 use crate::python::convert::json::{pack_json, to_json, unpack_json};
 use crate::python::model::{Event, Payload};
 use crate::python::runtime::errors::{event_error, topic_error, PersistenceError};
 use crate::storage::StoredEvent;
+use crate::topic::Pattern;
 
 /// A URL and whether its handle fsyncs every commit (`Durability::Sync`).
 type HandleKey = (String, bool);
 
 /// Open handles of this process, by URL and durability.
-fn handles() -> &'static Mutex<HashMap<HandleKey, Arc<SqliteLog>>> {
-    static HANDLES: OnceLock<Mutex<HashMap<HandleKey, Arc<SqliteLog>>>> = OnceLock::new();
+fn handles() -> &'static Mutex<HashMap<HandleKey, Arc<dyn SharedLog>>> {
+    static HANDLES: OnceLock<Mutex<HashMap<HandleKey, Arc<dyn SharedLog>>>> = OnceLock::new();
     HANDLES.get_or_init(Default::default)
 }
 
@@ -62,16 +68,35 @@ fn parse_durability(durability: Option<&str>) -> PyResult<Option<Durability>> {
     }
 }
 
-/// The options of `url` (`ValueError` for a URL that is not a SQLite log's).
-fn options(url: &str, durability: Option<Durability>) -> PyResult<SqliteOptions> {
-    let mut opts = SqliteOptions::from_url(url).map_err(|e| match e {
+/// Which log a URL names, checked with the GIL held.
+#[derive(Clone)]
+enum Target {
+    Sqlite(SqliteOptions),
+    Redis(RedisOptions),
+}
+
+/// The options of `url` (`ValueError` for a URL that is not a SQLite or Redis log's).
+fn options(url: &str, durability: Option<Durability>) -> PyResult<Target> {
+    let invalid = |e: LogError| match e {
         LogError::Invalid(msg) => PyValueError::new_err(msg),
         other => log_error(other),
-    })?;
+    };
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        // NOTE: on Redis what survives a crash is the server's appendfsync setting;
+        // `durability` does not apply (docs/backends.md, RedisLog).
+        return Ok(Target::Redis(RedisOptions::from_url(url).map_err(invalid)?));
+    }
+    if !url.starts_with("sqlite:") {
+        return Err(PyValueError::new_err(format!(
+            "log URL {url:?} is not a shared log's: expected sqlite:///path/to/events.db \
+             or redis://host:port/0"
+        )));
+    }
+    let mut opts = SqliteOptions::from_url(url).map_err(invalid)?;
     if let Some(d) = durability {
         opts.durability = d;
     }
-    Ok(opts)
+    Ok(Target::Sqlite(opts))
 }
 
 /// How long a call retries a log that answers "database is locked" at once.
@@ -100,15 +125,36 @@ fn retry_busy<T>(mut attempt: impl FnMut() -> Result<T, LogError>) -> Result<T, 
 }
 
 /// The process's handle on the log (opened on first use). Call without the GIL.
-fn handle(url: &str, opts: SqliteOptions) -> Result<Arc<SqliteLog>, LogError> {
-    let key = (url.to_string(), opts.durability == Durability::Sync);
+fn handle(url: &str, target: Target) -> Result<Arc<dyn SharedLog>, LogError> {
+    let sync = match &target {
+        Target::Sqlite(o) => o.durability == Durability::Sync,
+        Target::Redis(_) => true,
+    };
+    let key = (url.to_string(), sync);
     if let Some(h) = handles().lock().get(&key) {
         return Ok(h.clone());
     }
     // NOTE: opened outside the map's lock: an open can wait for another process's
     // schema creation; two threads racing here open two handles and one is kept.
-    let log = Arc::new(SqliteLog::open(opts)?);
+    let log: Arc<dyn SharedLog> = match target {
+        Target::Sqlite(o) => Arc::new(SqliteLog::open(o)?),
+        Target::Redis(o) => Arc::new(RedisLog::open(o)?),
+    };
     Ok(handles().lock().entry(key).or_insert(log).clone())
+}
+
+/// Runs `f` on the process's handle on `url`, without the GIL, retrying a busy log.
+fn with_log<T: Send>(
+    py: Python<'_>,
+    url: &str,
+    f: impl Fn(&dyn SharedLog) -> Result<T, LogError> + Send + Sync,
+) -> PyResult<T> {
+    let target = options(url, None)?;
+    py.detach(|| {
+        let log = retry_busy(|| handle(url, target.clone()))?;
+        retry_busy(|| f(&*log))
+    })
+    .map_err(log_error)
 }
 
 /// One event, given as an `Event` (ours or any object with its attributes) or a dict
@@ -230,9 +276,25 @@ fn entry_id(text: &str) -> PyResult<EntryId> {
     EntryId::parse(text).map_err(log_error)
 }
 
+fn entry_ids(texts: &[String]) -> PyResult<Vec<EntryId>> {
+    texts.iter().map(|t| entry_id(t)).collect()
+}
+
+/// Parsed topic patterns (`InvalidTopicError` naming a bad one).
+fn patterns(list: Option<&[String]>) -> PyResult<Vec<Pattern>> {
+    list.unwrap_or_default()
+        .iter()
+        .map(|p| Pattern::parse(p).map_err(topic_error))
+        .collect()
+}
+
+/// How many entries one page of a scan reads.
+const PAGE: usize = 10_000;
+
 /// Entries of the log at `url` by time window and topic patterns, in log order.
 #[pyfunction]
-#[pyo3(signature = (url, *, since_us=None, until_us=None, topics=None, after=None, limit=10_000))]
+#[pyo3(signature = (url, *, since_us=None, until_us=None, topics=None, after=None, limit=10_000, exclude=None, last=None))]
+#[allow(clippy::too_many_arguments)]
 fn _log_range<'py>(
     py: Python<'py>,
     url: &str,
@@ -241,20 +303,113 @@ fn _log_range<'py>(
     topics: Option<Vec<String>>,
     after: Option<&str>,
     limit: usize,
+    exclude: Option<Vec<String>>,
+    last: Option<usize>,
 ) -> PyResult<Bound<'py, PyList>> {
-    let opts = options(url, None)?;
     let after = after.map(entry_id).transpose()?;
-    let rows = py
-        .detach(|| {
-            let log = retry_busy(|| handle(url, opts.clone()))?;
-            retry_busy(|| log.range(since_us, until_us, topics.as_deref(), after, limit))
-        })
-        .map_err(log_error)?;
+    let exclude = patterns(exclude.as_deref())?;
+    patterns(topics.as_deref())?;
+    let kept = |r: &Record| !exclude.iter().any(|p| p.matches(&r.topic));
+    let rows = with_log(py, url, |log| {
+        let Some(n) = last else {
+            // NOTE: pages until `limit` entries are kept, so an exclusion does not
+            // shorten the answer.
+            let mut out = Vec::new();
+            let mut from = after;
+            loop {
+                let page = log.range(since_us, until_us, topics.as_deref(), from, limit.max(1))?;
+                let full = page.len() >= limit.max(1);
+                from = page.last().map(|(id, _)| *id).or(from);
+                out.extend(page.into_iter().filter(|(_, r)| kept(r)));
+                if !full || out.len() >= limit || exclude.is_empty() {
+                    out.truncate(limit);
+                    return Ok(out);
+                }
+            }
+        };
+        // The last `n` of the window: one pass in pages, keeping only `n`.
+        let mut tail = std::collections::VecDeque::with_capacity(n.min(PAGE));
+        let mut from = after;
+        loop {
+            let page = log.range(since_us, until_us, topics.as_deref(), from, PAGE)?;
+            let full = page.len() >= PAGE;
+            from = page.last().map(|(id, _)| *id).or(from);
+            for row in page.into_iter().filter(|(_, r)| kept(r)) {
+                if n == 0 {
+                    break;
+                }
+                if tail.len() == n {
+                    tail.pop_front();
+                }
+                tail.push_back(row);
+            }
+            if !full {
+                return Ok(tail.into_iter().collect::<Vec<_>>());
+            }
+        }
+    })?;
     let out = PyList::empty(py);
     for (id, record) in &rows {
         out.append(entry_dict(py, *id, record, None)?)?;
     }
     Ok(out)
+}
+
+/// Entries after `after` whose topic matches `topics` and none of `exclude`, and the
+/// id of the last entry looked at, so a follower's next call starts past what did not
+/// match instead of reading it again.
+#[pyfunction]
+#[pyo3(signature = (url, *, since_us=None, until_us=None, topics=None, exclude=None, after=None, limit=1000, budget=50_000))]
+#[allow(clippy::too_many_arguments)]
+fn _log_scan<'py>(
+    py: Python<'py>,
+    url: &str,
+    since_us: Option<i64>,
+    until_us: Option<i64>,
+    topics: Option<Vec<String>>,
+    exclude: Option<Vec<String>>,
+    after: Option<&str>,
+    limit: usize,
+    budget: usize,
+) -> PyResult<(Bound<'py, PyList>, Option<String>)> {
+    let after = after.map(entry_id).transpose()?;
+    let wanted = topics.map(|t| patterns(Some(&t))).transpose()?;
+    let exclude = patterns(exclude.as_deref())?;
+    let keep = |topic: &str| {
+        wanted
+            .as_ref()
+            .is_none_or(|ps| ps.iter().any(|p| p.matches(topic)))
+            && !exclude.iter().any(|p| p.matches(topic))
+    };
+    let (rows, seen) = with_log(py, url, |log| {
+        let mut out = Vec::new();
+        let mut seen = after;
+        let mut looked = 0usize;
+        loop {
+            // NOTE: the topic filter runs here, not in `range`, so that `seen` moves
+            // past entries that do not match.
+            let page = log.range(since_us, until_us, None, seen, PAGE)?;
+            let full = page.len() >= PAGE;
+            for (id, record) in page {
+                seen = Some(id);
+                looked += 1;
+                if keep(&record.topic) {
+                    out.push((id, record));
+                    if out.len() >= limit.max(1) {
+                        return Ok((out, seen));
+                    }
+                }
+            }
+            if !full || looked >= budget {
+                return Ok((out, seen));
+            }
+        }
+    })?;
+    let out = PyList::empty(py);
+    for (id, record) in &rows {
+        out.append(entry_dict(py, *id, record, None)?)?;
+    }
+    Ok((out, seen.map(|id| id.to_string())))
 }
 
 /// Groups this process has ensured, by URL and name.
@@ -307,23 +462,137 @@ fn _log_read<'py>(
 /// Acknowledges entries of `group` (their `entry_id`s); returns how many were pending.
 #[pyfunction]
 fn _log_ack(py: Python<'_>, url: &str, group: &str, ids: Vec<String>) -> PyResult<u64> {
-    let opts = options(url, None)?;
-    let ids = ids
-        .iter()
-        .map(|t| entry_id(t))
-        .collect::<PyResult<Vec<_>>>()?;
-    py.detach(|| {
-        let log = retry_busy(|| handle(url, opts.clone()))?;
-        retry_busy(|| log.ack(group, &ids))
+    let ids = entry_ids(&ids)?;
+    with_log(py, url, |log| log.ack(group, &ids))
+}
+
+fn id_text(id: Option<EntryId>) -> Option<String> {
+    id.map(|i| i.to_string())
+}
+
+/// Every consumer group of the log: name, position, pending, ready, lag, dead letters.
+#[pyfunction]
+fn _log_groups<'py>(py: Python<'py>, url: &str) -> PyResult<Bound<'py, PyList>> {
+    let stats = with_log(py, url, |log| {
+        log.groups()?
+            .iter()
+            .map(|g| log.group_stats(g))
+            .collect::<Result<Vec<_>, LogError>>()
+    })?;
+    let out = PyList::empty(py);
+    for g in stats {
+        let d = PyDict::new(py);
+        d.set_item("name", &g.name)?;
+        d.set_item("position", id_text(g.position))?;
+        d.set_item("pending", g.pending)?;
+        d.set_item("ready", g.ready)?;
+        d.set_item("lag", g.lag)?;
+        d.set_item("dead_letters", g.dead_letters)?;
+        out.append(d)?;
+    }
+    Ok(out)
+}
+
+/// Counts of the whole log, and with `topics` the entries per topic (one pass).
+#[pyfunction]
+#[pyo3(signature = (url, *, topics=true))]
+fn _log_stats<'py>(py: Python<'py>, url: &str, topics: bool) -> PyResult<Bound<'py, PyDict>> {
+    let (st, counts) = with_log(py, url, |log| {
+        let st = log.stats()?;
+        let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+        if topics {
+            let mut from = None;
+            loop {
+                let page = log.range(None, None, None, from, PAGE)?;
+                let full = page.len() >= PAGE;
+                from = page.last().map(|(id, _)| *id).or(from);
+                for (_, r) in page {
+                    *counts.entry(r.topic).or_default() += 1;
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+        Ok((st, counts))
+    })?;
+    let d = PyDict::new(py);
+    d.set_item("entries", st.entries)?;
+    d.set_item("bytes", st.bytes)?;
+    d.set_item("first", id_text(st.first))?;
+    d.set_item("last", id_text(st.last))?;
+    d.set_item("groups", st.groups)?;
+    d.set_item("dead_letters", st.dead_letters)?;
+    d.set_item("dropped_unhandled", st.dropped_unhandled)?;
+    if topics {
+        let t = PyDict::new(py);
+        for (topic, n) in counts {
+            t.set_item(topic, n)?;
+        }
+        d.set_item("topics", t)?;
+    }
+    Ok(d)
+}
+
+/// The log's dead letters, oldest first, of one group or of all.
+#[pyfunction]
+#[pyo3(signature = (url, group=None, limit=1000))]
+fn _log_dead_letters<'py>(
+    py: Python<'py>,
+    url: &str,
+    group: Option<&str>,
+    limit: usize,
+) -> PyResult<Bound<'py, PyList>> {
+    let letters = with_log(py, url, |log| log.dead_letters(group, limit))?;
+    let out = PyList::empty(py);
+    for dl in &letters {
+        let d = PyDict::new(py);
+        d.set_item("dl_id", dl.dl_id)?;
+        d.set_item("group", &dl.group)?;
+        d.set_item("entry_id", dl.id.to_string())?;
+        d.set_item("reason", &dl.reason)?;
+        d.set_item("attempts", dl.attempts)?;
+        d.set_item("failed_us", dl.failed_us)?;
+        d.set_item("event", entry_dict(py, dl.id, &dl.record, None)?)?;
+        out.append(d)?;
+    }
+    Ok(out)
+}
+
+/// Hands dead letters back to `group` (`dl_ids` None: all of its); returns how many.
+#[pyfunction]
+#[pyo3(signature = (url, group, dl_ids=None))]
+fn _log_redrive(py: Python<'_>, url: &str, group: &str, dl_ids: Option<Vec<i64>>) -> PyResult<u64> {
+    with_log(py, url, |log| {
+        log.replay_dead_letters(group, dl_ids.as_deref())
     })
-    .map_err(log_error)
+}
+
+/// Deletes dead letters without handing them back; returns how many.
+#[pyfunction]
+fn _log_purge(py: Python<'_>, url: &str, dl_ids: Vec<i64>) -> PyResult<u64> {
+    with_log(py, url, |log| log.remove_dead_letters(&dl_ids))
+}
+
+/// Hands the entries `ids` to `group` again (a replay into one consumer name).
+#[pyfunction]
+fn _log_requeue(py: Python<'_>, url: &str, group: &str, ids: Vec<String>) -> PyResult<u64> {
+    let ids = entry_ids(&ids)?;
+    with_log(py, url, |log| log.requeue(group, &ids))
 }
 
 /// Registers the functions in `mpm_events._core`.
 pub fn init_pymodule(m: &Bound<'_, pyo3::types::PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_log_append, m)?)?;
     m.add_function(wrap_pyfunction!(_log_range, m)?)?;
+    m.add_function(wrap_pyfunction!(_log_scan, m)?)?;
     m.add_function(wrap_pyfunction!(_log_read, m)?)?;
     m.add_function(wrap_pyfunction!(_log_ack, m)?)?;
+    m.add_function(wrap_pyfunction!(_log_groups, m)?)?;
+    m.add_function(wrap_pyfunction!(_log_stats, m)?)?;
+    m.add_function(wrap_pyfunction!(_log_dead_letters, m)?)?;
+    m.add_function(wrap_pyfunction!(_log_redrive, m)?)?;
+    m.add_function(wrap_pyfunction!(_log_purge, m)?)?;
+    m.add_function(wrap_pyfunction!(_log_requeue, m)?)?;
     Ok(())
 }
