@@ -1,6 +1,16 @@
-"""W11: the shared log across processes: 4 publisher processes, 2 consumer names.
+"""W11: the shared log across processes: 4 publisher processes, 2 consumer names;
+W12: the bus on Redis Streams.
 
-    python benches/logprobe.py [--quick]     # prints one JSON line (progress on stderr)
+    python benches/logprobe.py [--quick]          # W11: one JSON line (progress on stderr)
+    python benches/logprobe.py --redis [--quick]  # W12: one JSON line
+
+W12 (``measure_redis``) starts a private ``redis-server`` on a free port (AOF, fsync
+every second; never the shared 6379) and measures, in this process: ``publish_batch``
+of 1,000 with 8 batches in flight, awaited single ``publish`` latency, one consumer name
+draining 200,000 events already in the stream with a Rust sink (``MetricsConsumer``) and
+with a Python consumer (batches of 1,000, reading ``event.data``), then
+``redis-benchmark``'s XADD rate on the same server (50 clients, one request at a time
+and pipelined 16 deep): the ceiling.
 
 Every run uses a fresh SQLite log in a temp dir. Two consumer processes, one per
 consumer name (``relay``, ``audit``: each name gets every event), claim entries with
@@ -9,10 +19,10 @@ claimed batch with ``_core._log_ack``; four publisher processes append with
 ``_core._log_append``. All seven are started and imported first; the publishers start
 together on one line on their stdin.
 
-NOTE: this is a benchmark-level API, not the bus: it was written before
-``EventBus(backend="sqlite:///...")`` (one ``Appender`` with group commit per process,
-one ``GroupReader`` per consumer name) reached main; a run through the bus is still to
-be added. ``_log_append`` is one transaction per call, so with
+NOTE: the ``via="direct"`` runs use this benchmark-level API, not the bus; the
+``via="bus"`` runs (the issue's targets) use ``EventBus(backend="sqlite:///...")``
+(one ``Appender`` with group commit per process, one ``GroupReader`` per consumer
+name). ``_log_append`` is one transaction per call, so with
 ``durability="sync"`` every single-event call is its own fsync; the bus's appender
 commits the publishes of many tasks of one process together.
 
@@ -35,6 +45,7 @@ Duplicates (an entry delivered twice to a name) are counted; there should be non
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
@@ -139,6 +150,27 @@ def publisher_bus(url: str, count: int, batch: int, rate: float) -> None:
     asyncio.run(main())
 
 
+class _BatchConsumer:
+    """The consumer protocol around a ``consume_batch`` (subclasses set ``config``)."""
+
+    is_healthy = True
+
+    async def initialize(self) -> bool:
+        return True
+
+    async def consume(self, event: Any) -> bool:
+        return await self.consume_batch([event]) == 1
+
+    async def consume_batch(self, events: list[Any]) -> int:
+        raise NotImplementedError
+
+    async def shutdown(self) -> None:
+        pass
+
+    def get_metrics(self) -> dict[str, Any]:
+        return {}
+
+
 def consumer_bus(url: str, name: str, total: int) -> None:
     """A consumer process on ``EventBus(backend=url)``: one Python consumer named
     ``name`` (batches of up to 1,000), until ``total`` events."""
@@ -151,15 +183,8 @@ def consumer_bus(url: str, name: str, total: int) -> None:
     lat_us: list[int] = []
     done = asyncio.Event()
 
-    class Consumer:
+    class Consumer(_BatchConsumer):
         config = ConsumerConfig(name, topics=["hook.**"], batch_size=1000, batch_timeout=0.001)
-        is_healthy = True
-
-        async def initialize(self) -> bool:
-            return True
-
-        async def consume(self, event: Any) -> bool:
-            return await self.consume_batch([event]) == 1
 
         async def consume_batch(self, events: list[Any]) -> int:
             now = time.time()
@@ -173,12 +198,6 @@ def consumer_bus(url: str, name: str, total: int) -> None:
             if len(seen) >= total:
                 done.set()
             return len(events)
-
-        async def shutdown(self) -> None:
-            pass
-
-        def get_metrics(self) -> dict[str, Any]:
-            return {}
 
     async def main() -> None:
         bus = EventBus(backend=url)
@@ -357,6 +376,213 @@ def measure(quick: bool) -> dict[str, Any]:
     return out
 
 
+# ----- W12: the bus on Redis Streams (one process each, a private redis-server) -----
+
+#: ``publish_batch`` calls awaited together in the W12 batch run (pipelined batches).
+W12_BATCHES_IN_FLIGHT = 8
+#: AOF with fsync every second: Redis's recommended persistence, the same server for
+#: our runs and for ``redis-benchmark``'s ceiling.
+REDIS_ARGS = ("--save", "", "--appendonly", "yes", "--appendfsync", "everysec")
+
+
+class _Redis:
+    """A private ``redis-server`` on a free port in a temp dir (never 6379)."""
+
+    def __init__(self, directory: str) -> None:
+        import shutil
+        import socket
+
+        binary = os.environ.get("MPM_REDIS_SERVER") or shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("no redis-server binary (PATH or $MPM_REDIS_SERVER)")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                directory,
+                *REDIS_ARGS,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as c:
+                    c.sendall(b"PING\r\n")
+                    if c.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.01)
+        raise RuntimeError("redis-server did not answer within 10 s")
+
+    def url(self, prefix: str) -> str:
+        return f"redis://127.0.0.1:{self.port}/0?prefix={prefix}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+XADD = ("XADD", "w12:raw", "*", "field", "value")
+
+
+def redis_benchmark_xadd(port: int, n: int) -> dict[str, Any]:
+    """The raw ceiling: ``redis-benchmark`` XADD rates (one request at a time per
+    client, and pipelined 16 deep), 50 clients, on the same server."""
+    import shutil
+
+    binary = shutil.which("redis-benchmark")
+    if binary is None:
+        return {"error": "no redis-benchmark binary on PATH"}
+    out: dict[str, Any] = {}
+    for label, pipe in (("xadd_per_s", 1), ("xadd_pipelined16_per_s", 16)):
+        proc = subprocess.run(
+            [binary, "-p", str(port), "-n", str(n), "-P", str(pipe), "-q", "--csv", *XADD],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+        )
+        rows = [line.split(",") for line in proc.stdout.splitlines() if line.startswith('"XADD')]
+        if proc.returncode != 0 or not rows:
+            return {"error": f"redis-benchmark failed: {proc.stderr.strip()[-200:]}"}
+        out[label] = float(rows[-1][1].strip('"'))
+    return out
+
+
+async def _w12_publish(url: str, n_batch: int, n_single: int) -> dict[str, Any]:
+    from mpm_events import Event, EventBus
+
+    bus = EventBus(backend=url)
+    await bus.start()
+    try:
+        # Warm up: the connection and the scripts.
+        assert await bus.publish(Event(**_event(0)))
+        batches = [
+            [Event(**_event(i)) for i in range(k, k + 1000)] for k in range(0, n_batch, 1000)
+        ]
+        sem = asyncio.Semaphore(W12_BATCHES_IN_FLIGHT)
+
+        async def one(batch: list[Any]) -> None:
+            async with sem:
+                assert await bus.publish_batch(batch) == len(batch)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(b) for b in batches))
+        batch_s = time.perf_counter() - t0
+        singles = [Event(**_event(i)) for i in range(n_single)]
+        lat: list[float] = []
+        for e in singles:
+            t = time.perf_counter()
+            assert await bus.publish(e)
+            lat.append(time.perf_counter() - t)
+    finally:
+        await bus.stop(30)
+    lat.sort()
+    return {
+        "publish_batch_events_per_s": n_batch / batch_s,
+        "batches_in_flight": W12_BATCHES_IN_FLIGHT,
+        "publish_p50_ms": statistics.median(lat) * 1000,
+        "publish_p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000,
+        "single_publishes": n_single,
+    }
+
+
+async def _w12_drain(url: str, n: int, rust: bool) -> dict[str, Any]:
+    """One consumer name drains ``n`` events already in the stream."""
+    from mpm_events import ConsumerConfig, EventBus, MetricsConsumer
+
+    bus = EventBus(backend=url)
+    await bus.start()
+    done = asyncio.Event()
+    got = [0]
+    sink: Any
+    if rust:
+        sink = MetricsConsumer(name="w12-rust", report_interval=0)
+    else:
+
+        class Consumer(_BatchConsumer):
+            config = ConsumerConfig("w12-python", batch_size=1000, batch_timeout=0.001)
+
+            async def consume_batch(self, events: list[Any]) -> int:
+                for e in events:
+                    _ = e.data["tool_name"]  # a consumer reads its events
+                got[0] += len(events)
+                if got[0] >= n:
+                    done.set()
+                return len(events)
+
+        sink = Consumer()
+    t0 = time.perf_counter()
+    await bus.subscribe(sink)
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        if rust:
+            # NOTE: a Rust sink calls no Python: its counter is polled.
+            while sink.get_metrics()["total_events"] < n and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.002)
+            got[0] = sink.get_metrics()["total_events"]
+        else:
+            await asyncio.wait_for(done.wait(), TIMEOUT_S)
+        elapsed = time.perf_counter() - t0
+    finally:
+        await bus.stop(30)
+    if got[0] < n:
+        return {"error": f"consumed {got[0]} of {n}"}
+    return {"events_per_s": n / elapsed, "events": n}
+
+
+async def _w12_fill(url: str, n: int) -> None:
+    from mpm_events import Event, EventBus
+
+    bus = EventBus(backend=url)
+    await bus.start()
+    try:
+        for k in range(0, n, 1000):
+            batch = [Event(**_event(i)) for i in range(k, min(n, k + 1000))]
+            assert await bus.publish_batch(batch) == len(batch)
+    finally:
+        await bus.stop(30)
+
+
+def measure_redis(quick: bool) -> dict[str, Any]:
+    """W12 on a private redis-server: publish_batch (pipelined), awaited single
+    publish latency, one consumer name draining the stream with a Rust sink and with
+    a Python consumer, and redis-benchmark's XADD rates as the ceiling."""
+    scale = 5 if quick else 1
+    n_batch, n_single, n_drain = 200_000 // scale, 5000 // scale, 200_000 // scale
+    with tempfile.TemporaryDirectory(prefix="mpm-w12-") as tmp:
+        try:
+            server = _Redis(tmp)
+        except (OSError, RuntimeError) as exc:
+            return {"error": str(exc)}
+        try:
+            out: dict[str, Any] = {"redis_config": " ".join(a or '""' for a in REDIS_ARGS)}
+            out.update(asyncio.run(_w12_publish(server.url("w12p"), n_batch, n_single)))
+            for label, rust in (("rust_sink", True), ("python_consumer", False)):
+                url = server.url(f"w12{label}")
+                asyncio.run(_w12_fill(url, n_drain))
+                got = asyncio.run(_w12_drain(url, n_drain, rust))
+                out[f"{label}_events_per_s"] = got.get("events_per_s")
+                if "error" in got:
+                    out[f"{label}_error"] = got["error"]
+            out["redis_benchmark"] = redis_benchmark_xadd(server.port, n_batch)
+            return out
+        finally:
+            server.stop()
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "publish":
         _, _, url, n, batch, rate = sys.argv
@@ -376,8 +602,11 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a fifth of the events")
+    parser.add_argument(
+        "--redis", action="store_true", help="W12 (Redis Streams) instead of W11 (SQLite)"
+    )
     args = parser.parse_args()
-    print(json.dumps(measure(args.quick)))
+    print(json.dumps(measure_redis(args.quick) if args.redis else measure(args.quick)))
 
 
 if __name__ == "__main__":

@@ -83,6 +83,9 @@ def check_targets(workloads: dict[str, Any]) -> dict[str, Any]:
     if "W11" in workloads:
         w11 = ours("W11")
         verdict("W11", None if w11 is None else w11 >= 2e5, f"{w11:,.0f} events/s" if w11 else "-")
+    if "W12" in workloads:
+        w12 = ours("W12")
+        verdict("W12", None if w12 is None else w12 >= 2e5, f"{w12:,.0f} events/s" if w12 else "-")
     return out
 
 
@@ -262,11 +265,22 @@ def write_docs(results: dict[str, Any], path: Path, img_dir: Path) -> None:
             "W5 on the Python heap alone (tracemalloc, which does not see native "
             f"allocations): {', '.join(traced)}.",
         ]
+    md += shared_log_notes(results.get("notes", {}))
     for title, file in made:
         md += ["", f"![{title}](img/{file})"]
     md += ["", METHOD]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(md) + "\n")
+
+
+def shared_log_notes(notes: dict[str, str]) -> list[str]:
+    """The W11 and W12 runs' details (every mode, latency, the Redis ceiling)."""
+    mine = [(k, v) for k, v in notes.items() if k.startswith(("W11", "W12"))]
+    if not mine:
+        return []
+    return ["", "Shared log (W11: SQLite, 4 publisher processes x 2 names; W12: Redis):", ""] + [
+        f"- {k}: {v}" for k, v in mine
+    ]
 
 
 METHOD = """## Method
@@ -310,11 +324,17 @@ object (the original's or ours) and uses only the shared API, so both run the sa
 - **W11** (issue 12, ours only): one shared SQLite log, 4 publisher processes appending
   and 2 consumer processes (two consumer names, each gets every event) claiming and
   acknowledging (`benches/logprobe.py`): single appends (sync, and normal durability),
-  batches of 1,000 (the table's number), and a paced stream for latency; events/s end
-  to end and publish-to-consume p50/p99 across processes are in the notes. It runs on
-  the benchmark-level functions (not yet through `EventBus(backend=...)`)
-  `_core._log_append` / `_log_read` / `_log_ack` (one transaction per call: no group
-  commit across a process's publishers).
+  batches of 1,000 (the table's number: through `EventBus(backend=...)`), and a paced
+  stream for latency; events/s end to end and publish-to-consume p50/p99 across
+  processes are in the notes, through the bus and through the benchmark-level
+  functions `_core._log_append` / `_log_read` / `_log_ack` (one transaction per call).
+- **W12** (issue 13, ours only): the bus on Redis Streams, on a private `redis-server`
+  (free port, AOF fsync every second) started by `benches/logprobe.py --redis`:
+  `publish_batch` of 1,000 with 8 batches in flight (the table's number), awaited single
+  `publish` p50/p99, one consumer name draining 200,000 events with a Rust sink
+  (`MetricsConsumer`) and with a Python consumer (batches of 1,000, reading
+  `event.data`), and `redis-benchmark`'s raw XADD rate on the same server as the
+  ceiling (notes).
 - Both buses get the same `max_queue_size` (4x the events: the original splits it into
   four per-priority deques that drop silently when full). Each measurement runs in a fresh
   event loop; rounds alternate which implementation goes first.

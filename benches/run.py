@@ -144,6 +144,14 @@ WORKLOADS = [
         True,
         ">= 200k/s",
     ),
+    Workload(
+        "W12",
+        "Redis Streams: publish_batch of 1,000, pipelined (issue 13)",
+        "throughput",
+        "events/s",
+        True,
+        ">= 200k/s",
+    ),
 ]
 
 
@@ -248,10 +256,9 @@ def hook_process_times(ours_runs: int, original_runs: int) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def shared_log_runs(quick: bool) -> dict[str, Any]:
-    """W11 in processes of its own (``benches/logprobe.py``): 4 publisher processes
-    and 2 consumer-name processes on one shared log, several modes."""
-    cmd = [sys.executable, str(HERE / "logprobe.py"), *(["--quick"] if quick else [])]
+def logprobe(*args: str) -> dict[str, Any]:
+    """``benches/logprobe.py`` in a process of its own: its JSON line, or ``error``."""
+    cmd = [sys.executable, str(HERE / "logprobe.py"), *args]
     try:
         proc = subprocess.run(
             cmd, capture_output=True, text=True, timeout=MEASURE_TIMEOUT_S * 5, check=False
@@ -261,6 +268,73 @@ def shared_log_runs(quick: bool) -> dict[str, Any]:
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["logprobe failed"])[-1]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def shared_log_runs(quick: bool) -> dict[str, Any]:
+    """W11: 4 publisher processes and 2 consumer-name processes on one shared log,
+    several modes."""
+    return logprobe(*(["--quick"] if quick else []))
+
+
+def shared_log_report(
+    quick: bool, samples: dict[str, list[dict[str, Any]]], notes: dict[str, str]
+) -> None:
+    """W11: runs ``logprobe.py``; the table's value is the bus's batches of 1,000."""
+    log("W11: the shared log across processes (4 publishers, 2 consumer names)")
+    w11 = shared_log_runs(quick)
+    if "error" in w11:
+        samples[impls.OURS] = [{"error": w11["error"]}]
+    for run in w11.get("runs", []):
+        via = run.get("via", "direct")
+        label = (
+            f"W11 {via} {run['mode']} {run.get('durability', 'sync')} batch {run.get('batch', 1)}"
+        )
+        if "error" in run:
+            notes[label] = run["error"]
+            continue
+        notes[label] = (
+            f"{run['events']} events: {run['end_to_end_events_per_s']:,.0f}/s end to end, "
+            f"publish {run['publish_events_per_s']:,.0f}/s, publish-to-consume p50 "
+            f"{run['p50_ms']:.1f} ms p99 {run['p99_ms']:.1f} ms, {run['duplicates']} dupes"
+        )
+        log(f"  {label}: {notes[label]}")
+        if run["mode"] == "batch" and via == "bus":
+            samples[impls.OURS] = [{"value": run["end_to_end_events_per_s"]}]
+
+
+def redis_log_runs(quick: bool) -> dict[str, Any]:
+    """W12, on a private redis-server that ``logprobe.py --redis`` starts on a free
+    port."""
+    return logprobe("--redis", *(["--quick"] if quick else []))
+
+
+def redis_log_report(
+    quick: bool, samples: dict[str, list[dict[str, Any]]], notes: dict[str, str]
+) -> None:
+    """W12: the table's value is ``publish_batch`` (1,000 per batch, pipelined); the
+    other targets and redis-benchmark's ceiling go to the notes."""
+    log("W12: the bus on Redis Streams (private redis-server)")
+    w12 = redis_log_runs(quick)
+    if "error" in w12:
+        samples[impls.OURS] = [{"error": w12["error"]}]
+        notes["W12"] = w12["error"]
+        return
+    samples[impls.OURS] = [{"value": w12["publish_batch_events_per_s"]}]
+    raw = w12.get("redis_benchmark", {})
+
+    def rate(v: Any) -> str:
+        return f"{v:,.0f}/s" if isinstance(v, (int, float)) else "-"
+
+    notes["W12"] = (
+        f"publish_batch of 1,000 ({w12['batches_in_flight']} in flight) "
+        f"{rate(w12['publish_batch_events_per_s'])}; awaited publish p50 "
+        f"{w12['publish_p50_ms']:.3f} ms p99 {w12['publish_p99_ms']:.3f} ms; one name, Rust "
+        f"sink {rate(w12.get('rust_sink_events_per_s'))}, Python consumer "
+        f"{rate(w12.get('python_consumer_events_per_s'))}; redis-benchmark XADD "
+        f"{rate(raw.get('xadd_per_s'))} (pipelined 16: {rate(raw.get('xadd_pipelined16_per_s'))}"
+        f"{'; ' + raw['error'] if 'error' in raw else ''}); server {w12['redis_config']}"
+    )
+    log(f"  W12: {notes['W12']}")
 
 
 def summary(samples: list[float]) -> dict[str, Any]:
@@ -398,23 +472,9 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
                 log(f"  W10 {name}: median {got['median_ms']:.1f} ms")
 
     if selected("W11") and impls.OURS in live:
-        log("W11: the shared log across processes (4 publishers, 2 consumer names)")
-        w11 = shared_log_runs(bool(args.quick))
-        if "error" in w11:
-            samples["W11"][impls.OURS] = [{"error": w11["error"]}]
-        for run in w11.get("runs", []):
-            label = f"W11 {run['mode']} {run.get('durability', 'sync')} batch {run.get('batch', 1)}"
-            if "error" in run:
-                notes[label] = run["error"]
-                continue
-            notes[label] = (
-                f"{run['events']} events: {run['end_to_end_events_per_s']:,.0f}/s end to end, "
-                f"publish {run['publish_events_per_s']:,.0f}/s, publish-to-consume p50 "
-                f"{run['p50_ms']:.1f} ms p99 {run['p99_ms']:.1f} ms, {run['duplicates']} dupes"
-            )
-            log(f"  {label}: {notes[label]}")
-            if run["mode"] == "batch":
-                samples["W11"][impls.OURS] = [{"value": run["end_to_end_events_per_s"]}]
+        shared_log_report(bool(args.quick), samples["W11"], notes)
+    if selected("W12") and impls.OURS in live:
+        redis_log_report(bool(args.quick), samples["W12"], notes)
 
     charts: dict[str, Any] = {}
     if not args.no_charts and (only is None or "CHARTS" in only):
@@ -536,7 +596,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=0, help="rounds (default 5, quick 1)")
     parser.add_argument("--quick", action="store_true", help="fast smoke run, small sizes")
-    parser.add_argument("--only", default="", help="comma list: W1..W11, CHARTS")
+    parser.add_argument("--only", default="", help="comma list: W1..W12, CHARTS")
     parser.add_argument("--no-charts", action="store_true", help="skip the two chart sweeps")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
     parser.add_argument("--json", type=Path, default=RESULTS, help="results file")

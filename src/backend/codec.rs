@@ -11,6 +11,7 @@
 //! It goes through [`StoredEvent`], the row the per-process store already converts
 //! Python events to and from.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -51,14 +52,74 @@ pub fn record_from_stored(ev: &StoredEvent, publisher: &str, publisher_seq: u64)
     }
 }
 
-/// The event a record holds (`seq` 0: a log entry has its own id).
-pub fn stored_from_record(r: &Record) -> Result<StoredEvent> {
+/// The metadata of a record, read in place: `(type, source, correlation_id,
+/// published_us)`.
+pub type RecordMeta<'a> = (Cow<'a, str>, Cow<'a, str>, Option<Cow<'a, str>>, i64);
+
+/// The metadata of `r` (an error naming the event if it cannot be read).
+pub fn record_meta(r: &Record) -> Result<RecordMeta<'_>> {
     let meta: Meta<'_> = serde_json::from_slice(&r.metadata).map_err(|e| {
         LogError::Invalid(format!(
             "entry of event {} has unreadable metadata: {e}",
             r.event_id
         ))
     })?;
+    Ok((
+        meta.event_type,
+        meta.source,
+        meta.correlation_id,
+        meta.published_us,
+    ))
+}
+
+/// The payload of `r` as text that is known to hold one JSON object (what an
+/// event's `data` must be), checked without building it; it is turned into Python
+/// objects only if a consumer reads it. The bytes back (`Err`) when the text is
+/// not valid UTF-8, not strict JSON (`NaN`, say), not an object, or may hold an
+/// integer beyond 64 bits (which the lazy reader would turn into a float): the
+/// caller leaves those to Python's `json`, which keeps them exact.
+pub fn payload_object_text(payload: Vec<u8>) -> std::result::Result<String, Vec<u8>> {
+    let starts_as_object = payload
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b == b'{');
+    // NOTE: `IgnoredAny` walks the whole text (so it is valid JSON) without
+    // allocating anything for it; a valid JSON text starting with `{` is an object.
+    if !starts_as_object
+        || has_long_digit_run(&payload)
+        || serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_err()
+    {
+        return Err(payload);
+    }
+    String::from_utf8(payload).map_err(|e| e.into_bytes())
+}
+
+/// Whether `text` has 19 or more ASCII digits in a row (anywhere, strings
+/// included: a false alarm only costs the eager path).
+fn has_long_digit_run(text: &[u8]) -> bool {
+    let mut run = 0;
+    for &b in text {
+        if b.is_ascii_digit() {
+            run += 1;
+            if run >= 19 {
+                return true;
+            }
+        } else {
+            run = 0;
+        }
+    }
+    false
+}
+
+/// The event a record holds (`seq` 0: a log entry has its own id).
+pub fn stored_from_record(r: &Record) -> Result<StoredEvent> {
+    let (event_type, source, correlation_id, published_us) = record_meta(r)?;
+    let meta = Meta {
+        event_type,
+        source,
+        correlation_id,
+        published_us,
+    };
     Ok(StoredEvent {
         seq: 0,
         id: r.event_id.clone(),
@@ -108,6 +169,28 @@ mod tests {
             serde_json::json!({"type": "PreToolUse", "source": "hook_handler",
                                "published_us": 1_700_000_000_000_002i64})
         );
+    }
+
+    #[test]
+    fn payload_text_is_kept_only_for_one_json_object() {
+        let ok = |t: &str| payload_object_text(t.as_bytes().to_vec());
+        assert_eq!(
+            ok(r#" {"a":[1,2.5,"x"]}"#).unwrap(),
+            r#" {"a":[1,2.5,"x"]}"#
+        );
+        assert_eq!(ok(r#"{"n":123456789012345678}"#).unwrap().len(), 24);
+        for bad in [
+            "[1]",
+            "\"s\"",
+            "{\"a\":",
+            "{} x",
+            "",
+            r#"{"x":NaN}"#,
+            r#"{"big":1234567890123456789012}"#,
+        ] {
+            assert_eq!(ok(bad).unwrap_err(), bad.as_bytes(), "{bad:?}");
+        }
+        assert!(payload_object_text(b"{\"a\":\"\xff\"}".to_vec()).is_err());
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! claims of dead instances (`claim_expired` every `claim_timeout / 2`, and as soon as
 //! a cheap read, `has_expired`, made every `poll`, sees released or expired claims),
 //! and writes
-//! acknowledgements in batches. At most `max_in_flight` entries are out at once.
+//! acknowledgements in batches. At most `max_in_flight` entries are out at once; with
+//! less room than a batch (or half of `max_in_flight`) it waits for acks instead of
+//! claiming a small batch.
 //! [`GroupReader::stop`] writes the collected acks and releases what is still in
 //! flight, so another instance gets it at once instead of after the claim timeout.
 
@@ -163,13 +165,22 @@ impl GroupReader {
     /// written by the reader thread with the next batch (within `poll`), or by
     /// [`GroupReader::flush`] / [`GroupReader::stop`].
     pub fn ack(&self, ids: &[EntryId]) {
+        let o = &self.shared.opts;
+        let low = low_water(o);
         let mut st = self.shared.state.lock();
+        let had_room = o.max_in_flight.saturating_sub(st.in_flight.len());
         for id in ids {
             st.in_flight.remove(id);
         }
+        let room = o.max_in_flight.saturating_sub(st.in_flight.len());
         st.to_ack.extend_from_slice(ids);
         drop(st);
-        self.shared.cv.notify_all();
+        // NOTE: the reader is woken when it may claim a whole batch again (or nothing
+        // is left in flight), not at every ack: woken per ack, it wrote each ack in a
+        // transaction of its own and claimed batches of one.
+        if (had_room < low && room >= low) || room == o.max_in_flight {
+            self.shared.cv.notify_all();
+        }
     }
 
     /// Give up on `id`: a dead letter in the log (written now), out of flight.
@@ -261,6 +272,12 @@ impl Drop for GroupReader {
             let _ = self.halt();
         }
     }
+}
+
+/// Room for fewer entries than this in flight: the reader waits for acks rather
+/// than claim a small batch.
+fn low_water(o: &ReaderOptions) -> usize {
+    o.batch.min(o.max_in_flight / 2).max(1)
 }
 
 fn flush_acks(s: &Shared) -> Result<()> {
@@ -373,10 +390,14 @@ fn step(
         .saturating_duration_since(Instant::now())
         .min(o.poll)
         .max(Duration::from_millis(1));
-    if free == 0 {
-        // Back-pressure: wait for acks (or the next heartbeat).
+    let low = low_water(o);
+    if free < low {
+        // Back-pressure: wait for acks (or the next heartbeat); the acks collected
+        // meanwhile are written together at the next step.
         let mut st = s.state.lock();
-        if st.in_flight.len() >= o.max_in_flight && !s.stop.load(Ordering::Acquire) {
+        if o.max_in_flight.saturating_sub(st.in_flight.len()) < low
+            && !s.stop.load(Ordering::Acquire)
+        {
             s.cv.wait_for(&mut st, block);
         }
         return Ok(());

@@ -113,6 +113,10 @@ pub struct SqliteLog {
     conn: Mutex<Option<Connection>>,
     notifier: Arc<Notifier>,
     closed: AtomicBool,
+    /// The connection is at `synchronous=NORMAL` although the durability is `Sync`
+    /// (for claims and acks; see [`SqliteLog::write_light`]). Changed only with `conn`
+    /// locked.
+    light: AtomicBool,
 }
 
 impl std::fmt::Debug for SqliteLog {
@@ -246,6 +250,7 @@ impl SqliteLog {
             conn: Mutex::new(Some(conn)),
             notifier,
             closed: AtomicBool::new(false),
+            light: AtomicBool::new(false),
         })
     }
 
@@ -269,8 +274,41 @@ impl SqliteLog {
 
     /// Run `f` in one `BEGIN IMMEDIATE` transaction; commit if it returns Ok.
     fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+        self.write_at(false, f)
+    }
+
+    /// [`SqliteLog::write`] for a consumer's bookkeeping (acks, claims): with
+    /// `Durability::Sync` committed without an fsync of its own.
+    // NOTE: a claim or ack lost to a power cut only means a redelivery (at least
+    // once), never a lost event; the WAL is sequential, so the next durable commit
+    // (an append, in any process) or checkpoint fsyncs these frames too. Without it,
+    // each consumer's claim and ack of every batch cost an fsync on the one write
+    // lock the publishers wait for.
+    fn write_light<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+        self.write_at(true, f)
+    }
+
+    /// `synchronous` for the next commit on `c`: NORMAL when `light`, else as the
+    /// durability asks (only `Sync` logs switch).
+    fn sync_level(&self, c: &Connection, light: bool) -> Result<()> {
+        if self.opts.durability != Durability::Sync || self.light.load(Ordering::Acquire) == light {
+            return Ok(());
+        }
+        let level = if light { "NORMAL" } else { "FULL" };
+        c.pragma_update(None, "synchronous", level)
+            .map_err(self.e())?;
+        self.light.store(light, Ordering::Release);
+        Ok(())
+    }
+
+    fn write_at<T>(
+        &self,
+        light: bool,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
         let loc = self.location.as_str();
         self.with_conn(|c| {
+            self.sync_level(c, light)?;
             let tx = c
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| sq(loc, e))?;
@@ -337,6 +375,7 @@ impl SqliteLog {
                 return Ok(Vec::new());
             }
             let now = now_us();
+            self.sync_level(c, true)?;
             let tx = c
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(|e| sq(loc, e))?;
@@ -390,9 +429,13 @@ impl SqliteLog {
                         .map_err(|e| sq(loc, e))?;
                 }
             }
-            let entries = self.load(&tx, claimed)?;
             tx.commit().map_err(|e| sq(loc, e))?;
-            Ok(entries)
+            // NOTE: the records are read after the commit: the claim holds them for
+            // this instance and entries do not change, so the write lock (which every
+            // publisher of every process waits for) is not held while a whole batch
+            // of payloads is read. (Should this read fail, the claims expire and are
+            // taken over: redelivered, not lost.)
+            self.load(c, claimed)
         })
     }
 
@@ -612,7 +655,7 @@ impl SharedLog for SqliteLog {
 
     fn ack(&self, group: &str, ids: &[EntryId]) -> Result<u64> {
         let seqs = ids.iter().map(|&i| seq_of(i)).collect::<Result<Vec<_>>>()?;
-        self.write(|tx| {
+        self.write_light(|tx| {
             self.group_position(tx, group)?;
             let mut s = tx
                 .prepare_cached("DELETE FROM log_pending WHERE grp = ?1 AND seq = ?2")

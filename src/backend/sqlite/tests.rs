@@ -780,3 +780,45 @@ fn has_expired_sees_released_and_expired_claims_by_a_read() {
     assert_eq!(log.claim_expired("g", "b", long, 10).unwrap().len(), 1);
     assert!(!log.has_expired("g", long).unwrap(), "taken over");
 }
+
+// ------------------------------------------------------------- commit durability
+
+/// `PRAGMA synchronous` of the log's connection now (2 FULL, 1 NORMAL).
+fn synchronous_of(log: &SqliteLog) -> i64 {
+    log.with_conn(|c| Ok(c.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap()))
+        .unwrap()
+}
+
+#[test]
+fn a_sync_log_fsyncs_appends_and_not_claims_or_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = SqliteLog::open_path(dir.path().join("log.db")).unwrap();
+    log.ensure_group("g", StartAt::Earliest).unwrap();
+    assert_eq!(synchronous_of(&log), 2);
+    log.append(&[rec("p", 0), rec("p", 1)]).unwrap();
+    let got = log.read("g", "i", 10, None).unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(synchronous_of(&log), 1, "the claim was committed at NORMAL");
+    log.ack("g", &[got[0].id]).unwrap();
+    assert_eq!(synchronous_of(&log), 1);
+    // The next append is fsynced again, and so are dead letters.
+    log.append(&[rec("p", 2)]).unwrap();
+    assert_eq!(synchronous_of(&log), 2);
+    log.ack("g", &[]).unwrap();
+    assert_eq!(synchronous_of(&log), 1);
+    log.dead_letter("g", got[1].id, "boom", 1).unwrap();
+    assert_eq!(synchronous_of(&log), 2);
+    assert_eq!(log.dead_letters(Some("g"), 10).unwrap().len(), 1);
+    // A `Normal` log never switches.
+    let opts = SqliteOptions {
+        durability: Durability::Normal,
+        ..SqliteOptions::new(dir.path().join("normal.db"))
+    };
+    let normal = SqliteLog::open(opts).unwrap();
+    normal.ensure_group("g", StartAt::Earliest).unwrap();
+    normal.append(&[rec("p", 0)]).unwrap();
+    let got = normal.read("g", "i", 10, None).unwrap();
+    normal.ack("g", &[got[0].id]).unwrap();
+    normal.append(&[rec("p", 1)]).unwrap();
+    assert_eq!(synchronous_of(&normal), 1);
+}

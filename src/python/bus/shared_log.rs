@@ -8,8 +8,11 @@
 //!   commit). The publisher's awaitable is completed through the [`Inbox`] once the
 //!   record is committed. Nothing is dispatched at publish.
 //! * Consuming: each subscribed consumer runs one [`GroupReader`] (group = consumer
-//!   name, a fresh instance id). Its `deliver` callback rebuilds the events
-//!   ([`py_event`]) and pushes them into that consumer's lane only, each with a
+//!   name, a fresh instance id). Its `deliver` callback decodes the batch without
+//!   the GIL ([`Incoming::decode`]: metadata read, payload checked to be one JSON
+//!   object), then, with the GIL taken once for the batch, makes the `Event`s with
+//!   their payload kept as text (unpacked on the first read of `event.data`, as on
+//!   the memory bus) and pushes them into that consumer's lane only, each with a
 //!   [`StoredRef`] that acknowledges the entry when the consumer is done with it, or
 //!   dead-letters it in the log when the consumer gives up.
 
@@ -22,11 +25,14 @@ use chrono::{DateTime, Utc};
 use parking_lot::{Mutex, RwLock};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyList, PyString};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PyString};
 
 use super::persistence::{py_event, stored_event, StoredBatch};
 use crate::backend::appender::Appender;
-use crate::backend::codec::{record_from_stored, stored_from_record};
+use crate::backend::codec::{
+    payload_object_text, record_from_stored, record_meta, stored_from_record,
+};
 use crate::backend::reader::{GroupReader, ReaderOptions};
 use crate::backend::redis::{RedisLog, RedisOptions};
 use crate::backend::sqlite::{SqliteLog, SqliteOptions};
@@ -36,15 +42,20 @@ use crate::backend::{
 use crate::dispatch::{Engine, Lane, Rejected, ViewNeeds};
 use crate::durable::{LogAcker, StoredRef};
 use crate::python::exec::Inbox;
-use crate::python::model::{build_view, AcceptedEvent, ViewMemo};
+use crate::python::model::{
+    build_view, AcceptedEvent, Event, EventId, Payload, Timestamp, ViewMemo,
+};
 use crate::python::runtime::errors::PersistenceError;
 use crate::python::runtime::{log_error, log_warning, runtime};
 use crate::storage::StoredEvent;
 
 /// Most submissions waiting for the appender before publishers wait.
 const APPEND_QUEUE: usize = 65_536;
-/// Most entries one reader has delivered and not yet had acknowledged.
+/// Most entries one reader has delivered and not yet had acknowledged (at least
+/// two of its consumer's batches: see [`reader_sizes`]).
 const MAX_IN_FLIGHT: usize = 1024;
+/// Fewest entries one read claims.
+const MIN_READ: usize = 256;
 /// Entries per page when replaying a range of the log.
 const RANGE_PAGE: usize = 4096;
 
@@ -184,15 +195,17 @@ impl LaneReader {
         py: Python<'_>,
         engine: &Engine<AcceptedEvent>,
         lane: &Arc<Lane<AcceptedEvent>>,
-        entries: Vec<Entry>,
+        entries: Vec<(EntryId, Result<Incoming, String>)>,
     ) {
         let mut skip = Vec::new();
-        for entry in entries {
+        let mut names = PyNames::default();
+        for (id, entry) in entries {
             if self.stopping.load(Ordering::Acquire) {
                 // NOTE: left in flight: released to the group when the reader stops.
                 break;
             }
-            match self.to_event(py, engine, lane, &entry) {
+            let made = entry.and_then(|inc| self.to_event(py, engine, lane, id, inc, &mut names));
+            match made {
                 Ok(Some(ev)) => loop {
                     match engine.publish_to(ev.clone(), std::slice::from_ref(lane)) {
                         Ok(()) => break,
@@ -215,11 +228,11 @@ impl LaneReader {
                         break;
                     }
                     self.skipped.fetch_add(1, Ordering::Relaxed);
-                    skip.push(entry.id);
+                    skip.push(id);
                 }
                 Err(reason) => {
                     // NOTE: an entry no event can be made of will never succeed.
-                    LogAcker::dead_letter(&**self, entry.id, &reason, 0);
+                    LogAcker::dead_letter(&**self, id, &reason, 0);
                 }
             }
         }
@@ -228,29 +241,28 @@ impl LaneReader {
         }
     }
 
-    /// The accepted event of `entry`, or `None` if the consumer's topics do not match.
+    /// The accepted event of entry `id`, or `None` if the consumer's topics do not
+    /// match.
     fn to_event(
         self: &Arc<Self>,
         py: Python<'_>,
         engine: &Engine<AcceptedEvent>,
         lane: &Arc<Lane<AcceptedEvent>>,
-        entry: &Entry,
+        id: EntryId,
+        inc: Incoming,
+        names: &mut PyNames,
     ) -> Result<Option<Arc<AcceptedEvent>>, String> {
         let route = engine
-            .route_topic(&entry.record.topic)
-            .map_err(|e| format!("entry {}: {e}", entry.id))?;
+            .route_topic(&inc.topic)
+            .map_err(|e| format!("entry {id}: {e}"))?;
         if !route.lanes.iter().any(|l| Arc::ptr_eq(l, lane)) {
             return Ok(None);
         }
-        let ev = stored_from_record(&entry.record).map_err(|e| e.to_string())?;
         let make = |py: Python<'_>| -> PyResult<AcceptedEvent> {
-            let obj = py_event(py, &ev)?;
+            let obj = inc.into_event(py, &route.topic, names)?;
             let topic = route.topic.clone();
             let (mut eref, ()) = AcceptedEvent::accept(py, obj, Utc::now(), |_| Ok((topic, ())))?;
-            eref.durable = Some(StoredRef::log_entry(
-                self.clone() as Arc<dyn LogAcker>,
-                entry.id,
-            ));
+            eref.durable = Some(StoredRef::log_entry(self.clone() as Arc<dyn LogAcker>, id));
             let need = lane.config.needs_view;
             if need != ViewNeeds::Nothing {
                 eref.view = Some(Arc::new(build_view(
@@ -263,7 +275,112 @@ impl LaneReader {
         };
         make(py)
             .map(|e| Some(Arc::new(e)))
-            .map_err(|e| format!("entry {} cannot be delivered: {}", entry.id, e.value(py)))
+            .map_err(|e| format!("entry {id} cannot be delivered: {}", e.value(py)))
+    }
+}
+
+/// The reader's `(batch, max_in_flight)` for a consumer taking `batch_size` events
+/// per call.
+// NOTE: one read claims a whole consumer batch, and two fit in flight, so the
+// reader claims the next batch while the consumer works on this one; with 1,024 in
+// flight and batches of 1,000 the two took turns. What a killed instance had in
+// flight (its duplicates after the claim timeout) stays bounded by
+// max(1,024, 2 x batch_size).
+fn reader_sizes(batch_size: usize) -> (usize, usize) {
+    let batch = batch_size.clamp(MIN_READ, 16 * MAX_IN_FLIGHT);
+    (
+        batch,
+        MAX_IN_FLIGHT.max(2 * batch_size.min(16 * MAX_IN_FLIGHT)),
+    )
+}
+
+/// A log entry read for a consumer, decoded without the GIL.
+struct Incoming {
+    topic: String,
+    event_id: String,
+    event_type: String,
+    source: String,
+    correlation_id: Option<String>,
+    timestamp_us: i64,
+    priority: u8,
+    /// The payload as text holding one JSON object (unpacked on the first read of
+    /// `event.data`), or bytes for `json.loads` now (see [`payload_object_text`]).
+    data: Result<String, Vec<u8>>,
+}
+
+impl Incoming {
+    fn decode(entry: Entry) -> (EntryId, Result<Incoming, String>) {
+        let id = entry.id;
+        let r = entry.record;
+        let meta = match record_meta(&r) {
+            Ok((t, s, c, _)) => (t.into_owned(), s.into_owned(), c.map(|c| c.into_owned())),
+            Err(e) => return (id, Err(e.to_string())),
+        };
+        let (event_type, source, correlation_id) = meta;
+        (
+            id,
+            Ok(Incoming {
+                topic: r.topic,
+                event_id: r.event_id,
+                event_type,
+                source,
+                correlation_id,
+                timestamp_us: r.timestamp_us,
+                priority: r.priority,
+                data: payload_object_text(r.payload),
+            }),
+        )
+    }
+
+    /// The `Event` (its payload packed when it could be checked without Python).
+    fn into_event(self, py: Python<'_>, topic: &str, names: &mut PyNames) -> PyResult<Py<Event>> {
+        let data = match self.data {
+            Ok(text) => Payload::Packed(text.into_boxed_str(), PyOnceLock::new()),
+            // NOTE: not strict JSON holding one object, or maybe a big integer:
+            // Python's json decides (and the event's dict check), as for every
+            // entry before payloads were kept as text.
+            Err(bytes) => {
+                let loads = JSON_LOADS.import(py, "json", "loads")?;
+                Payload::Object(loads.call1((PyBytes::new(py, &bytes),))?.unbind())
+            }
+        };
+        let ts = DateTime::<Utc>::from_timestamp_micros(self.timestamp_us).unwrap_or_else(Utc::now);
+        let e = Event {
+            id: EventId::Given(PyString::new(py, &self.event_id).unbind()),
+            topic: PyNames::get(&mut names.topic, py, topic),
+            type_: PyNames::get(&mut names.type_, py, &self.event_type),
+            timestamp: Timestamp::Now(ts, PyOnceLock::new()),
+            source: PyNames::get(&mut names.source, py, &self.source),
+            data,
+            meta: Default::default(),
+            correlation_id: self.correlation_id.map(|c| PyString::new(py, &c).unbind()),
+            priority: self.priority,
+        };
+        Py::new(py, e)
+    }
+}
+
+static JSON_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// The Python strings of the last topic, type and source made in one delivery:
+/// consecutive entries usually share them.
+#[derive(Default)]
+struct PyNames {
+    topic: Option<(String, Py<PyString>)>,
+    type_: Option<(String, Py<PyString>)>,
+    source: Option<(String, Py<PyString>)>,
+}
+
+impl PyNames {
+    fn get(slot: &mut Option<(String, Py<PyString>)>, py: Python<'_>, text: &str) -> Py<PyString> {
+        match slot {
+            Some((t, s)) if t.as_str() == text => s.clone_ref(py),
+            _ => {
+                let s = PyString::new(py, text).unbind();
+                *slot = Some((text.to_string(), s.clone_ref(py)));
+                s
+            }
+        }
     }
 }
 
@@ -495,12 +612,16 @@ impl SharedLogBus {
             let Some(engine) = engine2.upgrade() else {
                 return;
             };
-            Python::attach(|py| me.deliver(py, &engine, &lane2, entries));
+            // NOTE: metadata and payload are checked before the GIL is taken; with
+            // it held, the batch only becomes `Event` objects (payload kept as text).
+            let decoded: Vec<(EntryId, Result<Incoming, String>)> =
+                entries.into_iter().map(Incoming::decode).collect();
+            Python::attach(|py| me.deliver(py, &engine, &lane2, decoded));
         };
         let mut opts = ReaderOptions::new(name.to_string());
         opts.start = start;
         opts.claim_timeout = claim_timeout;
-        opts.max_in_flight = MAX_IN_FLIGHT;
+        (opts.batch, opts.max_in_flight) = reader_sizes(lane.config.batch_size);
         let log = self.dyn_log();
         let reader = py
             .detach(move || GroupReader::start(log, opts, deliver))
