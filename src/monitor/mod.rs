@@ -114,6 +114,7 @@ impl MonitorServer {
             .route("/index.html", get(page))
             .route("/assets/{name}", get(asset))
             .route("/api/stream", get(stream::sse))
+            .route("/api/stream/check", get(stream::check))
             .route("/ws", get(stream::ws))
             .route("/api/events/{id}", get(event_detail))
             .route("/api/{*rest}", any(api_call))

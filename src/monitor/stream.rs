@@ -173,3 +173,20 @@ async fn run_ws(mut socket: WebSocket, mut sub: Subscription) {
         }
     }
 }
+
+/// `/api/stream/check`: whether the stream would accept these filters, as
+/// `{"ok": true}` or `{"ok": false, "error": ...}` (always 200: the page asks
+/// before it switches its stream).
+pub async fn check(Query(query): Query<Vec<(String, String)>>) -> Response {
+    let get = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let exclude: Vec<&str> = query
+        .iter()
+        .filter(|(n, _)| n == "exclude")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let body = match Filter::parse(get("pattern"), &exclude, get("rule")) {
+        Ok(_) => json!({"ok": true}),
+        Err(e) => json!({"ok": false, "error": e}),
+    };
+    json_response(200, body.to_string())
+}
