@@ -306,3 +306,36 @@ async def test_stops_with_the_bus_and_needs_a_running_bus() -> None:
         with pytest.raises(aiohttp.ClientConnectionError):
             async with http.get(base_of(url) + "/api/metrics", timeout=aiohttp.ClientTimeout(3)):
                 pass
+
+
+async def test_standalone_monitor_over_a_shared_log(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    from mpm_events._core import _log_append
+
+    backend = f"sqlite:///{tmp_path / 'log.db'}"
+    _log_append(backend, [{"topic": "hook.old", "type": "T", "data": {"old": 1}}])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mpm_events", "monitor", "--backend", backend],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)
+        assert line.startswith(f"monitor of {backend}: http://127.0.0.1:"), line
+        url = line.split(": ", 1)[1].strip()
+        async with aiohttp.ClientSession() as http:
+            stream = await sse(http, url, "pattern=hook.**")
+            # NOTE: the tailer starts after the last entry before the URL was printed.
+            _log_append(backend, [{"topic": "hook.new", "type": "T", "data": {"new": 2}}])
+            (m,) = await stream.take(1, timeout=10)
+            assert m.json()["topic"] == "hook.new" and m.json()["data"] == {"new": 2}
+            async with http.get(base_of(url) + "/api/metrics") as r:
+                assert (await r.json())["shared_log"]["backend"] == backend
+            async with http.get(base_of(url) + "/api/dead-letters") as r:
+                assert r.status == 200 and await r.json() == []
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=15) == 0
