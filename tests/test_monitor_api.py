@@ -33,13 +33,8 @@ async def sse(http: aiohttp.ClientSession, url: str, query: str = "", **headers:
     return SseReader(resp)
 
 
-async def wait_clients(bus: EventBus, n: int) -> None:
-    # NOTE: the stream subscribes when its response starts; the first read proves it.
-    await wait_until(lambda: True)
-
-
 async def test_url_read_only_endpoints_and_security_headers(served: Any) -> None:
-    bus, rec, url, http = served
+    bus, _rec, url, http = served
     assert url.startswith("http://127.0.0.1:") and "/?token=" in url
     assert bus.monitor_url == url
     base = base_of(url)
@@ -73,7 +68,7 @@ async def test_url_read_only_endpoints_and_security_headers(served: Any) -> None
 
 
 async def test_state_changing_requests_need_token_and_same_origin(served: Any) -> None:
-    bus, rec, url, http = served
+    _bus, _rec, url, http = served
     base, token = base_of(url), token_of(url)
     redrive = base + "/api/dead-letters/redrive"
     async with http.post(redrive, json={}) as r:
@@ -98,7 +93,7 @@ async def test_state_changing_requests_need_token_and_same_origin(served: Any) -
 
 
 async def test_sse_in_publish_order_with_seq_and_server_side_filter(served: Any) -> None:
-    bus, rec, url, http = served
+    bus, _rec, url, http = served
     every = await sse(http, url)
     only_b = await sse(http, url, "pattern=hook.b.**&exclude=hook.b.skip")
     ids = []
@@ -117,7 +112,7 @@ async def test_sse_in_publish_order_with_seq_and_server_side_filter(served: Any)
 
 
 async def test_rule_filter_and_bad_filters(served: Any) -> None:
-    bus, rec, url, http = served
+    bus, _rec, url, http = served
     rule = json.dumps({"data": {"tool": ["Bash"]}})
     stream = await sse(http, url, "rule=" + aiohttp.helpers.quote(rule, safe=""))
     await bus.publish(make_event("hook.t", {"tool": "Read"}))
@@ -135,7 +130,7 @@ async def test_rule_filter_and_bad_filters(served: Any) -> None:
 
 
 async def test_resume_after_drop_has_no_gap_and_no_duplicate(served: Any) -> None:
-    bus, rec, url, http = served
+    bus, _rec, url, http = served
     first = await sse(http, url)
     for i in range(10):
         await bus.publish(make_event("hook.r", {"i": i}))
@@ -157,7 +152,7 @@ async def test_resume_after_drop_has_no_gap_and_no_duplicate(served: Any) -> Non
 
 
 async def test_websocket_same_filters(served: Any) -> None:
-    bus, rec, url, http = served
+    bus, _rec, url, http = served
     ws_url = base_of(url).replace("http://", "ws://") + "/ws?pattern=hook.w.*"
     async with http.ws_connect(ws_url) as ws:
         # NOTE: the subscription exists once the upgrade is answered.
@@ -220,7 +215,9 @@ async def test_dead_letters_browse_redrive_purge(served: Any) -> None:
     ) as r:
         assert await r.json() == {"redriven": 1}
     await wait_until(lambda: events[0].id in [c.id for c in flaky.calls[3:]])
-    async with http.post(base + "/api/dead-letters/purge", json={"consumer": "flaky"}, headers=auth) as r:
+    async with http.post(
+        base + "/api/dead-letters/purge", json={"consumer": "flaky"}, headers=auth
+    ) as r:
         assert await r.json() == {"purged": 2}
     assert bus.get_dead_letters() == []
 
@@ -234,7 +231,9 @@ async def test_event_detail_has_delivery_history(served: Any) -> None:
         calls["n"] += 1
         return calls["n"] > 1
 
-    retry = Recorder("retry", topics=["hook.d"], behaviour=once_then_ok, max_retries=2, retry_backoff=1.0)
+    retry = Recorder(
+        "retry", topics=["hook.d"], behaviour=once_then_ok, max_retries=2, retry_backoff=1.0
+    )
     await bus.subscribe(retry)
     e = make_event("hook.d", {"x": "<img src=x onerror=alert(1)>"})
     await bus.publish(e)
@@ -286,7 +285,9 @@ async def test_replay_job_into_a_consumer(tmp_path: Any) -> None:
             assert sorted(c.event.data["i"] for c in late.calls) == list(range(5))
             async with http.post(base + "/api/replay", json={"since": "x", "to": "late"}) as r:
                 assert r.status == 400
-            async with http.post(base + "/api/replay", json={"since": "2000-01-01", "to": "no"}) as r:
+            async with http.post(
+                base + "/api/replay", json={"since": "2000-01-01", "to": "no"}
+            ) as r:
                 assert r.status == 400
     finally:
         await bus.stop()
@@ -309,21 +310,32 @@ async def test_stops_with_the_bus_and_needs_a_running_bus() -> None:
 
 
 async def test_standalone_monitor_over_a_shared_log(tmp_path: Any) -> None:
-    import subprocess
     import sys
 
     from mpm_events._core import _log_append
 
     backend = f"sqlite:///{tmp_path / 'log.db'}"
-    _log_append(backend, [{"topic": "hook.old", "type": "T", "data": {"old": 1}}])
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mpm_events", "monitor", "--backend", backend],
-        stdout=subprocess.PIPE,
-        text=True,
+    # a consumer group with one dead letter in the log, from another bus
+    other = EventBus(backend=backend)
+    await other.start()
+    flaky = Recorder("flaky", topics=["hook.**"], behaviour=lambda e: False, max_retries=0)
+    await other.subscribe(flaky)
+    await other.publish(make_event("hook.old", {"old": 1}))
+    await wait_until(lambda: len(flaky.calls) == 1)
+    await other.join(timeout=5)
+    await other.stop()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mpm_events",
+        "monitor",
+        "--backend",
+        backend,
+        stdout=asyncio.subprocess.PIPE,
     )
     try:
         assert proc.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)
+        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
         assert line.startswith(f"monitor of {backend}: http://127.0.0.1:"), line
         url = line.split(": ", 1)[1].strip()
         async with aiohttp.ClientSession() as http:
@@ -334,8 +346,17 @@ async def test_standalone_monitor_over_a_shared_log(tmp_path: Any) -> None:
             assert m.json()["topic"] == "hook.new" and m.json()["data"] == {"new": 2}
             async with http.get(base_of(url) + "/api/metrics") as r:
                 assert (await r.json())["shared_log"]["backend"] == backend
+            async with http.get(base_of(url) + "/api/consumers") as r:
+                (group,) = await r.json()
+            assert group["name"] == "flaky" and group["dead_lettered"] == 1
             async with http.get(base_of(url) + "/api/dead-letters") as r:
-                assert r.status == 200 and await r.json() == []
+                (dl,) = await r.json()
+            assert dl["consumer"] == "flaky" and dl["event"]["data"] == {"old": 1}
+            purge = f"{base_of(url)}/api/dead-letters/purge?token={token_of(url)}"
+            async with http.post(purge, json={"ids": [dl["event"]["id"]]}) as r:
+                assert await r.json() == {"purged": 1}
+            async with http.get(base_of(url) + "/api/dead-letters") as r:
+                assert await r.json() == []
     finally:
         proc.terminate()
-        assert proc.wait(timeout=15) == 0
+        assert await asyncio.wait_for(proc.wait(), 15) == 0

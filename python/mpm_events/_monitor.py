@@ -147,6 +147,32 @@ def consumers(bus: EventBus) -> list[dict[str, Any]]:
                 "topics": bus._topics(name) or [],
             }
         )
+    # NOTE: on a shared log, the groups of every process (a standalone monitor's bus
+    # has no consumers of its own): what the log knows of them.
+    groups = bus._log_groups() if bus.backend is not None else None
+    mine = {c["name"] for c in out}
+    for g in groups or []:
+        if g["name"] in mine:
+            for c in out:
+                if c["name"] == g["name"]:
+                    c["log"] = g
+            continue
+        out.append(
+            {
+                "name": g["name"],
+                "processed": None,
+                "failed": None,
+                "retried": None,
+                "dead_lettered": g["dead_letters"],
+                "in_flight": g["pending"],
+                "queue_depth": g["lag"] + g["ready"],
+                "capacity": None,
+                "latency_p50_ms": None,
+                "latency_p99_ms": None,
+                "filtered": None,
+                "log": g,
+            }
+        )
     return out
 
 
@@ -156,7 +182,7 @@ def dead_letters(bus: EventBus, consumer: str | None, limit: int | None) -> list
     for d in bus.get_dead_letters():
         if consumer is not None and d.get("consumer") != consumer:
             continue
-        ev = d.get("event")
+        ev: Any = d.get("event")
         doc = ev.to_dict() if hasattr(ev, "to_dict") else ev
         errors = list(d.get("errors") or [])
         at = d.get("failed_at")

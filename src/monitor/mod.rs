@@ -13,6 +13,7 @@
 //! itself, else 403. Every response carries `Content-Security-Policy: default-src 'self'`.
 
 pub mod assets;
+mod common;
 mod security;
 mod stream;
 pub mod tap;
@@ -23,61 +24,20 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use tokio::sync::oneshot;
 
+use common::{json_response, AppState};
+pub use common::{ApiHandler, ApiRequest, ApiResponse};
 pub use tap::Tap;
 
 /// How long the server waits for the [`ApiHandler`]'s answer.
 const API_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request body accepted.
 const MAX_BODY: usize = 1 << 20;
-
-/// One JSON API request handed to the [`ApiHandler`].
-#[derive(Debug, Clone)]
-pub struct ApiRequest {
-    /// "GET" or "POST".
-    pub method: String,
-    /// The path after `/api/`, e.g. `dead-letters/redrive`.
-    pub path: String,
-    /// The query parameters, in order (the token removed).
-    pub query: Vec<(String, String)>,
-    /// The request body (POST), as text.
-    pub body: Option<String>,
-}
-
-/// The answer: a status and a JSON text.
-#[derive(Debug, Clone)]
-pub struct ApiResponse {
-    pub status: u16,
-    pub body: String,
-}
-
-impl ApiResponse {
-    /// `{"error": message}` with `status`.
-    pub fn error(status: u16, message: &str) -> Self {
-        ApiResponse {
-            status,
-            body: serde_json::json!({ "error": message }).to_string(),
-        }
-    }
-}
-
-/// Answers the JSON endpoints the server does not answer itself.
-pub trait ApiHandler: Send + Sync + 'static {
-    /// Starts answering `req`; the answer goes to `reply` (dropping it gives 503).
-    fn call(&self, req: ApiRequest, reply: oneshot::Sender<ApiResponse>);
-}
-
-#[derive(Clone)]
-struct AppState {
-    tap: Arc<Tap>,
-    api: Arc<dyn ApiHandler>,
-    guard: Arc<security::Guard>,
-}
 
 /// A running monitor server.
 pub struct MonitorServer {
@@ -107,7 +67,6 @@ impl MonitorServer {
         let state = AppState {
             tap: tap.clone(),
             api,
-            guard,
         };
         let app = Router::new()
             .route("/", get(page))
@@ -118,10 +77,7 @@ impl MonitorServer {
             .route("/ws", get(stream::ws))
             .route("/api/events/{id}", get(event_detail))
             .route("/api/{*rest}", any(api_call))
-            .layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                security::check,
-            ))
+            .layer(axum::middleware::from_fn_with_state(guard, security::check))
             .with_state(state);
         let (tx, rx) = oneshot::channel::<()>();
         let listener = {
@@ -173,38 +129,6 @@ impl Drop for MonitorServer {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn secure_headers(mut r: Response) -> Response {
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'self'"),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    // NOTE: the page's URL holds the token: never send it on as a Referer.
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    if !h.contains_key(header::CACHE_CONTROL) {
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    }
-    r
-}
-
-fn json_response(status: u16, body: String) -> Response {
-    let mut r = Response::new(Body::from(body));
-    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
 }
 
 async fn page() -> Response {
@@ -291,9 +215,4 @@ async fn api_call(
             .body,
         ),
     }
-}
-
-/// The parts of a request the security check reads.
-pub(crate) fn header_str<'a>(h: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
-    h.get(name).and_then(|v| v.to_str().ok())
 }

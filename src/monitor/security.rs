@@ -8,7 +8,7 @@ use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 
-use super::{header_str, json_response, secure_headers, ApiResponse, AppState};
+use super::common::{header_str, json_response, secure_headers, ApiResponse};
 
 /// What a request is checked against.
 pub struct Guard {
@@ -91,8 +91,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The middleware: refuses what the guard refuses, adds the security headers.
-pub async fn check(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let g: &Arc<Guard> = &st.guard;
+pub async fn check(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     let guarded = path.starts_with("/api/") || path == "/ws";
     let host = header_str(req.headers(), header::HOST).map(str::to_owned);

@@ -18,29 +18,28 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
 use serde_json::json;
 
+use super::common::{json_response, ApiResponse, AppState};
 use super::tap::{Filter, Subscription};
-use super::{json_response, ApiResponse, AppState};
 
 fn subscribe(
     st: &AppState,
     query: &[(String, String)],
     last_event_id: Option<&str>,
-) -> Result<Subscription, Response> {
+) -> Result<Subscription, String> {
     let get = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let exclude: Vec<&str> = query
         .iter()
         .filter(|(n, _)| n == "exclude")
         .map(|(_, v)| v.as_str())
         .collect();
-    let bad = |m: String| json_response(400, ApiResponse::error(400, &m).body);
-    let filter = Filter::parse(get("pattern"), &exclude, get("rule")).map_err(bad)?;
+    let filter = Filter::parse(get("pattern"), &exclude, get("rule"))?;
     let after = match get("after").or(last_event_id) {
         None | Some("") => None,
-        Some(s) => Some(s.trim().parse::<u64>().map_err(|_| {
-            bad(format!(
-                "after / Last-Event-ID must be a seq number, not {s:?}"
-            ))
-        })?),
+        Some(s) => Some(
+            s.trim()
+                .parse::<u64>()
+                .map_err(|_| format!("after / Last-Event-ID must be a seq number, not {s:?}"))?,
+        ),
     };
     Ok(st.tap.subscribe(filter, after))
 }
@@ -61,7 +60,7 @@ pub async fn sse(
     let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
     let mut sub = match subscribe(&st, &query, last) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(m) => return json_response(400, ApiResponse::error(400, &m).body),
     };
     let backlog = std::mem::take(&mut sub.backlog).into_iter();
     let s = stream::unfold(
@@ -128,7 +127,7 @@ pub async fn ws(
 ) -> Response {
     let sub = match subscribe(&st, &query, None) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(m) => return json_response(400, ApiResponse::error(400, &m).body),
     };
     upgrade.on_upgrade(move |socket| run_ws(socket, sub))
 }

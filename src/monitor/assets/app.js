@@ -33,6 +33,12 @@ const state = {
 };
 window.__monitor = state;
 
+/** A number for a cell ("-" when the source does not know it). */
+function num(v, digits) {
+  if (v === null || v === undefined) return "-";
+  return digits === undefined ? String(v) : Number(v).toFixed(digits);
+}
+
 function el(tag, text, cls) {
   const e = document.createElement(tag);
   if (text !== undefined && text !== null) e.textContent = String(text);
@@ -233,7 +239,7 @@ async function refreshConsumers() {
     let r = state.consumerRates.get(c.name);
     if (!r) { r = new Buckets(); state.consumerRates.set(c.name, r); }
     const prev = state.lastProcessed.get(c.name);
-    if (prev !== undefined) r.add(Math.max(0, c.processed - prev));
+    if (prev !== undefined && c.processed !== null) r.add(Math.max(0, c.processed - prev));
     state.lastProcessed.set(c.name, c.processed);
     const tr = document.createElement("tr");
     tr.dataset.consumer = c.name;
@@ -242,11 +248,11 @@ async function refreshConsumers() {
     const cv = document.createElement("canvas"); cv.width = 120; cv.height = 20;
     const td = document.createElement("td"); td.appendChild(cv); tr.appendChild(td);
     for (const k of ["processed", "failed", "retried", "dead_lettered", "in_flight"]) {
-      const cell = el("td", c[k]); cell.dataset.field = k; tr.appendChild(cell);
+      const cell = el("td", num(c[k])); cell.dataset.field = k; tr.appendChild(cell);
     }
-    tr.appendChild(el("td", `${c.queue_depth} / ${c.capacity}`));
-    tr.appendChild(el("td", c.latency_p50_ms.toFixed(2)));
-    tr.appendChild(el("td", c.latency_p99_ms.toFixed(2)));
+    tr.appendChild(el("td", `${num(c.queue_depth)} / ${num(c.capacity)}`));
+    tr.appendChild(el("td", num(c.latency_p50_ms, 2)));
+    tr.appendChild(el("td", num(c.latency_p99_ms, 2)));
     sparkline(cv, r.series());
     rows.push(tr);
   }

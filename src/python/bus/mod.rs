@@ -1008,15 +1008,19 @@ impl EventBus {
     }
 
     /// Removes dead letters (of `consumer`, with these event ids; all when neither)
-    /// from the in-memory queue; returns how many.
+    /// from the in-memory queue, or from the shared log; returns how many.
     #[pyo3(signature = (consumer=None, event_ids=None))]
     fn _purge_dead_letters(
         &self,
         py: Python<'_>,
         consumer: Option<String>,
         event_ids: Option<Vec<String>>,
-    ) -> usize {
-        self.shared
+    ) -> PyResult<usize> {
+        if let Some(l) = &self.shared_log {
+            return l.purge_dead_letters(py, consumer, event_ids);
+        }
+        Ok(self
+            .shared
             .engine
             .take_dead_letters(|l| {
                 consumer.as_deref().is_none_or(|c| *l.consumer == *c)
@@ -1024,7 +1028,13 @@ impl EventBus {
                         .as_ref()
                         .is_none_or(|ids| ids.iter().any(|i| *i == l.event.id(py)))
             })
-            .len()
+            .len())
+    }
+
+    /// The shared log's consumer groups (any process's), for the monitor; None
+    /// without a shared log.
+    fn _log_groups<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyList>>> {
+        self.shared_log.as_ref().map(|l| l.groups(py)).transpose()
     }
 
     /// Ends every monitor stream with `reason` (tests: a dropped connection).
