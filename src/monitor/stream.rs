@@ -21,18 +21,24 @@ use serde_json::json;
 use super::common::{json_response, ApiResponse, AppState};
 use super::tap::{Filter, Subscription};
 
-fn subscribe(
-    st: &AppState,
-    query: &[(String, String)],
-    last_event_id: Option<&str>,
-) -> Result<Subscription, String> {
+/// The filter the query's `pattern`, `exclude` and `rule` describe.
+fn filter_of(query: &[(String, String)]) -> Result<Filter, String> {
     let get = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let exclude: Vec<&str> = query
         .iter()
         .filter(|(n, _)| n == "exclude")
         .map(|(_, v)| v.as_str())
         .collect();
-    let filter = Filter::parse(get("pattern"), &exclude, get("rule"))?;
+    Filter::parse(get("pattern"), &exclude, get("rule"))
+}
+
+fn subscribe(
+    st: &AppState,
+    query: &[(String, String)],
+    last_event_id: Option<&str>,
+) -> Result<Subscription, String> {
+    let get = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let filter = filter_of(query)?;
     let after = match get("after").or(last_event_id) {
         None | Some("") => None,
         Some(s) => Some(
@@ -177,13 +183,7 @@ async fn run_ws(mut socket: WebSocket, mut sub: Subscription) {
 /// `{"ok": true}` or `{"ok": false, "error": ...}` (always 200: the page asks
 /// before it switches its stream).
 pub async fn check(Query(query): Query<Vec<(String, String)>>) -> Response {
-    let get = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let exclude: Vec<&str> = query
-        .iter()
-        .filter(|(n, _)| n == "exclude")
-        .map(|(_, v)| v.as_str())
-        .collect();
-    let body = match Filter::parse(get("pattern"), &exclude, get("rule")) {
+    let body = match filter_of(&query) {
         Ok(_) => json!({"ok": true}),
         Err(e) => json!({"ok": false, "error": e}),
     };
