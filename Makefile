@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 VENV_ENV := VIRTUAL_ENV=$(abspath $(VENV)) PATH="$(abspath $(VENV))/bin:$$PATH"
 
-.PHONY: all venv build test test-rust test-python test-wheel demo lint bench fuzz clean
+.PHONY: all venv build test test-rust test-python test-wheel demo lint bench fuzz clean chromium
 
 all: build
 
@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "maturin>=1.7,<2" "pytest>=8" "pytest-asyncio>=0.24" pytest-timeout \
 		"python-socketio[asyncio_client]>=5.11" aiohttp ruff mypy matplotlib abi3audit \
-		watchdog pyyaml packaging psutil pyee websocket-client trustme hypothesis "rich>=13"
+		watchdog pyyaml packaging psutil pyee websocket-client trustme hypothesis "rich>=13" playwright
 # NOTE: claude-mpm without its dependency tree; the line above adds what its dashboard
 # server (tests/test_dashboard_real.py) needs beyond python-socketio and aiohttp.
 	$(PY) -m pip install -q --no-deps claude-mpm==5.9.10
@@ -29,7 +29,12 @@ build: venv ## Build the extension in release mode into .venv
 test-rust: venv ## Engine tests (no Python linked), sinks tested against a real server
 	MPM_TEST_PYTHON=$(abspath $(PY)) cargo test --no-default-features -q
 
-test-python: build
+# NOTE: the monitor's browser tests drive Debian's Chromium through playwright
+# (playwright's own browser builds cannot be downloaded here).
+chromium:
+	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+
+test-python: build chromium
 	$(PY) -m pytest -q
 
 test-wheel: venv ## The release wheel is abi3-clean, installs and works in a clean virtualenv

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import time
 import types
 from datetime import UTC, datetime
@@ -132,6 +133,9 @@ async def hook_stream(
     """
     bus = impl.EventBus(max_queue_size=queue_size_for(n_events))
     await bus.start()
+    if os.environ.get("MPM_BENCH_MONITOR") == "1" and hasattr(bus, "serve_monitor"):
+        # NOTE: issue 14's A/B: W1 with the monitor serving and no client connected.
+        await bus.serve_monitor()
     consumer_cls = counting_consumer_class(impl)
     matching = [p for p in patterns if p in MATCHING_PATTERNS]
     tracker = Tracker(len(matching))

@@ -56,6 +56,26 @@ const ENDED_DEAD: u32 = 1 << 31;
 const ENDED_RELEASED: u32 = 1 << 30;
 const LANES_MASK: u32 = ENDED_RELEASED - 1;
 
+/// MONITOR HOOK (issue 14): one finished delivery attempt, as the monitor's
+/// per-event delivery history sees it.
+pub struct DeliveryNote<'a, E> {
+    /// The event.
+    pub event: &'a Arc<E>,
+    /// The consumer (lane) name.
+    pub consumer: &'a Arc<str>,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// How it ended.
+    pub outcome: &'a Outcome,
+    /// From acceptance until the job was handed to the executor.
+    pub queued: Duration,
+    /// From hand-out until the outcome was processed (the whole job's, for a batch).
+    pub handled: Duration,
+}
+
+/// MONITOR HOOK (issue 14): called for every finished delivery while set.
+pub type DeliveryObserver<E> = Arc<dyn Fn(&DeliveryNote<'_, E>) + Send + Sync>;
+
 /// An accepted event and its bookkeeping.
 pub struct Entry<E> {
     /// The event.
@@ -242,6 +262,9 @@ pub struct Job<E: EventLike> {
     pub items: Vec<Delivery<E>>,
     progress: Mutex<Progress>,
     cut: AtomicBool,
+    /// MONITOR HOOK (issue 14): when the job was handed out (queue time ends,
+    /// handler time starts), for the delivery observer.
+    started: Instant,
 }
 
 impl<E: EventLike> Job<E> {
@@ -522,6 +545,7 @@ impl<E: EventLike> Lane<E> {
             st.next_token += 1;
             let token = st.next_token;
             st.in_flight = Some(token);
+            let started = Instant::now();
             let job = Arc::new(Job {
                 lane: self.clone(),
                 token,
@@ -529,9 +553,10 @@ impl<E: EventLike> Lane<E> {
                 progress: Mutex::new(Progress {
                     outcomes: Vec::with_capacity(n),
                     finished: false,
-                    last_progress: Instant::now(),
+                    last_progress: started,
                 }),
                 cut: AtomicBool::new(false),
+                started,
             });
             st.current = Some(job.clone());
             job
@@ -587,7 +612,19 @@ impl<E: EventLike> Lane<E> {
         let now = Instant::now();
         let mut succeeded = 0u64;
         let mut latencies = Vec::with_capacity(job.items.len());
+        // MONITOR HOOK (issue 14): one relaxed load per job while nobody observes.
+        let observer = shared.as_ref().and_then(|s| s.delivery_observer());
         for (d, outcome) in job.items.iter().zip(outcomes) {
+            if let Some(f) = &observer {
+                f(&DeliveryNote {
+                    event: &d.entry.event,
+                    consumer: &self.config.name,
+                    attempt: d.attempt() + 1,
+                    outcome: &outcome,
+                    queued: job.started.saturating_duration_since(d.entry.accepted),
+                    handled: now.saturating_duration_since(job.started),
+                });
+            }
             match outcome {
                 Outcome::Success => {
                     succeeded += 1;
@@ -898,6 +935,9 @@ struct Shared<E: EventLike> {
     /// later) instead of dead-lettering it.
     release_on_stop: AtomicBool,
     on_idle: RwLock<Option<Box<dyn Fn() + Send + Sync>>>,
+    /// MONITOR HOOK (issue 14): see [`Engine::set_delivery_observer`].
+    observing: AtomicBool,
+    observer: RwLock<Option<DeliveryObserver<E>>>,
     phase_tx: watch::Sender<Phase>,
     phase_rx: watch::Receiver<Phase>,
     runtime: tokio::runtime::Handle,
@@ -906,6 +946,14 @@ struct Shared<E: EventLike> {
 impl<E: EventLike> Shared<E> {
     fn phase(&self) -> Phase {
         *self.phase_rx.borrow()
+    }
+
+    /// MONITOR HOOK (issue 14): the delivery observer, if one is set.
+    fn delivery_observer(&self) -> Option<DeliveryObserver<E>> {
+        if !self.observing.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.observer.read().clone()
     }
 
     fn finish_entry(&self, entry: &Entry<E>) {
@@ -1046,6 +1094,8 @@ impl<E: EventLike> Engine<E> {
                 failure_listeners: RwLock::new(Vec::new()),
                 release_on_stop: AtomicBool::new(false),
                 on_idle: RwLock::new(None),
+                observing: AtomicBool::new(false),
+                observer: RwLock::new(None),
                 phase_tx,
                 phase_rx,
                 runtime,
@@ -1056,6 +1106,15 @@ impl<E: EventLike> Engine<E> {
     /// Sets the callback run (on any thread) whenever the engine becomes idle.
     pub fn set_on_idle(&self, f: impl Fn() + Send + Sync + 'static) {
         *self.shared.on_idle.write() = Some(Box::new(f));
+    }
+
+    /// MONITOR HOOK (issue 14): sets (or with `None` clears) the callback run for
+    /// every finished delivery attempt, on the thread that processed the outcome.
+    /// While none is set the engine pays one relaxed atomic load per job.
+    pub fn set_delivery_observer(&self, f: Option<DeliveryObserver<E>>) {
+        let on = f.is_some();
+        *self.shared.observer.write() = f;
+        self.shared.observing.store(on, Ordering::Relaxed);
     }
 
     /// Adds a callback run for every new dead letter (on the thread that gave up).

@@ -15,6 +15,7 @@ pub mod dead_letter;
 pub mod dispatch;
 pub mod durable;
 pub mod event;
+pub mod monitor;
 pub mod queue;
 pub mod retry;
 pub mod rules;

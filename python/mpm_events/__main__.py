@@ -1,5 +1,5 @@
 """Command line (``mpm-events``, also ``python -m mpm_events``): ``demo``, ``hook``,
-``relay``, ``--version``.
+``relay``, ``monitor``, ``--version``.
 
 Each command imports what it needs when it runs. ``hook`` runs once per Claude Code
 hook in a fresh process, so its import cost is its wall time: its usual arguments
@@ -374,12 +374,29 @@ def main(argv: list[str] | None = None, *, exit_process: bool = False) -> int:
         default=None,
         help="how to reach the dashboard (default: http for .../api/events, else socketio)",
     )
+    monitor = commands.add_parser(
+        "monitor",
+        help="serve the monitor page over the shared event log until SIGTERM/SIGINT",
+        description=(
+            "Serves the monitor (docs/monitor.md) over the shared event log: its live "
+            "entries, dead letters (redrive, purge) and replay. Prints the page's URL."
+        ),
+    )
+    monitor.add_argument(
+        "--backend", metavar="URL", default=None, help="the event log (default as for relay)"
+    )
+    monitor.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    monitor.add_argument("--port", type=int, default=0, help="port (0: any free port)")
     from mpm_events._cli import commands as cli_commands
 
     cli_commands.register(commands)
     args = parser.parse_args(argv)
     if getattr(args, "cli_module", None):
         return cli_commands.run(args, parser.prog)
+    if args.command == "monitor":
+        from mpm_events import monitor_cli
+
+        return monitor_cli.run(args.backend or default_backend(), args.host, args.port)
     if args.command == "relay":
         import asyncio
 

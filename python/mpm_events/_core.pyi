@@ -892,6 +892,45 @@ class EventBus(IEventBus):
             RuntimeError: The bus is not running (in-process bus).
         """
 
+    def serve_monitor(self, host: str = "127.0.0.1", port: int = 0) -> Awaitable[str]:
+        """Starts the monitor (a web page, SSE and WebSocket streams and a JSON API,
+        docs/monitor.md) on the engine's runtime and returns its URL.
+
+        The URL holds the per-run token (``http://127.0.0.1:PORT/?token=...``) that
+        state-changing requests (redrive, purge, replay) need; read-only views need
+        none. Loopback by default; the server stops with the bus (``stop()``) or
+        with ``stop_monitor()``. While no client is connected it costs one atomic
+        load per publish.
+
+        Args:
+            host: The address to listen on.
+            port: The port (0: any free port).
+
+        Returns:
+            The page's URL, token included.
+
+        Raises:
+            RuntimeError: The bus is not running, or the monitor already serves.
+            OSError: The address cannot be listened on.
+        """
+
+    def stop_monitor(self) -> bool:
+        """Stops the monitor server (open streams end); True if one was running."""
+
+    @property
+    def monitor_url(self) -> str | None:
+        """The monitor's URL (with its token) while it serves, else None."""
+
+    # ----- private, used by mpm_events._monitor -----
+    def _route(self, topic: str) -> list[str]: ...
+    def _purge_dead_letters(
+        self, consumer: str | None = None, event_ids: list[str] | None = None
+    ) -> int: ...
+    def _log_groups(self) -> list[dict[str, Any]] | None: ...
+    def _monitor_drop_clients(self, reason: str) -> int: ...
+    def _monitor_push(self, json: str) -> bool: ...
+    def _monitor_watching(self) -> bool: ...
+
     # ----- private, used by mpm_events._bus -----
     def _prepare(self, consumer: Any) -> str | None: ...
     def _register(self, consumer: Any) -> bool: ...

@@ -346,6 +346,9 @@ async def _main(
     )
     bus = EventBus()
     await bus.start()
+    # NOTE: the monitor page (docs/monitor.md) is up while the demo runs; it stops
+    # with the bus.
+    print(f"monitor: {await bus.serve_monitor()} (up until the demo ends)", flush=True)
     dlc = DeadLetterConsumer(output_dir=output_dir)
     logger = LoggingConsumer(include_data=False)
     metrics = MetricsConsumer(window_size=2, report_interval=0)

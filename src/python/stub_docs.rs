@@ -545,6 +545,33 @@ Returns:
 Raises:
     RuntimeError: The bus is not running (in-process bus)."#
     };
+    (EventBus, serve_monitor) => {
+        r#"Starts the monitor (a web page, SSE and WebSocket streams and a JSON API,
+docs/monitor.md) on the engine's runtime and returns its URL.
+
+The URL holds the per-run token (``http://127.0.0.1:PORT/?token=...``) that
+state-changing requests (redrive, purge, replay) need; read-only views need
+none. Loopback by default; the server stops with the bus (``stop()``) or
+with ``stop_monitor()``. While no client is connected it costs one atomic
+load per publish.
+
+Args:
+    host: The address to listen on.
+    port: The port (0: any free port).
+
+Returns:
+    The page's URL, token included.
+
+Raises:
+    RuntimeError: The bus is not running, or the monitor already serves.
+    OSError: The address cannot be listened on."#
+    };
+    (EventBus, stop_monitor) => {
+        r#"Stops the monitor server (open streams end); True if one was running."#
+    };
+    (EventBus, monitor_url) => {
+        r#"The monitor's URL (with its token) while it serves, else None."#
+    };
     (_NativeConsumer) => {
         r#"Base class of the built-in consumers written in Rust.
 

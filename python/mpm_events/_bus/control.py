@@ -174,6 +174,8 @@ async def stop(bus: EventBus, timeout: float | None = None) -> None:
         return
     rebind_if_gone(bus, asyncio.get_running_loop())
     logger.info("Stopping event bus")
+    # NOTE: the monitor (serve_monitor) stops with the bus: its streams end first.
+    bus.stop_monitor()
     if bus.backend is not None:
         # NOTE: no new publishes, and the readers claim nothing more; what they
         # delivered is handled below, what a stop gives up on stays in the log.

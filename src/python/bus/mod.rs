@@ -4,6 +4,7 @@
 
 pub mod delivery_log;
 pub mod log_direct;
+pub mod monitor;
 pub mod persistence;
 pub mod shared_log;
 
@@ -107,6 +108,8 @@ struct BusShared {
     running: AtomicBool,
     last_event_us: AtomicI64,
     warned_not_running: AtomicBool,
+    /// `serve_monitor`: the stream tap (idle until a client connects) and the server.
+    monitor: monitor::BusMonitor,
 }
 
 #[doc = stub_doc!(EventBus)]
@@ -342,6 +345,10 @@ impl EventBus {
                 &mut memo.view,
             )?));
         }
+        // NOTE: issue 14's monitor: one relaxed load while nobody watches.
+        if self.shared.monitor.watching() {
+            self.shared.monitor.tap_event(py, &mut eref);
+        }
         Ok((eref, route))
     }
 
@@ -415,6 +422,9 @@ impl EventBus {
                 &eref,
                 route.needs_view == ViewNeeds::FieldsAndData,
             )?));
+        }
+        if self.shared.monitor.watching() {
+            self.shared.monitor.tap_event(py, &mut eref);
         }
         match &self.persist {
             None => Ok(self.dispatch(py, eref, &route).is_ok()),
@@ -590,6 +600,7 @@ impl EventBus {
                 running: AtomicBool::new(false),
                 last_event_us: AtomicI64::new(0),
                 warned_not_running: AtomicBool::new(false),
+                monitor: monitor::BusMonitor::default(),
             }),
             max_queue_size: AtomicI64::new(max_queue_size),
             process_interval,
@@ -948,6 +959,106 @@ impl EventBus {
             }
         }
         Ok(n)
+    }
+
+    #[doc = stub_doc!(EventBus, serve_monitor)]
+    #[pyo3(signature = (host="127.0.0.1", port=0))]
+    fn serve_monitor(slf: &Bound<'_, Self>, host: &str, port: u16) -> PyResult<Py<Ready>> {
+        let py = slf.py();
+        let this = slf.get();
+        if !this.shared.running.load(Ordering::Acquire) {
+            return Err(PyRuntimeError::new_err(
+                "serve_monitor() needs a running bus (await bus.start() first)",
+            ));
+        }
+        let url = this.shared.monitor.serve(
+            slf.as_any(),
+            this.shared.inbox.clone(),
+            &this.shared.engine,
+            host,
+            port,
+        )?;
+        log_info(py, &format!("monitor serving at {url}"));
+        Ready::of(py, PyString::new(py, &url).into_any().unbind())
+    }
+
+    #[doc = stub_doc!(EventBus, stop_monitor)]
+    fn stop_monitor(&self, py: Python<'_>) -> bool {
+        py.detach(|| self.shared.monitor.stop(&self.shared.engine))
+    }
+
+    #[doc = stub_doc!(EventBus, monitor_url)]
+    #[getter]
+    fn monitor_url(&self) -> Option<String> {
+        self.shared.monitor.url()
+    }
+
+    /// The consumers whose subscriptions match `topic` (the monitor's routing view).
+    fn _route(&self, topic: &str) -> PyResult<Vec<String>> {
+        let route = self
+            .shared
+            .engine
+            .route_topic(topic)
+            .map_err(crate::python::runtime::errors::topic_error)?;
+        Ok(route
+            .lanes
+            .iter()
+            .map(|l| l.config.name.to_string())
+            .collect())
+    }
+
+    /// Removes dead letters (of `consumer`, with these event ids; all when neither)
+    /// from the in-memory queue, or from the shared log; returns how many.
+    #[pyo3(signature = (consumer=None, event_ids=None))]
+    fn _purge_dead_letters(
+        &self,
+        py: Python<'_>,
+        consumer: Option<String>,
+        event_ids: Option<Vec<String>>,
+    ) -> PyResult<usize> {
+        if let Some(l) = &self.shared_log {
+            return l.purge_dead_letters(py, consumer, event_ids);
+        }
+        Ok(self
+            .shared
+            .engine
+            .take_dead_letters(|l| {
+                consumer.as_deref().is_none_or(|c| *l.consumer == *c)
+                    && event_ids
+                        .as_ref()
+                        .is_none_or(|ids| ids.iter().any(|i| *i == l.event.id(py)))
+            })
+            .len())
+    }
+
+    /// The shared log's consumer groups (any process's), for the monitor; None
+    /// without a shared log.
+    fn _log_groups<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyList>>> {
+        self.shared_log.as_ref().map(|l| l.groups(py)).transpose()
+    }
+
+    /// Ends every monitor stream with `reason` (tests: a dropped connection).
+    fn _monitor_drop_clients(&self, reason: &str) -> usize {
+        self.shared.monitor.tap.drop_clients(reason)
+    }
+
+    /// Puts an event document (JSON text with `id` and `topic`) on the monitor
+    /// stream: the standalone monitor's log tailer.
+    fn _monitor_push(&self, json: &str) -> PyResult<bool> {
+        let v: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| PyValueError::new_err(format!("_monitor_push(): not JSON: {e}")))?;
+        let id: Arc<str> = v.get("id").and_then(|x| x.as_str()).unwrap_or("").into();
+        let topic: Arc<str> = v.get("topic").and_then(|x| x.as_str()).unwrap_or("").into();
+        if !self.shared.monitor.watching() {
+            return Ok(false);
+        }
+        self.shared.monitor.tap.publish(id, topic, v);
+        Ok(true)
+    }
+
+    /// Whether a monitor client is watching (the log tailer reads only then).
+    fn _monitor_watching(&self) -> bool {
+        self.shared.monitor.watching()
     }
 
     // ----- private helpers used by mpm_events._bus -----

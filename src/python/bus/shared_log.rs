@@ -746,6 +746,59 @@ impl SharedLogBus {
         Ok(list)
     }
 
+    /// The monitor's purge: removes the log's dead letters of `consumer` (all when
+    /// None) whose event id is in `event_ids` (all when None); returns how many.
+    pub fn purge_dead_letters(
+        &self,
+        py: Python<'_>,
+        consumer: Option<String>,
+        event_ids: Option<Vec<String>>,
+    ) -> PyResult<usize> {
+        let log = self.log.clone();
+        py.detach(move || -> Result<usize, LogError> {
+            let ids: Vec<i64> = log
+                .dead_letters(consumer.as_deref(), usize::MAX >> 1)?
+                .into_iter()
+                .filter(|l| {
+                    event_ids
+                        .as_ref()
+                        .is_none_or(|ids| ids.contains(&l.record.event_id))
+                })
+                .map(|l| l.dl_id)
+                .collect();
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            Ok(log.remove_dead_letters(&ids)? as usize)
+        })
+        .map_err(|e| log_error_py(&e))
+    }
+
+    /// The monitor's view of every consumer group the log knows (any process's):
+    /// `name`, `pending`, `ready`, `lag`, `dead_letters`, `position`.
+    pub fn groups<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let log = self.log.clone();
+        let stats = py
+            .detach(
+                move || -> Result<Vec<crate::backend::GroupStats>, LogError> {
+                    log.groups()?.iter().map(|g| log.group_stats(g)).collect()
+                },
+            )
+            .map_err(|e| log_error_py(&e))?;
+        let list = PyList::empty(py);
+        for g in stats {
+            let d = PyDict::new(py);
+            d.set_item("name", &g.name)?;
+            d.set_item("pending", g.pending)?;
+            d.set_item("ready", g.ready)?;
+            d.set_item("lag", g.lag)?;
+            d.set_item("dead_letters", g.dead_letters)?;
+            d.set_item("position", g.position.map(|p| p.to_string()))?;
+            list.append(d)?;
+        }
+        Ok(list)
+    }
+
     /// `replay_dead_letters(consumer, event_ids)`: hands dead letters back to their
     /// consumer name in the log (any instance, in any process, gets them).
     pub fn replay_dead_letters(

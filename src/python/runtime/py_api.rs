@@ -62,4 +62,6 @@ python_functions! {
     publish_via_bus = "mpm_events.producers"."_publish_via_bus";
     /// `(producer, events)`: a producer's publish_batch through its bus.
     publish_batch_via_bus = "mpm_events.producers"."_publish_batch";
+    /// `(bus, method, path, query, body)`: one monitor JSON API request -> `(status, json)`.
+    monitor_api = "mpm_events._monitor"."api";
 }
