@@ -464,6 +464,11 @@ def write_docs(results: dict[str, Any], path: Path, img_dir: Path) -> None:
     for title, file in made:
         md += ["", f"![{title}](img/{file})"]
     md += ["", METHOD]
+    # NOTE: the A/B record of performance changes is kept by hand (it comes from
+    # runs of two builds side by side, not from this suite's single build).
+    history = Path(__file__).with_name("ab-history.md")
+    if history.exists():
+        md += [history.read_text().rstrip("\n")]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(md) + "\n")
 
