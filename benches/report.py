@@ -428,7 +428,7 @@ def write_docs(results: dict[str, Any], path: Path, img_dir: Path) -> None:
         md.append(f"| {r[0]} {r[1]} | " + " | ".join(r[2:]) + " |")
     verdicts = results.get("targets", {})
     if any(v["met"] is not None for v in verdicts.values()):
-        md += ["", "Targets (issue 5):", ""]
+        md += ["", "Targets (issues 5 and 16):", ""]
         for key, v in verdicts.items():
             state = {True: "met", False: "**not met**", None: "not measured"}[v["met"]]
             md.append(f"- {key} {v['target']}: {state} ({v['detail']})")
