@@ -101,9 +101,138 @@ fn dispatch(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("publish_and_deliver", consumers), |b| {
             b.iter(|| engine.publish(Arc::new(Ev("hook.tool".into()))).unwrap())
         });
+        if consumers == 1 {
+            // NOTE: W6's bound (issue 16): the bus hands `publish_batch` to the engine in
+            // slices of 2,048 events (`PUBLISH_SLICE` in src/python/bus/mod.rs).
+            let route = engine.route_topic("hook.tool").unwrap();
+            g.throughput(Throughput::Elements(BATCH as u64));
+            g.bench_function(BenchmarkId::new("publish_many", BATCH), |b| {
+                b.iter(|| {
+                    let batch: Vec<_> = (0..BATCH)
+                        .map(|_| (Arc::new(Ev("hook.tool".into())), route.clone()))
+                        .collect();
+                    engine.publish_many(batch)
+                })
+            });
+            g.throughput(Throughput::Elements(1));
+        }
     }
     g.finish();
 }
 
-criterion_group!(benches, routing, dispatch);
+const BATCH: usize = 2048;
+
+/// The anchor of issue 16: what a tokio unbounded channel costs per boxed item, on
+/// one thread and from one thread to a task on a worker thread, in the same run as
+/// `dispatch/publish_and_deliver/1`.
+fn channel(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut g = c.benchmark_group("channel");
+    g.throughput(Throughput::Elements(1));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Box<Ev>>();
+    g.bench_function("unbounded_send_recv/one_thread", |b| {
+        b.iter(|| {
+            tx.send(Box::new(Ev("hook.tool".into()))).unwrap();
+            black_box(rx.try_recv().unwrap())
+        })
+    });
+    g.bench_function("unbounded_send_recv/cross_thread", |b| {
+        b.iter_custom(|iters| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Box<Ev>>();
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            rt.spawn(async move {
+                let mut n = 0u64;
+                while let Some(item) = rx.recv().await {
+                    black_box(item);
+                    n += 1;
+                    if n == iters {
+                        break;
+                    }
+                }
+                done_tx.send(()).unwrap();
+            });
+            let t0 = std::time::Instant::now();
+            for _ in 0..iters {
+                tx.send(Box::new(Ev("hook.tool".into()))).unwrap();
+            }
+            done_rx.recv().unwrap();
+            t0.elapsed()
+        })
+    });
+    g.finish();
+}
+
+/// W8's bound (issue 16): a bare rusqlite loop that inserts the same rows as the
+/// durable store (its `events` table, 12 columns, a JSON payload) in groups of 256 (W8's
+/// 256 publishing tasks), one transaction per group, WAL with `synchronous=FULL` (one
+/// fsync per group, as `durability="sync"`).
+fn sqlite(c: &mut Criterion) {
+    const GROUP: usize = 256;
+    let dir = std::env::temp_dir().join(format!("mpm-bench-sqlite-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("floor.db");
+    let _ = std::fs::remove_file(&path);
+    let mut conn = rusqlite::Connection::open(&path).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    conn.execute_batch(
+        "CREATE TABLE events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, topic TEXT NOT NULL,
+            event_type TEXT NOT NULL, source TEXT NOT NULL, timestamp_us INTEGER NOT NULL,
+            published_us INTEGER NOT NULL, priority INTEGER NOT NULL, correlation_id TEXT,
+            codec INTEGER NOT NULL DEFAULT 0, data BLOB NOT NULL, size_bytes INTEGER NOT NULL,
+            targets TEXT);
+         CREATE INDEX events_by_time ON events (timestamp_us, seq);",
+    )
+    .unwrap();
+    let mut g = c.benchmark_group("sqlite");
+    g.throughput(Throughput::Elements(GROUP as u64));
+    let mut n = 0i64;
+    g.bench_function(BenchmarkId::new("insert_group_sync", GROUP), |b| {
+        b.iter(|| {
+            let tx = conn.transaction().unwrap();
+            {
+                let mut ins = tx
+                    .prepare_cached(
+                        "INSERT INTO events (id, topic, event_type, source, timestamp_us, \
+                         published_us, priority, correlation_id, codec, data, size_bytes, \
+                         targets) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                    )
+                    .unwrap();
+                for _ in 0..GROUP {
+                    n += 1;
+                    let id = format!("{n:032x}");
+                    let data = format!(
+                        r#"{{"tool":"Bash","params":{{"command":"ls -la","n":{n}}},"result":null}}"#
+                    );
+                    ins.execute(rusqlite::params![
+                        id,
+                        "hook.tool",
+                        "ToolUse",
+                        "hook_handler",
+                        n,
+                        n,
+                        3,
+                        Option::<String>::None,
+                        0,
+                        data.as_bytes(),
+                        data.len() as i64,
+                        Option::<String>::None
+                    ])
+                    .unwrap();
+                }
+            }
+            tx.commit().unwrap();
+        })
+    });
+    g.finish();
+    drop(conn);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, routing, dispatch, channel, sqlite);
 criterion_main!(benches);

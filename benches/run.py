@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import impls  # noqa: E402
+import peers  # noqa: E402
 import report  # noqa: E402
 import workloads as wl  # noqa: E402
 
@@ -64,6 +65,14 @@ class Sizes:
     chart_max: int = 100_000
     chart_rounds: int = 3
     floor_awaits: int = 2_000_000
+    # Peers (issue 16): pyee moves ~60k events/s here, bubus a few hundred; fixed
+    # counts keep their rounds to a second or two (rates, not totals, are compared).
+    pyee_w1: int = 50_000
+    pyee_w2: int = 20_000
+    bubus_w1: int = 500
+    bubus_w2: int = 200
+    w13_seconds: float = 5.0
+    w13_rounds: int = 2
 
 
 QUICK = Sizes(
@@ -82,6 +91,12 @@ QUICK = Sizes(
     chart_max=10_000,
     chart_rounds=1,
     floor_awaits=500_000,
+    pyee_w1=10_000,
+    pyee_w2=5_000,
+    bubus_w1=200,
+    bubus_w2=100,
+    w13_seconds=1.0,
+    w13_rounds=1,
 )
 
 
@@ -96,8 +111,25 @@ class Workload:
 
 
 WORKLOADS = [
-    Workload("W1", "hook stream, 1 consumer on hook.**", "throughput", "events/s", True, ">= 10x"),
-    Workload("W2", "fan-out, 5 consumers", "throughput", "events/s", True, ">= 10x"),
+    Workload(
+        "W1",
+        "hook stream, 1 consumer on hook.**",
+        "throughput",
+        "events/s",
+        True,
+        ">= 10x; >= 60% of floor; >= 10x pyee",
+    ),
+    Workload(
+        "W1d",
+        "W1, the consumer reads event.data['tool']",
+        "throughput",
+        "events/s",
+        True,
+        ">= 50% of floor",
+    ),
+    Workload(
+        "W2", "fan-out, 5 consumers", "throughput", "events/s", True, ">= 10x; >= 50% of floor"
+    ),
     Workload(
         "W3",
         "W2 + 1,000 idle wildcard subscriptions",
@@ -110,7 +142,14 @@ WORKLOADS = [
     Workload(
         "W5", "memory per event queued behind a paused consumer", "RSS", "B/event", False, "<= 1/3"
     ),
-    Workload("W6", "publish_batch into MetricsConsumer", "throughput", "events/s", True, ">= 2M/s"),
+    Workload(
+        "W6",
+        "publish_batch into MetricsConsumer",
+        "throughput",
+        "events/s",
+        True,
+        ">= 80% of criterion publish_many/2048",
+    ),
     Workload("W7", "import time over a bare interpreter", "added", "ms", False, "<= 30 ms"),
     Workload(
         "W8",
@@ -118,7 +157,7 @@ WORKLOADS = [
         "throughput",
         "events/s",
         True,
-        ">= 100k/s",
+        ">= 50% of a bare rusqlite loop",
     ),
     Workload(
         "W9",
@@ -152,7 +191,72 @@ WORKLOADS = [
         True,
         ">= 200k/s",
     ),
+    Workload(
+        "W13",
+        "paced 1,000/s, Python consumer + MetricsConsumer (issue 16)",
+        "CPU added",
+        "us/event",
+        False,
+        "<= 10 us/event, <= 1 context switch/event",
+    ),
 ]
+
+# W13's configurations: (rate, with MetricsConsumer) -> stat name prefix.
+W13_CASES = [(1000.0, False), (1000.0, True), (100.0, False), (100.0, True)]
+
+
+def w13_label(rate: float, metrics: bool) -> str:
+    return f"{int(rate)}{'_metrics' if metrics else ''}"
+
+
+def paced_round(impl: Any, seconds: float) -> dict[str, Any]:
+    """W13, one round: per rate, the paced loop without a bus, then with the bus (one
+    Python consumer; then with MetricsConsumer beside it); CPU and context switches
+    per event over the bare loop."""
+    out: dict[str, Any] = {}
+    for rate in sorted({r for r, _ in W13_CASES}, reverse=True):
+        bare = measure(wl.paced_stream, None, rate, seconds)
+        if "error" in bare:
+            return bare
+        out[f"bare_{int(rate)}"] = bare
+        for r, metrics in W13_CASES:
+            if r != rate:
+                continue
+            got = measure(wl.paced_stream, impl, rate, seconds, metrics)
+            if "error" in got:
+                return got
+            n = got["n_events"]
+            label = w13_label(rate, metrics)
+            out[f"cpu_us_{label}"] = (got["cpu_s"] - bare["cpu_s"]) / n * 1e6
+            out[f"cs_{label}"] = (got["context_switches"] - bare["context_switches"]) / n
+            out[f"cs_raw_{label}"] = got["context_switches"] / n
+    out["value"] = out["cpu_us_1000_metrics"]
+    return out
+
+
+def read_criterion() -> dict[str, Any]:
+    """The criterion estimates ``make bench`` wrote just before this run (issue 16's
+    anchors): ns per element of the engine and channel cases, and their age."""
+    base = REPO / "target" / "criterion"
+    cases = {
+        "publish_and_deliver_1": "dispatch/publish_and_deliver/1",
+        "publish_and_deliver_5": "dispatch/publish_and_deliver/5",
+        "publish_many_2048": "dispatch/publish_many/2048",
+        "channel_one_thread": "channel/unbounded_send_recv_one_thread",
+        "channel_cross_thread": "channel/unbounded_send_recv_cross_thread",
+        "sqlite_insert_group_sync_256": "sqlite/insert_group_sync/256",
+    }
+    per_element = {"publish_many_2048": 2048, "sqlite_insert_group_sync_256": 256}
+    out: dict[str, Any] = {}
+    for key, rel in cases.items():
+        path = base / rel / "new" / "estimates.json"
+        if not path.exists():
+            # criterion names a "group/a/b" function "a_b" on disk
+            continue
+        est = json.loads(path.read_text())
+        ns = est["median"]["point_estimate"] / per_element.get(key, 1)
+        out[key] = {"ns_per_event": ns, "age_s": round(time.time() - path.stat().st_mtime)}
+    return out
 
 
 def durable_ratio(impl: Any, n_events: int) -> dict[str, Any]:
@@ -386,7 +490,7 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
     live = [name for name in impls.NAMES if loaded[name].available]
 
     def selected(key: str) -> bool:
-        return only is None or key in only
+        return only is None or key.upper() in only
 
     samples: dict[str, dict[str, list[dict[str, Any]]]] = {
         w.key: {name: [] for name in impls.NAMES} for w in WORKLOADS
@@ -403,13 +507,45 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
             w3_n[name] = calibrate(partial(w3, idle=1000), sizes.w3_seconds, sizes.w3_max)
             log(f"W3 calibrated: {name} runs {w3_n[name]} events per round")
 
+    for peer in peers.PEERS:
+        why = peers.available(peer)
+        state = f"version {peers.version(peer)}" if why is None else f"NOT AVAILABLE ({why})"
+        log(f"{peer}: {state}")
+    live_peers = [p for p in peers.PEERS if peers.available(p) is None]
+    peer_sizes = {
+        peers.FLOOR: (sizes.w1, sizes.w2),
+        peers.PYEE: (sizes.pyee_w1, sizes.pyee_w2),
+        peers.BUBUS: (sizes.bubus_w1, sizes.bubus_w2),
+    }
+
     for r in range(rounds):
-        order = live if r % 2 == 0 else list(reversed(live))
+        everyone = live + live_peers
+        order = everyone if r % 2 == 0 else list(reversed(everyone))
         log(f"round {r + 1}/{rounds} (order: {', '.join(order)})")
         for name in order:
+            if name in live_peers:
+                stream = peers.STREAMS[name]
+                n1, n2 = peer_sizes[name]
+                for key, fn in (
+                    ("W1", partial(measure, stream, n1, ["hook.**"])),
+                    ("W1d", partial(measure, stream, n1, ["hook.**"], True)),
+                    ("W2", partial(measure, stream, n2, wl.FANOUT_PATTERNS)),
+                ):
+                    if not selected(key):
+                        continue
+                    result = fn()
+                    result["round"] = r
+                    samples[key].setdefault(name, []).append(result)
+                    shown = result.get("error") or f"{result['value']:,.1f}"
+                    log(f"  {key} {name}: {shown}")
+                continue
             impl = loaded[name].impl
             todo: list[tuple[str, Callable[[], dict[str, Any]]]] = [
                 ("W1", partial(measure, wl.hook_stream, impl, sizes.w1, ["hook.**"])),
+                (
+                    "W1d",
+                    partial(measure, wl.hook_stream, impl, sizes.w1, ["hook.**"], read_data=True),
+                ),
                 ("W2", partial(measure, wl.hook_stream, impl, sizes.w2, wl.FANOUT_PATTERNS)),
             ]
             if name in w3_n:
@@ -438,9 +574,30 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
                 if not selected(key):
                     continue
                 result = fn()
+                result["round"] = r
                 samples[key][name].append(result)
                 shown = result.get("error") or f"{result['value']:,.1f}"
                 log(f"  {key} {name}: {shown}")
+
+    ours_impl = loaded[impls.OURS].impl
+    if selected("W13") and ours_impl is not None and hasattr(ours_impl, "MetricsConsumer"):
+        w13_rounds = min(rounds, sizes.w13_rounds)
+        log(f"W13: paced streams, {sizes.w13_seconds:g} s each, {w13_rounds} round(s)")
+        for _ in range(w13_rounds):
+            result = paced_round(ours_impl, sizes.w13_seconds)
+            samples["W13"][impls.OURS].append(result)
+            shown = result.get("error") or ", ".join(
+                f"{w13_label(r, m)}: {result[f'cpu_us_{w13_label(r, m)}']:.1f} us "
+                f"{result[f'cs_{w13_label(r, m)}']:.2f} cs"
+                for r, m in W13_CASES
+            )
+            log(f"  W13 ours: {shown}")
+
+    criterion = read_criterion()
+    if criterion:
+        for key, got in criterion.items():
+            ns, age = got["ns_per_event"], got["age_s"]
+            log(f"criterion {key}: {ns:.1f} ns/event (written {age} s ago)")
 
     if selected("W5"):
         for name in live:
@@ -489,8 +646,10 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
             "higher_is_better": w.higher_is_better,
             "target": w.target,
         }
-        for name in impls.NAMES:
-            runs = samples[w.key][name]
+        for name in (*impls.NAMES, *peers.PEERS):
+            if name in peers.PEERS and w.key not in ("W1", "W1d", "W2"):
+                continue
+            runs = samples[w.key].get(name, [])
             errors = [s["error"] for s in runs if "error" in s]
             good = [s for s in runs if "error" not in s]
             if good:
@@ -514,10 +673,29 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
                 if entry[name] and "runs" in entry[name]:
                     for stat in ("p50_us", "mean_us"):
                         entry[name][stat] = summary([s[stat] for s in entry[name]["runs"]])
+        if w.key == "W13":
+            u = entry[impls.OURS]
+            if u and "runs" in u:
+                for rate, metrics in W13_CASES:
+                    for stat in ("cpu_us", "cs", "cs_raw"):
+                        k = f"{stat}_{w13_label(rate, metrics)}"
+                        u[k] = summary([s[k] for s in u["runs"]])
         o, u = entry[impls.ORIGINAL], entry[impls.OURS]
         if o and u and "median" in o and "median" in u and o["median"]:
             entry["ratio"] = u["median"] / o["median"]
+        # Per-round ratios against the floor and the peers (measured in the same round).
+        for peer in peers.PEERS:
+            p = entry.get(peer)
+            if not (p and u and "runs" in p and "runs" in u):
+                continue
+            by_round = {s["round"]: s["value"] for s in p["runs"]}
+            ratios = [
+                s["value"] / by_round[s["round"]] for s in u["runs"] if s["round"] in by_round
+            ]
+            if ratios:
+                entry[f"ratio_{peer}"] = statistics.median(ratios)
         workloads_out[w.key] = entry
+    anchors = anchor_ratios(workloads_out, criterion)
 
     return {
         "schema": 1,
@@ -535,11 +713,51 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
             for name, item in loaded.items()
         },
         "floor": floor,
+        "peers": {
+            p: {"available": peers.available(p) is None, "version": peers.version(p)}
+            for p in peers.PEERS
+        },
+        "criterion": criterion,
+        "anchors": anchors,
         "workloads": workloads_out,
-        "targets": report.check_targets(workloads_out),
+        "targets": report.check_targets(workloads_out, anchors),
         "charts": charts,
         "notes": notes,
     }
+
+
+def anchor_ratios(workloads: dict[str, Any], criterion: dict[str, Any]) -> dict[str, Any]:
+    """Issue 16's bounds: the engine against the channel anchor (criterion, same make
+    bench run), W6 against the engine's own rate for the same batch slice, W8 against
+    a bare rusqlite loop with the same group size and fsync policy."""
+    out: dict[str, Any] = {}
+
+    def ns(key: str) -> float | None:
+        got = criterion.get(key)
+        return got["ns_per_event"] if got else None
+
+    engine, one, cross = (
+        ns("publish_and_deliver_1"),
+        ns("channel_one_thread"),
+        ns("channel_cross_thread"),
+    )
+    if engine and cross:
+        out["engine_over_channel_cross_thread"] = engine / cross
+    if engine and one:
+        out["engine_over_channel_one_thread"] = engine / one
+    many = ns("publish_many_2048")
+    w6 = _median(workloads.get("W6", {}).get(impls.OURS))
+    if many and w6:
+        out["w6_pct_of_engine_batch"] = 100 * w6 / (1e9 / many)
+    sq = ns("sqlite_insert_group_sync_256")
+    w8 = _median(workloads.get("W8", {}).get(impls.OURS))
+    if sq and w8:
+        out["w8_pct_of_bare_sqlite"] = 100 * w8 / (1e9 / sq)
+    return out
+
+
+def _median(entry: dict[str, Any] | None) -> float | None:
+    return float(entry["median"]) if entry and "median" in entry else None
 
 
 def run_charts(loaded: dict[str, impls.Loaded], live: list[str], sizes: Sizes) -> dict[str, Any]:
@@ -596,7 +814,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=0, help="rounds (default 5, quick 1)")
     parser.add_argument("--quick", action="store_true", help="fast smoke run, small sizes")
-    parser.add_argument("--only", default="", help="comma list: W1..W12, CHARTS")
+    parser.add_argument("--only", default="", help="comma list: W1, W1d, W2..W13, CHARTS")
     parser.add_argument("--no-charts", action="store_true", help="skip the two chart sweeps")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
     parser.add_argument("--json", type=Path, default=RESULTS, help="results file")

@@ -72,12 +72,15 @@ def counting_consumer_class(impl: types.SimpleNamespace) -> type:
             target: int = 0,
             tracker: Tracker | None = None,
             gate: asyncio.Event | None = None,
+            read_data: bool = False,
         ) -> None:
             self._config = impl.ConsumerConfig(name=name, topics=topics)
             self.count = 0
             self.target = target
             self.tracker = tracker
             self.gate = gate
+            self.read_data = read_data
+            self.tools = 0
 
         async def initialize(self) -> bool:
             return True
@@ -85,6 +88,8 @@ def counting_consumer_class(impl: types.SimpleNamespace) -> type:
         async def consume(self, event: Any) -> bool:
             if self.gate is not None:
                 await self.gate.wait()
+            if self.read_data and event.data["tool"] == "Bash":
+                self.tools += 1
             self.count += 1
             if self.count == self.target and self.tracker is not None:
                 self.tracker.one_done()
@@ -125,11 +130,13 @@ async def hook_stream(
     n_events: int,
     patterns: list[str],
     idle: int = 0,
+    read_data: bool = False,
 ) -> dict[str, Any]:
-    """W1/W2/W3 and the charts: ``publish_tool_use`` ``n_events`` times into consumers.
+    """W1/W1d/W2/W3 and the charts: ``publish_tool_use`` ``n_events`` times into consumers.
 
     One counting consumer per entry of ``patterns`` (a pattern that ``hook.tool`` does not
     match must see nothing), plus ``idle`` consumers on wildcard patterns nothing matches.
+    With ``read_data`` (W1d) every consumer reads ``event.data["tool"]``.
     """
     bus = impl.EventBus(max_queue_size=queue_size_for(n_events))
     await bus.start()
@@ -142,7 +149,7 @@ async def hook_stream(
     active = []
     for i, pattern in enumerate(patterns):
         target = n_events if pattern in MATCHING_PATTERNS else 0
-        consumer = consumer_cls(f"bench-{i}", [pattern], target, tracker)
+        consumer = consumer_cls(f"bench-{i}", [pattern], target, tracker, read_data=read_data)
         active.append(consumer)
         assert await bus.subscribe(consumer), "subscribe refused"
     for i in range(idle):
@@ -164,6 +171,7 @@ async def hook_stream(
 
     await asyncio.sleep(0)
     wrong = [(c.config.name, c.count) for c in active if c.count != c.target]
+    wrong += [(c.config.name, c.tools) for c in active if read_data and c.tools != c.target]
     await bus.stop()
     if wrong:
         raise RuntimeError(f"unexpected delivery counts (name, count): {wrong}")
@@ -328,3 +336,78 @@ async def durable_stream(
         seconds = time.perf_counter() - t0
         await bus.stop()
     return {"n_events": total, "tasks": tasks, "seconds": seconds, "value": total / seconds}
+
+
+def context_switches() -> int:
+    """Voluntary plus involuntary context switches of every live thread of this process
+    (``/proc/self/task/*/status``); ``getrusage`` where there is no ``/proc``."""
+    import os
+    import resource
+
+    total = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return ru.ru_nvcsw + ru.ru_nivcsw
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        total += int(line.split()[1])
+        except OSError:
+            continue  # the thread ended meanwhile
+    return total
+
+
+async def paced_stream(
+    impl: types.SimpleNamespace | None, rate: float, seconds: float, metrics: bool = False
+) -> dict[str, Any]:
+    """W13: ``rate`` tool-use events a second for ``seconds``, paced by the event loop.
+
+    With ``impl=None`` the same paced loop runs without a bus (the publish is an empty
+    coroutine), which is what gets subtracted. With a bus: one counting consumer on
+    ``hook.**`` and, with ``metrics``, a ``MetricsConsumer`` beside it. Returns the
+    process CPU time (``time.process_time``: every thread) and context switches (every
+    thread) over the stream, until the consumer saw the last event.
+    """
+    n_events = max(1, int(rate * seconds))
+    bus = None
+    tracker = Tracker(1 if impl is not None else 0)
+    if impl is not None:
+        bus = impl.EventBus(max_queue_size=queue_size_for(n_events))
+        await bus.start()
+        consumer = counting_consumer_class(impl)("paced", ["hook.**"], n_events, tracker)
+        assert await bus.subscribe(consumer), "subscribe refused"
+        if metrics:
+            assert await bus.subscribe(impl.MetricsConsumer()), "subscribe refused"
+        publish = impl.HookEventProducer(bus).publish_tool_use
+    else:
+
+        async def publish(tool_name: str, tool_params: dict) -> bool:
+            return True
+
+    loop = asyncio.get_running_loop()
+    period = 1.0 / rate
+    # NOTE: one event first, so lazily started threads and caches are not billed.
+    await asyncio.sleep(period)
+    gc.collect()
+    cpu0, cs0 = time.process_time(), context_switches()
+    t0 = loop.time()
+    for i in range(n_events):
+        await publish("Bash", {"command": "ls -la", "n": i})
+        delay = t0 + (i + 1) * period - loop.time()
+        await asyncio.sleep(delay if delay > 0 else 0)
+    await _wait(tracker, "paced_stream")
+    cpu1, cs1 = time.process_time(), context_switches()
+    wall = loop.time() - t0
+    if bus is not None:
+        await bus.stop()
+    return {
+        "n_events": n_events,
+        "rate": rate,
+        "wall_s": wall,
+        "cpu_s": cpu1 - cpu0,
+        "context_switches": cs1 - cs0,
+    }

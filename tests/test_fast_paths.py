@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import math
 from datetime import UTC, datetime
 from typing import Any
 
 from conftest import Recorder, SyncRecorder, make_event
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mpm_events import (
     ConsumerPriority,
     Event,
@@ -229,3 +234,50 @@ async def test_compiled_producer_rejects_bad_arguments_clearly(bus: EventBus) ->
         await producer.publish_tool_use("Read", {}, None, 5)  # type: ignore[arg-type]
     assert bus.is_running
     assert await producer.publish_tool_use("Read", {}, None, "c-1")
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Equal values of the same types (a float stays a float, -0.0 keeps its sign)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same_json(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float):
+        return a == b and math.copysign(1, a) == math.copysign(1, b)
+    return bool(a == b)
+
+
+_plain = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.dictionaries(st.text(), _plain, max_size=5), min_size=1, max_size=8))
+def test_packed_payloads_come_back_equal_and_of_the_same_types(payloads: list) -> None:
+    # Packed at publish, unpacked on the first read of event.data: every JSON-plain
+    # payload (escapes, control characters, astral characters, 64-bit ints, floats)
+    # comes back equal, with the same types and key order.
+    async def run() -> list[Any]:
+        bus = EventBus()
+        await bus.start()
+        rec = Recorder("rec", ["test.**"])
+        assert await bus.subscribe(rec)
+        for p in payloads:
+            assert await bus.publish(make_event(data=copy.deepcopy(p)))
+        assert await bus.join(timeout=5)
+        await bus.stop()
+        return [c.event.data for c in rec.calls]
+
+    seen = asyncio.run(run())
+    assert len(seen) == len(payloads)
+    for got, want in zip(seen, payloads, strict=True):
+        assert _same_json(got, want), (got, want)

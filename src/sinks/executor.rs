@@ -24,32 +24,66 @@ pub struct SinkExecutor {
     pub runtime: tokio::runtime::Handle,
 }
 
+/// Jobs of at most this many items go to an [`Sink::runs_inline`] sink on the
+/// thread that hands them over.
+pub const INLINE_MAX_ITEMS: usize = 16;
+
 impl<E: SinkEvent> Executor<E> for SinkExecutor {
     fn execute(&self, job: Arc<Job<E>>) {
         let sink = self.sink.clone();
         let timeout = self.timeout;
-        self.runtime.spawn(async move {
-            let outcomes = run_job(&sink, &job, timeout).await;
-            match outcomes {
-                Some(outcomes) => {
-                    job.record_all(outcomes);
-                    job.finish();
-                }
-                None => job.fail_rest(&format!(
-                    "consume timed out after {:.3}s",
-                    timeout.as_secs_f64()
-                )),
+        // NOTE: at paced rates (tens to a thousand events a second) every job is one
+        // event, and handing it to a Tokio task wakes a worker thread per event (two
+        // context switches and its CPU, W13 in issue 16). A sink whose calls do their
+        // work at once (the metrics counters) is called here instead; if its future
+        // is not done on the first poll, the rest runs on the runtime as before.
+        // Large jobs (a saturated stream, publish_batch) still run on the runtime, in
+        // parallel with the publisher.
+        if sink.runs_inline() && job.items.len() <= INLINE_MAX_ITEMS {
+            let (pre, items) = prepare(&sink, &job);
+            if items.is_empty() {
+                finish(&job, pre, Vec::new());
+                return;
             }
+            let mut fut = sink.clone().consume_detailed(items);
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            if let std::task::Poll::Ready(results) = fut.as_mut().poll(&mut cx) {
+                finish(&job, pre, results);
+                return;
+            }
+            self.runtime.spawn(async move {
+                match tokio::time::timeout(timeout, fut).await {
+                    Ok(results) => finish(&job, pre, results),
+                    Err(_) => job.fail_rest(&timed_out(timeout)),
+                }
+            });
+            return;
+        }
+        self.runtime.spawn(async move {
+            let (pre, items) = prepare(&sink, &job);
+            let results = if items.is_empty() {
+                Vec::new()
+            } else {
+                match tokio::time::timeout(timeout, sink.clone().consume_detailed(items)).await {
+                    Ok(results) => results,
+                    Err(_) => return job.fail_rest(&timed_out(timeout)),
+                }
+            };
+            finish(&job, pre, results);
         });
     }
 }
 
-/// The job's outcomes, or None if the sink's call timed out.
-async fn run_job<E: SinkEvent>(
+fn timed_out(timeout: Duration) -> String {
+    format!("consume timed out after {:.3}s", timeout.as_secs_f64())
+}
+
+/// The job's items the sink can take, and the outcomes of those it cannot (by
+/// position; `None` where the sink decides).
+fn prepare<E: SinkEvent>(
     sink: &Arc<dyn Sink>,
     job: &Job<E>,
-    timeout: Duration,
-) -> Option<Vec<Outcome>> {
+) -> (Vec<Option<Outcome>>, Vec<SinkItem>) {
     let needs_data = sink.needs_data();
     let mut pre: Vec<Option<Outcome>> = vec![None; job.items.len()];
     let mut items = Vec::with_capacity(job.items.len());
@@ -75,31 +109,33 @@ async fn run_job<E: SinkEvent>(
             }
         }
     }
-    let results = if items.is_empty() {
-        Vec::new()
-    } else {
-        tokio::time::timeout(timeout, sink.clone().consume_detailed(items))
-            .await
-            .ok()?
-    };
+    (pre, items)
+}
+
+/// Records the job's outcomes (the sink's `results` fill the places `pre` left
+/// open) and finishes it.
+fn finish<E: SinkEvent>(
+    job: &Arc<Job<E>>,
+    pre: Vec<Option<Outcome>>,
+    results: Vec<Result<(), SinkFailure>>,
+) {
     let mut results = results.into_iter();
-    Some(
-        pre.into_iter()
-            .map(|p| {
-                p.unwrap_or_else(|| match results.next() {
-                    Some(Ok(())) => Outcome::Success,
-                    Some(Err(SinkFailure::Retry(e))) => Outcome::Failure(e),
-                    Some(Err(SinkFailure::RetryNotBefore(e, at_least))) => {
-                        Outcome::FailureNotBefore(e, at_least)
-                    }
-                    Some(Err(SinkFailure::Permanent(e))) => Outcome::Rejected(e),
-                    None => {
-                        Outcome::Failure("the consumer reported no outcome for this event".into())
-                    }
-                })
+    let outcomes: Vec<Outcome> = pre
+        .into_iter()
+        .map(|p| {
+            p.unwrap_or_else(|| match results.next() {
+                Some(Ok(())) => Outcome::Success,
+                Some(Err(SinkFailure::Retry(e))) => Outcome::Failure(e),
+                Some(Err(SinkFailure::RetryNotBefore(e, at_least))) => {
+                    Outcome::FailureNotBefore(e, at_least)
+                }
+                Some(Err(SinkFailure::Permanent(e))) => Outcome::Rejected(e),
+                None => Outcome::Failure("the consumer reported no outcome for this event".into()),
             })
-            .collect(),
-    )
+        })
+        .collect();
+    job.record_all(outcomes);
+    job.finish();
 }
 
 #[cfg(test)]

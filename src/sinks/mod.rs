@@ -92,6 +92,15 @@ pub trait Sink: Send + Sync + 'static {
         Box::pin(async {})
     }
 
+    /// True if the sink's `consume` does its work when called and never blocks
+    /// (counting in memory, say): the engine may then call it on the thread that
+    /// hands over a small job, instead of waking a Tokio worker for it (see
+    /// [`executor::SinkExecutor`]). A future it returns that is not ready at once
+    /// still runs on the runtime.
+    fn runs_inline(&self) -> bool {
+        false
+    }
+
     /// True if the sink wants every dead letter of the bus.
     fn wants_dead_letters(&self) -> bool {
         false

@@ -104,7 +104,9 @@ struct BusShared {
     dead_letter_sinks: Arc<DeadLetterSinks>,
     inbox: Arc<Inbox>,
     consumers: RwLock<Vec<(Arc<str>, Subscribed)>>,
-    idle_waiters: Mutex<Vec<Py<PyAny>>>,
+    /// Futures of `join()` calls waiting for the bus to go idle (shared with the
+    /// engine's idle callback, which wakes the loop only while one waits).
+    idle_waiters: Arc<Mutex<Vec<Py<PyAny>>>>,
     running: AtomicBool,
     last_event_us: AtomicI64,
     warned_not_running: AtomicBool,
@@ -511,9 +513,17 @@ impl EventBus {
             PyRuntimeError::new_err(format!("cannot create the wake-up socket: {e}"))
         })?);
         let idle_inbox = Arc::downgrade(&inbox);
+        let idle_waiters: Arc<Mutex<Vec<Py<PyAny>>>> = Arc::default();
+        let waiting = Arc::downgrade(&idle_waiters);
         engine.set_on_idle(move || {
-            if let Some(inbox) = idle_inbox.upgrade() {
-                inbox.wake();
+            // NOTE: only `join()` waiters care that the bus went idle; waking the loop
+            // for nobody cost a loop wake-up (a context switch when the last lane to
+            // finish was a Rust sink's) per event at paced rates (W13, issue 16). A
+            // waiter added after this check wakes the loop itself (`_add_idle_waiter`).
+            if waiting.upgrade().is_some_and(|w| !w.lock().is_empty()) {
+                if let Some(inbox) = idle_inbox.upgrade() {
+                    inbox.wake();
+                }
             }
         });
         // NOTE: Rust consumers that want every dead letter (DeadLetterConsumer) get
@@ -596,7 +606,7 @@ impl EventBus {
                 dead_letter_sinks,
                 inbox,
                 consumers: RwLock::new(Vec::new()),
-                idle_waiters: Mutex::new(Vec::new()),
+                idle_waiters,
                 running: AtomicBool::new(false),
                 last_event_us: AtomicI64::new(0),
                 warned_not_running: AtomicBool::new(false),

@@ -131,9 +131,8 @@ pub(crate) fn pack_into(obj: &Bound<'_, PyAny>, depth: usize, out: &mut String) 
     }
     if let Ok(s) = obj.cast_exact::<PyString>() {
         let Ok(text) = s.to_cow() else { return false };
-        return serde_json::to_string(&*text)
-            .map(|j| out.push_str(&j))
-            .is_ok();
+        push_json_str(&text, out);
+        return true;
     }
     if obj.cast_exact::<PyInt>().is_ok() {
         let Ok(i) = obj.extract::<i64>() else {
@@ -161,12 +160,7 @@ pub(crate) fn pack_into(obj: &Bound<'_, PyAny>, depth: usize, out: &mut String) 
             if i > 0 {
                 out.push(',');
             }
-            if serde_json::to_string(&*key)
-                .map(|j| out.push_str(&j))
-                .is_err()
-            {
-                return false;
-            }
+            push_json_str(&key, out);
             out.push(':');
             if !pack_into(&v, depth + 1, out) {
                 return false;
@@ -191,12 +185,302 @@ pub(crate) fn pack_into(obj: &Bound<'_, PyAny>, depth: usize, out: &mut String) 
     false
 }
 
-/// Turns packed JSON text back into Python objects.
+/// Appends `s` to `out` as a JSON string literal (escaping as serde_json does).
+fn push_json_str(s: &str, out: &mut String) {
+    out.push('"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if esc.is_empty() {
+            use std::fmt::Write;
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(esc);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+/// Turns JSON text back into Python objects: packed payloads (ours), and text
+/// other writers put in a shared log.
 pub fn unpack_json(py: Python<'_>, json: &str) -> PyResult<Py<PyAny>> {
+    // NOTE: the direct parser makes the Python objects as it reads (no serde
+    // `Value` in between, no per-node allocation): most of the cost of a
+    // consumer's first read of `event.data` (W1d, issue 16). Anything it does not
+    // take (an integer beyond 64 bits, a lone surrogate, bad text) goes the serde
+    // way, which gives the same values (or the error).
+    let mut p = Unpacker {
+        s: json.as_bytes(),
+        i: 0,
+    };
+    if let Some(v) = p.value(py, 0) {
+        p.ws();
+        if p.i == p.s.len() {
+            return Ok(v.unbind());
+        }
+    }
+    unpack_json_serde(py, json)
+}
+
+fn unpack_json_serde(py: Python<'_>, json: &str) -> PyResult<Py<PyAny>> {
     let value: Value = serde_json::from_str(json).map_err(|e| {
         pyo3::exceptions::PyValueError::new_err(format!("corrupt packed payload: {e}"))
     })?;
     Ok(pythonize::pythonize(py, &value)
         .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?
         .unbind())
+}
+
+/// A JSON reader that makes Python objects; `None` means "not taken here".
+struct Unpacker<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl Unpacker<'_> {
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.s.get(self.i) {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, b: u8) -> bool {
+        self.ws();
+        if self.s.get(self.i) == Some(&b) {
+            self.i += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn value<'py>(&mut self, py: Python<'py>, depth: usize) -> Option<Bound<'py, PyAny>> {
+        // NOTE: the same nesting limit serde_json has (128), so deep text goes its way.
+        if depth > 127 {
+            return None;
+        }
+        self.ws();
+        match *self.s.get(self.i)? {
+            b'{' => {
+                self.i += 1;
+                let d = PyDict::new(py);
+                if self.eat(b'}') {
+                    return Some(d.into_any());
+                }
+                loop {
+                    self.ws();
+                    if self.s.get(self.i) != Some(&b'"') {
+                        return None;
+                    }
+                    let k = self.string(py)?;
+                    if !self.eat(b':') {
+                        return None;
+                    }
+                    let v = self.value(py, depth + 1)?;
+                    d.set_item(k, v).ok()?;
+                    if self.eat(b',') {
+                        continue;
+                    }
+                    return self.eat(b'}').then(|| d.into_any());
+                }
+            }
+            b'[' => {
+                self.i += 1;
+                let l = PyList::empty(py);
+                if self.eat(b']') {
+                    return Some(l.into_any());
+                }
+                loop {
+                    let v = self.value(py, depth + 1)?;
+                    l.append(v).ok()?;
+                    if self.eat(b',') {
+                        continue;
+                    }
+                    return self.eat(b']').then(|| l.into_any());
+                }
+            }
+            b'"' => self.string(py).map(Bound::into_any),
+            b't' => self
+                .word(b"true")
+                .then(|| PyBool::new(py, true).to_owned().into_any()),
+            b'f' => self
+                .word(b"false")
+                .then(|| PyBool::new(py, false).to_owned().into_any()),
+            b'n' => self.word(b"null").then(|| py.None().into_bound(py)),
+            b'-' | b'0'..=b'9' => self.number(py),
+            _ => None,
+        }
+    }
+
+    fn word(&mut self, w: &[u8]) -> bool {
+        if self.s[self.i..].starts_with(w) {
+            self.i += w.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn number<'py>(&mut self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        let start = self.i;
+        let mut float = false;
+        while let Some(&b) = self.s.get(self.i) {
+            match b {
+                b'0'..=b'9' | b'-' | b'+' => {}
+                b'.' | b'e' | b'E' => float = true,
+                _ => break,
+            }
+            self.i += 1;
+        }
+        let text = std::str::from_utf8(&self.s[start..self.i]).ok()?;
+        // NOTE: "-0" is left to serde_json, whatever it makes of it (we never write it).
+        if !valid_json_number(text.as_bytes()) || text == "-0" {
+            return None;
+        }
+        if float {
+            let v: f64 = text.parse().ok()?;
+            // NOTE: serde_json refuses numbers out of f64's range.
+            v.is_finite().then(|| PyFloat::new(py, v).into_any())
+        } else {
+            // NOTE: beyond i64 serde_json reads u64 or f64: its way.
+            let v: i64 = text.parse().ok()?;
+            Some(v.into_pyobject(py).ok()?.into_any())
+        }
+    }
+
+    /// A string starting at the opening quote.
+    fn string<'py>(&mut self, py: Python<'py>) -> Option<Bound<'py, PyString>> {
+        self.i += 1;
+        let start = self.i;
+        while let Some(&b) = self.s.get(self.i) {
+            match b {
+                b'"' => {
+                    // The input is a &str and the run stops at ASCII bytes: valid UTF-8.
+                    let text = std::str::from_utf8(&self.s[start..self.i]).ok()?;
+                    self.i += 1;
+                    return Some(PyString::new(py, text));
+                }
+                b'\\' => return self.escaped(py, start),
+                0..=0x1f => return None,
+                _ => self.i += 1,
+            }
+        }
+        None
+    }
+
+    /// The rest of a string that has escapes; `start` is after its opening quote.
+    fn escaped<'py>(&mut self, py: Python<'py>, start: usize) -> Option<Bound<'py, PyString>> {
+        let mut out: Vec<u8> = self.s[start..self.i].to_vec();
+        loop {
+            let b = *self.s.get(self.i)?;
+            self.i += 1;
+            match b {
+                b'"' => {
+                    let text = String::from_utf8(out).ok()?;
+                    return Some(PyString::new(py, &text));
+                }
+                b'\\' => {
+                    let e = *self.s.get(self.i)?;
+                    self.i += 1;
+                    let c = match e {
+                        b'"' => '"',
+                        b'\\' => '\\',
+                        b'/' => '/',
+                        b'b' => '\u{8}',
+                        b'f' => '\u{c}',
+                        b'n' => '\n',
+                        b'r' => '\r',
+                        b't' => '\t',
+                        b'u' => {
+                            let hi = self.hex4()?;
+                            if (0xD800..0xDC00).contains(&hi) {
+                                if !self.word(b"\\u") {
+                                    return None;
+                                }
+                                let lo = self.hex4()?;
+                                if !(0xDC00..0xE000).contains(&lo) {
+                                    return None;
+                                }
+                                char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))?
+                            } else {
+                                // NOTE: a lone low surrogate: not a char; serde's way.
+                                char::from_u32(hi)?
+                            }
+                        }
+                        _ => return None,
+                    };
+                    let mut buf = [0u8; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                }
+                0..=0x1f => return None,
+                _ => out.push(b),
+            }
+        }
+    }
+
+    fn hex4(&mut self) -> Option<u32> {
+        let h = self.s.get(self.i..self.i + 4)?;
+        let h = std::str::from_utf8(h).ok()?;
+        let v = u32::from_str_radix(h, 16).ok()?;
+        if h.bytes().any(|b| !b.is_ascii_hexdigit()) {
+            return None;
+        }
+        self.i += 4;
+        Some(v)
+    }
+}
+
+/// JSON's number grammar: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+fn valid_json_number(t: &[u8]) -> bool {
+    let mut i = 0;
+    if t.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    match t.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => {
+            while let Some(b'0'..=b'9') = t.get(i) {
+                i += 1;
+            }
+        }
+        _ => return false,
+    }
+    if t.get(i) == Some(&b'.') {
+        i += 1;
+        let s = i;
+        while let Some(b'0'..=b'9') = t.get(i) {
+            i += 1;
+        }
+        if i == s {
+            return false;
+        }
+    }
+    if let Some(b'e' | b'E') = t.get(i) {
+        i += 1;
+        if let Some(b'+' | b'-') = t.get(i) {
+            i += 1;
+        }
+        let s = i;
+        while let Some(b'0'..=b'9') = t.get(i) {
+            i += 1;
+        }
+        if i == s {
+            return false;
+        }
+    }
+    i == t.len()
 }
