@@ -59,6 +59,10 @@ pub struct RedisOptions {
     /// `rediss://` only: trust the CA certificates in this PEM file instead of the
     /// webpki roots (a private CA).
     pub ca_file: Option<std::path::PathBuf>,
+    /// A local SQLite spool for appends while Redis cannot be reached (URL option
+    /// `spool=PATH` or `spool=default`; see [`crate::backend::spool`]). `None`: an
+    /// append that cannot reach Redis fails.
+    pub spool: Option<std::path::PathBuf>,
 }
 
 impl RedisOptions {
@@ -71,12 +75,14 @@ impl RedisOptions {
             dedup_ttl: Duration::from_secs(600),
             timeout: Duration::from_secs(5),
             ca_file: None,
+            spool: None,
         }
     }
 
     /// Options from a backend URL: `redis://host:port/db?prefix=mpm` (or `rediss://`),
     /// query options `prefix`, `compress_threshold` (bytes), `dedup_ttl` and `timeout`
-    /// (seconds), `ca_file` (a PEM file of CA certificates, `rediss://` only).
+    /// (seconds), `ca_file` (a PEM file of CA certificates, `rediss://` only), `spool`
+    /// (`PATH`, `default` for [`default_spool_path`], or `off`).
     pub fn from_url(url: &str) -> Result<RedisOptions> {
         if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
             return Err(LogError::Invalid(format!(
@@ -89,11 +95,12 @@ impl RedisOptions {
             None => (url, ""),
         };
         let mut o = RedisOptions::new(base);
+        let mut spool_default = false;
         let bad = |pair: &str| {
             LogError::Invalid(format!(
                 "backend URL {:?}: bad option {pair:?} (known: prefix=NAME, \
                  compress_threshold=BYTES, dedup_ttl=SECONDS, timeout=SECONDS, \
-                 ca_file=PATH)",
+                 ca_file=PATH, spool=PATH|default|off)",
                 mask(url)
             ))
         };
@@ -115,10 +122,48 @@ impl RedisOptions {
                 Some(("ca_file", v)) if base.starts_with("rediss://") && !v.is_empty() => {
                     o.ca_file = Some(v.into())
                 }
+                Some(("spool", "off")) => (o.spool, spool_default) = (None, false),
+                Some(("spool", "default")) => spool_default = true,
+                Some(("spool", v)) if !v.is_empty() => {
+                    (o.spool, spool_default) = (Some(v.into()), false)
+                }
                 _ => return Err(bad(pair)),
             }
         }
+        if spool_default {
+            // NOTE: after the loop: the default path names the prefix, given anywhere.
+            o.spool = Some(o.default_spool_path()?);
+        }
         Ok(o)
+    }
+}
+
+impl RedisOptions {
+    /// The spool `spool=default` means for this server and prefix:
+    /// `~/.claude-mpm/mpm-events/spool/<host>_<port>_<db>_<prefix>.db` (one spool per
+    /// bus, so a spooled event is only ever forwarded to the bus it was meant for).
+    pub fn default_spool_path(&self) -> Result<std::path::PathBuf> {
+        let home = std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| LogError::Invalid("spool=default needs $HOME to be set".into()))?;
+        let rest = self
+            .url
+            .split_once("://")
+            .map_or(self.url.as_str(), |(_, r)| r);
+        let server = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        let name: String = format!("{server}_{}", self.prefix)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        Ok(std::path::Path::new(&home)
+            .join(".claude-mpm/mpm-events/spool")
+            .join(format!("{name}.db")))
     }
 }
 
@@ -290,6 +335,15 @@ fn raw_entries(v: &Value) -> Result<Vec<RawEntry<'_>>> {
 impl RedisLog {
     /// Connect to the server of `opts` (one connection, checked with PING).
     pub fn open(opts: RedisOptions) -> Result<RedisLog> {
+        let log = RedisLog::open_unchecked(opts)?;
+        log.run(false, |c| redis::cmd("PING").query::<Value>(c))?;
+        Ok(log)
+    }
+
+    /// A handle on the server of `opts` without connecting yet: the first command
+    /// connects (a spooled log must open while Redis is down). Fails only on bad
+    /// options.
+    pub fn open_unchecked(opts: RedisOptions) -> Result<RedisLog> {
         let location = format!("{}?prefix={}", mask(&opts.url), opts.prefix);
         if !valid_prefix(&opts.prefix) {
             return Err(LogError::Invalid(format!(
@@ -327,7 +381,7 @@ impl RedisLog {
             meta: format!("{{{p}}}:meta"),
             eid: format!("{{{p}}}:eid:"),
         };
-        let log = RedisLog {
+        Ok(RedisLog {
             location,
             opts,
             keys,
@@ -335,9 +389,7 @@ impl RedisLog {
             idle: Mutex::new(Vec::new()),
             instances: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
-        };
-        log.run(false, |c| redis::cmd("PING").query::<Value>(c))?;
-        Ok(log)
+        })
     }
 
     /// Open from a backend URL (see [`RedisOptions::from_url`]).

@@ -163,19 +163,23 @@ fn stored_event(py: Python<'_>, item: &Bound<'_, PyAny>) -> PyResult<StoredEvent
 /// Appends `events` to the shared log at `url` in one transaction and returns
 /// their entry ids.
 #[pyfunction]
-#[pyo3(signature = (url, events, *, durability=None))]
+#[pyo3(signature = (url, events, *, durability=None, default_spool=false))]
 fn _log_append(
     py: Python<'_>,
     url: &str,
     events: &Bound<'_, PyAny>,
     durability: Option<&str>,
+    default_spool: bool,
 ) -> PyResult<Vec<String>> {
     let durability = parse_durability(durability)?;
-    let opts = options(url, durability)?;
     let mut stored = Vec::new();
     for item in events.try_iter()? {
         stored.push(stored_event(py, &item?)?);
     }
+    if is_redis(url) {
+        return append_redis(py, url, &stored, default_spool);
+    }
+    let opts = options(url, durability)?;
     let ids = py
         .detach(|| -> Result<Vec<EntryId>, LogError> {
             let log = retry_busy(|| handle(url, opts.clone()))?;
@@ -194,6 +198,98 @@ fn _log_append(
         })
         .map_err(log_error)?;
     Ok(ids.into_iter().map(|id| id.to_string()).collect())
+}
+
+// ------------------------------------------------------------ Redis (+ spool)
+
+fn is_redis(url: &str) -> bool {
+    url.starts_with("redis://") || url.starts_with("rediss://")
+}
+
+/// Connect and response timeout of a hook's Redis commands unless the URL says
+/// `timeout=`: short, so an unreachable server leaves time to spool within the hook's
+/// deadline (2 s by default).
+const DIRECT_REDIS_TIMEOUT: Duration = Duration::from_millis(750);
+
+/// Redis handles of this process (with their spool when configured), by URL.
+fn redis_handles() -> &'static Mutex<HashMap<(String, bool), Arc<dyn SharedLog>>> {
+    static HANDLES: OnceLock<Mutex<HashMap<(String, bool), Arc<dyn SharedLog>>>> = OnceLock::new();
+    HANDLES.get_or_init(Default::default)
+}
+
+/// The process's handle on the Redis log at `url`; with `default_spool` and no
+/// `spool=` in the URL, spooling to `spool=default`. No background forwarder: a
+/// direct caller forwards what is spooled in its next append. Call without the GIL.
+fn redis_handle(url: &str, default_spool: bool) -> Result<Arc<dyn SharedLog>, LogError> {
+    let key = (url.to_string(), default_spool);
+    if let Some(h) = redis_handles().lock().get(&key) {
+        return Ok(h.clone());
+    }
+    let mut opts = crate::backend::redis::RedisOptions::from_url(url)?;
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let says = |name: &str| query.split('&').any(|p| p.split('=').next() == Some(name));
+    if default_spool && !says("spool") {
+        opts.spool = Some(opts.default_spool_path()?);
+    }
+    if !says("timeout") {
+        opts.timeout = DIRECT_REDIS_TIMEOUT;
+    }
+    let log = crate::backend::spool::open_redis(opts, false)?;
+    Ok(redis_handles().lock().entry(key).or_insert(log).clone())
+}
+
+/// `_log_append` on Redis: one append script (idempotent on the event ids), or the
+/// spool when Redis cannot be reached. Spooled ids are returned as `spool:<id>`.
+fn append_redis(
+    py: Python<'_>,
+    url: &str,
+    stored: &[StoredEvent],
+    default_spool: bool,
+) -> PyResult<Vec<String>> {
+    let out = py
+        .detach(|| -> Result<Vec<String>, LogError> {
+            let log = redis_handle(url, default_spool)?;
+            let (who, counter) = publisher();
+            let mut seq = counter.lock();
+            let records: Vec<Record> = stored
+                .iter()
+                .enumerate()
+                .map(|(i, ev)| record_from_stored(ev, who, *seq + 1 + i as u64))
+                .collect();
+            let ids = log.append(&records)?;
+            *seq += records.len() as u64;
+            // NOTE: a Redis id has a millisecond time as its major part; a spool's ids
+            // are small sequence numbers (under 2^40, i.e. before 2004 as a time).
+            Ok(ids
+                .into_iter()
+                .map(|id| {
+                    if id.major < (1 << 40) {
+                        format!("spool:{id}")
+                    } else {
+                        id.to_string()
+                    }
+                })
+                .collect())
+        })
+        .map_err(log_error)?;
+    Ok(out)
+}
+
+/// The handle for a reading helper: Redis or SQLite by the URL. Call without the GIL.
+fn any_handle(url: &str, opts: Option<SqliteOptions>) -> Result<Arc<dyn SharedLog>, LogError> {
+    match opts {
+        Some(o) => Ok(retry_busy(|| handle(url, o.clone()))?),
+        None => redis_handle(url, false),
+    }
+}
+
+/// `options(url)` for SQLite URLs, `None` for Redis ones.
+fn any_options(url: &str) -> PyResult<Option<SqliteOptions>> {
+    if is_redis(url) {
+        crate::backend::redis::RedisOptions::from_url(url).map_err(log_error)?;
+        return Ok(None);
+    }
+    options(url, None).map(Some)
 }
 
 /// An entry as a dict: the event's fields plus where the log has it.
@@ -242,11 +338,11 @@ fn _log_range<'py>(
     after: Option<&str>,
     limit: usize,
 ) -> PyResult<Bound<'py, PyList>> {
-    let opts = options(url, None)?;
+    let opts = any_options(url)?;
     let after = after.map(entry_id).transpose()?;
     let rows = py
         .detach(|| {
-            let log = retry_busy(|| handle(url, opts.clone()))?;
+            let log = any_handle(url, opts.clone())?;
             retry_busy(|| log.range(since_us, until_us, topics.as_deref(), after, limit))
         })
         .map_err(log_error)?;
@@ -284,10 +380,10 @@ fn _log_read<'py>(
             )))
         }
     };
-    let opts = options(url, None)?;
+    let opts = any_options(url)?;
     let entries = py
         .detach(|| {
-            let log = retry_busy(|| handle(url, opts.clone()))?;
+            let log = any_handle(url, opts.clone())?;
             let key = (url.to_string(), group.to_string());
             if !ensured().lock().contains(&key) {
                 retry_busy(|| log.ensure_group(group, start))?;
@@ -307,13 +403,13 @@ fn _log_read<'py>(
 /// Acknowledges entries of `group` (their `entry_id`s); returns how many were pending.
 #[pyfunction]
 fn _log_ack(py: Python<'_>, url: &str, group: &str, ids: Vec<String>) -> PyResult<u64> {
-    let opts = options(url, None)?;
+    let opts = any_options(url)?;
     let ids = ids
         .iter()
         .map(|t| entry_id(t))
         .collect::<PyResult<Vec<_>>>()?;
     py.detach(|| {
-        let log = retry_busy(|| handle(url, opts.clone()))?;
+        let log = any_handle(url, opts.clone())?;
         retry_busy(|| log.ack(group, &ids))
     })
     .map_err(log_error)

@@ -28,7 +28,7 @@ use super::persistence::{py_event, stored_event, StoredBatch};
 use crate::backend::appender::Appender;
 use crate::backend::codec::{record_from_stored, stored_from_record};
 use crate::backend::reader::{GroupReader, ReaderOptions};
-use crate::backend::redis::{RedisLog, RedisOptions};
+use crate::backend::redis::RedisOptions;
 use crate::backend::sqlite::{SqliteLog, SqliteOptions};
 use crate::backend::{
     new_instance_id, Durability, Entry, EntryId, LogError, Retention, SharedLog, StartAt,
@@ -300,7 +300,9 @@ impl SharedLogBus {
             .detach(move || -> Result<Arc<dyn SharedLog>, LogError> {
                 Ok(match opts {
                     LogOptions::Sqlite(o) => Arc::new(SqliteLog::open(o)?),
-                    LogOptions::Redis(o) => Arc::new(RedisLog::open(o)?),
+                    // NOTE: with `?spool=` a SpooledLog (src/backend/spool.rs) that
+                    // forwards in the background (issue 13).
+                    LogOptions::Redis(o) => crate::backend::spool::open_redis(o, true)?,
                 })
             })
             .map_err(|e| log_error_py(&e))?;
