@@ -128,7 +128,9 @@ def _publish(event: HookEvent, backend_url: str) -> None:
         Exception: Whatever kept the event out of the log (its message says what;
             a ``PersistenceError`` names the path).
     """
-    redis = backend_url.startswith(("redis://", "rediss://"))
+    redis = backend_url.startswith(
+        ("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")
+    )
     if not redis:
         sqlite_path(backend_url)  # NOTE: only absolute sqlite:/// URLs (the check's message)
     from mpm_events._core import _log_append

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use redis::{Connection, RedisError, Value};
+use redis::{Connection, ConnectionLike, RedisError, RedisResult, Value};
 
 use super::{
     check_name, check_record, DeadLetter, Entry, EntryId, GroupStats, LogError, LogStats, Record,
@@ -63,6 +63,9 @@ pub struct RedisOptions {
     /// `spool=PATH` or `spool=default`; see [`crate::backend::spool`]). `None`: an
     /// append that cannot reach Redis fails.
     pub spool: Option<std::path::PathBuf>,
+    /// Redis Cluster: the seed nodes (`redis://host:port` each), from a
+    /// `redis+cluster://host:port,host:port` URL. Empty: one server at `url`.
+    pub cluster_nodes: Vec<String>,
 }
 
 impl RedisOptions {
@@ -76,6 +79,7 @@ impl RedisOptions {
             timeout: Duration::from_secs(5),
             ca_file: None,
             spool: None,
+            cluster_nodes: Vec::new(),
         }
     }
 
@@ -84,9 +88,16 @@ impl RedisOptions {
     /// (seconds), `ca_file` (a PEM file of CA certificates, `rediss://` only), `spool`
     /// (`PATH`, `default` for [`default_spool_path`], or `off`).
     pub fn from_url(url: &str) -> Result<RedisOptions> {
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        let schemes = [
+            "redis://",
+            "rediss://",
+            "redis+cluster://",
+            "rediss+cluster://",
+        ];
+        if !schemes.iter().any(|s| url.starts_with(s)) {
             return Err(LogError::Invalid(format!(
-                "backend URL {:?} does not start with redis:// or rediss://",
+                "backend URL {:?} does not start with redis://, rediss://, \
+                 redis+cluster:// or rediss+cluster://",
                 mask(url)
             )));
         }
@@ -95,6 +106,16 @@ impl RedisOptions {
             None => (url, ""),
         };
         let mut o = RedisOptions::new(base);
+        if let Some((scheme, rest)) = base.split_once("+cluster://") {
+            o.cluster_nodes = cluster_nodes(scheme, rest).ok_or_else(|| {
+                LogError::Invalid(format!(
+                    "backend URL {:?}: a cluster URL names its nodes as \
+                     {scheme}+cluster://[user:password@]host:port,host:port (no database)",
+                    mask(url)
+                ))
+            })?;
+            o.url = o.cluster_nodes[0].clone();
+        }
         let mut spool_default = false;
         let bad = |pair: &str| {
             LogError::Invalid(format!(
@@ -167,6 +188,26 @@ impl RedisOptions {
     }
 }
 
+/// `redis://[auth@]host:port` per node of `[auth@]h1:p1,h2:p2` (no database: a
+/// cluster has only database 0).
+fn cluster_nodes(scheme: &str, rest: &str) -> Option<Vec<String>> {
+    let rest = rest
+        .strip_suffix("/0")
+        .unwrap_or(rest)
+        .trim_end_matches('/');
+    let (auth, hosts) = match rest.rsplit_once('@') {
+        Some((a, h)) => (format!("{a}@"), h),
+        None => (String::new(), rest),
+    };
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .map(|h| h.trim())
+        .filter(|h| !h.is_empty())
+        .map(|h| (!h.contains('/') && h.contains(':')).then(|| format!("{scheme}://{auth}{h}")))
+        .collect::<Option<_>>()?;
+    (!nodes.is_empty()).then_some(nodes)
+}
+
 fn valid_prefix(p: &str) -> bool {
     !p.is_empty()
         && p.len() <= 100
@@ -183,6 +224,80 @@ fn mask(url: &str) -> String {
         }
     }
     url.to_string()
+}
+
+/// One pooled connection: to a single server, or a cluster connection (which routes
+/// each command by its key; all of ours are in one slot).
+enum Conn {
+    One(Connection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
+}
+
+impl Conn {
+    fn set_read_timeout(&self, d: Option<Duration>) -> RedisResult<()> {
+        match self {
+            Conn::One(c) => c.set_read_timeout(d),
+            Conn::Cluster(c) => c.set_read_timeout(d),
+        }
+    }
+
+    fn set_write_timeout(&self, d: Option<Duration>) -> RedisResult<()> {
+        match self {
+            Conn::One(c) => c.set_write_timeout(d),
+            Conn::Cluster(c) => c.set_write_timeout(d),
+        }
+    }
+
+    fn inner(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            Conn::One(c) => c,
+            Conn::Cluster(c) => c.as_mut(),
+        }
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
+        self.inner().req_packed_command(cmd)
+    }
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> RedisResult<Vec<Value>> {
+        self.inner().req_packed_commands(cmd, offset, count)
+    }
+    fn req_command(&mut self, cmd: &redis::Cmd) -> RedisResult<Value> {
+        self.inner().req_command(cmd)
+    }
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::One(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+    // NOTE: a cluster connection says no (a pipeline could span slots) but sends a
+    // pipeline to the node of its first command's key; ours all name keys of one hash
+    // tag, so one node serves the whole pipeline.
+    fn supports_pipelining(&self) -> bool {
+        true
+    }
+    fn check_connection(&mut self) -> bool {
+        self.inner().check_connection()
+    }
+    fn is_open(&self) -> bool {
+        match self {
+            Conn::One(c) => c.is_open(),
+            Conn::Cluster(c) => c.is_open(),
+        }
+    }
+}
+
+/// The client that makes [`Conn`]s.
+enum Client {
+    One(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
 }
 
 /// Per (group, instance) state of this handle.
@@ -207,8 +322,8 @@ pub struct RedisLog {
     location: String,
     opts: RedisOptions,
     keys: Keys,
-    client: redis::Client,
-    idle: Mutex<Vec<Connection>>,
+    client: Client,
+    idle: Mutex<Vec<Conn>>,
     instances: Mutex<HashMap<(String, String), InstanceState>>,
     closed: AtomicBool,
 }
@@ -344,7 +459,12 @@ impl RedisLog {
     /// connects (a spooled log must open while Redis is down). Fails only on bad
     /// options.
     pub fn open_unchecked(opts: RedisOptions) -> Result<RedisLog> {
-        let location = format!("{}?prefix={}", mask(&opts.url), opts.prefix);
+        let location = if opts.cluster_nodes.is_empty() {
+            format!("{}?prefix={}", mask(&opts.url), opts.prefix)
+        } else {
+            let nodes: Vec<String> = opts.cluster_nodes.iter().map(|n| mask(n)).collect();
+            format!("cluster {}?prefix={}", nodes.join(","), opts.prefix)
+        };
         if !valid_prefix(&opts.prefix) {
             return Err(LogError::Invalid(format!(
                 "redis key prefix {:?} must be 1 to 100 of [A-Za-z0-9-_.:]",
@@ -357,21 +477,36 @@ impl RedisLog {
             // means a provider is installed already.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let client = match &opts.ca_file {
-            None => redis::Client::open(opts.url.as_str()),
-            Some(ca) => {
-                let pem = std::fs::read(ca).map_err(|e| LogError::Io {
-                    location: location.clone(),
-                    detail: format!("cannot read ca_file {}: {e}", ca.display()),
-                })?;
-                redis::Client::build_with_tls(
+        let certs = match &opts.ca_file {
+            None => None,
+            Some(ca) => Some(std::fs::read(ca).map_err(|e| LogError::Io {
+                location: location.clone(),
+                detail: format!("cannot read ca_file {}: {e}", ca.display()),
+            })?),
+        };
+        let client = if opts.cluster_nodes.is_empty() {
+            match certs {
+                None => redis::Client::open(opts.url.as_str()),
+                Some(pem) => redis::Client::build_with_tls(
                     opts.url.as_str(),
                     redis::TlsCertificates {
                         client_tls: None,
                         root_cert: Some(pem),
                     },
-                )
+                ),
             }
+            .map(Client::One)
+        } else {
+            let mut b = redis::cluster::ClusterClientBuilder::new(opts.cluster_nodes.clone())
+                .connection_timeout(opts.timeout)
+                .response_timeout(opts.timeout);
+            if let Some(pem) = certs {
+                b = b.certs(redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                });
+            }
+            b.build().map(Client::Cluster)
         }
         .map_err(|e| LogError::Invalid(format!("backend URL {location:?}: {e}")))?;
         let p = &opts.prefix;
@@ -416,24 +551,27 @@ impl RedisLog {
         }
     }
 
-    fn connection(&self) -> Result<Connection> {
+    fn connection(&self) -> Result<Conn> {
         if self.closed.load(Ordering::Acquire) {
             return Err(LogError::Closed);
         }
         if let Some(c) = self.idle.lock().pop() {
             return Ok(c);
         }
-        let c = self
-            .client
-            .get_connection_with_timeout(self.opts.timeout)
-            .map_err(|e| self.err(e))?;
+        let c = match &self.client {
+            Client::One(cl) => cl
+                .get_connection_with_timeout(self.opts.timeout)
+                .map(Conn::One),
+            Client::Cluster(cl) => cl.get_connection().map(|c| Conn::Cluster(Box::new(c))),
+        }
+        .map_err(|e| self.err(e))?;
         c.set_read_timeout(Some(self.opts.timeout))
             .and_then(|_| c.set_write_timeout(Some(self.opts.timeout)))
             .map_err(|e| self.err(e))?;
         Ok(c)
     }
 
-    fn give_back(&self, c: Connection) {
+    fn give_back(&self, c: Conn) {
         if !self.closed.load(Ordering::Acquire) {
             let mut idle = self.idle.lock();
             if idle.len() < 8 {
@@ -448,7 +586,7 @@ impl RedisLog {
     fn run<T>(
         &self,
         retry: bool,
-        mut f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
+        mut f: impl FnMut(&mut Conn) -> redis::RedisResult<T>,
     ) -> Result<T> {
         let mut tries = if retry { 2 } else { 1 };
         loop {
@@ -544,7 +682,7 @@ impl RedisLog {
     /// Delivery counts of `ids` pending for `consumer` in `group`.
     fn delivery_counts(
         &self,
-        c: &mut Connection,
+        c: &mut Conn,
         group: &str,
         consumer: &str,
         ids: &[EntryId],

@@ -203,7 +203,14 @@ fn _log_append(
 // ------------------------------------------------------------ Redis (+ spool)
 
 fn is_redis(url: &str) -> bool {
-    url.starts_with("redis://") || url.starts_with("rediss://")
+    [
+        "redis://",
+        "rediss://",
+        "redis+cluster://",
+        "rediss+cluster://",
+    ]
+    .iter()
+    .any(|s| url.starts_with(s))
 }
 
 /// Connect and response timeout of a hook's Redis commands unless the URL says

@@ -105,7 +105,7 @@ pub fn parse_backend(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<(Strin
                 .map_err(|e| PyValueError::new_err(e.to_string()))?;
             Ok(Some((text.clone(), LogOptions::Sqlite(opts))))
         }
-        Some("redis") | Some("rediss") => {
+        Some("redis" | "rediss" | "redis+cluster" | "rediss+cluster") => {
             let opts = RedisOptions::from_url(trimmed)
                 .map_err(|e| PyValueError::new_err(e.to_string()))?;
             Ok(Some((text.clone(), LogOptions::Redis(opts))))
