@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from helpers.redis_server import _answers, require_redis_server
 
 
