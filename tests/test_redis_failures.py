@@ -10,6 +10,8 @@ duplicate counts in its assertion messages:
   ``_core._log_append``, a few processes at a time): every event present once;
 - a dropped reply to the append script (``tests/helpers/redis_proxy.py`` swallows
   it once): the retry on a fresh connection keeps one copy, under the first id;
+- a lost reply to a blocking ``XREADGROUP`` (the server put the entry in the
+  reader's pending list): re-read by the same reader before the claim timeout, once;
 - trimming under a paused consumer name: nothing it has not handled is trimmed;
 - replay across a window with several events in one millisecond at both edges.
 """
@@ -175,6 +177,37 @@ def test_a_dropped_reply_to_the_append_keeps_one_copy(server: RedisServer) -> No
         assert got == [0, 1], tally(got, [0, 1]) + f" got={got}"
         assert ids == [rows[1]["entry_id"]], (ids, rows[1]["entry_id"])
         assert took < 5, f"the retry took {took:.1f} s"
+    finally:
+        proxy.close()
+
+
+async def test_a_lost_blocking_read_reply_strands_nothing(server: RedisServer) -> None:
+    """The server delivered an entry into the reader's pending list, the reply never
+    arrived (as when a client's read timeout is shorter than its BLOCK): the reader
+    re-reads its own pending entries after the failed read, well before the claim
+    timeout, and handles the event once."""
+    proxy = RedisProxy(server.port)
+    try:
+        prefix = f"t{uuid.uuid4().hex[:8]}"
+        claim = 20.0
+        bus = EventBus(backend=proxy.url(prefix))
+        rec = Recorder("r", topics=["log.**"], claim_timeout=claim)
+        await bus.subscribe(rec)
+        await bus.start()
+        assert await bus.publish(make_event("log.ev", {"k": "warm"}))
+        await wait_until(lambda: len(rec.calls) == 1, WAIT, "the first event")
+        proxy.drop_reply_containing(b"needle-7f3a")
+        began = time.monotonic()
+        _log_append(server.url(prefix), [{"topic": "log.ev", "data": {"k": "needle-7f3a"}}])
+        await wait_until(lambda: len(rec.calls) >= 2, claim, "the event whose reply was lost")
+        took = time.monotonic() - began
+        await asyncio.sleep(0.3)
+        got = [c.event.data["k"] for c in rec.calls]
+        assert proxy.dropped == 1, "the proxy did not swallow the read's reply"
+        assert got == ["warm", "needle-7f3a"], tally(got, ["warm", "needle-7f3a"])
+        assert took < claim, f"recovered only after {took:.1f} s (claim timeout {claim} s)"
+        assert rec.calls[1].event.metadata.retry_count == 0
+        await bus.stop(5)
     finally:
         proxy.close()
 

@@ -551,7 +551,11 @@ class EventBus(IEventBus):
             consumer name has handled. ``"redis://host:port/db?prefix=mpm"`` (or
             ``rediss://``, TLS) puts the same log on Redis Streams, shared across
             machines; there ``durability`` is the server's ``appendfsync`` setting and
-            ``persistence_hard_limit_bytes`` does not apply. Cannot be combined with
+            ``persistence_hard_limit_bytes`` does not apply. ``?spool=PATH`` (or
+            ``spool=default``) spools a publish that cannot reach Redis to a local
+            SQLite file (``publish`` returns True) and forwards it once, in order,
+            when Redis is back; ``redis+cluster://host:port,host:port?prefix=mpm``
+            is a Redis Cluster. Cannot be combined with
             ``enable_persistence``. See ``docs/backends.md``.
 
     Raises:
@@ -966,7 +970,8 @@ def _log_append(
 
     Args:
         url: ``sqlite:///path/to/events.db`` (the file and its directories are
-            created if needed), or a ``redis://`` / ``rediss://`` URL.
+            created if needed), or a ``redis://`` / ``rediss://`` /
+            ``redis+cluster://`` URL.
         events: ``Event`` objects (or objects with their attributes), or dicts of
             ``Event``'s constructor arguments (``topic``, ``type``, ``source``,
             ``data``, ``correlation_id``, ...).

@@ -2,9 +2,10 @@
 
 ``RedisProxy(port)`` listens on a free port and relays every connection to
 ``127.0.0.1:port``. After ``drop_reply_to(b"EVALSHA")`` the next reply the server sends
-to a request containing that word is read and thrown away (once): the client sees
-its command applied by the server and never answered, as with a connection lost
-right after the server executed it.
+to a request containing that word is read and thrown away (once); after
+``drop_reply_containing(b"marker")`` the first reply carrying those bytes is. The
+client sees its command applied by the server and never answered, as with a
+connection lost right after the server executed it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class RedisProxy:
         self.port = int(self.listener.getsockname()[1])
         self._lock = threading.Lock()
         self._drop_word: bytes | None = None
+        self._drop_marker: bytes | None = None
         self.dropped = 0
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
@@ -30,6 +32,11 @@ class RedisProxy:
     def drop_reply_to(self, word: bytes) -> None:
         with self._lock:
             self._drop_word = word
+
+    def drop_reply_containing(self, marker: bytes) -> None:
+        """Swallow (once) the first server reply whose bytes contain ``marker``."""
+        with self._lock:
+            self._drop_marker = marker
 
     def url(self, prefix: str) -> str:
         return f"redis://127.0.0.1:{self.port}/0?prefix={prefix}"
@@ -61,7 +68,11 @@ class RedisProxy:
     def _down(self, server: socket.socket, client: socket.socket, armed: threading.Event) -> None:
         try:
             while data := server.recv(65536):
-                if armed.is_set():
+                with self._lock:
+                    marked = self._drop_marker is not None and self._drop_marker in data
+                    if marked:
+                        self._drop_marker = None
+                if armed.is_set() or marked:
                     armed.clear()
                     self.dropped += 1
                     continue
