@@ -47,6 +47,32 @@ const FORWARD_EVERY: Duration = Duration::from_millis(500);
 /// this long (a blackholed server would otherwise cost a connect timeout each).
 const DOWN_FOR: Duration = Duration::from_secs(1);
 
+/// An exclusive advisory lock on `file` without waiting (`flock(LOCK_EX | LOCK_NB)`):
+/// true if taken, false if another open file description holds it. Released when
+/// the file is closed (also when the process dies).
+#[cfg(unix)]
+fn try_lock(file: &File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a file descriptor this `File` owns for the whole call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.kind() == std::io::ErrorKind::WouldBlock {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// NOTE: elsewhere no lock: two processes forwarding at once can interleave their
+/// batches in Redis (each batch stays in order; the event ids keep one copy of each).
+#[cfg(not(unix))]
+fn try_lock(_file: &File) -> std::io::Result<bool> {
+    Ok(true)
+}
+
 /// What one [`Spool::forward`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Forwarded {
@@ -147,15 +173,15 @@ impl Spool {
             .write(true)
             .open(&self.lock_path)
             .map_err(|e| self.io("cannot open the spool's lock file", e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
+        match try_lock(&lock) {
+            Ok(true) => {}
+            Ok(false) => {
                 return Ok(Forwarded {
                     records: 0,
                     busy: true,
                 })
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(self.io("cannot lock the spool", e)),
+            Err(e) => return Err(self.io("cannot lock the spool", e)),
         }
         let result = self.drain(target);
         if result.is_err() {

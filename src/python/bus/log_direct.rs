@@ -218,9 +218,12 @@ fn is_redis(url: &str) -> bool {
 /// deadline (2 s by default).
 const DIRECT_REDIS_TIMEOUT: Duration = Duration::from_millis(750);
 
+/// Open Redis handles by URL and whether `default_spool` was asked for.
+type RedisHandles = Mutex<HashMap<(String, bool), Arc<dyn SharedLog>>>;
+
 /// Redis handles of this process (with their spool when configured), by URL.
-fn redis_handles() -> &'static Mutex<HashMap<(String, bool), Arc<dyn SharedLog>>> {
-    static HANDLES: OnceLock<Mutex<HashMap<(String, bool), Arc<dyn SharedLog>>>> = OnceLock::new();
+fn redis_handles() -> &'static RedisHandles {
+    static HANDLES: OnceLock<RedisHandles> = OnceLock::new();
     HANDLES.get_or_init(Default::default)
 }
 
