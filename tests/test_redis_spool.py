@@ -150,3 +150,56 @@ async def test_a_running_bus_spools_and_forwards_in_the_background(
     got = forwarded()
     assert got == want, counts([str(g) for g in got], [str(w) for w in want])
     await bus.stop(5)
+
+
+def test_hooks_racing_to_forward_one_spool_keep_its_order_and_one_copy(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    """Four hook processes start at once after Redis came back; one forwards (the
+    lock), the others queue behind the spool: the spooled events reach Redis in
+    spool order, each once, and so do the four new ones."""
+    spool = tmp_path / "spool.db"
+    url = server.url(prefix=f"t{uuid.uuid4().hex[:8]}") + f"&spool={spool}"
+    server.kill()
+    _log_append(url, [{"topic": "hook.s", "data": {"prompt": f"s{i}"}} for i in range(10)])
+    assert server.start()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mpm_events", "hook", "--backend", url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(4)
+    ]
+    for n, p in enumerate(procs):  # all inputs first: the four publish at once
+        assert p.stdin is not None
+        p.stdin.write(
+            json.dumps(
+                {"hook_event_name": "UserPromptSubmit", "session_id": "s", "prompt": f"n{n}"}
+            ).encode()
+        )
+        p.stdin.close()
+    for p in procs:
+        assert p.wait(60) == 0 and p.stderr is not None and p.stdout is not None
+        err = p.stderr.read()
+        assert p.stdout.read() == b'{"continue": true}\n' and err == b"", err
+    want_spooled = [f"s{i}" for i in range(10)]
+    want_new = [f"n{n}" for n in range(4)]
+
+    # A hook that found the lock taken spooled behind the forward; if it did so after
+    # that forward's last read, its event waits (marker set) for the next process.
+    if spool_left(url):
+        hook(url, "flush")
+        want_new.append("flush")
+    assert not spool_left(url)
+    got = prompts(url)
+    assert [g for g in got if g.startswith("s")] == want_spooled, counts(got, want_spooled)
+    assert sorted(g for g in got if not g.startswith("s")) == sorted(want_new), counts(
+        got, want_new
+    )
+
+
+def spool_left(url: str) -> bool:
+    spool = url.split("spool=")[1].split("&")[0]
+    return Path(f"{spool}.pending").exists()
