@@ -160,6 +160,26 @@ fn stored_event(py: Python<'_>, item: &Bound<'_, PyAny>) -> PyResult<StoredEvent
     })
 }
 
+/// `stored` as records of this process's publisher, appended by `append`; the
+/// publisher's counter moves on only when `append` succeeded.
+fn append_as_publisher(
+    stored: &[StoredEvent],
+    append: impl FnOnce(&[Record]) -> Result<Vec<EntryId>, LogError>,
+) -> Result<Vec<EntryId>, LogError> {
+    let (who, counter) = publisher();
+    // NOTE: the counter is held across the append so that this process's
+    // publisher_seq grows in log order, as per-publisher order promises.
+    let mut seq = counter.lock();
+    let records: Vec<Record> = stored
+        .iter()
+        .enumerate()
+        .map(|(i, ev)| record_from_stored(ev, who, *seq + 1 + i as u64))
+        .collect();
+    let ids = append(&records)?;
+    *seq += records.len() as u64;
+    Ok(ids)
+}
+
 /// Appends `events` to the shared log at `url` in one transaction and returns
 /// their entry ids.
 #[pyfunction]
@@ -183,18 +203,7 @@ fn _log_append(
     let ids = py
         .detach(|| -> Result<Vec<EntryId>, LogError> {
             let log = retry_busy(|| handle(url, opts.clone()))?;
-            let (who, counter) = publisher();
-            // NOTE: the counter is held across the append so that this process's
-            // publisher_seq grows in log order, as per-publisher order promises.
-            let mut seq = counter.lock();
-            let records: Vec<Record> = stored
-                .iter()
-                .enumerate()
-                .map(|(i, ev)| record_from_stored(ev, who, *seq + 1 + i as u64))
-                .collect();
-            let ids = retry_busy(|| log.append(&records))?;
-            *seq += records.len() as u64;
-            Ok(ids)
+            append_as_publisher(&stored, |records| retry_busy(|| log.append(records)))
         })
         .map_err(log_error)?;
     Ok(ids.into_iter().map(|id| id.to_string()).collect())
@@ -259,15 +268,7 @@ fn append_redis(
     let out = py
         .detach(|| -> Result<Vec<String>, LogError> {
             let log = redis_handle(url, default_spool)?;
-            let (who, counter) = publisher();
-            let mut seq = counter.lock();
-            let records: Vec<Record> = stored
-                .iter()
-                .enumerate()
-                .map(|(i, ev)| record_from_stored(ev, who, *seq + 1 + i as u64))
-                .collect();
-            let ids = log.append(&records)?;
-            *seq += records.len() as u64;
+            let ids = append_as_publisher(stored, |records| log.append(records))?;
             // NOTE: a Redis id has a millisecond time as its major part; a spool's ids
             // are small sequence numbers (under 2^40, i.e. before 2004 as a time).
             Ok(ids
