@@ -493,3 +493,158 @@ pub fn open_redis(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::conformance::rec;
+
+    /// A target that refuses appends while `down` (an I/O error, as an unreachable
+    /// server gives) and records what it got.
+    struct Target {
+        log: SqliteLog,
+        down: AtomicBool,
+    }
+
+    fn target(dir: &Path) -> Arc<Target> {
+        Arc::new(Target {
+            log: SqliteLog::open(SqliteOptions::new(dir.join("target.db"))).unwrap(),
+            down: AtomicBool::new(true),
+        })
+    }
+
+    fn seqs(t: &Target) -> Vec<u64> {
+        t.log
+            .range(None, None, None, None, 1000)
+            .unwrap()
+            .iter()
+            .map(|(_, r)| r.publisher_seq)
+            .collect()
+    }
+
+    #[test]
+    fn spooled_while_down_forwarded_in_order_and_a_dead_forwarders_batch_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = target(dir.path());
+        let spool = Spool::new(dir.path().join("spool.db"));
+        assert!(!spool.has_pending());
+        spool
+            .put(&(0..5).map(|i| rec("p", i)).collect::<Vec<_>>())
+            .unwrap();
+        assert!(spool.has_pending());
+        // A forwarder claimed the first two and died before appending them anywhere.
+        let log = spool.log().unwrap();
+        assert_eq!(log.read(FORWARD_GROUP, "dead", 2, None).unwrap().len(), 2);
+        spool
+            .put(&(5..8).map(|i| rec("p", i)).collect::<Vec<_>>())
+            .unwrap();
+        t.down.store(false, Ordering::Release);
+        let f = spool.forward(t.as_ref()).unwrap();
+        assert_eq!(
+            f,
+            Forwarded {
+                records: 8,
+                busy: false
+            }
+        );
+        assert_eq!(seqs(&t), (0..8).collect::<Vec<_>>(), "in spool order, once");
+        assert!(!spool.has_pending());
+        // Nothing left: a second forward appends nothing.
+        assert_eq!(spool.forward(t.as_ref()).unwrap().records, 0);
+        assert_eq!(seqs(&t).len(), 8);
+    }
+
+    #[test]
+    fn a_spooled_log_spools_on_io_errors_and_keeps_a_publishers_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = target(dir.path());
+        let remote: Arc<dyn SharedLog> = t.clone();
+        let log = SpooledLog::new(remote, dir.path().join("spool.db"), false);
+        let ids = log.append(&[rec("p", 0), rec("p", 1)]).unwrap();
+        assert!(ids.iter().all(|id| id.major < 10), "spool ids: {ids:?}");
+        assert!(log.spool().has_pending());
+        t.down.store(false, Ordering::Release);
+        log.append(&[rec("p", 2)]).unwrap();
+        assert_eq!(seqs(&t), vec![0, 1, 2], "the spooled ones first");
+        assert_eq!(log.counts(), (2, 2));
+        assert!(log
+            .append(&[Record {
+                priority: 9,
+                ..rec("p", 3)
+            }])
+            .is_err());
+    }
+
+    impl SharedLog for Target {
+        fn location(&self) -> &str {
+            "target"
+        }
+        fn append(&self, records: &[Record]) -> Result<Vec<EntryId>> {
+            if self.down.load(Ordering::Acquire) {
+                return Err(LogError::Io {
+                    location: "target".into(),
+                    detail: "connection refused".into(),
+                });
+            }
+            self.log.append(records)
+        }
+        fn ensure_group(&self, g: &str, s: StartAt) -> Result<bool> {
+            self.log.ensure_group(g, s)
+        }
+        fn groups(&self) -> Result<Vec<String>> {
+            self.log.groups()
+        }
+        fn delete_group(&self, g: &str) -> Result<bool> {
+            self.log.delete_group(g)
+        }
+        fn read(&self, g: &str, i: &str, m: usize, b: Option<Duration>) -> Result<Vec<Entry>> {
+            self.log.read(g, i, m, b)
+        }
+        fn renew(&self, g: &str, i: &str, ids: &[EntryId]) -> Result<Vec<EntryId>> {
+            self.log.renew(g, i, ids)
+        }
+        fn release(&self, g: &str, i: &str, ids: &[EntryId]) -> Result<u64> {
+            self.log.release(g, i, ids)
+        }
+        fn ack(&self, g: &str, ids: &[EntryId]) -> Result<u64> {
+            self.log.ack(g, ids)
+        }
+        fn claim_expired(&self, g: &str, i: &str, d: Duration, m: usize) -> Result<Vec<Entry>> {
+            self.log.claim_expired(g, i, d, m)
+        }
+        fn dead_letter(&self, g: &str, id: EntryId, r: &str, a: u32) -> Result<i64> {
+            self.log.dead_letter(g, id, r, a)
+        }
+        fn dead_letters(&self, g: Option<&str>, l: usize) -> Result<Vec<DeadLetter>> {
+            self.log.dead_letters(g, l)
+        }
+        fn replay_dead_letters(&self, g: &str, d: Option<&[i64]>) -> Result<u64> {
+            self.log.replay_dead_letters(g, d)
+        }
+        fn remove_dead_letters(&self, d: &[i64]) -> Result<u64> {
+            self.log.remove_dead_letters(d)
+        }
+        fn group_stats(&self, g: &str) -> Result<GroupStats> {
+            self.log.group_stats(g)
+        }
+        fn stats(&self) -> Result<LogStats> {
+            self.log.stats()
+        }
+        fn range(
+            &self,
+            s: Option<i64>,
+            u: Option<i64>,
+            t: Option<&[String]>,
+            a: Option<EntryId>,
+            l: usize,
+        ) -> Result<Vec<(EntryId, Record)>> {
+            self.log.range(s, u, t, a, l)
+        }
+        fn apply_retention(&self, p: &Retention) -> Result<RetentionReport> {
+            self.log.apply_retention(p)
+        }
+        fn close(&self) {
+            self.log.close()
+        }
+    }
+}
