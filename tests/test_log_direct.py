@@ -97,7 +97,7 @@ def test_bad_arguments_and_unusable_logs(tmp_path):
     assert garbage.read_bytes() == b"not sqlite at all" * 100
     url = url_of(tmp_path / "ok.db")
     with pytest.raises(ValueError, match="sqlite:"):
-        _log_append("redis://localhost/0", [])
+        _log_append("kafka://localhost/0", [])
     with pytest.raises(ValueError, match="durability"):
         _log_append(url, [], durability="fast")  # type: ignore[arg-type]
     with pytest.raises(InvalidTopicError):

@@ -265,6 +265,11 @@ fn append_redis(
     stored: &[StoredEvent],
     default_spool: bool,
 ) -> PyResult<Vec<String>> {
+    if stored.is_empty() {
+        // NOTE: nothing to append: the URL is checked, no server is contacted.
+        crate::backend::redis::RedisOptions::from_url(url).map_err(log_error)?;
+        return Ok(Vec::new());
+    }
     let out = py
         .detach(|| -> Result<Vec<String>, LogError> {
             let log = redis_handle(url, default_spool)?;
