@@ -199,7 +199,7 @@ def test_an_unwritable_log_is_reported_within_the_deadline(tmp_path):
 
 
 def test_an_unsupported_backend_is_reported(tmp_path):
-    for url in ("redis://localhost:6379/0", "memory", "sqlite://relative.db"):
+    for url in ("kafka://localhost:9092", "memory", "sqlite://relative.db"):
         proc = run_hook(json.dumps(pre_tool()), tmp_path, "--backend", url)
         assert (proc.returncode, proc.stdout) == (0, CONTINUE)
         (line,) = proc.stderr.splitlines()

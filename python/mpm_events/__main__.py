@@ -123,16 +123,24 @@ def _publish(event: HookEvent, backend_url: str) -> None:
     No bus and no asyncio: ``_core._log_append`` opens the log (many hook processes
     may open it at once; SQLite's busy timeout serialises their commits), appends in
     one transaction with the GIL released (so the deadline's timer thread can answer
-    meanwhile) and encodes the event as the bus's readers decode it.
+    meanwhile) and encodes the event as the bus's readers decode it. On a
+    ``redis://`` backend the event goes to Redis, or to the local spool
+    (``spool=default`` unless the URL says ``spool=``) while Redis is unreachable.
 
     Raises:
         ValueError: The backend URL is not supported.
         Exception: Whatever kept the event out of the log (its message says what;
             a ``PersistenceError`` names the path).
     """
-    sqlite_path(backend_url)  # NOTE: only absolute sqlite:/// URLs (the check's message)
+    redis = backend_url.startswith(
+        ("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")
+    )
+    if not redis:
+        sqlite_path(backend_url)  # NOTE: only absolute sqlite:/// URLs (the check's message)
     from mpm_events._core import _log_append
 
+    # NOTE: on Redis the local spool is on by default (``spool=off`` in the URL to
+    # refuse): a hook must not lose its event while the team's Redis is unreachable.
     _log_append(
         backend_url,
         [
@@ -144,6 +152,7 @@ def _publish(event: HookEvent, backend_url: str) -> None:
                 "correlation_id": event.correlation_id,
             }
         ],
+        default_spool=redis,
     )
 
 

@@ -558,7 +558,11 @@ class EventBus(IEventBus):
             consumer name has handled. ``"redis://host:port/db?prefix=mpm"`` (or
             ``rediss://``, TLS) puts the same log on Redis Streams, shared across
             machines; there ``durability`` is the server's ``appendfsync`` setting and
-            ``persistence_hard_limit_bytes`` does not apply. Cannot be combined with
+            ``persistence_hard_limit_bytes`` does not apply. ``?spool=PATH`` (or
+            ``spool=default``) spools a publish that cannot reach Redis to a local
+            SQLite file (``publish`` returns True) and forwards it once, in order,
+            when Redis is back; ``redis+cluster://host:port,host:port?prefix=mpm``
+            is a Redis Cluster. Cannot be combined with
             ``enable_persistence``. See ``docs/backends.md``.
 
     Raises:
@@ -992,6 +996,7 @@ def _log_append(
     events: Iterable[Event | dict[str, Any]],
     *,
     durability: Literal["sync", "normal"] | None = None,
+    default_spool: bool = False,
 ) -> list[str]:
     """Appends events to the shared log at ``url`` without a bus (private).
 
@@ -1002,24 +1007,40 @@ def _log_append(
     fsynced) when this returns. The GIL is released while the log is opened and
     written. The handle stays open for later calls of this process.
 
+    On Redis (``redis://host:port/db?prefix=mpm``, ``rediss://``) the events go in
+    one idempotent append script (a retry does not duplicate them); with a spool
+    (``?spool=PATH`` or ``?spool=default``, or ``default_spool``) an append that
+    cannot reach Redis goes to the local SQLite spool instead and is forwarded, in
+    order, by the next append (of any process) that reaches Redis, or by a running
+    bus. Without ``timeout=`` in the URL, the connect and response timeout is 0.75 s.
+
     Args:
         url: ``sqlite:///path/to/events.db`` (the file and its directories are
-            created if needed) or ``redis://host:port/0``.
+            created if needed), or a ``redis://`` / ``rediss://`` /
+            ``redis+cluster://`` URL.
         events: ``Event`` objects (or objects with their attributes), or dicts of
             ``Event``'s constructor arguments (``topic``, ``type``, ``source``,
             ``data``, ``correlation_id``, ...).
         durability: ``"sync"`` or ``"normal"``; None: the URL's (default sync).
+            SQLite only (Redis: the server's persistence settings decide).
+        default_spool: Redis only: spool to ``spool=default``
+            (``~/.claude-mpm/mpm-events/spool/<host>_<port>_<db>_<prefix>.db``) unless
+            the URL says ``spool=`` (``spool=off``: no spool). ``mpm-events hook``
+            passes True.
 
     Returns:
-        The entry ids (``"<seq>-0"``), in the order of ``events``.
+        The entry ids (``"<seq>-0"`` on SQLite, ``"<ms>-<n>"`` on Redis), in the
+        order of ``events``; ``"spool:<seq>-0"`` for events that went to the spool.
 
     Raises:
-        ValueError: A URL that is not a SQLite or Redis log's, an unknown durability.
+        ValueError: A URL that is neither a SQLite log's nor a Redis one, an unknown
+            durability or URL option.
         InvalidTopicError: An event's topic is not a valid published topic.
         InvalidEventError: An item is not an event, or its data is not JSON.
         PersistenceError: The log cannot be opened or written (corrupt, newer schema,
             permission, a path under a regular file, disk full); the message names
-            the path. Nothing of the call is in the log then.
+            the path (or the Redis URL: unreachable without a spool). Nothing of the
+            call is in the log then.
     """
 
 def _log_range(

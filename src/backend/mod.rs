@@ -27,6 +27,7 @@ pub mod appender;
 pub mod codec;
 pub mod reader;
 pub mod redis;
+pub mod spool;
 pub mod sqlite;
 
 #[cfg(test)]

@@ -261,7 +261,11 @@ Args:
         consumer name has handled. ``"redis://host:port/db?prefix=mpm"`` (or
         ``rediss://``, TLS) puts the same log on Redis Streams, shared across
         machines; there ``durability`` is the server's ``appendfsync`` setting and
-        ``persistence_hard_limit_bytes`` does not apply. Cannot be combined with
+        ``persistence_hard_limit_bytes`` does not apply. ``?spool=PATH`` (or
+        ``spool=default``) spools a publish that cannot reach Redis to a local
+        SQLite file (``publish`` returns True) and forwards it once, in order,
+        when Redis is back; ``redis+cluster://host:port,host:port?prefix=mpm``
+        is a Redis Cluster. Cannot be combined with
         ``enable_persistence``. See ``docs/backends.md``.
 
 Raises:

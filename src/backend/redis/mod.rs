@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use redis::{Connection, RedisError, Value};
+use redis::{Connection, ConnectionLike, RedisError, RedisResult, Value};
 
 use super::{
     check_name, check_record, DeadLetter, Entry, EntryId, GroupStats, LogError, LogStats, Record,
@@ -59,6 +59,13 @@ pub struct RedisOptions {
     /// `rediss://` only: trust the CA certificates in this PEM file instead of the
     /// webpki roots (a private CA).
     pub ca_file: Option<std::path::PathBuf>,
+    /// A local SQLite spool for appends while Redis cannot be reached (URL option
+    /// `spool=PATH` or `spool=default`; see [`crate::backend::spool`]). `None`: an
+    /// append that cannot reach Redis fails.
+    pub spool: Option<std::path::PathBuf>,
+    /// Redis Cluster: the seed nodes (`redis://host:port` each), from a
+    /// `redis+cluster://host:port,host:port` URL. Empty: one server at `url`.
+    pub cluster_nodes: Vec<String>,
 }
 
 impl RedisOptions {
@@ -71,16 +78,26 @@ impl RedisOptions {
             dedup_ttl: Duration::from_secs(600),
             timeout: Duration::from_secs(5),
             ca_file: None,
+            spool: None,
+            cluster_nodes: Vec::new(),
         }
     }
 
     /// Options from a backend URL: `redis://host:port/db?prefix=mpm` (or `rediss://`),
     /// query options `prefix`, `compress_threshold` (bytes), `dedup_ttl` and `timeout`
-    /// (seconds), `ca_file` (a PEM file of CA certificates, `rediss://` only).
+    /// (seconds), `ca_file` (a PEM file of CA certificates, `rediss://` only), `spool`
+    /// (`PATH`, `default` for [`default_spool_path`], or `off`).
     pub fn from_url(url: &str) -> Result<RedisOptions> {
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        let schemes = [
+            "redis://",
+            "rediss://",
+            "redis+cluster://",
+            "rediss+cluster://",
+        ];
+        if !schemes.iter().any(|s| url.starts_with(s)) {
             return Err(LogError::Invalid(format!(
-                "backend URL {:?} does not start with redis:// or rediss://",
+                "backend URL {:?} does not start with redis://, rediss://, \
+                 redis+cluster:// or rediss+cluster://",
                 mask(url)
             )));
         }
@@ -89,11 +106,22 @@ impl RedisOptions {
             None => (url, ""),
         };
         let mut o = RedisOptions::new(base);
+        if let Some((scheme, rest)) = base.split_once("+cluster://") {
+            o.cluster_nodes = cluster_nodes(scheme, rest).ok_or_else(|| {
+                LogError::Invalid(format!(
+                    "backend URL {:?}: a cluster URL names its nodes as \
+                     {scheme}+cluster://[user:password@]host:port,host:port (no database)",
+                    mask(url)
+                ))
+            })?;
+            o.url = o.cluster_nodes[0].clone();
+        }
+        let mut spool_default = false;
         let bad = |pair: &str| {
             LogError::Invalid(format!(
                 "backend URL {:?}: bad option {pair:?} (known: prefix=NAME, \
                  compress_threshold=BYTES, dedup_ttl=SECONDS, timeout=SECONDS, \
-                 ca_file=PATH)",
+                 ca_file=PATH, spool=PATH|default|off)",
                 mask(url)
             ))
         };
@@ -115,11 +143,69 @@ impl RedisOptions {
                 Some(("ca_file", v)) if base.starts_with("rediss://") && !v.is_empty() => {
                     o.ca_file = Some(v.into())
                 }
+                Some(("spool", "off")) => (o.spool, spool_default) = (None, false),
+                Some(("spool", "default")) => spool_default = true,
+                Some(("spool", v)) if !v.is_empty() => {
+                    (o.spool, spool_default) = (Some(v.into()), false)
+                }
                 _ => return Err(bad(pair)),
             }
         }
+        if spool_default {
+            // NOTE: after the loop: the default path names the prefix, given anywhere.
+            o.spool = Some(o.default_spool_path()?);
+        }
         Ok(o)
     }
+}
+
+impl RedisOptions {
+    /// The spool `spool=default` means for this server and prefix:
+    /// `~/.claude-mpm/mpm-events/spool/<host>_<port>_<db>_<prefix>.db` (one spool per
+    /// bus, so a spooled event is only ever forwarded to the bus it was meant for).
+    pub fn default_spool_path(&self) -> Result<std::path::PathBuf> {
+        let home = std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| LogError::Invalid("spool=default needs $HOME to be set".into()))?;
+        let rest = self
+            .url
+            .split_once("://")
+            .map_or(self.url.as_str(), |(_, r)| r);
+        let server = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        let name: String = format!("{server}_{}", self.prefix)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        Ok(std::path::Path::new(&home)
+            .join(".claude-mpm/mpm-events/spool")
+            .join(format!("{name}.db")))
+    }
+}
+
+/// `redis://[auth@]host:port` per node of `[auth@]h1:p1,h2:p2` (no database: a
+/// cluster has only database 0).
+fn cluster_nodes(scheme: &str, rest: &str) -> Option<Vec<String>> {
+    let rest = rest
+        .strip_suffix("/0")
+        .unwrap_or(rest)
+        .trim_end_matches('/');
+    let (auth, hosts) = match rest.rsplit_once('@') {
+        Some((a, h)) => (format!("{a}@"), h),
+        None => (String::new(), rest),
+    };
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .map(|h| h.trim())
+        .filter(|h| !h.is_empty())
+        .map(|h| (!h.contains('/') && h.contains(':')).then(|| format!("{scheme}://{auth}{h}")))
+        .collect::<Option<_>>()?;
+    (!nodes.is_empty()).then_some(nodes)
 }
 
 fn valid_prefix(p: &str) -> bool {
@@ -138,6 +224,80 @@ fn mask(url: &str) -> String {
         }
     }
     url.to_string()
+}
+
+/// One pooled connection: to a single server, or a cluster connection (which routes
+/// each command by its key; all of ours are in one slot).
+enum Conn {
+    One(Connection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
+}
+
+impl Conn {
+    fn set_read_timeout(&self, d: Option<Duration>) -> RedisResult<()> {
+        match self {
+            Conn::One(c) => c.set_read_timeout(d),
+            Conn::Cluster(c) => c.set_read_timeout(d),
+        }
+    }
+
+    fn set_write_timeout(&self, d: Option<Duration>) -> RedisResult<()> {
+        match self {
+            Conn::One(c) => c.set_write_timeout(d),
+            Conn::Cluster(c) => c.set_write_timeout(d),
+        }
+    }
+
+    fn inner(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            Conn::One(c) => c,
+            Conn::Cluster(c) => c.as_mut(),
+        }
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
+        self.inner().req_packed_command(cmd)
+    }
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> RedisResult<Vec<Value>> {
+        self.inner().req_packed_commands(cmd, offset, count)
+    }
+    fn req_command(&mut self, cmd: &redis::Cmd) -> RedisResult<Value> {
+        self.inner().req_command(cmd)
+    }
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::One(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+    // NOTE: a cluster connection says no (a pipeline could span slots) but sends a
+    // pipeline to the node of its first command's key; ours all name keys of one hash
+    // tag, so one node serves the whole pipeline.
+    fn supports_pipelining(&self) -> bool {
+        true
+    }
+    fn check_connection(&mut self) -> bool {
+        self.inner().check_connection()
+    }
+    fn is_open(&self) -> bool {
+        match self {
+            Conn::One(c) => c.is_open(),
+            Conn::Cluster(c) => c.is_open(),
+        }
+    }
+}
+
+/// The client that makes [`Conn`]s.
+enum Client {
+    One(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
 }
 
 /// Per (group, instance) state of this handle.
@@ -162,8 +322,8 @@ pub struct RedisLog {
     location: String,
     opts: RedisOptions,
     keys: Keys,
-    client: redis::Client,
-    idle: Mutex<Vec<Connection>>,
+    client: Client,
+    idle: Mutex<Vec<Conn>>,
     instances: Mutex<HashMap<(String, String), InstanceState>>,
     closed: AtomicBool,
 }
@@ -290,7 +450,21 @@ fn raw_entries(v: &Value) -> Result<Vec<RawEntry<'_>>> {
 impl RedisLog {
     /// Connect to the server of `opts` (one connection, checked with PING).
     pub fn open(opts: RedisOptions) -> Result<RedisLog> {
-        let location = format!("{}?prefix={}", mask(&opts.url), opts.prefix);
+        let log = RedisLog::open_unchecked(opts)?;
+        log.run(false, |c| redis::cmd("PING").query::<Value>(c))?;
+        Ok(log)
+    }
+
+    /// A handle on the server of `opts` without connecting yet: the first command
+    /// connects (a spooled log must open while Redis is down). Fails only on bad
+    /// options.
+    pub fn open_unchecked(opts: RedisOptions) -> Result<RedisLog> {
+        let location = if opts.cluster_nodes.is_empty() {
+            format!("{}?prefix={}", mask(&opts.url), opts.prefix)
+        } else {
+            let nodes: Vec<String> = opts.cluster_nodes.iter().map(|n| mask(n)).collect();
+            format!("cluster {}?prefix={}", nodes.join(","), opts.prefix)
+        };
         if !valid_prefix(&opts.prefix) {
             return Err(LogError::Invalid(format!(
                 "redis key prefix {:?} must be 1 to 100 of [A-Za-z0-9-_.:]",
@@ -303,21 +477,36 @@ impl RedisLog {
             // means a provider is installed already.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let client = match &opts.ca_file {
-            None => redis::Client::open(opts.url.as_str()),
-            Some(ca) => {
-                let pem = std::fs::read(ca).map_err(|e| LogError::Io {
-                    location: location.clone(),
-                    detail: format!("cannot read ca_file {}: {e}", ca.display()),
-                })?;
-                redis::Client::build_with_tls(
+        let certs = match &opts.ca_file {
+            None => None,
+            Some(ca) => Some(std::fs::read(ca).map_err(|e| LogError::Io {
+                location: location.clone(),
+                detail: format!("cannot read ca_file {}: {e}", ca.display()),
+            })?),
+        };
+        let client = if opts.cluster_nodes.is_empty() {
+            match certs {
+                None => redis::Client::open(opts.url.as_str()),
+                Some(pem) => redis::Client::build_with_tls(
                     opts.url.as_str(),
                     redis::TlsCertificates {
                         client_tls: None,
                         root_cert: Some(pem),
                     },
-                )
+                ),
             }
+            .map(Client::One)
+        } else {
+            let mut b = redis::cluster::ClusterClientBuilder::new(opts.cluster_nodes.clone())
+                .connection_timeout(opts.timeout)
+                .response_timeout(opts.timeout);
+            if let Some(pem) = certs {
+                b = b.certs(redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                });
+            }
+            b.build().map(Client::Cluster)
         }
         .map_err(|e| LogError::Invalid(format!("backend URL {location:?}: {e}")))?;
         let p = &opts.prefix;
@@ -327,7 +516,7 @@ impl RedisLog {
             meta: format!("{{{p}}}:meta"),
             eid: format!("{{{p}}}:eid:"),
         };
-        let log = RedisLog {
+        Ok(RedisLog {
             location,
             opts,
             keys,
@@ -335,9 +524,7 @@ impl RedisLog {
             idle: Mutex::new(Vec::new()),
             instances: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
-        };
-        log.run(false, |c| redis::cmd("PING").query::<Value>(c))?;
-        Ok(log)
+        })
     }
 
     /// Open from a backend URL (see [`RedisOptions::from_url`]).
@@ -364,24 +551,27 @@ impl RedisLog {
         }
     }
 
-    fn connection(&self) -> Result<Connection> {
+    fn connection(&self) -> Result<Conn> {
         if self.closed.load(Ordering::Acquire) {
             return Err(LogError::Closed);
         }
         if let Some(c) = self.idle.lock().pop() {
             return Ok(c);
         }
-        let c = self
-            .client
-            .get_connection_with_timeout(self.opts.timeout)
-            .map_err(|e| self.err(e))?;
+        let c = match &self.client {
+            Client::One(cl) => cl
+                .get_connection_with_timeout(self.opts.timeout)
+                .map(Conn::One),
+            Client::Cluster(cl) => cl.get_connection().map(|c| Conn::Cluster(Box::new(c))),
+        }
+        .map_err(|e| self.err(e))?;
         c.set_read_timeout(Some(self.opts.timeout))
             .and_then(|_| c.set_write_timeout(Some(self.opts.timeout)))
             .map_err(|e| self.err(e))?;
         Ok(c)
     }
 
-    fn give_back(&self, c: Connection) {
+    fn give_back(&self, c: Conn) {
         if !self.closed.load(Ordering::Acquire) {
             let mut idle = self.idle.lock();
             if idle.len() < 8 {
@@ -396,7 +586,7 @@ impl RedisLog {
     fn run<T>(
         &self,
         retry: bool,
-        mut f: impl FnMut(&mut Connection) -> redis::RedisResult<T>,
+        mut f: impl FnMut(&mut Conn) -> redis::RedisResult<T>,
     ) -> Result<T> {
         let mut tries = if retry { 2 } else { 1 };
         loop {
@@ -492,7 +682,7 @@ impl RedisLog {
     /// Delivery counts of `ids` pending for `consumer` in `group`.
     fn delivery_counts(
         &self,
-        c: &mut Connection,
+        c: &mut Conn,
         group: &str,
         consumer: &str,
         ids: &[EntryId],

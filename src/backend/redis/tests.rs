@@ -812,3 +812,81 @@ fn a_group_reader_delivers_everything_once_and_catches_up() {
     let g = log.group_stats("g").unwrap();
     assert_eq!((g.pending, g.lag), (0, 0));
 }
+
+#[test]
+fn a_trimmed_dead_letter_replays_from_its_copy_to_its_group_only() {
+    if !redis_available("a_trimmed_dead_letter_replays_from_its_copy_to_its_group_only") {
+        return;
+    }
+    let server = RedisServer::start();
+    let opts = options(&server);
+    let log = RedisLog::open(opts.clone()).unwrap();
+    for g in ["a", "b"] {
+        log.ensure_group(g, StartAt::Earliest).unwrap();
+    }
+    let ids = log
+        .append(&(0..3).map(|i| rec("p", i)).collect::<Vec<_>>())
+        .unwrap();
+    let got = log.read("a", "ia", 3, None).unwrap();
+    assert_eq!(got.len(), 3);
+    log.dead_letter("a", ids[1], "boom x3", 3).unwrap();
+    log.ack("a", &[ids[0], ids[2]]).unwrap();
+    assert_eq!(log.read("b", "ib", 3, None).unwrap().len(), 3);
+    log.ack("b", &ids).unwrap();
+    // The stream is trimmed past the dead-lettered entry (by hand, as a MAXLEN would).
+    let mut c = server.raw();
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(format!("{{{}}}:stream", opts.prefix))
+        .arg("MAXLEN")
+        .arg(0)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(log.range(None, None, None, None, 100).unwrap().len(), 0);
+    assert_eq!(log.replay_dead_letters("a", None).unwrap(), 1);
+    let back = log.read("a", "ia", 10, None).unwrap();
+    let lost = usize::from(back.is_empty());
+    assert_eq!(
+        back.iter()
+            .map(|e| (e.record.event_id.clone(), e.deliveries))
+            .collect::<Vec<_>>(),
+        vec![(rec("p", 1).event_id, 1)],
+        "lost={lost} handled={} (the copy restored from the dead letter)",
+        back.len()
+    );
+    // Group b does not see it again; range leaves the copy out; no dead letter left.
+    let dup = log.read("b", "ib", 10, None).unwrap();
+    assert!(dup.is_empty(), "duplicates={} in group b", dup.len());
+    assert_eq!(log.range(None, None, None, None, 100).unwrap().len(), 0);
+    assert!(log.dead_letters(None, 10).unwrap().is_empty());
+    log.ack("a", &[back[0].id]).unwrap();
+    assert_eq!(log.group_stats("a").unwrap().pending, 0);
+}
+
+#[test]
+fn cluster_urls_name_their_nodes() {
+    let o = RedisOptions::from_url("redis+cluster://u:pw@h1:7000,h2:7001?prefix=x").unwrap();
+    assert_eq!(
+        o.cluster_nodes,
+        vec!["redis://u:pw@h1:7000", "redis://u:pw@h2:7001"]
+    );
+    assert_eq!(o.prefix, "x");
+    for bad in [
+        "redis+cluster://",
+        "redis+cluster://h1/3",
+        "redis+cluster://h1",
+    ] {
+        let e = RedisOptions::from_url(bad).unwrap_err().to_string();
+        assert!(e.contains("cluster URL names its nodes"), "{bad}: {e}");
+    }
+    let o = RedisOptions::from_url("redis://h:1/0?spool=/tmp/s.db&prefix=p").unwrap();
+    assert_eq!(o.spool.as_deref(), Some(std::path::Path::new("/tmp/s.db")));
+    let o = RedisOptions::from_url("redis://h:1/0?spool=default&prefix=p").unwrap();
+    assert!(o
+        .spool
+        .unwrap()
+        .ends_with(".claude-mpm/mpm-events/spool/h_1_0_p.db"));
+    assert!(RedisOptions::from_url("redis://h:1/0?spool=off")
+        .unwrap()
+        .spool
+        .is_none());
+}

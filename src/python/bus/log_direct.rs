@@ -12,7 +12,7 @@
 //! Events become records through [`crate::backend::codec`], the one encoding the
 //! bus's readers decode. Handles are opened once per process and URL (and
 //! durability) and kept. A `sqlite:///` URL opens a [`SqliteLog`], a `redis://` (or
-//! `rediss://`) one a [`RedisLog`].
+//! `rediss://`, `redis+cluster://`) one a Redis log, with its spool when configured.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
@@ -24,7 +24,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::backend::codec::{record_from_stored, stored_from_record};
-use crate::backend::redis::{RedisLog, RedisOptions};
+use crate::backend::redis::RedisOptions;
 use crate::backend::sqlite::{SqliteLog, SqliteOptions};
 use crate::backend::{Durability, EntryId, LogError, Record, SharedLog, StartAt};
 use crate::python::convert::json::{pack_json, to_json, unpack_json};
@@ -81,7 +81,7 @@ fn options(url: &str, durability: Option<Durability>) -> PyResult<Target> {
         LogError::Invalid(msg) => PyValueError::new_err(msg),
         other => log_error(other),
     };
-    if url.starts_with("redis://") || url.starts_with("rediss://") {
+    if is_redis(url) {
         // NOTE: on Redis what survives a crash is the server's appendfsync setting;
         // `durability` does not apply (docs/backends.md, RedisLog).
         return Ok(Target::Redis(RedisOptions::from_url(url).map_err(invalid)?));
@@ -128,7 +128,7 @@ fn retry_busy<T>(mut attempt: impl FnMut() -> Result<T, LogError>) -> Result<T, 
 fn handle(url: &str, target: Target) -> Result<Arc<dyn SharedLog>, LogError> {
     let sync = match &target {
         Target::Sqlite(o) => o.durability == Durability::Sync,
-        Target::Redis(_) => true,
+        Target::Redis(_) => return redis_handle(url, false),
     };
     let key = (url.to_string(), sync);
     if let Some(h) = handles().lock().get(&key) {
@@ -138,7 +138,9 @@ fn handle(url: &str, target: Target) -> Result<Arc<dyn SharedLog>, LogError> {
     // schema creation; two threads racing here open two handles and one is kept.
     let log: Arc<dyn SharedLog> = match target {
         Target::Sqlite(o) => Arc::new(SqliteLog::open(o)?),
-        Target::Redis(o) => Arc::new(RedisLog::open(o)?),
+        // NOTE: Redis handles live in `redis_handles` (with a spool when the URL
+        // names one, and the direct path's short timeout).
+        Target::Redis(_) => unreachable!("Redis handles are opened by redis_handle"),
     };
     Ok(handles().lock().entry(key).or_insert(log).clone())
 }
@@ -206,40 +208,135 @@ fn stored_event(py: Python<'_>, item: &Bound<'_, PyAny>) -> PyResult<StoredEvent
     })
 }
 
+/// `stored` as records of this process's publisher, appended by `append`; the
+/// publisher's counter moves on only when `append` succeeded.
+fn append_as_publisher(
+    stored: &[StoredEvent],
+    append: impl FnOnce(&[Record]) -> Result<Vec<EntryId>, LogError>,
+) -> Result<Vec<EntryId>, LogError> {
+    let (who, counter) = publisher();
+    // NOTE: the counter is held across the append so that this process's
+    // publisher_seq grows in log order, as per-publisher order promises.
+    let mut seq = counter.lock();
+    let records: Vec<Record> = stored
+        .iter()
+        .enumerate()
+        .map(|(i, ev)| record_from_stored(ev, who, *seq + 1 + i as u64))
+        .collect();
+    let ids = append(&records)?;
+    *seq += records.len() as u64;
+    Ok(ids)
+}
+
 /// Appends `events` to the shared log at `url` in one transaction and returns
 /// their entry ids.
 #[pyfunction]
-#[pyo3(signature = (url, events, *, durability=None))]
+#[pyo3(signature = (url, events, *, durability=None, default_spool=false))]
 fn _log_append(
     py: Python<'_>,
     url: &str,
     events: &Bound<'_, PyAny>,
     durability: Option<&str>,
+    default_spool: bool,
 ) -> PyResult<Vec<String>> {
     let durability = parse_durability(durability)?;
-    let opts = options(url, durability)?;
     let mut stored = Vec::new();
     for item in events.try_iter()? {
         stored.push(stored_event(py, &item?)?);
     }
+    if is_redis(url) {
+        return append_redis(py, url, &stored, default_spool);
+    }
+    let opts = options(url, durability)?;
     let ids = py
         .detach(|| -> Result<Vec<EntryId>, LogError> {
             let log = retry_busy(|| handle(url, opts.clone()))?;
-            let (who, counter) = publisher();
-            // NOTE: the counter is held across the append so that this process's
-            // publisher_seq grows in log order, as per-publisher order promises.
-            let mut seq = counter.lock();
-            let records: Vec<Record> = stored
-                .iter()
-                .enumerate()
-                .map(|(i, ev)| record_from_stored(ev, who, *seq + 1 + i as u64))
-                .collect();
-            let ids = retry_busy(|| log.append(&records))?;
-            *seq += records.len() as u64;
-            Ok(ids)
+            append_as_publisher(&stored, |records| retry_busy(|| log.append(records)))
         })
         .map_err(log_error)?;
     Ok(ids.into_iter().map(|id| id.to_string()).collect())
+}
+
+// ------------------------------------------------------------ Redis (+ spool)
+
+fn is_redis(url: &str) -> bool {
+    [
+        "redis://",
+        "rediss://",
+        "redis+cluster://",
+        "rediss+cluster://",
+    ]
+    .iter()
+    .any(|s| url.starts_with(s))
+}
+
+/// Connect and response timeout of a hook's Redis commands unless the URL says
+/// `timeout=`: short, so an unreachable server leaves time to spool within the hook's
+/// deadline (2 s by default).
+const DIRECT_REDIS_TIMEOUT: Duration = Duration::from_millis(750);
+
+/// Open Redis handles by URL and whether `default_spool` was asked for.
+type RedisHandles = Mutex<HashMap<(String, bool), Arc<dyn SharedLog>>>;
+
+/// Redis handles of this process (with their spool when configured), by URL.
+fn redis_handles() -> &'static RedisHandles {
+    static HANDLES: OnceLock<RedisHandles> = OnceLock::new();
+    HANDLES.get_or_init(Default::default)
+}
+
+/// The process's handle on the Redis log at `url`; with `default_spool` and no
+/// `spool=` in the URL, spooling to `spool=default`. No background forwarder: a
+/// direct caller forwards what is spooled in its next append. Call without the GIL.
+fn redis_handle(url: &str, default_spool: bool) -> Result<Arc<dyn SharedLog>, LogError> {
+    let key = (url.to_string(), default_spool);
+    if let Some(h) = redis_handles().lock().get(&key) {
+        return Ok(h.clone());
+    }
+    let mut opts = crate::backend::redis::RedisOptions::from_url(url)?;
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let says = |name: &str| query.split('&').any(|p| p.split('=').next() == Some(name));
+    if default_spool && !says("spool") {
+        opts.spool = Some(opts.default_spool_path()?);
+    }
+    if !says("timeout") {
+        opts.timeout = DIRECT_REDIS_TIMEOUT;
+    }
+    let log = crate::backend::spool::open_redis(opts, false)?;
+    Ok(redis_handles().lock().entry(key).or_insert(log).clone())
+}
+
+/// `_log_append` on Redis: one append script (idempotent on the event ids), or the
+/// spool when Redis cannot be reached. Spooled ids are returned as `spool:<id>`.
+fn append_redis(
+    py: Python<'_>,
+    url: &str,
+    stored: &[StoredEvent],
+    default_spool: bool,
+) -> PyResult<Vec<String>> {
+    if stored.is_empty() {
+        // NOTE: nothing to append: the URL is checked, no server is contacted.
+        crate::backend::redis::RedisOptions::from_url(url).map_err(log_error)?;
+        return Ok(Vec::new());
+    }
+    let out = py
+        .detach(|| -> Result<Vec<String>, LogError> {
+            let log = redis_handle(url, default_spool)?;
+            let ids = append_as_publisher(stored, |records| log.append(records))?;
+            // NOTE: a Redis id has a millisecond time as its major part; a spool's ids
+            // are small sequence numbers (under 2^40, i.e. before 2004 as a time).
+            Ok(ids
+                .into_iter()
+                .map(|id| {
+                    if id.major < (1 << 40) {
+                        format!("spool:{id}")
+                    } else {
+                        id.to_string()
+                    }
+                })
+                .collect())
+        })
+        .map_err(log_error)?;
+    Ok(out)
 }
 
 /// An entry as a dict: the event's fields plus where the log has it.
@@ -439,10 +536,10 @@ fn _log_read<'py>(
             )))
         }
     };
-    let opts = options(url, None)?;
+    let target = options(url, None)?;
     let entries = py
         .detach(|| {
-            let log = retry_busy(|| handle(url, opts.clone()))?;
+            let log = retry_busy(|| handle(url, target.clone()))?;
             let key = (url.to_string(), group.to_string());
             if !ensured().lock().contains(&key) {
                 retry_busy(|| log.ensure_group(group, start))?;

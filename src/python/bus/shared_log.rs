@@ -34,7 +34,7 @@ use crate::backend::codec::{
     payload_object_text, record_from_stored, record_meta, stored_from_record,
 };
 use crate::backend::reader::{GroupReader, ReaderOptions};
-use crate::backend::redis::{RedisLog, RedisOptions};
+use crate::backend::redis::RedisOptions;
 use crate::backend::sqlite::{SqliteLog, SqliteOptions};
 use crate::backend::{
     new_instance_id, Durability, Entry, EntryId, LogError, Retention, SharedLog, StartAt,
@@ -116,7 +116,7 @@ pub fn parse_backend(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<(Strin
                 .map_err(|e| PyValueError::new_err(e.to_string()))?;
             Ok(Some((text.clone(), LogOptions::Sqlite(opts))))
         }
-        Some("redis") | Some("rediss") => {
+        Some("redis" | "rediss" | "redis+cluster" | "rediss+cluster") => {
             let opts = RedisOptions::from_url(trimmed)
                 .map_err(|e| PyValueError::new_err(e.to_string()))?;
             Ok(Some((text.clone(), LogOptions::Redis(opts))))
@@ -417,7 +417,9 @@ impl SharedLogBus {
             .detach(move || -> Result<Arc<dyn SharedLog>, LogError> {
                 Ok(match opts {
                     LogOptions::Sqlite(o) => Arc::new(SqliteLog::open(o)?),
-                    LogOptions::Redis(o) => Arc::new(RedisLog::open(o)?),
+                    // NOTE: with `?spool=` a SpooledLog (src/backend/spool.rs) that
+                    // forwards in the background (issue 13).
+                    LogOptions::Redis(o) => crate::backend::spool::open_redis(o, true)?,
                 })
             })
             .map_err(|e| log_error_py(&e))?;
