@@ -416,6 +416,9 @@ impl SharedLog for SpooledLog {
     fn renew(&self, group: &str, instance: &str, ids: &[EntryId]) -> Result<Vec<EntryId>> {
         self.shared.remote.renew(group, instance, ids)
     }
+    fn requeue(&self, group: &str, ids: &[EntryId]) -> Result<u64> {
+        self.shared.remote.requeue(group, ids)
+    }
     fn release(&self, group: &str, instance: &str, ids: &[EntryId]) -> Result<u64> {
         self.shared.remote.release(group, instance, ids)
     }

@@ -72,7 +72,8 @@ fn parse_durability(durability: Option<&str>) -> PyResult<Option<Durability>> {
 #[derive(Clone)]
 enum Target {
     Sqlite(SqliteOptions),
-    Redis(RedisOptions),
+    /// A Redis log (its URL checked); opened by `redis_handle`.
+    Redis,
 }
 
 /// The options of `url` (`ValueError` for a URL that is not a SQLite or Redis log's).
@@ -84,7 +85,8 @@ fn options(url: &str, durability: Option<Durability>) -> PyResult<Target> {
     if is_redis(url) {
         // NOTE: on Redis what survives a crash is the server's appendfsync setting;
         // `durability` does not apply (docs/backends.md, RedisLog).
-        return Ok(Target::Redis(RedisOptions::from_url(url).map_err(invalid)?));
+        RedisOptions::from_url(url).map_err(invalid)?;
+        return Ok(Target::Redis);
     }
     if !url.starts_with("sqlite:") {
         return Err(PyValueError::new_err(format!(
@@ -128,7 +130,7 @@ fn retry_busy<T>(mut attempt: impl FnMut() -> Result<T, LogError>) -> Result<T, 
 fn handle(url: &str, target: Target) -> Result<Arc<dyn SharedLog>, LogError> {
     let sync = match &target {
         Target::Sqlite(o) => o.durability == Durability::Sync,
-        Target::Redis(_) => return redis_handle(url, false),
+        Target::Redis => return redis_handle(url, false),
     };
     let key = (url.to_string(), sync);
     if let Some(h) = handles().lock().get(&key) {
@@ -140,7 +142,7 @@ fn handle(url: &str, target: Target) -> Result<Arc<dyn SharedLog>, LogError> {
         Target::Sqlite(o) => Arc::new(SqliteLog::open(o)?),
         // NOTE: Redis handles live in `redis_handles` (with a spool when the URL
         // names one, and the direct path's short timeout).
-        Target::Redis(_) => unreachable!("Redis handles are opened by redis_handle"),
+        Target::Redis => unreachable!("Redis handles are opened by redis_handle"),
     };
     Ok(handles().lock().entry(key).or_insert(log).clone())
 }
