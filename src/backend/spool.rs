@@ -609,6 +609,9 @@ mod tests {
         fn release(&self, g: &str, i: &str, ids: &[EntryId]) -> Result<u64> {
             self.log.release(g, i, ids)
         }
+        fn requeue(&self, g: &str, ids: &[EntryId]) -> Result<u64> {
+            self.log.requeue(g, ids)
+        }
         fn ack(&self, g: &str, ids: &[EntryId]) -> Result<u64> {
             self.log.ack(g, ids)
         }
