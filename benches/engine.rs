@@ -89,6 +89,7 @@ fn dispatch(c: &mut Criterion) {
                 needs_view: _core::dispatch::ViewNeeds::Nothing,
                 honours_cut: true,
                 ordered: false,
+                rule: None,
             };
             engine.add_lane(
                 cfg,

@@ -70,3 +70,31 @@ impl Doc for EventDoc<'_> {
         self.fields.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 }
+
+/// A stored event (a log entry or a row of the store) as a rule document, for
+/// `replay(rule=)`; a payload that is not JSON reads as absent.
+pub fn stored_doc(e: &crate::storage::StoredEvent) -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    m.insert("id".into(), Value::String(e.id.clone()));
+    m.insert("topic".into(), Value::String(e.topic.to_string()));
+    m.insert("type".into(), Value::String(e.event_type.to_string()));
+    m.insert("source".into(), Value::String(e.source.to_string()));
+    if let Some(t) = chrono::DateTime::from_timestamp_micros(e.timestamp_us) {
+        m.insert(
+            "timestamp".into(),
+            Value::String(crate::sinks::dead_letter::iso(&t)),
+        );
+    }
+    m.insert(
+        "correlation_id".into(),
+        e.correlation_id.clone().map_or(Value::Null, Value::String),
+    );
+    m.insert(
+        "priority".into(),
+        Value::String(priority_name(e.priority).to_string()),
+    );
+    if let Ok(data) = serde_json::from_slice::<Value>(&e.data_json) {
+        m.insert("data".into(), data);
+    }
+    m
+}

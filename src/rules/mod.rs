@@ -32,11 +32,13 @@ use serde_json::{Map, Value};
 
 mod doc;
 mod index;
+mod lanes;
 #[cfg(test)]
 mod tests;
 
-pub use doc::{EventDoc, EVENT_FIELDS};
+pub use doc::{stored_doc, EventDoc, EVENT_FIELDS};
 pub use index::RuleSet;
+pub use lanes::LaneRules;
 
 /// Why a rule does not compile: where (a JSON path, `$` for the root) and what.
 #[derive(Debug, Clone, PartialEq, Eq)]

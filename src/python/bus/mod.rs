@@ -439,7 +439,7 @@ impl EventBus {
         eref: AcceptedEvent,
         route: &Route<AcceptedEvent>,
     ) -> Result<(), Rejected> {
-        let result = self.shared.engine.publish_to(Arc::new(eref), &route.lanes);
+        let result = self.shared.engine.publish_route(Arc::new(eref), route);
         match result {
             Ok(()) => {
                 self.shared
@@ -1071,6 +1071,7 @@ impl EventBus {
             needs_view,
             honours_cut,
             ordered: spec.ordered,
+            rule: spec.rule.clone(),
         };
         let lane = self
             .shared
@@ -1174,15 +1175,20 @@ impl EventBus {
     // ----- persistence (see persist.rs and docs/persistence.md) -----
 
     #[doc = stub_doc!(EventBus, replay)]
-    #[pyo3(signature = (since=None, until=None, topics=None, to=None))]
+    #[pyo3(signature = (since=None, until=None, topics=None, to=None, *, rule=None))]
     fn replay<'py>(
         slf: &Bound<'py, Self>,
         since: Option<&Bound<'py, PyAny>>,
         until: Option<&Bound<'py, PyAny>>,
         topics: Option<&Bound<'py, PyAny>>,
         to: Option<&Bound<'py, PyAny>>,
+        rule: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        py_api::replay(slf.py(), (slf, since, until, topics, to))
+        // NOTE: compiled here so a bad rule raises at the call, not in the coroutine.
+        if let Some(r) = rule.filter(|r| !r.is_none()) {
+            crate::python::model::rule::compile_rule(r, "replay(): rule")?;
+        }
+        py_api::replay(slf.py(), (slf, since, until, topics, to, rule))
     }
 
     #[doc = stub_doc!(EventBus, persistence_stats)]
@@ -1238,6 +1244,7 @@ impl EventBus {
         self.persist()?.watermark()
     }
 
+    #[pyo3(signature = (since_us, until_us, topics, to, rule=None))]
     fn _persist_replay_read(
         &self,
         py: Python<'_>,
@@ -1245,7 +1252,15 @@ impl EventBus {
         until_us: Option<i64>,
         topics: Option<Vec<String>>,
         to: String,
+        rule: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<persist::StoredBatch> {
+        let rule = match rule.filter(|r| !r.is_none()) {
+            Some(r) => Some(crate::python::model::rule::compile_rule(
+                r,
+                "replay(): rule",
+            )?),
+            None => None,
+        };
         let patterns = topics
             .clone()
             .unwrap_or_default()
@@ -1254,10 +1269,16 @@ impl EventBus {
                 crate::topic::Pattern::parse(t).map_err(crate::python::runtime::errors::topic_error)
             })
             .collect::<PyResult<Vec<_>>>()?;
-        if let Some(l) = &self.shared_log {
-            return l.replay_read(py, since_us, until_us, topics, to);
+        let batch = match &self.shared_log {
+            Some(l) => l.replay_read(py, since_us, until_us, topics, to)?,
+            None => self
+                .persist()?
+                .replay(py, since_us, until_us, patterns, to)?,
+        };
+        if let Some(rule) = &rule {
+            py.detach(|| batch.retain_matching(rule));
         }
-        self.persist()?.replay(py, since_us, until_us, patterns, to)
+        Ok(batch)
     }
 
     fn _persist_push(

@@ -251,7 +251,8 @@ impl LaneReader {
                 self.clone() as Arc<dyn LogAcker>,
                 entry.id,
             ));
-            let need = lane.config.needs_view;
+            // NOTE: the lane's rule, if any, reads the view (`Engine::publish_to`).
+            let need = lane.config.copy_needs();
             if need != ViewNeeds::Nothing {
                 eref.view = Some(Arc::new(build_view(
                     py,
