@@ -83,6 +83,9 @@ def check_targets(workloads: dict[str, Any]) -> dict[str, Any]:
     if "W11" in workloads:
         w11 = ours("W11")
         verdict("W11", None if w11 is None else w11 >= 2e5, f"{w11:,.0f} events/s" if w11 else "-")
+    if "W12" in workloads:
+        w12 = ours("W12")
+        verdict("W12", None if w12 is None else w12 >= 90, f"{w12:.0f}% of W1" if w12 else "-")
     return out
 
 

@@ -144,7 +144,29 @@ WORKLOADS = [
         True,
         ">= 200k/s",
     ),
+    Workload(
+        "W12",
+        "W1 with one content rule on its consumer, % of W1 (issue 15)",
+        "throughput",
+        "% of W1",
+        True,
+        ">= 90%",
+    ),
 ]
+
+
+def rule_ratio(impl: Any, n_events: int) -> dict[str, Any]:
+    """W12: W1 with one rule on its consumer as a percentage of W1, run back to back."""
+    plain = measure(wl.hook_stream, impl, n_events, ["hook.**"])
+    ruled = measure(wl.hook_stream_with_rule, impl, n_events)
+    for r in (plain, ruled):
+        if "error" in r:
+            return r
+    return {
+        "value": 100.0 * ruled["value"] / plain["value"],
+        "with_rule_events_per_s": ruled["value"],
+        "without_events_per_s": plain["value"],
+    }
 
 
 def durable_ratio(impl: Any, n_events: int) -> dict[str, Any]:
@@ -360,6 +382,8 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
                     ("W8", partial(measure, wl.durable_stream, impl, sizes.w8, 256, "sync"))
                 )
                 todo.append(("W9", partial(durable_ratio, impl, sizes.w8)))
+                # W12: content rules (issue 15); the original has none.
+                todo.append(("W12", partial(rule_ratio, impl, sizes.w1)))
             for key, fn in todo:
                 if not selected(key):
                     continue

@@ -1527,6 +1527,36 @@ impl<E: EventLike> Engine<E> {
         self.publish_to(event, &lanes)
     }
 
+    /// Accepts an event straight into the dead letters, never delivering it (a
+    /// payload that fails its schema): counted published and dead-lettered, and
+    /// told to the dead-letter listeners as given up by `consumer`.
+    pub fn dead_letter_now(
+        &self,
+        event: Arc<E>,
+        consumer: Arc<str>,
+        errors: Vec<String>,
+    ) -> Result<(), Rejected> {
+        let s = &self.shared;
+        if !s.accepting.load(Ordering::Acquire) {
+            return Err(Rejected::NotRunning);
+        }
+        s.published.fetch_add(1, Ordering::Relaxed);
+        s.dead_events.fetch_add(1, Ordering::Relaxed);
+        s.failed.fetch_add(1, Ordering::Relaxed);
+        let letter = DeadLetter {
+            event,
+            consumer,
+            attempts: 0,
+            errors,
+            at: SystemTime::now(),
+        };
+        for listener in s.dead_listeners.read().iter() {
+            listener(&letter);
+        }
+        s.dead.lock().push(letter);
+        Ok(())
+    }
+
     /// Re-delivers an event to one lane only (dead-letter replay).
     pub fn redeliver(&self, event: Arc<E>, lane: &Arc<Lane<E>>) -> Result<(), Rejected> {
         self.publish_to(event, std::slice::from_ref(lane))

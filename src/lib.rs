@@ -18,6 +18,7 @@ pub mod event;
 pub mod queue;
 pub mod retry;
 pub mod rules;
+pub mod schema;
 pub mod stats;
 pub mod storage;
 pub mod topic;

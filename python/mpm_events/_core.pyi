@@ -824,6 +824,40 @@ class EventBus(IEventBus):
         ``id`` and ``entry_id`` in the log.
         """
 
+    def register_schema(
+        self,
+        topic_pattern: str,
+        schema: dict[str, Any] | str | type,
+        *,
+        on_invalid: Literal["raise", "dead_letter"] = "raise",
+    ) -> None:
+        """Checks the payload of every event published on topics matching
+        ``topic_pattern`` against a JSON Schema (draft 2020-12), in Rust.
+
+        ``schema`` is a JSON Schema dict (or its JSON text), or a pydantic model
+        class (its ``model_json_schema()``; pydantic is not imported otherwise).
+        ``$ref`` may point inside the schema only (nothing is fetched). A later
+        schema for the same pattern text replaces the earlier one; an event on a
+        topic several patterns match must pass all of them. Ready-made schemas for
+        the built-in producers' payloads are in ``mpm_events.schemas``.
+
+        With ``on_invalid="raise"``, publishing an invalid event raises
+        ``SchemaValidationError`` (naming the JSON path and the keyword that
+        failed) and accepts nothing; ``publish_batch`` checks every event first
+        and raises naming all the failing indexes (``failed``), accepting none.
+        With ``"dead_letter"`` (memory bus only), the event is accepted straight
+        into the dead letters (consumer ``"<schema>"``, the violations as its
+        errors) and never delivered. ``get_metrics()["schema_invalid"]`` counts
+        invalid events per topic.
+
+        Raises:
+            InvalidTopicError: The pattern is malformed.
+            ConsumerConfigError: The schema is not a valid JSON Schema, or
+                ``on_invalid`` is unknown (or ``"dead_letter"`` on a durable or
+                shared-log bus).
+            TypeError: ``schema`` is neither a dict nor a model class.
+        """
+
     def replay(
         self,
         since: datetime | None = None,

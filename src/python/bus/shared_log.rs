@@ -855,7 +855,11 @@ fn accept_for_log(
     event: &Bound<'_, PyAny>,
 ) -> PyResult<AcceptedEvent> {
     let owned = super::as_event(event)?;
-    accept_owned(bus, py, owned)
+    let eref = accept_owned(bus, py, owned)?;
+    // NOTE: register_schema refuses "dead_letter" schemas on a shared-log bus,
+    // so an invalid payload raises here.
+    super::schemas::check_accepted(py, &bus.schemas, &eref)?;
+    Ok(eref)
 }
 
 fn accept_owned(
