@@ -87,7 +87,11 @@ async def test_many_rules_on_one_route_each_get_what_their_rule_matches() -> Non
     events = [
         make_event(
             "w.x",
-            {"tool": f"t{rng.randrange(9)}", "n": rng.randrange(12), "tags": ["x", "y"][: rng.randrange(3)]},
+            {
+                "tool": f"t{rng.randrange(9)}",
+                "n": rng.randrange(12),
+                "tags": ["x", "y"][: rng.randrange(3)],
+            },
             type=rng.choice(["Edit", "EDIT", "Read"]),
         )
         for _ in range(150)

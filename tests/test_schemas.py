@@ -134,7 +134,7 @@ async def test_a_pydantic_model_class_gives_its_json_schema() -> None:
         params: dict[str, Any]
         retries: int = Field(default=0, ge=0)
 
-    bus, rec = await started()
+    bus, _rec = await started()
     bus.register_schema("hook.tool", ToolUse)
     assert await bus.publish(make_event("hook.tool", {"tool": "a", "params": {}, "retries": 2}))
     with pytest.raises(SchemaValidationError, match=r"\$\.retries.*minimum"):

@@ -116,7 +116,7 @@ pub fn payload_json(py: Python<'_>, eref: &AcceptedEvent) -> Result<Value, Strin
 /// An `Event`'s payload as JSON, or why it is not JSON.
 pub fn event_payload_json(
     py: Python<'_>,
-    e: &crate::python::model::Event,
+    e: &crate::python::model::event::Event,
 ) -> Result<Value, String> {
     match &e.data {
         Payload::Packed(json, _) => serde_json::from_str(json).map_err(|err| err.to_string()),
