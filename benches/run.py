@@ -155,32 +155,32 @@ WORKLOADS = [
 ]
 
 
+def percent_of(
+    base: dict[str, Any], other: dict[str, Any], base_key: str, other_key: str
+) -> dict[str, Any]:
+    """``other``'s throughput as a percentage of ``base``'s (the first error, if any)."""
+    for r in (base, other):
+        if "error" in r:
+            return r
+    return {
+        "value": 100.0 * other["value"] / base["value"],
+        other_key: other["value"],
+        base_key: base["value"],
+    }
+
+
 def rule_ratio(impl: Any, n_events: int) -> dict[str, Any]:
     """W12: W1 with one rule on its consumer as a percentage of W1, run back to back."""
     plain = measure(wl.hook_stream, impl, n_events, ["hook.**"])
     ruled = measure(wl.hook_stream_with_rule, impl, n_events)
-    for r in (plain, ruled):
-        if "error" in r:
-            return r
-    return {
-        "value": 100.0 * ruled["value"] / plain["value"],
-        "with_rule_events_per_s": ruled["value"],
-        "without_events_per_s": plain["value"],
-    }
+    return percent_of(plain, ruled, "without_events_per_s", "with_rule_events_per_s")
 
 
 def durable_ratio(impl: Any, n_events: int) -> dict[str, Any]:
     """W9: durable "async" throughput as a percentage of the in-memory bus, same workload."""
     memory = measure(wl.durable_stream, impl, n_events, 256, None)
     durable = measure(wl.durable_stream, impl, n_events, 256, "async")
-    for r in (memory, durable):
-        if "error" in r:
-            return r
-    return {
-        "value": 100.0 * durable["value"] / memory["value"],
-        "async_events_per_s": durable["value"],
-        "in_memory_events_per_s": memory["value"],
-    }
+    return percent_of(memory, durable, "in_memory_events_per_s", "async_events_per_s")
 
 
 def log(message: str) -> None:
