@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "maturin>=1.7,<2" "pytest>=8" "pytest-asyncio>=0.24" pytest-timeout \
 		"python-socketio[asyncio_client]>=5.11" aiohttp ruff mypy matplotlib abi3audit \
-		watchdog pyyaml packaging psutil pyee websocket-client trustme hypothesis "rich>=13" playwright
+		watchdog pyyaml packaging psutil pyee websocket-client trustme hypothesis "rich>=13" playwright "pydantic>=2"
 # NOTE: claude-mpm without its dependency tree; the line above adds what its dashboard
 # server (tests/test_dashboard_real.py) needs beyond python-socketio and aiohttp.
 	$(PY) -m pip install -q --no-deps claude-mpm==5.9.10

@@ -89,6 +89,7 @@ fn dispatch(c: &mut Criterion) {
                 needs_view: _core::dispatch::ViewNeeds::Nothing,
                 honours_cut: true,
                 ordered: false,
+                rule: None,
             };
             engine.add_lane(
                 cfg,
@@ -234,5 +235,89 @@ fn sqlite(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-criterion_group!(benches, routing, dispatch, channel, sqlite);
+/// `n` consumer rules on tool-use events: most name one tool (an exact value
+/// under `data.tool`), the rest mix prefixes, numeric ranges and anything-but.
+fn consumer_rules(n: usize) -> Vec<serde_json::Value> {
+    use serde_json::json;
+    (0..n)
+        .map(|i| match i % 4 {
+            0 | 1 => json!({"topic": [{"prefix": "hook."}], "data": {"tool": [format!("tool-{i}")]}}),
+            2 => json!({"data": {"tool": [format!("tool-{i}")], "size": [{"numeric": [">", 100]}]}}),
+            _ => json!({"type": [format!("Type{i}")], "data": {"file": [{"prefix": format!("/src/{i}/")}]}}),
+        })
+        .collect()
+}
+
+fn rules(c: &mut Criterion) {
+    use _core::event::EventView;
+    use _core::rules::{EventDoc, Rule, RuleSet};
+    let mut g = c.benchmark_group("rules");
+    g.throughput(Throughput::Elements(1));
+    // NOTE: the document of a tool-use event as routing builds it: the fields the
+    // rules name, the payload borrowed from the view.
+    let views: Vec<EventView> = (0..1024)
+        .map(|k| EventView {
+            id: format!("e-{k}").into(),
+            topic: "hook.pre_tool".into(),
+            event_type: "PreToolUse".into(),
+            source: "hook_handler".into(),
+            timestamp: chrono::Utc::now(),
+            data: Some(serde_json::json!({
+                "tool": format!("tool-{}", (k * 37) % 10_000),
+                "size": k,
+                "file": format!("/src/{}/main.rs", k % 50),
+                "session_id": "s-1",
+                "params": {"command": "ls -la", "timeout": 30},
+            })),
+            data_error: None,
+            correlation_id: None,
+            priority: 3,
+            meta: Default::default(),
+        })
+        .collect();
+    for n in [10usize, 10_000] {
+        let mut set = RuleSet::default();
+        for r in consumer_rules(n) {
+            set.add(Rule::compile(&r).unwrap());
+        }
+        g.bench_with_input(BenchmarkId::new("combined", n), &set, |b, set| {
+            let mut i = 0;
+            let mut out = Vec::new();
+            b.iter(|| {
+                i = (i + 1) % views.len();
+                let doc = EventDoc::of(&views[i], |k| matches!(k, "topic" | "type" | "data"));
+                set.matching_doc(&doc, &mut out);
+                black_box(out.len())
+            })
+        });
+    }
+    g.finish();
+}
+
+fn schema(c: &mut Criterion) {
+    use _core::schema::{OnInvalid, Schema, Schemas};
+    use serde_json::json;
+    let mut g = c.benchmark_group("schema");
+    g.throughput(Throughput::Elements(1));
+    // NOTE: mpm_events.schemas.TOOL_USE and a publish_tool_use payload.
+    let tool_use = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "required": ["params", "tool"],
+        "properties": {"tool": {"type": "string", "minLength": 1}, "params": {"type": "object"}, "result": {}}
+    });
+    let payload = json!({"tool": "Bash", "params": {"command": "ls -la", "n": 7}, "result": null});
+    let reg = Schemas::default();
+    reg.register(Schema::compile("hook.tool", &tool_use, OnInvalid::Raise).unwrap());
+    // What publish does per event: the topic's schemas (cached), then the check.
+    g.bench_function("tool_use_check", |b| {
+        b.iter(|| {
+            let list = reg.for_topic(black_box("hook.tool"));
+            black_box(reg.check("hook.tool", &list, black_box(&payload)).is_none())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, routing, dispatch, channel, sqlite, rules, schema);
 criterion_main!(benches);

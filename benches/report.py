@@ -136,6 +136,9 @@ def check_targets(
             "detail": f"{e:.2f}x the cross-thread channel, "
             f"{anchors.get('engine_over_channel_one_thread', float('nan')):.1f}x one thread",
         }
+    if "W1r" in workloads:
+        w1r = ours("W1r")
+        verdict("W1r", None if w1r is None else w1r >= 90, f"{w1r:.0f}% of W1" if w1r else "-")
     return out
 
 
@@ -523,6 +526,12 @@ object (the original's or ours) and uses only the shared API, so both run the sa
   has seen every event.
 - **W9** (ours only, issue 4): the same with `durability="async"`, as a percentage of the same
   workload on an in-memory bus measured right before it.
+- **W1r** (issue 15, ours only): W1 with one content rule on its consumer
+  (`{"data": {"tool": ["Bash"]}}`, which every W1 event matches, so the payload is
+  converted and matched in Rust per event), as a percentage of W1 measured right before
+  it. The combined rule matcher and payload-schema validation are measured by criterion
+  (`cargo bench --no-default-features --bench engine -- "rules|schema"`:
+  `rules/combined/{10,10000}`, `schema/tool_use_check`); see docs/routing.md.
 - **W6** (ours only): `publish_batch` of 1,000,000 events into `MetricsConsumer`, until
   `join()` returns.
 - **W7**: wall time of `python -c "import ..."` minus a paired `python -c "pass"`,

@@ -199,6 +199,14 @@ WORKLOADS = [
         False,
         "<= 10 us/event, <= 1 context switch/event",
     ),
+    Workload(
+        "W1r",
+        "W1 with one content rule on its consumer, % of W1 (issue 15)",
+        "throughput",
+        "% of W1",
+        True,
+        ">= 90%",
+    ),
 ]
 
 # W13's configurations: (rate, with MetricsConsumer) -> stat name prefix.
@@ -259,18 +267,32 @@ def read_criterion() -> dict[str, Any]:
     return out
 
 
+def percent_of(
+    base: dict[str, Any], other: dict[str, Any], base_key: str, other_key: str
+) -> dict[str, Any]:
+    """``other``'s throughput as a percentage of ``base``'s (the first error, if any)."""
+    for r in (base, other):
+        if "error" in r:
+            return r
+    return {
+        "value": 100.0 * other["value"] / base["value"],
+        other_key: other["value"],
+        base_key: base["value"],
+    }
+
+
+def rule_ratio(impl: Any, n_events: int) -> dict[str, Any]:
+    """W1r: W1 with one rule on its consumer as a percentage of W1, run back to back."""
+    plain = measure(wl.hook_stream, impl, n_events, ["hook.**"])
+    ruled = measure(wl.hook_stream_with_rule, impl, n_events)
+    return percent_of(plain, ruled, "without_events_per_s", "with_rule_events_per_s")
+
+
 def durable_ratio(impl: Any, n_events: int) -> dict[str, Any]:
     """W9: durable "async" throughput as a percentage of the in-memory bus, same workload."""
     memory = measure(wl.durable_stream, impl, n_events, 256, None)
     durable = measure(wl.durable_stream, impl, n_events, 256, "async")
-    for r in (memory, durable):
-        if "error" in r:
-            return r
-    return {
-        "value": 100.0 * durable["value"] / memory["value"],
-        "async_events_per_s": durable["value"],
-        "in_memory_events_per_s": memory["value"],
-    }
+    return percent_of(memory, durable, "in_memory_events_per_s", "async_events_per_s")
 
 
 def log(message: str) -> None:
@@ -570,6 +592,8 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
                     ("W8", partial(measure, wl.durable_stream, impl, sizes.w8, 256, "sync"))
                 )
                 todo.append(("W9", partial(durable_ratio, impl, sizes.w8)))
+                # W1r: content rules (issue 15); the original has none.
+                todo.append(("W1r", partial(rule_ratio, impl, sizes.w1)))
             for key, fn in todo:
                 if not selected(key):
                     continue
@@ -814,7 +838,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=0, help="rounds (default 5, quick 1)")
     parser.add_argument("--quick", action="store_true", help="fast smoke run, small sizes")
-    parser.add_argument("--only", default="", help="comma list: W1, W1d, W2..W13, CHARTS")
+    parser.add_argument("--only", default="", help="comma list: W1, W1d, W1r, W2..W13, CHARTS")
     parser.add_argument("--no-charts", action="store_true", help="skip the two chart sweeps")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
     parser.add_argument("--json", type=Path, default=RESULTS, help="results file")

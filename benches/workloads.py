@@ -73,8 +73,10 @@ def counting_consumer_class(impl: types.SimpleNamespace) -> type:
             tracker: Tracker | None = None,
             gate: asyncio.Event | None = None,
             read_data: bool = False,
+            rule: dict[str, Any] | None = None,
         ) -> None:
-            self._config = impl.ConsumerConfig(name=name, topics=topics)
+            extra = {"rule": rule} if rule is not None else {}
+            self._config = impl.ConsumerConfig(name=name, topics=topics, **extra)
             self.count = 0
             self.target = target
             self.tracker = tracker
@@ -131,6 +133,7 @@ async def hook_stream(
     patterns: list[str],
     idle: int = 0,
     read_data: bool = False,
+    rule: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """W1/W1d/W2/W3 and the charts: ``publish_tool_use`` ``n_events`` times into consumers.
 
@@ -149,7 +152,9 @@ async def hook_stream(
     active = []
     for i, pattern in enumerate(patterns):
         target = n_events if pattern in MATCHING_PATTERNS else 0
-        consumer = consumer_cls(f"bench-{i}", [pattern], target, tracker, read_data=read_data)
+        consumer = consumer_cls(
+            f"bench-{i}", [pattern], target, tracker, read_data=read_data, rule=rule
+        )
         active.append(consumer)
         assert await bus.subscribe(consumer), "subscribe refused"
     for i in range(idle):
@@ -181,6 +186,15 @@ async def hook_stream(
         "value": n_events / seconds,
         "deliveries_per_s": n_events * len(matching) / seconds,
     }
+
+
+#: W1r's rule: it matches every W1 event, so delivery counts stay those of W1.
+W1R_RULE = {"data": {"tool": ["Bash"]}}
+
+
+async def hook_stream_with_rule(impl: types.SimpleNamespace, n_events: int) -> dict[str, Any]:
+    """W1r: W1 with one content rule (on the payload) on its consumer (issue 15)."""
+    return await hook_stream(impl, n_events, ["hook.**"], rule=W1R_RULE)
 
 
 def _tool_event(impl: types.SimpleNamespace, i: int) -> Any:

@@ -45,6 +45,11 @@ pub trait EventLike: Send + Sync + 'static {
     /// Called when `consumer` is done with the event: handled or filtered out
     /// (durable stores acknowledge it here).
     fn on_handled(&self, _consumer: &Arc<str>) {}
+    /// The copy of the event's fields that consumers' rules are matched
+    /// against (see [`LaneConfig::rule`]); None when none was made.
+    fn rule_view(&self) -> Option<&crate::event::EventView> {
+        None
+    }
 }
 
 // NOTE: the two high bits of `Entry::unfinished` say how the event ended for the
@@ -234,6 +239,22 @@ pub struct LaneConfig {
     /// its retry (which comes first), so the consumer sees events in the order
     /// they were queued across retries, at the cost of throughput while failing.
     pub ordered: bool,
+    /// The consumer's content rule: events it does not match never enter the
+    /// lane and count as filtered (see `crate::rules`).
+    pub rule: Option<crate::rules::Rule>,
+}
+
+impl LaneConfig {
+    /// What must be copied out of each event for this lane: what the executor
+    /// needs, and the fields (with the payload if it names `data`) its rule reads.
+    pub fn copy_needs(&self) -> ViewNeeds {
+        let rule = match &self.rule {
+            None => ViewNeeds::Nothing,
+            Some(r) if r.names_field("data") => ViewNeeds::FieldsAndData,
+            Some(_) => ViewNeeds::Fields,
+        };
+        self.needs_view.max(rule)
+    }
 }
 
 /// Runs jobs for one lane. `execute` must not block: it hands the job over.
@@ -471,6 +492,25 @@ impl<E: EventLike> Lane<E> {
     /// Counts `n` new deliveries for this lane (not retries).
     fn count_received(&self, n: usize) {
         self.stats.received.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// An accepted event the lane's rule does not match: received, filtered,
+    /// handled, never queued.
+    fn skip(&self, event: &E) {
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        self.stats.filtered.fetch_add(1, Ordering::Relaxed);
+        event.on_handled(&self.config.name);
+    }
+
+    /// Whether the lane's own rule (if any) matches the event.
+    fn admits(&self, event: &E) -> bool {
+        let Some(rule) = &self.config.rule else {
+            return true;
+        };
+        match event.rule_view() {
+            Some(v) => rule.matches_doc(&crate::rules::EventDoc::of(v, |k| rule.names_field(k))),
+            None => rule.matches_doc(&serde_json::Map::new()),
+        }
     }
 
     fn push_many(self: &Arc<Self>, ds: Vec<Delivery<E>>) -> Vec<Delivery<E>> {
@@ -910,6 +950,20 @@ pub struct Route<E: EventLike> {
     /// Whether some lane needs nothing copied (its executor reads the event
     /// object itself).
     pub any_plain: bool,
+    /// The rules of the lanes that have one, compiled into one matcher.
+    pub rules: Option<crate::rules::LaneRules>,
+}
+
+impl<E: EventLike> Route<E> {
+    /// Which of the route's lanes take `event`: None for all of them (no lane
+    /// has a rule), else one flag per lane.
+    pub fn admitted(&self, event: &E) -> Option<Vec<bool>> {
+        Some(
+            self.rules
+                .as_ref()?
+                .admitted(event.rule_view(), self.lanes.len()),
+        )
+    }
 }
 
 const ROUTE_CACHE_LIMIT: usize = 8192;
@@ -1317,17 +1371,19 @@ impl<E: EventLike> Engine<E> {
             .collect();
         let needs_view = lanes
             .iter()
-            .map(|l| l.config.needs_view)
+            .map(|l| l.config.copy_needs())
             .max()
             .unwrap_or_default();
         let any_plain = lanes
             .iter()
             .any(|l| l.config.needs_view == ViewNeeds::Nothing);
+        let rules = crate::rules::LaneRules::of(lanes.iter().map(|l| l.config.rule.as_ref()));
         let route = Arc::new(Route {
             topic: topic.into(),
             lanes,
             needs_view,
             any_plain,
+            rules,
         });
         let mut cache = self.shared.routes.lock();
         if cache.len() >= ROUTE_CACHE_LIMIT {
@@ -1338,8 +1394,43 @@ impl<E: EventLike> Engine<E> {
         Ok(route)
     }
 
-    /// Accepts an event for the given lanes (usually [`Engine::route`]'s result).
+    /// Accepts an event for the given lanes (usually [`Engine::route`]'s result);
+    /// lanes whose rule it does not match count it filtered.
     pub fn publish_to(&self, event: Arc<E>, lanes: &[Arc<Lane<E>>]) -> Result<(), Rejected> {
+        if lanes.iter().any(|l| l.config.rule.is_some()) {
+            let admitted: Vec<bool> = lanes.iter().map(|l| l.admits(&event)).collect();
+            return self.publish_admitted(event, lanes, Some(&admitted));
+        }
+        self.publish_admitted(event, lanes, None)
+    }
+
+    /// Accepts an event for its route's lanes, matching their rules together.
+    pub fn publish_route(&self, event: Arc<E>, route: &Route<E>) -> Result<(), Rejected> {
+        let admitted = route.admitted(&event);
+        self.publish_admitted(event, &route.lanes, admitted.as_deref())
+    }
+
+    /// Accepts an event for the `lanes` that `admitted` flags (all when None);
+    /// the others count it filtered once it is accepted.
+    fn publish_admitted(
+        &self,
+        event: Arc<E>,
+        all_lanes: &[Arc<Lane<E>>],
+        admitted: Option<&[bool]>,
+    ) -> Result<(), Rejected> {
+        let kept: Vec<Arc<Lane<E>>>;
+        let lanes = match admitted {
+            None => all_lanes,
+            Some(flags) => {
+                kept = all_lanes
+                    .iter()
+                    .zip(flags)
+                    .filter(|(_, ok)| **ok)
+                    .map(|(l, _)| l.clone())
+                    .collect();
+                &kept
+            }
+        };
         let s = &self.shared;
         if !s.accepting.load(Ordering::Acquire) {
             return Err(Rejected::NotRunning);
@@ -1356,6 +1447,11 @@ impl<E: EventLike> Engine<E> {
             return Err(Rejected::QueueFull);
         }
         s.published.fetch_add(1, Ordering::Relaxed);
+        if let Some(flags) = admitted {
+            for (lane, _) in all_lanes.iter().zip(flags).filter(|(_, ok)| !**ok) {
+                lane.skip(&event);
+            }
+        }
         if lanes.is_empty() {
             s.processed.fetch_add(1, Ordering::Relaxed);
             return Ok(());
@@ -1413,9 +1509,16 @@ impl<E: EventLike> Engine<E> {
         let mut last_route: Option<Arc<Route<E>>> = None;
         let mut slots: Vec<usize> = Vec::new();
         for (i, (event, route)) in events.into_iter().enumerate() {
-            if route.lanes.is_empty() {
+            let admitted = route.admitted(&event);
+            let n = admitted
+                .as_ref()
+                .map_or(route.lanes.len(), |a| a.iter().filter(|ok| **ok).count());
+            if n == 0 {
                 s.processed.fetch_add(1, Ordering::Relaxed);
                 accepted += 1;
+                for lane in &route.lanes {
+                    lane.skip(&event);
+                }
                 continue;
             }
             if s.queued
@@ -1443,15 +1546,19 @@ impl<E: EventLike> Engine<E> {
                 }
                 last_route = Some(route.clone());
             }
-            let n = route.lanes.len() as u32;
+            let n = n as u32;
             let entry = Arc::new(Entry {
                 event,
                 unstarted: AtomicU32::new(n),
                 unfinished: AtomicU32::new(n),
                 accepted: now,
             });
-            for &slot in &slots {
-                groups[slot].1.push(Delivery::new(entry.clone()));
+            for (j, &slot) in slots.iter().enumerate() {
+                if admitted.as_ref().is_none_or(|a| a[j]) {
+                    groups[slot].1.push(Delivery::new(entry.clone()));
+                } else {
+                    route.lanes[j].skip(&entry.event);
+                }
             }
             accepted += 1;
             entries += 1;
@@ -1477,6 +1584,36 @@ impl<E: EventLike> Engine<E> {
     pub fn publish(&self, event: Arc<E>) -> Result<(), Rejected> {
         let lanes = self.route(event.topic());
         self.publish_to(event, &lanes)
+    }
+
+    /// Accepts an event straight into the dead letters, never delivering it (a
+    /// payload that fails its schema): counted published and dead-lettered, and
+    /// told to the dead-letter listeners as given up by `consumer`.
+    pub fn dead_letter_now(
+        &self,
+        event: Arc<E>,
+        consumer: Arc<str>,
+        errors: Vec<String>,
+    ) -> Result<(), Rejected> {
+        let s = &self.shared;
+        if !s.accepting.load(Ordering::Acquire) {
+            return Err(Rejected::NotRunning);
+        }
+        s.published.fetch_add(1, Ordering::Relaxed);
+        s.dead_events.fetch_add(1, Ordering::Relaxed);
+        s.failed.fetch_add(1, Ordering::Relaxed);
+        let letter = DeadLetter {
+            event,
+            consumer,
+            attempts: 0,
+            errors,
+            at: SystemTime::now(),
+        };
+        for listener in s.dead_listeners.read().iter() {
+            listener(&letter);
+        }
+        s.dead.lock().push(letter);
+        Ok(())
     }
 
     /// Re-delivers an event to one lane only (dead-letter replay).
@@ -1646,6 +1783,7 @@ mod tests {
             needs_view: ViewNeeds::Nothing,
             ordered: false,
             honours_cut: true,
+            rule: None,
         }
     }
 

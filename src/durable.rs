@@ -541,6 +541,7 @@ mod tests {
                 needs_view: crate::dispatch::ViewNeeds::Nothing,
                 honours_cut: true,
                 ordered: false,
+                rule: None,
             },
             vec![Pattern::parse("**").unwrap()],
             None,

@@ -19,6 +19,7 @@ pub mod monitor;
 pub mod queue;
 pub mod retry;
 pub mod rules;
+pub mod schema;
 pub mod stats;
 pub mod storage;
 pub mod topic;

@@ -28,6 +28,7 @@ from mpm_events.errors import (
     InvalidRuleError,
     InvalidTopicError,
     PersistenceError,
+    SchemaValidationError,
 )
 
 # NOTE: the interfaces (abc classes and enums: ``enum`` alone costs several ms) and
@@ -95,6 +96,7 @@ __all__ = [
     "MetricsConsumer",
     "PersistenceError",
     "Rule",
+    "SchemaValidationError",
     "SocketIOConsumer",
     "SystemEventProducer",
     "__version__",

@@ -437,6 +437,14 @@ class ConsumerConfig:
             ``datetime`` (from the first event whose timestamp is at or after it; a
             naive datetime is taken as UTC). A name the log knows keeps its
             position; ``start`` is ignored then.
+        rule: A content rule (EventBridge event-pattern semantics, see
+            :class:`Rule` and docs/routing.md): a dict, its JSON text or a
+            ``Rule``. Matched in Rust against the event's ``to_dict()`` fields
+            (without ``metadata``) before the event enters this consumer's
+            queue; an event it does not match is counted ``filtered`` and never
+            delivered (on a shared log it is acknowledged). Checked here and at
+            subscribe: an invalid rule raises ``InvalidRuleError`` naming the
+            JSON path.
 
     The delay before retry ``n`` (1-based) is
     ``min(retry_delay * retry_backoff ** (n - 1), max_retry_delay)`` times a random
@@ -463,6 +471,7 @@ class ConsumerConfig:
     ordered: bool
     claim_timeout: float
     start: str | datetime
+    rule: Rule | dict[str, Any] | str | None
 
     def __init__(
         self,
@@ -484,6 +493,7 @@ class ConsumerConfig:
         ordered: bool = False,
         claim_timeout: float = 30.0,
         start: Literal["earliest", "latest"] | datetime | None = None,
+        rule: Rule | dict[str, Any] | str | None = None,
     ) -> None: ...
 
 @disjoint_base
@@ -825,12 +835,48 @@ class EventBus(IEventBus):
         ``id`` and ``entry_id`` in the log.
         """
 
+    def register_schema(
+        self,
+        topic_pattern: str,
+        schema: dict[str, Any] | str | type,
+        *,
+        on_invalid: Literal["raise", "dead_letter"] = "raise",
+    ) -> None:
+        """Checks the payload of every event published on topics matching
+        ``topic_pattern`` against a JSON Schema (draft 2020-12), in Rust.
+
+        ``schema`` is a JSON Schema dict (or its JSON text), or a pydantic model
+        class (its ``model_json_schema()``; pydantic is not imported otherwise).
+        ``$ref`` may point inside the schema only (nothing is fetched). A later
+        schema for the same pattern text replaces the earlier one; an event on a
+        topic several patterns match must pass all of them. Ready-made schemas for
+        the built-in producers' payloads are in ``mpm_events.schemas``.
+
+        With ``on_invalid="raise"``, publishing an invalid event raises
+        ``SchemaValidationError`` (naming the JSON path and the keyword that
+        failed) and accepts nothing; ``publish_batch`` checks every event first
+        and raises naming all the failing indexes (``failed``), accepting none.
+        With ``"dead_letter"`` (memory bus only), the event is accepted straight
+        into the dead letters (consumer ``"<schema>"``, the violations as its
+        errors) and never delivered. ``get_metrics()["schema_invalid"]`` counts
+        invalid events per topic.
+
+        Raises:
+            InvalidTopicError: The pattern is malformed.
+            ConsumerConfigError: The schema is not a valid JSON Schema, or
+                ``on_invalid`` is unknown (or ``"dead_letter"`` on a durable or
+                shared-log bus).
+            TypeError: ``schema`` is neither a dict nor a model class.
+        """
+
     def replay(
         self,
         since: datetime | None = None,
         until: datetime | None = None,
         topics: list[str] | str | None = None,
         to: IEventConsumer | str | None = None,
+        *,
+        rule: Rule | dict[str, Any] | str | None = None,
     ) -> Coroutine[Any, Any, int]:
         """Re-delivers stored events to one subscribed consumer (persistence only).
 
@@ -839,6 +885,8 @@ class EventBus(IEventBus):
         patterns ``topics`` (all if None) and queues them, in timestamp order, for
         ``to`` only, with their original ids; other consumers and live traffic are
         not affected. Resolves once all are queued (``join()`` waits for handling).
+        With ``rule``, only the events the content rule matches (see
+        :class:`Rule`) are queued.
         On a shared-log bus it reads the log's range (every process's events, in
         log order); what it queues is not acknowledged in the log.
 
@@ -850,6 +898,7 @@ class EventBus(IEventBus):
                 running.
             ValueError: ``to`` is not subscribed.
             InvalidTopicError: A pattern is malformed.
+            InvalidRuleError: ``rule`` is not a valid rule.
         """
 
     def persistence_stats(self) -> dict[str, Any]:
@@ -965,7 +1014,12 @@ class EventBus(IEventBus):
     def _persist_watermark(self) -> int: ...
     def _persist_redelivery_done(self) -> None: ...
     def _persist_replay_read(
-        self, since_us: int | None, until_us: int | None, topics: list[str] | None, to: str
+        self,
+        since_us: int | None,
+        until_us: int | None,
+        topics: list[str] | None,
+        to: str,
+        rule: Rule | dict[str, Any] | str | None = None,
     ) -> _StoredBatch: ...
     def _persist_push(self, batch: _StoredBatch) -> int: ...
     def _log_begin_stop(self) -> None: ...

@@ -14,6 +14,7 @@ __all__ = [
     "InvalidRuleError",
     "InvalidTopicError",
     "PersistenceError",
+    "SchemaValidationError",
 ]
 
 
@@ -35,6 +36,16 @@ class InvalidRuleError(EventBusError, ValueError):
 
 class ConsumerConfigError(EventBusError, ValueError):
     """A consumer or its configuration cannot be subscribed as given."""
+
+
+class SchemaValidationError(EventBusError, ValueError):
+    """A payload does not match the schema registered for its topic
+    (``EventBus.register_schema``); the message names the JSON path and the keyword
+    that failed, and ``errors`` lists every violation as dicts of ``path``,
+    ``keyword`` and ``message`` (``failed``: the indexes, for ``publish_batch``)."""
+
+    errors: list[dict[str, str]]
+    failed: list[int]
 
 
 class PersistenceError(EventBusError):

@@ -182,6 +182,14 @@ Args:
         ``datetime`` (from the first event whose timestamp is at or after it; a
         naive datetime is taken as UTC). A name the log knows keeps its
         position; ``start`` is ignored then.
+    rule: A content rule (EventBridge event-pattern semantics, see
+        :class:`Rule` and docs/routing.md): a dict, its JSON text or a
+        ``Rule``. Matched in Rust against the event's ``to_dict()`` fields
+        (without ``metadata``) before the event enters this consumer's
+        queue; an event it does not match is counted ``filtered`` and never
+        delivered (on a shared log it is acknowledged). Checked here and at
+        subscribe: an invalid rule raises ``InvalidRuleError`` naming the
+        JSON path.
 
 The delay before retry ``n`` (1-based) is
 ``min(retry_delay * retry_backoff ** (n - 1), max_retry_delay)`` times a random
@@ -489,6 +497,33 @@ On a shared-log bus: the dead letters kept in the log, of every consumer
 name and every process (``errors`` holds the last error only), with their
 ``id`` and ``entry_id`` in the log."#
     };
+    (EventBus, register_schema) => {
+        r#"Checks the payload of every event published on topics matching
+``topic_pattern`` against a JSON Schema (draft 2020-12), in Rust.
+
+``schema`` is a JSON Schema dict (or its JSON text), or a pydantic model
+class (its ``model_json_schema()``; pydantic is not imported otherwise).
+``$ref`` may point inside the schema only (nothing is fetched). A later
+schema for the same pattern text replaces the earlier one; an event on a
+topic several patterns match must pass all of them. Ready-made schemas for
+the built-in producers' payloads are in ``mpm_events.schemas``.
+
+With ``on_invalid="raise"``, publishing an invalid event raises
+``SchemaValidationError`` (naming the JSON path and the keyword that
+failed) and accepts nothing; ``publish_batch`` checks every event first
+and raises naming all the failing indexes (``failed``), accepting none.
+With ``"dead_letter"`` (memory bus only), the event is accepted straight
+into the dead letters (consumer ``"<schema>"``, the violations as its
+errors) and never delivered. ``get_metrics()["schema_invalid"]`` counts
+invalid events per topic.
+
+Raises:
+    InvalidTopicError: The pattern is malformed.
+    ConsumerConfigError: The schema is not a valid JSON Schema, or
+        ``on_invalid`` is unknown (or ``"dead_letter"`` on a durable or
+        shared-log bus).
+    TypeError: ``schema`` is neither a dict nor a model class."#
+    };
     (EventBus, replay) => {
         r#"Re-delivers stored events to one subscribed consumer (persistence only).
 
@@ -497,6 +532,8 @@ None for open; naive datetimes are UTC) whose topic matches one of the
 patterns ``topics`` (all if None) and queues them, in timestamp order, for
 ``to`` only, with their original ids; other consumers and live traffic are
 not affected. Resolves once all are queued (``join()`` waits for handling).
+With ``rule``, only the events the content rule matches (see
+:class:`Rule`) are queued.
 On a shared-log bus it reads the log's range (every process's events, in
 log order); what it queues is not acknowledged in the log.
 
@@ -507,7 +544,8 @@ Raises:
     RuntimeError: Persistence (or a shared log) is off, or the bus is not
         running.
     ValueError: ``to`` is not subscribed.
-    InvalidTopicError: A pattern is malformed."#
+    InvalidTopicError: A pattern is malformed.
+    InvalidRuleError: ``rule`` is not a valid rule."#
     };
     (EventBus, persistence_stats) => {
         r#"Counters of the event store: ``path``, ``durability``, ``stored_events``,

@@ -30,8 +30,15 @@ use std::net::IpAddr;
 
 use serde_json::{Map, Value};
 
+mod doc;
+mod index;
+mod lanes;
 #[cfg(test)]
 mod tests;
+
+pub use doc::{stored_doc, EventDoc, EVENT_FIELDS};
+pub use index::RuleSet;
+pub use lanes::LaneRules;
 
 /// Why a rule does not compile: where (a JSON path, `$` for the root) and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +67,9 @@ fn err<T>(path: &str, message: impl Into<String>) -> Result<T, RuleError> {
 /// A compiled rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
-    root: Node,
+    // NOTE: shared, so the combined matcher of every route holding a rule
+    // costs a pointer per rule, not a copy.
+    root: std::sync::Arc<Node>,
 }
 
 /// One object level of a rule: every field must match, and each `$or` group
@@ -295,7 +304,7 @@ impl Rule {
     pub fn compile(rule: &Value) -> Result<Rule, RuleError> {
         match rule {
             Value::Object(map) => Ok(Rule {
-                root: compile_node(map, "$")?,
+                root: std::sync::Arc::new(compile_node(map, "$")?),
             }),
             _ => err("$", "a rule must be a JSON object"),
         }
@@ -307,6 +316,17 @@ impl Rule {
             Value::Object(map) => self.root.matches(map),
             _ => self.root.matches(&Map::new()),
         }
+    }
+
+    /// Whether a document given by its top-level fields matches (an event's
+    /// fields without building the whole JSON object, see [`EventDoc`]).
+    pub fn matches_doc<D: Doc + ?Sized>(&self, doc: &D) -> bool {
+        self.root.matches(doc)
+    }
+
+    /// Whether the rule names `key` at the top level (in a field or a `$or`).
+    pub fn names_field(&self, key: &str) -> bool {
+        self.root.names(key)
     }
 }
 
@@ -579,13 +599,29 @@ fn compile_range(v: &Value, path: &str) -> Result<Range, RuleError> {
 // ---------------------------------------------------------------------------
 // Matching
 
+/// The top level of a document: its fields by name.
+pub trait Doc {
+    /// The value of the field `key`, if present.
+    fn field(&self, key: &str) -> Option<&Value>;
+}
+
+impl Doc for Map<String, Value> {
+    fn field(&self, key: &str) -> Option<&Value> {
+        self.get(key)
+    }
+}
+
 impl Node {
-    fn matches(&self, doc: &Map<String, Value>) -> bool {
-        self.fields.iter().all(|(k, f)| f.matches(doc.get(k)))
+    fn matches<D: Doc + ?Sized>(&self, doc: &D) -> bool {
+        self.fields.iter().all(|(k, f)| f.matches(doc.field(k)))
             && self
                 .ors
                 .iter()
                 .all(|group| group.iter().any(|n| n.matches(doc)))
+    }
+
+    fn names(&self, key: &str) -> bool {
+        self.fields.iter().any(|(k, _)| k == key) || self.ors.iter().flatten().any(|n| n.names(key))
     }
 }
 
@@ -648,45 +684,5 @@ impl Matcher {
                     .is_none_or(|s| !globs.iter().any(|g| g.matches(s))),
             },
         }
-    }
-}
-
-/// Many rules matched together: which of them match an event.
-///
-/// NOTE: rules are tried one after another, each stopping at its first
-/// failing field; compiling them into one automaton (as aws/event-ruler and
-/// Quamina do) is the next step once the benchmarks ask for it.
-#[derive(Debug, Clone, Default)]
-pub struct RuleSet {
-    rules: Vec<Rule>,
-}
-
-impl RuleSet {
-    /// Adds a rule; returns its index.
-    pub fn add(&mut self, rule: Rule) -> usize {
-        self.rules.push(rule);
-        self.rules.len() - 1
-    }
-
-    /// The indexes of the rules the event matches, ascending.
-    pub fn matching(&self, event: &Value) -> Vec<usize> {
-        let empty = Map::new();
-        let doc = event.as_object().unwrap_or(&empty);
-        self.rules
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.root.matches(doc))
-            .map(|(i, _)| i)
-            .collect()
-    }
-
-    /// How many rules it holds.
-    pub fn len(&self) -> usize {
-        self.rules.len()
-    }
-
-    /// True when it holds none.
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
     }
 }

@@ -268,3 +268,153 @@ fn rule_sets_say_which_rules_match() {
     assert_eq!(set.matching(&event()), vec![0, 2]);
     assert!(set.matching(&json!("not an object")).is_empty());
 }
+
+/// Random rules and documents over a small vocabulary, so that they often meet.
+mod random {
+    use super::*;
+
+    const KEYS: [&str; 4] = ["a", "b", "c", "topic"];
+    const WORDS: [&str; 6] = ["", "x", "xy", "Xy", "yx", "10.0.0.1"];
+
+    fn scalar(rng: &mut fastrand::Rng) -> Value {
+        match rng.u8(0..6) {
+            0 => json!(rng.i32(-2..3)),
+            1 => json!(rng.i32(-2..3) as f64 / 2.0),
+            2 => json!(rng.bool()),
+            3 => Value::Null,
+            _ => json!(WORDS[rng.usize(0..WORDS.len())]),
+        }
+    }
+
+    pub fn doc(rng: &mut fastrand::Rng, depth: u32) -> Value {
+        let mut m = Map::new();
+        for k in KEYS {
+            if rng.u8(0..3) == 0 {
+                continue;
+            }
+            let v = match rng.u8(0..6) {
+                0 if depth > 0 => doc(rng, depth - 1),
+                1 => Value::Array((0..rng.usize(0..3)).map(|_| scalar(rng)).collect()),
+                2 if depth > 0 => {
+                    Value::Array((0..rng.usize(0..3)).map(|_| doc(rng, depth - 1)).collect())
+                }
+                _ => scalar(rng),
+            };
+            m.insert(k.to_string(), v);
+        }
+        Value::Object(m)
+    }
+
+    fn word(rng: &mut fastrand::Rng) -> String {
+        WORDS[rng.usize(0..WORDS.len())].to_string()
+    }
+
+    fn matcher(rng: &mut fastrand::Rng) -> Value {
+        match rng.u8(0..14) {
+            0 => json!({"prefix": word(rng)}),
+            1 => json!({"suffix": word(rng)}),
+            2 => json!({"prefix": {"equals-ignore-case": word(rng)}}),
+            3 => json!({"suffix": {"equals-ignore-case": word(rng)}}),
+            4 => json!({"equals-ignore-case": word(rng)}),
+            5 => {
+                let g = ["x*", "*y", "x*y", "*", "xy", "*x*"][rng.usize(0..6)];
+                json!({ "wildcard": g })
+            }
+            6 => json!({"anything-but": [word(rng)]}),
+            7 => json!({"anything-but": {"prefix": word(rng)}}),
+            8 => json!({"numeric": [">=", rng.i32(-2..2), "<", rng.i32(2..4)]}),
+            9 => json!({"exists": rng.bool()}),
+            10 => json!({"cidr": "10.0.0.0/24"}),
+            11 => json!({"anything-but": rng.i32(-1..2)}),
+            _ => scalar(rng),
+        }
+    }
+
+    pub fn rule(rng: &mut fastrand::Rng, depth: u32) -> Value {
+        let mut m = Map::new();
+        let n = rng.usize(1..3);
+        for _ in 0..n {
+            let k = KEYS[rng.usize(0..KEYS.len())];
+            let v = if depth > 0 && rng.u8(0..4) == 0 {
+                rule(rng, depth - 1)
+            } else {
+                Value::Array((0..rng.usize(1..3)).map(|_| matcher(rng)).collect())
+            };
+            m.insert(k.to_string(), v);
+        }
+        if depth > 0 && rng.u8(0..5) == 0 {
+            m.insert(
+                "$or".into(),
+                Value::Array(vec![rule(rng, depth - 1), rule(rng, depth - 1)]),
+            );
+        }
+        Value::Object(m)
+    }
+}
+
+#[test]
+fn the_combined_matcher_matches_what_each_rule_alone_does() {
+    let (mut hits, mut checks) = (0usize, 0usize);
+    for seed in 0..200u64 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let rules: Vec<Rule> = (0..40)
+            .filter_map(|_| Rule::compile(&random::rule(&mut rng, 2)).ok())
+            .collect();
+        let mut set = RuleSet::default();
+        for r in &rules {
+            set.add(r.clone());
+        }
+        for _ in 0..50 {
+            let doc = random::doc(&mut rng, 2);
+            let alone: Vec<usize> = rules
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.matches(&doc))
+                .map(|(i, _)| i)
+                .collect();
+            assert_eq!(set.matching(&doc), alone, "seed {seed}, document {doc}");
+            hits += alone.len();
+            checks += rules.len();
+        }
+    }
+    // NOTE: the vocabulary is small enough that rules often match (a test of
+    // nothing matching would pass with any matcher).
+    assert!(hits * 20 > checks, "{hits} matches in {checks} checks");
+}
+
+#[test]
+fn most_rules_are_anchored() {
+    let mut set = RuleSet::default();
+    set.add(rule(json!({"data": {"tool": ["Bash"]}})));
+    set.add(rule(
+        json!({"topic": [{"prefix": "hook."}], "data": {"n": [{"numeric": [">", 1]}]}}),
+    ));
+    set.add(rule(
+        json!({"$or": [{"a": ["x"]}, {"b": [{"wildcard": "*.png"}]}]}),
+    ));
+    set.add(rule(json!({"a": [{"exists": false}]})));
+    assert_eq!(set.unanchored(), 1);
+    assert!(set.names_field("topic") && set.names_field("b") && !set.names_field("c"));
+}
+
+#[test]
+fn an_event_view_is_matched_as_its_document() {
+    use crate::event::EventView;
+    let view = EventView {
+        id: "e-1".into(),
+        topic: "hook.pre_tool".into(),
+        event_type: "PreToolUse".into(),
+        source: "hook_handler".into(),
+        timestamp: chrono::Utc::now(),
+        data: Some(json!({"tool": "Bash"})),
+        data_error: None,
+        correlation_id: None,
+        priority: 2,
+        meta: Default::default(),
+    };
+    let r =
+        rule(json!({"priority": ["HIGH"], "correlation_id": [null], "data": {"tool": ["Bash"]}}));
+    assert!(r.matches_doc(&EventDoc::of(&view, |_| true)));
+    // NOTE: fields the rules do not name are left out of the document.
+    assert!(!r.matches_doc(&EventDoc::of(&view, |k| k != "data")));
+}

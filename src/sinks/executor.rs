@@ -244,6 +244,7 @@ mod tests {
                 needs_view: ViewNeeds::FieldsAndData,
                 ordered: false,
                 honours_cut: false,
+                rule: None,
             },
             vec![Pattern::parse("**").unwrap()],
             None,

@@ -78,7 +78,9 @@ def _to_us(dt: Any, what: str) -> int | None:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-async def replay(bus: EventBus, since: Any, until: Any, topics: Any, to: Any) -> int:
+async def replay(
+    bus: EventBus, since: Any, until: Any, topics: Any, to: Any, rule: Any = None
+) -> int:
     """``EventBus.replay``: re-deliver stored events, in order, to one consumer."""
     if to is None:
         raise TypeError("replay() needs to= (a subscribed consumer or its name)")
@@ -91,7 +93,12 @@ async def replay(bus: EventBus, since: Any, until: Any, topics: Any, to: Any) ->
         topics = [topics]
     topics = list(topics) if topics is not None else None
     batch = await asyncio.to_thread(
-        bus._persist_replay_read, _to_us(since, "since"), _to_us(until, "until"), topics, name
+        bus._persist_replay_read,
+        _to_us(since, "since"),
+        _to_us(until, "until"),
+        topics,
+        name,
+        rule,
     )
     n = batch.remaining
     await _push_all(bus, batch)

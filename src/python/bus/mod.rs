@@ -6,6 +6,7 @@ pub mod delivery_log;
 pub mod log_direct;
 pub mod monitor;
 pub mod persistence;
+pub mod schemas;
 pub mod shared_log;
 
 use std::collections::HashMap;
@@ -85,6 +86,11 @@ fn as_event(event: &Bound<'_, PyAny>) -> PyResult<Py<Event>> {
 struct PrepMemo {
     route: Option<Arc<Route<AcceptedEvent>>>,
     view: ViewMemo,
+    /// The batch's first pass checked the schemas: these (index, violations)
+    /// go to the dead letters (a "dead_letter" schema).
+    checked: Option<Vec<(usize, crate::schema::Invalid)>>,
+    /// The event just prepared failed a "dead_letter" schema.
+    invalid: Option<crate::schema::Invalid>,
 }
 
 struct Subscribed {
@@ -136,6 +142,8 @@ pub struct EventBus {
     persist: Option<Arc<Persistence>>,
     /// `backend="sqlite:///..."`: the shared log this bus publishes to and reads from.
     shared_log: Option<Arc<SharedLogBus>>,
+    /// `register_schema`: payload schemas checked at publish.
+    schemas: crate::schema::Schemas,
 }
 
 impl EventBus {
@@ -210,9 +218,26 @@ impl EventBus {
         event: &Bound<'_, PyAny>,
         done: crate::durable::Answer,
     ) -> PyResult<Result<(), String>> {
+        self.accept_durable_checked(p, event, done, false)
+    }
+
+    /// [`EventBus::accept_durable`]; `checked`: the batch's first pass checked the
+    /// schemas already (register_schema refuses "dead_letter" schemas on a durable
+    /// bus, so an invalid payload raises).
+    fn accept_durable_checked(
+        &self,
+        p: &Arc<Persistence>,
+        event: &Bound<'_, PyAny>,
+        done: crate::durable::Answer,
+        checked: bool,
+    ) -> PyResult<Result<(), String>> {
         let py = event.py();
         let owned = as_event(event)?;
-        let (eref, route) = self.prepare_event(py, owned, Utc::now(), &mut PrepMemo::default())?;
+        let mut memo = PrepMemo {
+            checked: checked.then(Vec::new),
+            ..PrepMemo::default()
+        };
+        let (eref, route) = self.prepare_event(py, owned, Utc::now(), &mut memo)?;
         self.submit_durable(py, p, eref, route, done)
     }
 
@@ -252,7 +277,7 @@ impl EventBus {
             let e = owned.into_bound(py).into_any();
             let lp = event_loop.as_ref().map(|l| l.clone_ref(py));
             aws.push(persist::publish(p, py, lp, |done| {
-                self.accept_durable(p, &e, done)
+                self.accept_durable_checked(p, &e, done, true)
             })?);
         }
         py_api::count_true(py, (aws,)).map(Bound::unbind)
@@ -269,6 +294,7 @@ impl EventBus {
         // NOTE: sized up front: growing a million-entry Vec by doubling showed up as
         // reallocation copies and fresh pages in the W6 profile.
         let mut owned_events: Vec<Py<Event>> = Vec::with_capacity(events.len().unwrap_or(0));
+        let mut invalid = Vec::new();
         for (i, e) in events
             .try_iter()
             .map_err(|_| event_error("publish_batch() expects an iterable of events"))?
@@ -287,8 +313,39 @@ impl EventBus {
                 Err(_) => Py::new(py, Event::from_foreign(&e).map_err(context)?)?,
             };
             self.check_event(py, &owned, memo).map_err(context)?;
+            if !self.schemas.is_empty() {
+                let e = owned.borrow(py);
+                let topic = e.topic.bind(py).to_cow()?;
+                let list = self.schemas.for_topic(&topic);
+                if !list.is_empty() {
+                    let value = crate::python::model::event_payload_json(py, &e).map_err(|err| {
+                        event_error(format!(
+                            "publish_batch(): event #{i}: the payload cannot be validated as JSON: {err}"
+                        ))
+                    })?;
+                    if let Some(inv) = self.schemas.check(&topic, &list, &value) {
+                        invalid.push((i, inv));
+                    }
+                }
+            }
             owned_events.push(owned);
         }
+        // NOTE: every event is checked, so the error names all that fail.
+        if invalid
+            .iter()
+            .any(|(_, inv)| inv.on_invalid == crate::schema::OnInvalid::Raise)
+        {
+            let failed: Vec<usize> = invalid.iter().map(|(i, _)| *i).collect();
+            let (first, inv) = &invalid[0];
+            let err = crate::python::runtime::errors::schema_error(
+                py,
+                &format!("publish_batch(): event #{first} (of failing events {failed:?})"),
+                &inv.violations,
+            );
+            let _ = err.value(py).setattr("failed", failed);
+            return Err(err);
+        }
+        memo.checked = Some(invalid);
         Ok(owned_events)
     }
 
@@ -347,8 +404,12 @@ impl EventBus {
                 &mut memo.view,
             )?));
         }
-        // NOTE: issue 14's monitor: one relaxed load while nobody watches.
-        if self.shared.monitor.watching() {
+        if memo.checked.is_none() {
+            memo.invalid = schemas::check_accepted(py, &self.schemas, &eref)?;
+        }
+        // NOTE: issue 14's monitor: one relaxed load while nobody watches. An event
+        // its schema refuses is not shown (it is raised or dead-lettered instead).
+        if memo.invalid.is_none() && self.shared.monitor.watching() {
             self.shared.monitor.tap_event(py, &mut eref);
         }
         Ok((eref, route))
@@ -379,7 +440,11 @@ impl EventBus {
     pub(crate) fn accept(&self, event: &Bound<'_, PyAny>) -> PyResult<Result<(), Rejected>> {
         let py = event.py();
         let owned = as_event(event)?;
-        let eref = self.prepare_event(py, owned, Utc::now(), &mut PrepMemo::default())?;
+        let mut memo = PrepMemo::default();
+        let eref = self.prepare_event(py, owned, Utc::now(), &mut memo)?;
+        if let Some(inv) = memo.invalid {
+            return Ok(self.dead_letter_invalid(py, eref.0, &inv));
+        }
         Ok(self.dispatch(py, eref.0, &eref.1))
     }
 
@@ -425,6 +490,9 @@ impl EventBus {
                 route.needs_view == ViewNeeds::FieldsAndData,
             )?));
         }
+        if let Some(inv) = schemas::check_accepted(py, &self.schemas, &eref)? {
+            return Ok(self.dead_letter_invalid(py, eref, &inv).is_ok());
+        }
         if self.shared.monitor.watching() {
             self.shared.monitor.tap_event(py, &mut eref);
         }
@@ -444,6 +512,25 @@ impl EventBus {
         }
     }
 
+    /// Accepts an event whose payload failed a "dead_letter" schema into the dead
+    /// letters (never delivered).
+    fn dead_letter_invalid(
+        &self,
+        py: Python<'_>,
+        eref: AcceptedEvent,
+        inv: &crate::schema::Invalid,
+    ) -> Result<(), Rejected> {
+        let result = self.shared.engine.dead_letter_now(
+            Arc::new(eref),
+            schemas::SCHEMA_CONSUMER.into(),
+            schemas::letter_errors(inv),
+        );
+        if result == Err(Rejected::NotRunning) {
+            self.warn_not_running(py);
+        }
+        result
+    }
+
     /// Hands an accepted event to the engine.
     fn dispatch(
         &self,
@@ -451,7 +538,7 @@ impl EventBus {
         eref: AcceptedEvent,
         route: &Route<AcceptedEvent>,
     ) -> Result<(), Rejected> {
-        let result = self.shared.engine.publish_to(Arc::new(eref), &route.lanes);
+        let result = self.shared.engine.publish_route(Arc::new(eref), route);
         match result {
             Ok(()) => {
                 self.shared
@@ -619,6 +706,7 @@ impl EventBus {
             enable_persistence,
             persist,
             shared_log,
+            schemas: Default::default(),
         })
     }
 
@@ -756,11 +844,22 @@ impl EventBus {
         // NOTE: handed to the engine in slices, so consumers start on the first
         // slice while the rest is being prepared.
         let mut accepted = 0usize;
-        let mut rest = owned_events.into_iter().peekable();
+        let mut dead: std::collections::VecDeque<(usize, crate::schema::Invalid)> =
+            memo.checked.take().unwrap_or_default().into();
+        // NOTE: Some(empty): the first pass checked the schemas already.
+        memo.checked = Some(Vec::new());
+        let mut rest = owned_events.into_iter().enumerate().peekable();
         while rest.peek().is_some() {
             let mut slice = Vec::with_capacity(PUBLISH_SLICE);
-            for owned in rest.by_ref().take(PUBLISH_SLICE) {
+            for (i, owned) in rest.by_ref().take(PUBLISH_SLICE) {
                 let (eref, route) = self.prepare_event(py, owned, now, &mut memo)?;
+                if dead.front().is_some_and(|(j, _)| *j == i) {
+                    let (_, inv) = dead.pop_front().expect("front");
+                    if self.dead_letter_invalid(py, eref, &inv).is_ok() {
+                        accepted += 1;
+                    }
+                    continue;
+                }
                 slice.push((Arc::new(eref), route));
             }
             let (n, refused) = self.shared.engine.publish_many(slice);
@@ -821,6 +920,11 @@ impl EventBus {
         d.set_item("events_dead_lettered", c.dead_lettered)?;
         d.set_item("events_pending_in_store", c.released)?;
         d.set_item("events_failed", c.failed)?;
+        let invalid = PyDict::new(py);
+        for (topic, n) in self.schemas.invalid_counts() {
+            invalid.set_item(topic, n)?;
+        }
+        d.set_item("schema_invalid", invalid)?;
         d.set_item("events_dropped", c.dropped)?;
         d.set_item("consumers_active", consumers.len())?;
         d.set_item("queue_size", c.queued)?;
@@ -1192,6 +1296,7 @@ impl EventBus {
             needs_view,
             honours_cut,
             ordered: spec.ordered,
+            rule: spec.rule.clone(),
         };
         let lane = self
             .shared
@@ -1294,16 +1399,38 @@ impl EventBus {
 
     // ----- persistence (see persist.rs and docs/persistence.md) -----
 
+    #[doc = stub_doc!(EventBus, register_schema)]
+    #[pyo3(signature = (topic_pattern, schema, *, on_invalid="raise"))]
+    fn register_schema(
+        &self,
+        topic_pattern: &str,
+        schema: &Bound<'_, PyAny>,
+        on_invalid: &str,
+    ) -> PyResult<()> {
+        if on_invalid == "dead_letter" && (self.persist.is_some() || self.shared_log.is_some()) {
+            return Err(crate::python::runtime::errors::config_error(
+                "register_schema(): on_invalid=\"dead_letter\" is not supported on a durable or \
+                 shared-log bus yet (use \"raise\")",
+            ));
+        }
+        schemas::register(&self.schemas, topic_pattern, schema, on_invalid)
+    }
+
     #[doc = stub_doc!(EventBus, replay)]
-    #[pyo3(signature = (since=None, until=None, topics=None, to=None))]
+    #[pyo3(signature = (since=None, until=None, topics=None, to=None, *, rule=None))]
     fn replay<'py>(
         slf: &Bound<'py, Self>,
         since: Option<&Bound<'py, PyAny>>,
         until: Option<&Bound<'py, PyAny>>,
         topics: Option<&Bound<'py, PyAny>>,
         to: Option<&Bound<'py, PyAny>>,
+        rule: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        py_api::replay(slf.py(), (slf, since, until, topics, to))
+        // NOTE: compiled here so a bad rule raises at the call, not in the coroutine.
+        if let Some(r) = rule.filter(|r| !r.is_none()) {
+            crate::python::model::rule::compile_rule(r, "replay(): rule")?;
+        }
+        py_api::replay(slf.py(), (slf, since, until, topics, to, rule))
     }
 
     #[doc = stub_doc!(EventBus, persistence_stats)]
@@ -1359,6 +1486,7 @@ impl EventBus {
         self.persist()?.watermark()
     }
 
+    #[pyo3(signature = (since_us, until_us, topics, to, rule=None))]
     fn _persist_replay_read(
         &self,
         py: Python<'_>,
@@ -1366,7 +1494,15 @@ impl EventBus {
         until_us: Option<i64>,
         topics: Option<Vec<String>>,
         to: String,
+        rule: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<persist::StoredBatch> {
+        let rule = match rule.filter(|r| !r.is_none()) {
+            Some(r) => Some(crate::python::model::rule::compile_rule(
+                r,
+                "replay(): rule",
+            )?),
+            None => None,
+        };
         let patterns = topics
             .clone()
             .unwrap_or_default()
@@ -1375,10 +1511,16 @@ impl EventBus {
                 crate::topic::Pattern::parse(t).map_err(crate::python::runtime::errors::topic_error)
             })
             .collect::<PyResult<Vec<_>>>()?;
-        if let Some(l) = &self.shared_log {
-            return l.replay_read(py, since_us, until_us, topics, to);
+        let batch = match &self.shared_log {
+            Some(l) => l.replay_read(py, since_us, until_us, topics, to)?,
+            None => self
+                .persist()?
+                .replay(py, since_us, until_us, patterns, to)?,
+        };
+        if let Some(rule) = &rule {
+            py.detach(|| batch.retain_matching(rule));
         }
-        self.persist()?.replay(py, since_us, until_us, patterns, to)
+        Ok(batch)
     }
 
     fn _persist_push(

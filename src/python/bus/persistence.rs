@@ -439,6 +439,13 @@ pub struct StoredBatch {
 }
 
 impl StoredBatch {
+    /// Keeps only the rows whose event `rule` matches (`replay(rule=)`).
+    pub fn retain_matching(&self, rule: &crate::rules::Rule) {
+        self.rows
+            .lock()
+            .retain(|(e, _)| rule.matches_doc(&crate::rules::stored_doc(e)));
+    }
+
     /// A replay of `rows`, all for consumer `to`.
     pub fn for_replay(rows: Vec<StoredEvent>, to: &str) -> StoredBatch {
         StoredBatch {
@@ -490,7 +497,7 @@ pub fn push_rows(
         }
         let need = lanes
             .iter()
-            .map(|l| l.config.needs_view)
+            .map(|l| l.config.copy_needs())
             .max()
             .unwrap_or_default();
         if need != ViewNeeds::Nothing {

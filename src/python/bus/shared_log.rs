@@ -263,7 +263,8 @@ impl LaneReader {
             let topic = route.topic.clone();
             let (mut eref, ()) = AcceptedEvent::accept(py, obj, Utc::now(), |_| Ok((topic, ())))?;
             eref.durable = Some(StoredRef::log_entry(self.clone() as Arc<dyn LogAcker>, id));
-            let need = lane.config.needs_view;
+            // NOTE: the lane's rule, if any, reads the view (`Engine::publish_to`).
+            let need = lane.config.copy_needs();
             if need != ViewNeeds::Nothing {
                 eref.view = Some(Arc::new(build_view(
                     py,
@@ -1030,7 +1031,11 @@ fn accept_for_log(
     event: &Bound<'_, PyAny>,
 ) -> PyResult<AcceptedEvent> {
     let owned = super::as_event(event)?;
-    accept_owned(bus, py, owned)
+    let eref = accept_owned(bus, py, owned)?;
+    // NOTE: register_schema refuses "dead_letter" schemas on a shared-log bus,
+    // so an invalid payload raises here.
+    super::schemas::check_accepted(py, &bus.schemas, &eref)?;
+    Ok(eref)
 }
 
 fn accept_owned(

@@ -324,4 +324,8 @@ impl EventLike for AcceptedEvent {
     fn on_failure(&self, consumer: &Arc<str>, error: &str) {
         self.meta.lock().record_failure(consumer, error);
     }
+
+    fn rule_view(&self) -> Option<&crate::event::EventView> {
+        self.view.as_deref()
+    }
 }

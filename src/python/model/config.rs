@@ -8,6 +8,7 @@ use pyo3::types::PyString;
 
 use crate::backend::StartAt;
 use crate::python::convert::priority::{consumer_priority_member, read_consumer_priority};
+use crate::python::model::rule::compile_rule;
 use crate::python::runtime::errors::{config_error, topic_error};
 use crate::retry::RetryPolicy;
 use crate::topic::Pattern;
@@ -48,12 +49,14 @@ pub struct ConsumerConfig {
     claim_timeout: f64,
     #[pyo3(get, set)]
     start: Py<PyAny>,
+    #[pyo3(get, set)]
+    rule: Py<PyAny>,
 }
 
 #[pymethods]
 impl ConsumerConfig {
     #[new]
-    #[pyo3(signature = (name, topics=None, topic_pattern=None, priority=None, batch_size=1, batch_timeout=0.0, max_retries=3, retry_backoff=1.0, error_handler=None, filter_func=None, transform_func=None, *, retry_delay=0.1, max_retry_delay=30.0, timeout=30.0, ordered=false, claim_timeout=30.0, start=None))]
+    #[pyo3(signature = (name, topics=None, topic_pattern=None, priority=None, batch_size=1, batch_timeout=0.0, max_retries=3, retry_backoff=1.0, error_handler=None, filter_func=None, transform_func=None, *, retry_delay=0.1, max_retry_delay=30.0, timeout=30.0, ordered=false, claim_timeout=30.0, start=None, rule=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -74,6 +77,7 @@ impl ConsumerConfig {
         ordered: bool,
         claim_timeout: f64,
         start: Option<Bound<'_, PyAny>>,
+        rule: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let priority = match priority {
             Some(p) if !p.is_none() => read_consumer_priority(p)?,
@@ -92,7 +96,15 @@ impl ConsumerConfig {
             .unwrap_or_default();
         check_claim_timeout(claim_timeout, &label)?;
         read_start(&start, &label)?;
+        let rule = match rule {
+            Some(r) if !r.is_none() => {
+                compile_rule(&r, &format!("consumer {label:?}: rule"))?;
+                r.unbind()
+            }
+            _ => none(),
+        };
         Ok(ConsumerConfig {
+            rule,
             name,
             topics: topics.unwrap_or_else(none),
             topic_pattern: topic_pattern.unwrap_or_else(none),
@@ -136,7 +148,7 @@ impl ConsumerConfig {
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         Ok(format!(
-            "ConsumerConfig(name={}, topics={}, priority={}, batch_size={}, batch_timeout={}, max_retries={}, retry_backoff={}, retry_delay={}, max_retry_delay={}, timeout={}, ordered={}, claim_timeout={}, start={})",
+            "ConsumerConfig(name={}, topics={}, priority={}, batch_size={}, batch_timeout={}, max_retries={}, retry_backoff={}, retry_delay={}, max_retry_delay={}, timeout={}, ordered={}, claim_timeout={}, start={}, rule={})",
             self.name.bind(py).repr()?,
             self.topics.bind(py).repr()?,
             ["CRITICAL", "HIGH", "NORMAL", "LOW", "DEFERRED"][(self.priority - 1) as usize],
@@ -149,7 +161,8 @@ impl ConsumerConfig {
             self.timeout,
             if self.ordered { "True" } else { "False" },
             self.claim_timeout,
-            self.start.bind(py).repr()?
+            self.start.bind(py).repr()?,
+            self.rule.bind(py).repr()?
         ))
     }
 }
@@ -173,6 +186,8 @@ pub struct ConsumerSpec {
     pub claim_timeout: Duration,
     /// Shared-log consumers: where a consumer name new to the log starts.
     pub start: StartAt,
+    /// The content rule, compiled.
+    pub rule: Option<crate::rules::Rule>,
 }
 
 /// `claim_timeout` must be a finite number of seconds, at least 0.03 (the group
@@ -358,6 +373,10 @@ impl ConsumerSpec {
             Ok(v) => read_start(&v, &name)?,
             Err(_) => StartAt::Earliest,
         };
+        let rule = match config.getattr("rule") {
+            Ok(r) if !r.is_none() => Some(compile_rule(&r, &format!("consumer {name:?}: rule"))?),
+            _ => None,
+        };
         if timeout.is_zero() {
             return Err(config_error(format!(
                 "consumer {name:?}: timeout must be > 0"
@@ -379,6 +398,7 @@ impl ConsumerSpec {
             ordered,
             claim_timeout,
             start,
+            rule,
         })
     }
 }

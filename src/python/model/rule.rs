@@ -60,6 +60,17 @@ impl Rule {
     }
 }
 
+/// A rule given as a `Rule`, a dict or a JSON string, compiled; an invalid one
+/// raises `InvalidRuleError` saying `what` it was given for.
+pub(crate) fn compile_rule(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<crate::rules::Rule> {
+    if let Ok(r) = obj.cast::<Rule>() {
+        return Ok(r.get().rule.clone());
+    }
+    Rule::new(obj)
+        .map(|r| r.rule)
+        .map_err(|e| InvalidRuleError::new_err(format!("{what}: {}", e.value(obj.py()))))
+}
+
 /// A rule given as Python objects must be plain JSON (dict with str keys, list,
 /// str, int, float, bool, None): anything else is refused with its path, rather
 /// than matched as its `str()` as payloads are.

@@ -101,3 +101,25 @@ pub fn build_view_with(
         meta: eref.meta.clone(),
     })
 }
+
+/// An accepted event's payload as JSON (for schema validation), or why it is not JSON.
+pub fn payload_json(py: Python<'_>, eref: &AcceptedEvent) -> Result<Value, String> {
+    match eref.origin(py) {
+        Origin::Object(e) => event_payload_json(py, &e.borrow(py)),
+        Origin::Parts(p) => match &p.data {
+            PartsData::Packed(json) => serde_json::from_str(json).map_err(|err| err.to_string()),
+            PartsData::Object(o) => to_json(o.bind(py), 0),
+        },
+    }
+}
+
+/// An `Event`'s payload as JSON, or why it is not JSON.
+pub fn event_payload_json(
+    py: Python<'_>,
+    e: &crate::python::model::event::Event,
+) -> Result<Value, String> {
+    match &e.data {
+        Payload::Packed(json, _) => serde_json::from_str(json).map_err(|err| err.to_string()),
+        Payload::Object(o) => to_json(o.bind(py), 0),
+    }
+}

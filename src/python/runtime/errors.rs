@@ -11,6 +11,37 @@ pyo3::import_exception!(mpm_events.errors, InvalidEventError);
 pyo3::import_exception!(mpm_events.errors, ConsumerConfigError);
 pyo3::import_exception!(mpm_events.errors, PersistenceError);
 pyo3::import_exception!(mpm_events.errors, InvalidRuleError);
+pyo3::import_exception!(mpm_events.errors, SchemaValidationError);
+
+/// A payload that fails its schema: `SchemaValidationError` (a `ValueError`)
+/// naming the first violation's JSON path and keyword; `errors` holds them all
+/// (dicts of `path`, `keyword`, `message`). `context` says which event.
+pub fn schema_error(
+    py: Python<'_>,
+    context: &str,
+    violations: &[crate::schema::Violation],
+) -> PyErr {
+    let more = match violations.len() {
+        0 | 1 => String::new(),
+        n => format!(" (and {} more)", n - 1),
+    };
+    let first = violations
+        .first()
+        .map_or_else(|| "invalid".to_string(), |v| v.to_string());
+    let err = SchemaValidationError::new_err(format!(
+        "{context} does not match its schema: {first}{more}"
+    ));
+    let list = pyo3::types::PyList::empty(py);
+    for v in violations {
+        let d = pyo3::types::PyDict::new(py);
+        let _ = d.set_item("path", &v.path);
+        let _ = d.set_item("keyword", &v.keyword);
+        let _ = d.set_item("message", &v.message);
+        let _ = list.append(d);
+    }
+    let _ = err.value(py).setattr("errors", list);
+    err
+}
 
 /// A malformed topic or pattern: `InvalidTopicError` (a `ValueError`).
 pub fn topic_error(e: TopicError) -> PyErr {

@@ -42,7 +42,7 @@ python_functions! {
     join = "mpm_events._bus"."join";
     /// `(bus, timeout)`: `EventBus.stop`'s coroutine.
     stop = "mpm_events._bus"."stop";
-    /// `(bus, since, until, topics, to)`: `EventBus.replay`'s coroutine.
+    /// `(bus, since, until, topics, to, rule)`: `EventBus.replay`'s coroutine.
     replay = "mpm_events._bus"."replay";
     /// `(bus, names, watermark)`: redeliver unacknowledged stored events at start.
     start_redelivery = "mpm_events._bus"."start_redelivery";
