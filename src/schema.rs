@@ -129,11 +129,14 @@ pub struct Invalid {
 
 const CACHE_LIMIT: usize = 8192;
 
+/// The schemas that apply to a topic, in registration order.
+pub type TopicSchemas = Arc<[Arc<Schema>]>;
+
 /// The schemas of one bus.
 #[derive(Debug, Default)]
 pub struct Schemas {
     all: RwLock<Vec<Arc<Schema>>>,
-    by_topic: Mutex<HashMap<Box<str>, Arc<[Arc<Schema>]>>>,
+    by_topic: Mutex<HashMap<Box<str>, TopicSchemas>>,
     invalid: Mutex<HashMap<Box<str>, u64>>,
     count: AtomicU64,
 }
