@@ -90,11 +90,15 @@ def test_the_rust_matcher_equals_the_reference(rule: dict[str, Any], doc: dict[s
     assert Rule(rule).matches(doc) == reference(rule, doc), (rule, doc)
 
 
-async def _routed(rule_list: list[dict[str, Any]], payloads: list[dict[str, Any]]) -> list[list[int]]:
+async def _routed(
+    rule_list: list[dict[str, Any]], payloads: list[dict[str, Any]]
+) -> list[list[int]]:
     """Which payloads (by index) each consumer with one of ``rule_list`` (on ``data``)
     gets, half published as events and half through the compiled producer."""
     bus = EventBus()
-    recs = [Recorder(f"r{i}", topics=["hook.**"], rule={"data": r}) for i, r in enumerate(rule_list)]
+    recs = [
+        Recorder(f"r{i}", topics=["hook.**"], rule={"data": r}) for i, r in enumerate(rule_list)
+    ]
     for rec in recs:
         await bus.subscribe(rec)
     await bus.start()
