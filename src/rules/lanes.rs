@@ -3,7 +3,7 @@
 
 use serde_json::Map;
 
-use super::{EventDoc, Rule, RuleSet, EVENT_FIELDS};
+use super::{EventDoc, Projection, Rule, RuleSet, EVENT_FIELDS};
 use crate::event::EventView;
 
 /// The rules of a route's lanes, matched together.
@@ -16,6 +16,8 @@ pub struct LaneRules {
     open: Vec<usize>,
     /// The event fields some rule names (the only ones copied into the document).
     fields: Vec<&'static str>,
+    /// What the rules read of the payload (None when no rule names `data`).
+    data: Option<Projection>,
 }
 
 impl LaneRules {
@@ -24,15 +26,18 @@ impl LaneRules {
         let mut set = RuleSet::default();
         let mut lane_of = Vec::new();
         let mut open = Vec::new();
+        let mut all = Vec::new();
         for (i, rule) in rules.enumerate() {
             match rule {
                 Some(r) => {
                     set.add(r.clone());
+                    all.push(r);
                     lane_of.push(i);
                 }
                 None => open.push(i),
             }
         }
+        let data = Projection::of_field("data", all);
         if set.is_empty() {
             return None;
         }
@@ -45,7 +50,15 @@ impl LaneRules {
             lane_of,
             open,
             fields,
+            data,
         })
+    }
+
+    /// What the rules read of the payload: a view whose `data` is the payload
+    /// cut down to it ([`Projection::project`]) is matched exactly as one with
+    /// the whole payload. None when no rule names `data`.
+    pub fn data_projection(&self) -> Option<&Projection> {
+        self.data.as_ref()
     }
 
     /// One flag per lane of the route (`lanes` of them): whether it takes the

@@ -33,12 +33,14 @@ use serde_json::{Map, Value};
 mod doc;
 mod index;
 mod lanes;
+mod project;
 #[cfg(test)]
 mod tests;
 
 pub use doc::{stored_doc, EventDoc, EVENT_FIELDS};
 pub use index::RuleSet;
 pub use lanes::LaneRules;
+pub use project::Projection;
 
 /// Why a rule does not compile: where (a JSON path, `$` for the root) and what.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -418,3 +418,28 @@ fn an_event_view_is_matched_as_its_document() {
     // NOTE: fields the rules do not name are left out of the document.
     assert!(!r.matches_doc(&EventDoc::of(&view, |k| k != "data")));
 }
+
+#[test]
+fn a_payload_cut_to_what_the_rules_read_matches_alike() {
+    let mut hits = 0usize;
+    for seed in 0..200u64 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let rules: Vec<Rule> = (0..20)
+            .filter_map(|_| Rule::compile(&json!({"data": random::rule(&mut rng, 2)})).ok())
+            .collect();
+        let Some(p) = Projection::of_field("data", &rules) else {
+            continue;
+        };
+        for _ in 0..30 {
+            let data = random::doc(&mut rng, 2);
+            let cut = p.project(&data);
+            assert_eq!(p.parse(&data.to_string()).unwrap(), cut, "seed {seed}");
+            let (whole, cut) = (json!({"data": data}), json!({"data": cut}));
+            for r in &rules {
+                assert_eq!(r.matches(&whole), r.matches(&cut), "seed {seed}, {whole}");
+                hits += r.matches(&whole) as usize;
+            }
+        }
+    }
+    assert!(hits > 1000, "{hits} matches");
+}

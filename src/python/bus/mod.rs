@@ -25,7 +25,7 @@ use crate::dispatch::{Engine, Executor, Lane, LaneConfig, Rejected, Route, ViewN
 use crate::python::consumers::SinkConsumer;
 use crate::python::exec::{Inbox, LoopExecutor, PyConsumer, ThreadExecutor};
 use crate::python::model::ConsumerSpec;
-use crate::python::model::{build_view, build_view_with, ViewMemo};
+use crate::python::model::{build_view, build_view_with, DataCopy, ViewMemo};
 use crate::python::model::{AcceptedEvent, Event, EventParts, PartsData};
 use crate::python::runtime::awaitable::Ready;
 use crate::python::runtime::errors::event_error;
@@ -396,16 +396,12 @@ impl EventBus {
         if route.any_plain {
             crate::python::model::pack_payload(py, eref.event(py)?);
         }
+        let copy = data_copy(&route);
         if route.needs_view != ViewNeeds::Nothing {
-            eref.view = Some(Arc::new(build_view_with(
-                py,
-                &eref,
-                route.needs_view == ViewNeeds::FieldsAndData,
-                &mut memo.view,
-            )?));
+            eref.view = Some(Arc::new(build_view_with(py, &eref, copy, &mut memo.view)?));
         }
         if memo.checked.is_none() {
-            memo.invalid = schemas::check_accepted(py, &self.schemas, &eref)?;
+            memo.invalid = schemas::check_accepted_with(py, &self.schemas, &eref, copy.is_whole())?;
         }
         // NOTE: issue 14's monitor: one relaxed load while nobody watches. An event
         // its schema refuses is not shown (it is raised or dead-lettered instead).
@@ -483,14 +479,17 @@ impl EventBus {
         };
         let mut eref =
             AcceptedEvent::from_parts(route.topic.clone(), priority, make(data), Utc::now());
+        let copy = data_copy(&route);
         if route.needs_view != ViewNeeds::Nothing {
-            eref.view = Some(Arc::new(build_view(
+            eref.view = Some(Arc::new(build_view_with(
                 py,
                 &eref,
-                route.needs_view == ViewNeeds::FieldsAndData,
+                copy,
+                &mut ViewMemo::default(),
             )?));
         }
-        if let Some(inv) = schemas::check_accepted(py, &self.schemas, &eref)? {
+        if let Some(inv) = schemas::check_accepted_with(py, &self.schemas, &eref, copy.is_whole())?
+        {
             return Ok(self.dead_letter_invalid(py, eref, &inv).is_ok());
         }
         if self.shared.monitor.watching() {
@@ -1765,4 +1764,22 @@ pub fn init_pymodule(m: &Bound<'_, pyo3::types::PyModule>) -> PyResult<()> {
     m.add_class::<persistence::StoredBatch>()?;
     log_direct::init_pymodule(m)?;
     Ok(())
+}
+
+/// How much of the payload routing copies for `route`: all of it when a Rust
+/// sink on it reads the payload, else what its consumers' rules read of it.
+fn data_copy(route: &Route<AcceptedEvent>) -> DataCopy<'_> {
+    if route.needs_view != ViewNeeds::FieldsAndData {
+        return DataCopy::Nothing;
+    }
+    // NOTE: the route needs the payload for a sink or for a rule; only the rules
+    // can do with the parts they read (issue 15, W1r).
+    let sink_reads = route
+        .lanes
+        .iter()
+        .any(|l| l.config.needs_view == ViewNeeds::FieldsAndData);
+    match route.rules.as_ref().and_then(|r| r.data_projection()) {
+        Some(p) if !sink_reads => DataCopy::ForRules(p),
+        _ => DataCopy::Whole,
+    }
 }

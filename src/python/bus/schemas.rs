@@ -94,7 +94,23 @@ pub fn check_accepted(
     schemas: &Schemas,
     eref: &AcceptedEvent,
 ) -> PyResult<Option<Invalid>> {
-    if let Some(data) = eref.view.as_ref().and_then(|v| v.data.as_ref()) {
+    check_accepted_with(py, schemas, eref, true)
+}
+
+/// [`check_accepted`], told whether the view's payload copy (if any) is the
+/// whole payload (not the parts rules read, see `DataCopy::ForRules`).
+pub fn check_accepted_with(
+    py: Python<'_>,
+    schemas: &Schemas,
+    eref: &AcceptedEvent,
+    view_data_whole: bool,
+) -> PyResult<Option<Invalid>> {
+    let whole = eref
+        .view
+        .as_ref()
+        .and_then(|v| v.data.as_ref())
+        .filter(|_| view_data_whole);
+    if let Some(data) = whole {
         return check(py, schemas, &eref.topic, || Ok(data.clone()), "the event");
     }
     check(

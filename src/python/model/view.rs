@@ -5,6 +5,7 @@ use crate::event::EventView;
 use crate::python::convert::json::*;
 use crate::python::model::accepted::{hook_source, AcceptedEvent, Origin, PartsData};
 use crate::python::model::event::Payload;
+use crate::rules::Projection;
 use chrono::{DateTime, Utc};
 use pyo3::prelude::*;
 use serde_json::Value;
@@ -29,31 +30,62 @@ pub(crate) fn interned(slot: &mut Option<Arc<str>>, text: &str) -> Arc<str> {
     }
 }
 
-/// Payload limits for packing: deeper or larger payloads stay Python objects.
-/// Copies an event's fields (and, if `with_data`, its payload) for sinks.
-pub fn build_view(py: Python<'_>, eref: &AcceptedEvent, with_data: bool) -> PyResult<EventView> {
-    build_view_with(py, eref, with_data, &mut ViewMemo::default())
+/// How much of the payload a view copies.
+#[derive(Clone, Copy)]
+pub enum DataCopy<'a> {
+    /// None of it.
+    Nothing,
+    /// All of it (a Rust sink reads it).
+    Whole,
+    /// What consumers' rules read of it, when it is packed JSON text: the text
+    /// is parsed into the cut-down value only (see [`Projection`]); a payload
+    /// still a Python object is copied whole, as with [`DataCopy::Whole`].
+    ForRules(&'a Projection),
 }
 
-/// [`build_view`] sharing field texts with the previous event through `memo`.
+impl DataCopy<'_> {
+    /// Whether the view's payload (if copied) is the whole payload.
+    pub fn is_whole(&self) -> bool {
+        !matches!(self, DataCopy::ForRules(_))
+    }
+}
+
+/// Copies an event's fields (and, if `with_data`, its payload) for sinks.
+pub fn build_view(py: Python<'_>, eref: &AcceptedEvent, with_data: bool) -> PyResult<EventView> {
+    let data = if with_data {
+        DataCopy::Whole
+    } else {
+        DataCopy::Nothing
+    };
+    build_view_with(py, eref, data, &mut ViewMemo::default())
+}
+
+/// [`build_view`] copying `data` of the payload, sharing field texts with the
+/// previous event through `memo`.
 pub fn build_view_with(
     py: Python<'_>,
     eref: &AcceptedEvent,
-    with_data: bool,
+    data: DataCopy<'_>,
     memo: &mut ViewMemo,
 ) -> PyResult<EventView> {
     let convert = |converted: Result<Value, String>| match converted {
         Ok(v) => (Some(v), None),
         Err(err) => (None, Some(err)),
     };
+    let with_data = !matches!(data, DataCopy::Nothing);
+    // NOTE: packed text is our own JSON, so a projection parses it as the whole
+    // parse would; a Python object is converted whole (its conversion can fail,
+    // and then the rules see no payload, as with the whole copy).
+    let parse = |json: &str| match data {
+        DataCopy::ForRules(p) => p.parse(json).map_err(|err| err.to_string()),
+        _ => serde_json::from_str(json).map_err(|err| err.to_string()),
+    };
     let e = match eref.origin(py) {
         Origin::Object(e) => e.borrow(py),
         Origin::Parts(p) => {
             let (data, data_error) = if with_data {
                 convert(match &p.data {
-                    PartsData::Packed(json) => {
-                        serde_json::from_str(json).map_err(|err| err.to_string())
-                    }
+                    PartsData::Packed(json) => parse(json),
                     PartsData::Object(o) => to_json(o.bind(py), 0),
                 })
             } else {
@@ -79,7 +111,7 @@ pub fn build_view_with(
     let ts: DateTime<Utc> = e.timestamp.to_utc();
     let (data, data_error) = if with_data {
         convert(match &e.data {
-            Payload::Packed(json, _) => serde_json::from_str(json).map_err(|err| err.to_string()),
+            Payload::Packed(json, _) => parse(json),
             Payload::Object(o) => to_json(o.bind(py), 0),
         })
     } else {
