@@ -40,9 +40,16 @@ impl Waker {
 
     /// Wakes the loop unless a wake-up is already pending.
     pub fn wake(&self) {
-        if !self.pending.swap(true, Ordering::AcqRel) {
+        if self.claim() {
             self.force_wake();
         }
+    }
+
+    /// Sets the pending flag; true when it was clear, so the caller owes the
+    /// loop a wake-up (by [`Waker::force_wake`] or by another way to the same
+    /// loop, such as a call made on the loop's own thread).
+    pub fn claim(&self) -> bool {
+        !self.pending.swap(true, Ordering::AcqRel)
     }
 
     /// Writes a wake-up byte regardless of the pending flag (after a rebind, or

@@ -154,3 +154,45 @@ async def test_restart_after_stop(stop_after):
         assert len(c.calls) == 1
     finally:
         await b.stop()
+
+
+async def test_a_consumer_cancelling_the_task_it_runs_in_stalls_nothing(bus):
+    """consume() runs inside the bus's pump Task; a consumer that cancels
+    ``asyncio.current_task()`` ends that Task, and the next wake-up starts another."""
+    cancelled: list[asyncio.Task] = []
+
+    async def cancel_mine(event):
+        task = asyncio.current_task()
+        assert task is not None, "consume() sees a current task"
+        if len(cancelled) < 3:
+            cancelled.append(task)
+            task.cancel()
+        return True
+
+    c = Recorder("c", ["**"], behaviour=cancel_mine)
+    assert await bus.subscribe(c)
+    for i in range(60):
+        assert await bus.publish(make_event())
+        if i % 20 == 0:
+            await asyncio.sleep(0.01)
+    await bus.join(timeout=5)
+    assert len(c.calls) == 60
+    assert len(cancelled) == 3 and all(t.done() for t in cancelled)
+
+
+async def test_cancelling_every_other_task_leaves_the_bus_working(bus):
+    """A shutdown routine that cancels every task but its own (the pump's too) must
+    not strand what is published after it."""
+    c = Recorder("c")
+    assert await bus.subscribe(c)
+    assert await bus.publish(make_event())
+    await bus.join(timeout=5)
+    me = asyncio.current_task()
+    others = [t for t in asyncio.all_tasks() if t is not me]
+    for t in others:
+        t.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
+    for _ in range(10):
+        assert await bus.publish(make_event())
+    await bus.join(timeout=5)
+    assert len(c.calls) == 11

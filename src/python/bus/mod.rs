@@ -537,7 +537,9 @@ impl EventBus {
         eref: AcceptedEvent,
         route: &Route<AcceptedEvent>,
     ) -> Result<(), Rejected> {
-        let result = self.shared.engine.publish_route(Arc::new(eref), route);
+        let result = self.shared.inbox.deferring(py, || {
+            self.shared.engine.publish_route(Arc::new(eref), route)
+        });
         match result {
             Ok(()) => {
                 self.shared
@@ -861,7 +863,10 @@ impl EventBus {
                 }
                 slice.push((Arc::new(eref), route));
             }
-            let (n, refused) = self.shared.engine.publish_many(slice);
+            let (n, refused) = self
+                .shared
+                .inbox
+                .deferring(py, || self.shared.engine.publish_many(slice));
             accepted += n;
             if refused == Some(Rejected::NotRunning) {
                 self.warn_not_running(py);
@@ -1608,8 +1613,13 @@ impl EventBus {
         self.shared.inbox.wake();
     }
 
+    fn _set_pump(&self, pump: Option<Py<PyAny>>) {
+        self.shared.inbox.set_pump(pump);
+    }
+
     fn _loop_closing(&self, py: Python<'_>) -> PyResult<()> {
         self.shared.inbox.set_loop_gone(true);
+        self.shared.inbox.set_pump(None);
         if let Some(l) = self.shared.inbox.event_loop.lock().take() {
             py_api::detach(py, (self.shared.inbox.fd(), l))?;
         }
@@ -1720,6 +1730,7 @@ impl EventBus {
     }
 
     fn _detach(&self, py: Python<'_>) -> PyResult<()> {
+        self.shared.inbox.set_pump(None);
         if let Some(l) = self.shared.inbox.event_loop.lock().take() {
             py_api::detach(py, (self.shared.inbox.fd(), l))?;
         }

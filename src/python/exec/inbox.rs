@@ -1,6 +1,13 @@
 //! The inbox of the event loop: jobs for coroutine consumers and calls queued by
 //! threads without the GIL, run by the loop in one go per wake-up
 //! ([`crate::wake::Waker`]).
+//!
+//! Two ways to wake the loop: a byte on the wake-up socket (any thread), or, for
+//! a publish made on the loop's own thread inside [`Inbox::deferring`], a call
+//! to the loop's pump (`_bus.loop._Pump.wake`) when the publish returns, which
+//! resolves the Future its Task waits on. The second costs no system call and no
+//! selector round: at paced rates (W13, issue 16) the socket's write, its
+//! readiness and its read were most of what an event cost the loop.
 
 use crate::dispatch::Executor;
 use crate::python::exec::loop_exec::*;
@@ -9,9 +16,24 @@ use crate::python::runtime::py_api;
 use crate::wake::Waker;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
+use std::cell::Cell;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+
+thread_local! {
+    /// A small number naming this thread (0 is never used).
+    static THREAD: u64 = {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    };
+    /// The inbox whose wake-ups this thread defers right now ([`Inbox::deferring`]).
+    static DEFERRING: Cell<usize> = const { Cell::new(0) };
+}
+
+fn this_thread() -> u64 {
+    THREAD.with(|t| *t)
+}
 
 /// Work queued for the event loop from a thread without the GIL.
 pub type LoopCall = Box<dyn FnOnce(Python<'_>) + Send>;
@@ -26,6 +48,28 @@ pub struct Inbox {
     waker: Waker,
     /// The loop that runs coroutine consumers (set by `start()`).
     pub event_loop: Mutex<Option<Py<PyAny>>>,
+    /// The loop's pump (`_Pump.wake`, returns True once it scheduled a run) and
+    /// the loop's thread; 0 while there is none (wake-ups then use the socket).
+    pump: Mutex<Option<Py<PyAny>>>,
+    pump_thread: AtomicU64,
+    /// A wake-up owed to the loop by the [`Inbox::deferring`] scope running now.
+    deferred: AtomicBool,
+}
+
+/// Restores the previous deferring scope and pays the wake-up it owes.
+struct Deferring<'a, 'py> {
+    inbox: &'a Inbox,
+    previous: usize,
+    py: Python<'py>,
+}
+
+impl Drop for Deferring<'_, '_> {
+    fn drop(&mut self) {
+        DEFERRING.with(|d| d.set(self.previous));
+        if self.inbox.deferred.swap(false, Ordering::AcqRel) {
+            self.inbox.wake_pump(self.py);
+        }
+    }
 }
 
 impl Inbox {
@@ -37,7 +81,48 @@ impl Inbox {
             loop_gone: AtomicBool::new(false),
             waker: Waker::new()?,
             event_loop: Mutex::new(None),
+            pump: Mutex::new(None),
+            pump_thread: AtomicU64::new(0),
+            deferred: AtomicBool::new(false),
         })
+    }
+
+    /// Sets (on the loop's thread) or clears the loop's pump.
+    pub fn set_pump(&self, pump: Option<Py<PyAny>>) {
+        let thread = if pump.is_some() { this_thread() } else { 0 };
+        *self.pump.lock() = pump;
+        self.pump_thread.store(thread, Ordering::Release);
+    }
+
+    /// Runs `f` (a publish) with the wake-ups it causes deferred to its end when
+    /// this is the loop's thread: then one call to the pump replaces the socket
+    /// round. Elsewhere `f` just runs.
+    pub fn deferring<R>(&self, py: Python<'_>, f: impl FnOnce() -> R) -> R {
+        if self.pump_thread.load(Ordering::Acquire) != this_thread() {
+            return f();
+        }
+        let me = self as *const Inbox as usize;
+        let previous = DEFERRING.with(|d| d.replace(me));
+        let _scope = Deferring {
+            inbox: self,
+            previous,
+            py,
+        };
+        f()
+    }
+
+    /// Pays a deferred wake-up: the pump's `wake()`, or the socket when the pump
+    /// is gone or cannot schedule (its loop closed).
+    fn wake_pump(&self, py: Python<'_>) {
+        let pump = self.pump.lock().as_ref().map(|p| p.clone_ref(py));
+        let scheduled = pump.is_some_and(|p| {
+            p.call0(py)
+                .and_then(|r| r.bind(py).is_truthy())
+                .unwrap_or(false)
+        });
+        if !scheduled {
+            self.waker.force_wake();
+        }
     }
 
     /// The descriptor the event loop watches.
@@ -60,9 +145,17 @@ impl Inbox {
         self.loop_gone.store(gone, Ordering::Release);
     }
 
-    /// Wakes the loop unless a wake-up is already pending.
+    /// Wakes the loop unless a wake-up is already pending (deferred to the end
+    /// of the [`Inbox::deferring`] scope this thread is in for this inbox).
     pub fn wake(&self) {
-        self.waker.wake();
+        if self.waker.claim() {
+            let me = self as *const Inbox as usize;
+            if DEFERRING.with(|d| d.get()) == me {
+                self.deferred.store(true, Ordering::Release);
+            } else {
+                self.waker.force_wake();
+            }
+        }
     }
 
     /// Writes a wake-up byte regardless of the pending flag.
