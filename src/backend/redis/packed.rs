@@ -27,7 +27,7 @@
 //! JSON); this module only lays a `Record` out in bytes, so the two compose: codec.rs
 //! makes the record, this packs it.
 
-use super::super::Record;
+use crate::backend::Record;
 
 /// The layout version this code writes (and the only one it reads).
 pub(super) const VERSION: u8 = 1;
