@@ -1059,18 +1059,7 @@ impl RedisLog {
     /// costs one allocation (plus one per compressed payload), not a few per event.
     fn append_command(&self, records: &[Record]) -> Vec<u8> {
         use std::io::Write;
-        let cap = 256
-            + records
-                .iter()
-                .map(|r| {
-                    40 + 2 * r.event_id.len()
-                        + r.topic.len()
-                        + r.publisher.len()
-                        + r.metadata.len()
-                        + r.payload.len()
-                })
-                .sum::<usize>();
-        let mut out = Vec::with_capacity(cap);
+        let mut out = Vec::with_capacity(append_command_capacity(records));
         let _ = write!(out, "*{}\r\n", 9 + 2 * records.len());
         put_bulk(&mut out, b"EVALSHA");
         put_bulk(&mut out, scripts::append().get_hash().as_bytes());
@@ -1096,6 +1085,11 @@ impl RedisLog {
             out.extend_from_slice(b"\r\n");
         }
         out
+    }
+
+    #[cfg(test)]
+    pub(crate) fn append_command_for_test(&self, records: &[Record]) -> Vec<u8> {
+        self.append_command(records)
     }
 
     fn dl_ids(&self, group: Option<&str>) -> Result<Vec<(String, HashMap<String, Value>)>> {
@@ -1164,7 +1158,13 @@ impl SharedLog for RedisLog {
             });
         }
         ids.iter()
-            .map(|s| parse_id(&text(s).unwrap_or_default()))
+            .map(|s| {
+                parse_id(
+                    bytes(s)
+                        .and_then(|b| std::str::from_utf8(b).ok())
+                        .unwrap_or(""),
+                )
+            })
             .collect()
     }
 
@@ -1769,6 +1769,25 @@ fn encode(data: &[u8], threshold: usize) -> (u8, std::borrow::Cow<'_, [u8]>) {
         }
     }
     (packed::RAW, std::borrow::Cow::Borrowed(data))
+}
+
+/// An upper bound of the bytes of `RedisLog::append_command` for `records` (so its
+/// buffer never grows): per record, two bulk headers and trailers (at most 2 x 25
+/// bytes), the packed header and four varints (at most 23 + 4 x 10), the strings, and
+/// the payload uncompressed (a compressed one is only kept when smaller).
+fn append_command_capacity(records: &[Record]) -> usize {
+    // NOTE: the command head: 9 bulks of at most 25 bytes of framing, a 40-byte sha,
+    // keys of at most 2 x 100 + 20 bytes each (prefix of at most 100).
+    512 + records
+        .iter()
+        .map(|r| {
+            113 + 2 * r.event_id.len()
+                + r.topic.len()
+                + r.publisher.len()
+                + r.metadata.len()
+                + r.payload.len()
+        })
+        .sum::<usize>()
 }
 
 /// Append one RESP bulk string to `out`.

@@ -364,6 +364,10 @@ fn duplicates_in_one_batch_and_across_regrouped_batches_keep_one_copy() {
     let log = RedisLog::open(options(&server)).unwrap();
     let r = |i| rec("p", i);
     let a = log.append(&[r(0), r(0), r(1)]).unwrap();
+    // A flushed script cache (a restart without persistence of scripts, a failover)
+    // is reloaded on NOSCRIPT and the batch sent again.
+    let mut raw = server.raw();
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut raw).unwrap();
     assert_eq!(a[0], a[1]);
     assert_ne!(a[0], a[2]);
     // A forwarder that retries regroups: every batch shares some ids with an earlier one.
@@ -374,7 +378,6 @@ fn duplicates_in_one_batch_and_across_regrouped_batches_keep_one_copy() {
     let ids: Vec<&str> = all.iter().map(|(_, x)| x.event_id.as_str()).collect();
     assert_eq!(ids, ["p-0", "p-1", "p-2", "p-3", "p-4"]);
     // One de-dup write per new id, each in the current bucket only.
-    let mut raw = server.raw();
     let prefix = &log.options().prefix;
     let lens: Vec<i64> = (0..2)
         .map(|b| {
@@ -388,6 +391,41 @@ fn duplicates_in_one_batch_and_across_regrouped_batches_keep_one_copy() {
         lens == [6, 0] || lens == [0, 6],
         "5 ids + the epoch: {lens:?}"
     );
+}
+
+#[test]
+fn the_append_command_is_built_in_one_buffer_that_never_grows() {
+    let mut o = RedisOptions::new("redis://127.0.0.1:1/0");
+    o.prefix = "p".repeat(100);
+    let log = RedisLog::open_unchecked(o).unwrap();
+    let mut records: Vec<Record> = (0..300).map(|i| rec("p", i)).collect();
+    records.push(Record {
+        payload: vec![b'a'; 20_000],
+        ..rec("p", 300)
+    });
+    records.push(Record {
+        payload: (0..6_000u32).flat_map(|i| i.to_le_bytes()).collect(),
+        event_id: "é".repeat(200),
+        ..rec("p", 301)
+    });
+    for n in [1, 2, 301, 302] {
+        let cmd = log.append_command_for_test(&records[..n]);
+        let cap = super::append_command_capacity(&records[..n]);
+        assert!(cmd.len() <= cap, "{n}: {} > {cap}", cmd.len());
+        assert_eq!(cmd.capacity(), cap, "{n}: the buffer grew");
+        // A well-formed RESP array of 9 + 2n bulks, as redis-rs parses it.
+        let v = redis::parse_redis_value(&cmd).unwrap();
+        let redis::Value::Array(parts) = v else {
+            panic!("not an array")
+        };
+        assert_eq!(parts.len(), 9 + 2 * n);
+        assert_eq!(parts[0], redis::Value::BulkString(b"EVALSHA".to_vec()));
+        let redis::Value::BulkString(last) = &parts[parts.len() - 1] else {
+            panic!("not a bulk")
+        };
+        let back = super::packed::read(last).unwrap().record().unwrap();
+        assert_eq!(back, records[n - 1]);
+    }
 }
 
 /// Redis's clock, seconds.
