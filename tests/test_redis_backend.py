@@ -43,6 +43,9 @@ def url(server: RedisServer) -> str:
 def test_bad_redis_urls_and_an_unreachable_server_are_clear(server: RedisServer) -> None:
     with pytest.raises(ValueError, match="colour"):
         EventBus(backend=f"redis://127.0.0.1:{server.port}/0?colour=red")
+    for bad in ("0", "-1", "soon", "inf"):
+        with pytest.raises(ValueError, match="block_timeout must be a positive number"):
+            EventBus(backend=server.url() + f"&block_timeout={bad}")
     with pytest.raises(ValueError, match="hard_limit"):
         EventBus(backend=server.url(), persistence_hard_limit_bytes=1 << 20)
     server.kill()

@@ -12,6 +12,10 @@ duplicate counts in its assertion messages:
   it once): the retry on a fresh connection keeps one copy, under the first id;
 - a lost reply to a blocking ``XREADGROUP`` (the server put the entry in the
   reader's pending list): re-read by the same reader before the claim timeout, once;
+- a response timeout shorter than the BLOCK (``block_timeout=0.03`` against the
+  reader's 100 ms): blocking reads the client gave up on still deliver on the server
+  (the proxy's ``linger``), at least three such replies are lost, and every event is
+  still handled once, before the claim timeout, with nothing left pending;
 - trimming under a paused consumer name: nothing it has not handled is trimmed;
 - replay across a window with several events in one millisecond at both edges.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import itertools
+import socket
 import subprocess
 import sys
 import time
@@ -50,6 +55,24 @@ def server(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture
 def url(server: RedisServer) -> str:
     return server.url(prefix=f"t{uuid.uuid4().hex[:8]}")
+
+
+def xpending_count(port: int, stream: str, group: str) -> int:
+    """``XPENDING stream group`` (the summary form): how many entries are pending."""
+    args = [b"XPENDING", stream.encode(), group.encode()]
+    cmd = b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(cmd)
+        reply = b""
+        while b"\r\n" not in reply.partition(b"\r\n")[2]:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    # "*4\r\n:<count>\r\n..."
+    head, _, rest = reply.partition(b"\r\n")
+    assert head == b"*4" and rest.startswith(b":"), reply
+    return int(rest[1:].partition(b"\r\n")[0])
 
 
 def tally(got: list[Any], want: list[Any]) -> str:
@@ -209,6 +232,62 @@ async def test_a_lost_blocking_read_reply_strands_nothing(server: RedisServer) -
         assert rec.calls[1].event.metadata.retry_count == 0
         await bus.stop(5)
     finally:
+        proxy.close()
+
+
+async def test_a_response_timeout_shorter_than_the_block_strands_nothing(
+    server: RedisServer,
+) -> None:
+    """``block_timeout=0.03`` is shorter than the reader's 100 ms BLOCK: a blocking read
+    that finds nothing within 30 ms gives up and drops its connection, while the proxy
+    (``linger``) keeps the server side open, so an event published in the rest of the
+    BLOCK is delivered into the reader's pending list and its reply thrown away
+    (``proxy.lost``). Published until at least three such replies are lost: every event
+    is handled exactly once, by the same reader re-reading its pending entries, well
+    before the claim timeout (no takeover: retry count 0), and none is left pending."""
+    proxy = RedisProxy(server.port, linger=0.3)
+    bus: EventBus | None = None
+    try:
+        prefix = f"t{uuid.uuid4().hex[:8]}"
+        claim = 20.0
+        bus = EventBus(backend=proxy.url(prefix) + "&block_timeout=0.03")
+        rec = Recorder("r", topics=["log.**"], claim_timeout=claim)
+        await bus.subscribe(rec)
+        await bus.start()
+        sent: list[int] = []
+        began = time.monotonic()
+        while proxy.lost < 3:
+            assert time.monotonic() - began < 60, (
+                f"only {proxy.lost} lost replies after {len(sent)} events in 60 s"
+            )
+            assert await bus.publish(make_event("log.ev", {"k": len(sent)}))
+            sent.append(len(sent))
+            # NOTE: ~45 ms apart: many land after a read's 30 ms timeout and within
+            # its 100 ms BLOCK, the window in which a delivery's reply is lost.
+            await asyncio.sleep(0.045)
+        published = time.monotonic()
+
+        def handled() -> set[int]:
+            return {c.event.data["k"] for c in rec.calls}
+
+        await wait_until(lambda: handled() >= set(sent), claim, "every event handled")
+        took = time.monotonic() - published
+        stream = f"{{{prefix}}}:stream"
+        await wait_until(
+            lambda: xpending_count(server.port, stream, "r") == 0, 10, "every event acked"
+        )
+        await asyncio.sleep(0.3)  # a duplicate would show up by now
+        got = [c.event.data["k"] for c in rec.calls]
+        counts = f"lost_replies={proxy.lost} " + tally(got, sent)
+        print(counts)
+        assert Counter(got) == Counter(sent), counts
+        assert took < claim, f"handled only {took:.1f} s after the last publish; {counts}"
+        retried = [c.event.data["k"] for c in rec.calls if c.event.metadata.retry_count]
+        assert not retried, f"redelivered by a claim takeover: {retried}; {counts}"
+        assert xpending_count(server.port, stream, "r") == 0, counts
+    finally:
+        if bus is not None:
+            await bus.stop(5)
         proxy.close()
 
 

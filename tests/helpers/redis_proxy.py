@@ -6,17 +6,30 @@ to a request containing that word is read and thrown away (once); after
 ``drop_reply_containing(b"marker")`` the first reply carrying those bytes is. The
 client sees its command applied by the server and never answered, as with a
 connection lost right after the server executed it.
+
+``RedisProxy(port, linger=SECONDS)``: when a client closes its connection (say its
+response timeout gave up on a blocking ``XREADGROUP``), the proxy holds the server
+side open for ``linger`` seconds more, so a command still running there (the BLOCK)
+completes on the server as if the client were still connected; any reply that arrives
+meanwhile is held and thrown away. ``lost`` counts those replies that carried
+something (not a null reply: a BLOCK that timed out with nothing is not a loss);
+``dropped`` counts the replies swallowed on request.
 """
 
 from __future__ import annotations
 
 import socket
 import threading
+import time
+
+# A null reply (RESP2 null array, RESP3 null): what a BLOCK that found nothing returns.
+NULL_REPLIES = (b"*-1\r\n", b"_\r\n")
 
 
 class RedisProxy:
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, linger: float = 0.0) -> None:
         self.upstream = upstream_port
+        self.linger = linger
         self.listener = socket.socket()
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind(("127.0.0.1", 0))
@@ -26,6 +39,7 @@ class RedisProxy:
         self._drop_word: bytes | None = None
         self._drop_marker: bytes | None = None
         self.dropped = 0
+        self.lost = 0
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -49,10 +63,21 @@ class RedisProxy:
                 return
             server = socket.create_connection(("127.0.0.1", self.upstream))
             armed = threading.Event()  # this connection's next reply is to be dropped
-            threading.Thread(target=self._up, args=(client, server, armed), daemon=True).start()
-            threading.Thread(target=self._down, args=(server, client, armed), daemon=True).start()
+            gone = threading.Event()  # the client closed its side
+            threading.Thread(
+                target=self._up, args=(client, server, armed, gone), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._down, args=(server, client, armed, gone), daemon=True
+            ).start()
 
-    def _up(self, client: socket.socket, server: socket.socket, armed: threading.Event) -> None:
+    def _up(
+        self,
+        client: socket.socket,
+        server: socket.socket,
+        armed: threading.Event,
+        gone: threading.Event,
+    ) -> None:
         try:
             while data := client.recv(65536):
                 with self._lock:
@@ -63,20 +88,43 @@ class RedisProxy:
         except OSError:
             pass
         finally:
+            gone.set()
+            if self.linger > 0:
+                # NOTE: the server keeps running what the client sent (a BLOCK still
+                # delivers into the pending list); _down throws its reply away.
+                time.sleep(self.linger)
             server.close()
 
-    def _down(self, server: socket.socket, client: socket.socket, armed: threading.Event) -> None:
+    def _down(
+        self,
+        server: socket.socket,
+        client: socket.socket,
+        armed: threading.Event,
+        gone: threading.Event,
+    ) -> None:
+        counted = False  # one lost reply per abandoned connection (one command in flight)
         try:
             while data := server.recv(65536):
                 with self._lock:
                     marked = self._drop_marker is not None and self._drop_marker in data
                     if marked:
                         self._drop_marker = None
+                    if gone.is_set():
+                        if not counted and data not in NULL_REPLIES:
+                            counted = True
+                            self.lost += 1
+                        continue
                 if armed.is_set() or marked:
                     armed.clear()
                     self.dropped += 1
                     continue
-                client.sendall(data)
+                try:
+                    client.sendall(data)
+                except OSError:
+                    with self._lock:
+                        if not counted and data not in NULL_REPLIES:
+                            counted = True
+                            self.lost += 1
         except OSError:
             pass
         finally:

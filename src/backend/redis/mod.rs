@@ -4,16 +4,20 @@
 //! * redis-rs **sync** connections: the [`SharedLog`] trait blocks, so a private pool
 //!   of blocking connections serves it and no Tokio runtime thread is ever blocked.
 //! * Keys under one hash tag, `{<prefix>}:stream`, `{<prefix>}:dlq`, `{<prefix>}:meta`,
-//!   `{<prefix>}:eid:<event id>`: a Redis Cluster keeps one bus in one slot, so the Lua
+//!   `{<prefix>}:eids:<ttl>:0|1`: a Redis Cluster keeps one bus in one slot, so the Lua
 //!   scripts (`scripts.rs`) work there too.
-//! * Blocking reads (`XREADGROUP ... BLOCK`) run on a connection whose response
-//!   timeout is longer than the BLOCK; a read that fails anyway (connection lost after
-//!   the server delivered) marks the instance so its next read first re-reads its own
-//!   pending entries (`XREADGROUP ... 0`), as does the first read of an instance on a
-//!   handle: nothing is stranded in the pending list.
+//! * Each stream entry is one binary field `r`, the packed record (`packed.rs`);
+//!   entries in the older ten-field layout are still read.
+//! * Blocking reads (`XREADGROUP ... BLOCK`) run on dedicated connections whose
+//!   response timeout is longer than the longest BLOCK (or `block_timeout`); a read
+//!   that fails anyway (timed out, or connection lost after the server delivered)
+//!   marks the instance so its next read first re-reads its own pending entries
+//!   (`XREADGROUP ... 0`), as does the first read of an instance on a handle: nothing
+//!   is stranded in the pending list.
 //!
 //! `docs/backends.md` ("RedisLog") maps every operation to its commands.
 
+mod packed;
 mod scripts;
 
 #[cfg(test)]
@@ -36,7 +40,8 @@ use crate::topic::Pattern;
 const READY: &str = "mpm:ready";
 /// Longest single `XREADGROUP BLOCK`: a longer wait is cut in slices so `close` is seen.
 const BLOCK_SLICE: Duration = Duration::from_millis(1000);
-/// How much longer than its BLOCK a blocking read waits for the reply.
+/// How much longer than the longest BLOCK a blocking read waits for the reply (by
+/// default; see [`RedisOptions::block_timeout`]).
 const BLOCK_MARGIN: Duration = Duration::from_secs(5);
 /// Idle time given to released claims (10 years, in ms): expired for any min-idle.
 const RELEASED_IDLE_MS: u64 = 315_360_000_000;
@@ -56,6 +61,11 @@ pub struct RedisOptions {
     pub dedup_ttl: Duration,
     /// Connect timeout and response timeout of ordinary commands. Default 5 s.
     pub timeout: Duration,
+    /// Response timeout of the dedicated blocking-read connections (URL option
+    /// `block_timeout=SECONDS`). `None` (the default): the longest BLOCK (1 s) plus
+    /// 5 s. A shorter one (even one shorter than a BLOCK) gives up on replies the
+    /// server may still send: the instance's next read re-reads what was delivered.
+    pub block_timeout: Option<Duration>,
     /// `rediss://` only: trust the CA certificates in this PEM file instead of the
     /// webpki roots (a private CA).
     pub ca_file: Option<std::path::PathBuf>,
@@ -77,6 +87,7 @@ impl RedisOptions {
             compress_threshold: 4096,
             dedup_ttl: Duration::from_secs(600),
             timeout: Duration::from_secs(5),
+            block_timeout: None,
             ca_file: None,
             spool: None,
             cluster_nodes: Vec::new(),
@@ -84,8 +95,8 @@ impl RedisOptions {
     }
 
     /// Options from a backend URL: `redis://host:port/db?prefix=mpm` (or `rediss://`),
-    /// query options `prefix`, `compress_threshold` (bytes), `dedup_ttl` and `timeout`
-    /// (seconds), `ca_file` (a PEM file of CA certificates, `rediss://` only), `spool`
+    /// query options `prefix`, `compress_threshold` (bytes), `dedup_ttl`, `timeout` and
+    /// `block_timeout` (seconds), `ca_file` (a PEM file of CA certificates, `rediss://` only), `spool`
     /// (`PATH`, `default` for [`default_spool_path`], or `off`).
     pub fn from_url(url: &str) -> Result<RedisOptions> {
         let schemes = [
@@ -121,7 +132,7 @@ impl RedisOptions {
             LogError::Invalid(format!(
                 "backend URL {:?}: bad option {pair:?} (known: prefix=NAME, \
                  compress_threshold=BYTES, dedup_ttl=SECONDS, timeout=SECONDS, \
-                 ca_file=PATH, spool=PATH|default|off)",
+                 block_timeout=SECONDS, ca_file=PATH, spool=PATH|default|off)",
                 mask(url)
             ))
         };
@@ -140,6 +151,15 @@ impl RedisOptions {
                 }
                 Some(("dedup_ttl", v)) => o.dedup_ttl = secs(v, pair)?,
                 Some(("timeout", v)) => o.timeout = secs(v, pair)?,
+                Some(("block_timeout", v)) => {
+                    o.block_timeout = Some(secs(v, pair).map_err(|_| {
+                        LogError::Invalid(format!(
+                            "backend URL {:?}: block_timeout must be a positive number of \
+                             seconds (the blocking reads' response timeout), not {v:?}",
+                            mask(url)
+                        ))
+                    })?)
+                }
                 Some(("ca_file", v)) if base.starts_with("rediss://") && !v.is_empty() => {
                     o.ca_file = Some(v.into())
                 }
@@ -314,7 +334,8 @@ struct Keys {
     stream: String,
     dlq: String,
     meta: String,
-    eid: String,
+    /// The two de-dup buckets, `{prefix}:eids:<ttl>:0` and `:1` (see `scripts::append`).
+    eids: [String; 2],
 }
 
 /// One handle on a shared log in Redis. See the module docs and [`SharedLog`].
@@ -324,6 +345,9 @@ pub struct RedisLog {
     keys: Keys,
     client: Client,
     idle: Mutex<Vec<Conn>>,
+    /// Connections for blocking reads: their response timeout is set once, to
+    /// [`RedisLog::block_timeout`].
+    blocking: Mutex<Vec<Conn>>,
     instances: Mutex<HashMap<(String, String), InstanceState>>,
     closed: AtomicBool,
 }
@@ -405,6 +429,42 @@ fn fields(v: &Value) -> HashMap<String, &Value> {
         }
     }
     out
+}
+
+// ------------------------------------------------------------------ entry layouts
+//
+// NOTE: an entry is packed (one field `r`, `packed.rs`) or, written by an older
+// version, ten fields (`e`, `t`, `p`, `ts`, `pb`, `ps`, `c`, `d`, `m`, `z`). Both may
+// carry `o` (a restored dead letter's copy); a dead letter holds either besides its own
+// fields. Every reader goes through these helpers, so both layouts are read alike.
+
+/// The packed record of an entry's fields, if it is packed.
+fn packed_field<'a>(f: &HashMap<String, &'a Value>) -> Option<&'a [u8]> {
+    f.get("r").and_then(|v| bytes(v))
+}
+
+/// An entry's event time (µs), `None` if unreadable.
+fn entry_ts(f: &HashMap<String, &Value>) -> Option<i64> {
+    match packed_field(f) {
+        Some(b) => packed::read(b).ok().map(|p| p.timestamp_us),
+        None => f.get("ts").and_then(|v| int(v)),
+    }
+}
+
+/// An entry's topic, `None` if unreadable.
+fn entry_topic<'a>(f: &HashMap<String, &'a Value>) -> Option<std::borrow::Cow<'a, str>> {
+    match packed_field(f) {
+        Some(b) => packed::read(b).ok().map(|p| p.topic.into()),
+        None => f.get("t").and_then(|v| text(v)).map(Into::into),
+    }
+}
+
+/// The bytes an entry counts for in `meta`'s `bytes` (as the scripts count them).
+fn entry_size(f: &HashMap<String, &Value>) -> i64 {
+    match packed_field(f) {
+        Some(b) => packed::read(b).map_or(0, |p| p.stored_size() as i64),
+        None => f.get("z").and_then(|v| int(v)).unwrap_or(0),
+    }
 }
 
 fn parse_id(s: &str) -> Result<EntryId> {
@@ -514,7 +574,10 @@ impl RedisLog {
             stream: format!("{{{p}}}:stream"),
             dlq: format!("{{{p}}}:dlq"),
             meta: format!("{{{p}}}:meta"),
-            eid: format!("{{{p}}}:eid:"),
+            eids: {
+                let ttl = opts.dedup_ttl.as_secs().max(1);
+                [0, 1].map(|b| format!("{{{p}}}:eids:{ttl}:{b}"))
+            },
         };
         Ok(RedisLog {
             location,
@@ -522,6 +585,7 @@ impl RedisLog {
             keys,
             client,
             idle: Mutex::new(Vec::new()),
+            blocking: Mutex::new(Vec::new()),
             instances: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
         })
@@ -552,10 +616,22 @@ impl RedisLog {
     }
 
     fn connection(&self) -> Result<Conn> {
+        self.connection_in(&self.idle, self.opts.timeout)
+    }
+
+    /// The response timeout of blocking reads (see [`RedisOptions::block_timeout`]).
+    fn block_timeout(&self) -> Duration {
+        self.opts
+            .block_timeout
+            .unwrap_or(BLOCK_SLICE + BLOCK_MARGIN)
+    }
+
+    /// A connection from `pool`, or a new one with response timeout `read_timeout`.
+    fn connection_in(&self, pool: &Mutex<Vec<Conn>>, read_timeout: Duration) -> Result<Conn> {
         if self.closed.load(Ordering::Acquire) {
             return Err(LogError::Closed);
         }
-        if let Some(c) = self.idle.lock().pop() {
+        if let Some(c) = pool.lock().pop() {
             return Ok(c);
         }
         let c = match &self.client {
@@ -565,15 +641,19 @@ impl RedisLog {
             Client::Cluster(cl) => cl.get_connection().map(|c| Conn::Cluster(Box::new(c))),
         }
         .map_err(|e| self.err(e))?;
-        c.set_read_timeout(Some(self.opts.timeout))
+        c.set_read_timeout(Some(read_timeout))
             .and_then(|_| c.set_write_timeout(Some(self.opts.timeout)))
             .map_err(|e| self.err(e))?;
         Ok(c)
     }
 
     fn give_back(&self, c: Conn) {
+        self.give_back_to(&self.idle, c)
+    }
+
+    fn give_back_to(&self, pool: &Mutex<Vec<Conn>>, c: Conn) {
         if !self.closed.load(Ordering::Acquire) {
-            let mut idle = self.idle.lock();
+            let mut idle = pool.lock();
             if idle.len() < 8 {
                 idle.push(c);
             }
@@ -625,6 +705,11 @@ impl RedisLog {
             location: self.location.clone(),
             detail: format!("stream entry {id}: {what}"),
         };
+        if let Some(b) = packed_field(f) {
+            return packed::read(b)
+                .and_then(|p| p.record())
+                .map_err(|e| corrupt(&e));
+        }
         let get = |k: &str| -> Result<&Value> {
             f.get(k)
                 .copied()
@@ -775,7 +860,22 @@ impl RedisLog {
         from: &str,
         block: Option<Duration>,
     ) -> Result<Value> {
-        let mut c = self.connection()?;
+        // NOTE: the reply may take the whole BLOCK: blocking reads run on their own
+        // connections, whose response timeout (set once, when made) is longer than
+        // any BLOCK unless `block_timeout` says otherwise. One that gives up first
+        // leaves what the server delivered meanwhile in the instance's pending list;
+        // the caller marks the instance to re-read it.
+        let pool = if block.is_some() {
+            &self.blocking
+        } else {
+            &self.idle
+        };
+        let read_timeout = if block.is_some() {
+            self.block_timeout()
+        } else {
+            self.opts.timeout
+        };
+        let mut c = self.connection_in(pool, read_timeout)?;
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(group)
@@ -783,24 +883,18 @@ impl RedisLog {
             .arg("COUNT")
             .arg(max);
         if let Some(b) = block {
-            // NOTE: the reply may take the whole BLOCK; a response timeout shorter than
-            // that would give up while the server still delivers into the pending list.
-            let _ = c.set_read_timeout(Some(b + BLOCK_MARGIN));
             cmd.arg("BLOCK").arg(b.as_millis().max(1) as u64);
         }
         cmd.arg("STREAMS").arg(&self.keys.stream).arg(from);
         match cmd.query::<Value>(&mut c) {
             Ok(v) => {
-                if block.is_some() {
-                    let _ = c.set_read_timeout(Some(self.opts.timeout));
-                }
-                self.give_back(c);
+                self.give_back_to(pool, c);
                 Ok(v)
             }
             Err(e) => {
                 let broken = e.is_io_error() || e.is_timeout() || e.is_connection_dropped();
                 if !broken {
-                    self.give_back(c);
+                    self.give_back_to(pool, c);
                 }
                 Err(self.map_group_err(group, self.err(e)))
             }
@@ -958,6 +1052,46 @@ impl RedisLog {
         Ok(low)
     }
 
+    /// The `EVALSHA` of the append script for `records`, as the RESP bytes sent.
+    ///
+    /// NOTE: built in one buffer, sized up front: each record is packed straight
+    /// into it (its length known before its bytes, `packed::packed_len`), so a batch
+    /// costs one allocation (plus one per compressed payload), not a few per event.
+    fn append_command(&self, records: &[Record]) -> Vec<u8> {
+        use std::io::Write;
+        let mut out = Vec::with_capacity(append_command_capacity(records));
+        let _ = write!(out, "*{}\r\n", 9 + 2 * records.len());
+        put_bulk(&mut out, b"EVALSHA");
+        put_bulk(&mut out, scripts::append().get_hash().as_bytes());
+        put_bulk(&mut out, b"4");
+        for k in [
+            &self.keys.stream,
+            &self.keys.meta,
+            &self.keys.eids[0],
+            &self.keys.eids[1],
+        ] {
+            put_bulk(&mut out, k.as_bytes());
+        }
+        put_bulk(
+            &mut out,
+            self.opts.dedup_ttl.as_secs().max(1).to_string().as_bytes(),
+        );
+        put_bulk(&mut out, records.len().to_string().as_bytes());
+        for r in records {
+            put_bulk(&mut out, r.event_id.as_bytes());
+            let (codec, stored) = encode(&r.payload, self.opts.compress_threshold);
+            let _ = write!(out, "${}\r\n", packed::packed_len(r, stored.len()));
+            packed::write(&mut out, r, codec, &stored);
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    #[cfg(test)]
+    pub(crate) fn append_command_for_test(&self, records: &[Record]) -> Vec<u8> {
+        self.append_command(records)
+    }
+
     fn dl_ids(&self, group: Option<&str>) -> Result<Vec<(String, HashMap<String, Value>)>> {
         let v = self.run(true, |c| {
             redis::cmd("XRANGE")
@@ -997,29 +1131,41 @@ impl SharedLog for RedisLog {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        let mut inv = scripts::append().prepare_invoke();
-        inv.key(&self.keys.stream).key(&self.keys.meta);
-        inv.arg(self.opts.dedup_ttl.as_secs().max(1))
-            .arg(records.len());
-        for r in records {
-            inv.key(format!("{}{}", self.keys.eid, r.event_id));
-            let (codec, stored) = encode(&r.payload, self.opts.compress_threshold);
-            let size = stored.len() + r.metadata.len();
-            inv.arg(&r.event_id)
-                .arg(&r.topic)
-                .arg(r.priority)
-                .arg(r.timestamp_us)
-                .arg(&r.publisher)
-                .arg(r.publisher_seq)
-                .arg(codec)
-                .arg(stored.as_ref())
-                .arg(&r.metadata)
-                .arg(size);
-        }
+        let cmd = self.append_command(records);
         // NOTE: retried once on a lost connection: the event ids de-duplicate a first
         // attempt the server applied but whose reply was lost.
-        let v = self.run(true, |c| inv.invoke::<Vec<String>>(c))?;
-        v.iter().map(|s| parse_id(s)).collect()
+        let v = self.run(true, |c| {
+            let send = |c: &mut Conn| c.req_packed_command(&cmd).and_then(|v| v.extract_error());
+            match send(c) {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    scripts::append().load(c)?;
+                    send(c)
+                }
+                other => other,
+            }
+        })?;
+        let ids = array(&v);
+        if ids.len() != records.len() {
+            return Err(LogError::Backend {
+                location: self.location.clone(),
+                detail: format!(
+                    "the append script returned {} ids for {} records",
+                    ids.len(),
+                    records.len()
+                ),
+            });
+        }
+        ids.iter()
+            .map(|s| {
+                parse_id(
+                    bytes(s)
+                        .and_then(|b| std::str::from_utf8(b).ok())
+                        .unwrap_or(""),
+                )
+            })
+            .collect()
     }
 
     fn ensure_group(&self, group: &str, start: StartAt) -> Result<bool> {
@@ -1036,7 +1182,7 @@ impl SharedLog for RedisLog {
                 // this scan must not be skipped).
                 let mut prev: Option<EntryId> = None;
                 self.scan(None, |id, f| {
-                    let ts = f.get("ts").and_then(|v| int(v)).unwrap_or(i64::MIN);
+                    let ts = entry_ts(f).unwrap_or(i64::MIN);
                     if ts >= t {
                         return Ok(false);
                     }
@@ -1493,12 +1639,12 @@ impl SharedLog for RedisLog {
                 // A dead letter's restored copy is not a new event.
                 return Ok(true);
             }
-            let ts = f.get("ts").and_then(|v| int(v)).unwrap_or(0);
+            let ts = entry_ts(f).unwrap_or(0);
             if since.is_some_and(|s| ts < s) || until.is_some_and(|u| ts >= u) {
                 return Ok(true);
             }
             if let Some(ps) = &patterns {
-                let topic = f.get("t").and_then(|v| text(v)).unwrap_or_default();
+                let topic = entry_topic(f).unwrap_or_default();
                 if !ps.iter().any(|p| p.matches(&topic)) {
                     return Ok(true);
                 }
@@ -1524,7 +1670,7 @@ impl SharedLog for RedisLog {
             let mut cut = None;
             let mut unhandled = Vec::new();
             self.scan(None, |id, f| {
-                let ts = f.get("ts").and_then(|v| int(v)).unwrap_or(i64::MAX);
+                let ts = entry_ts(f).unwrap_or(i64::MAX);
                 if ts >= t {
                     return Ok(false);
                 }
@@ -1569,7 +1715,7 @@ impl SharedLog for RedisLog {
             let mut deleted = 0u64;
             let mut kept = 0u64;
             self.scan(None, |id, f| {
-                let ts = f.get("ts").and_then(|v| int(v)).unwrap_or(i64::MAX);
+                let ts = entry_ts(f).unwrap_or(i64::MAX);
                 if ts >= t {
                     return Ok(false);
                 }
@@ -1596,7 +1742,7 @@ impl SharedLog for RedisLog {
                     if excess <= 0 || !handled(id) {
                         return Ok(false);
                     }
-                    excess -= f.get("z").and_then(|v| int(v)).unwrap_or(0);
+                    excess -= entry_size(f);
                     cut = Some(successor(id));
                     Ok(true)
                 })?;
@@ -1611,15 +1757,43 @@ impl SharedLog for RedisLog {
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.idle.lock().clear();
+        self.blocking.lock().clear();
     }
 }
 
-fn encode(data: &[u8], threshold: usize) -> (i64, std::borrow::Cow<'_, [u8]>) {
+fn encode(data: &[u8], threshold: usize) -> (u8, std::borrow::Cow<'_, [u8]>) {
     if data.len() > threshold {
         let packed = lz4_flex::compress_prepend_size(data);
         if packed.len() < data.len() {
-            return (1, std::borrow::Cow::Owned(packed));
+            return (packed::LZ4, std::borrow::Cow::Owned(packed));
         }
     }
-    (0, std::borrow::Cow::Borrowed(data))
+    (packed::RAW, std::borrow::Cow::Borrowed(data))
+}
+
+/// An upper bound of the bytes of `RedisLog::append_command` for `records` (so its
+/// buffer never grows): per record, two bulk headers and trailers (at most 2 x 25
+/// bytes), the packed header and four varints (at most 23 + 4 x 10), the strings, and
+/// the payload uncompressed (a compressed one is only kept when smaller).
+fn append_command_capacity(records: &[Record]) -> usize {
+    // NOTE: the command head: 9 bulks of at most 25 bytes of framing, a 40-byte sha,
+    // keys of at most 2 x 100 + 20 bytes each (prefix of at most 100).
+    512 + records
+        .iter()
+        .map(|r| {
+            113 + 2 * r.event_id.len()
+                + r.topic.len()
+                + r.publisher.len()
+                + r.metadata.len()
+                + r.payload.len()
+        })
+        .sum::<usize>()
+}
+
+/// Append one RESP bulk string to `out`.
+fn put_bulk(out: &mut Vec<u8>, b: &[u8]) {
+    use std::io::Write;
+    let _ = write!(out, "${}\r\n", b.len());
+    out.extend_from_slice(b);
+    out.extend_from_slice(b"\r\n");
 }
