@@ -244,7 +244,9 @@ async def test_an_invalid_event_is_dead_lettered_and_never_delivered(
     assert all(d["attempts"] == 0 for d in letters)
     m = bus.get_metrics()
     assert m["schema_invalid"] == {"hook.tool": 2}
+    assert m["events_dead_lettered"] == 2
     if kind in LOGS:
+        assert all(d["entry_id"] == "0-0" for d in letters)
         # Not in the log: a consumer name that starts later, at the earliest entry,
         # gets the valid event only.
         late = Recorder("late", topics=["**"], start="earliest")

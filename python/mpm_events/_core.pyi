@@ -831,8 +831,9 @@ class EventBus(IEventBus):
         ``attempts`` (int) and ``failed_at`` (UTC datetime).
 
         On a shared-log bus: the dead letters kept in the log, of every consumer
-        name and every process (``errors`` holds the last error only), with their
-        ``id`` and ``entry_id`` in the log.
+        name and every process (``errors`` holds the last error only, but every
+        violation for consumer ``"<schema>"``), with their ``id`` and ``entry_id``
+        in the log (``"0-0"`` for ``"<schema>"``: the event was never appended).
         """
 
     def register_schema(

@@ -248,7 +248,7 @@ impl EventBus {
     }
 
     /// An event that failed a "dead_letter" schema on a durable bus: its dead letter
-    /// is stored (it survives restarts, `get_stored_dead_letters()`) and kept in
+    /// is stored (it survives restarts, `get_stored_dead_letters()`), then kept in
     /// memory as on the memory bus; the event itself is not stored, so it is never
     /// delivered nor redelivered. `done` is answered once the store has it.
     fn dead_letter_durable(
@@ -263,10 +263,13 @@ impl EventBus {
             self.warn_not_running(py);
             return Ok(Err(String::new()));
         }
-        p.put_invalid(py, &eref, schemas::letter_errors(inv), done)?;
-        // NOTE: `eref.durable` is None, so the store's dead-letter listener skips this
-        // one (stored just above); DeadLetterConsumers get it as on the memory bus.
-        let _ = self.dead_letter_invalid(py, eref, inv);
+        p.put_invalid(
+            py,
+            &self.shared.engine,
+            eref,
+            schemas::letter_errors(inv),
+            done,
+        )?;
         Ok(Ok(()))
     }
 

@@ -303,25 +303,36 @@ impl Persistence {
     }
 
     /// Records the dead letter of an event refused by a "dead_letter" schema (it is
-    /// never stored as an event, so never delivered nor redelivered) and answers
-    /// `done` once the store has it: `Ok(true)`, or the store's error.
+    /// never stored as an event, so never delivered nor redelivered); once the store
+    /// has it, the dead letter joins `engine`'s (as on the memory bus) and `done` is
+    /// answered: `Ok(true)`, or the store's error (then it is in neither).
     pub fn put_invalid(
         self: &Arc<Self>,
         py: Python<'_>,
-        eref: &AcceptedEvent,
+        engine: &Engine<AcceptedEvent>,
+        eref: AcceptedEvent,
         errors: Vec<String>,
         done: Answer,
     ) -> PyResult<()> {
-        let stored = stored_event(py, eref, &self.names)?;
+        let stored = stored_event(py, &eref, &self.names)?;
         let store = self.log.store.clone();
+        let engine = engine.downgrade();
         self.invalid_writes.fetch_add(1, Ordering::AcqRel);
         let me = self.clone();
         // NOTE: the store answers after the commit; never wait for that on the loop.
         runtime().spawn_blocking(move || {
+            let consumer = super::schemas::SCHEMA_CONSUMER;
             let r = store
-                .put_dead_letter(&stored, super::schemas::SCHEMA_CONSUMER, &errors, 0)
+                .put_dead_letter(&stored, consumer, &errors, 0)
                 .map(|_| true)
                 .map_err(|e| format!("the dead letter of an invalid event was not stored: {e}"));
+            if r.is_ok() {
+                if let Some(engine) = engine.upgrade() {
+                    // NOTE: `eref.durable` is None, so the store's dead-letter listener
+                    // skips this one (stored just above); DeadLetterConsumers get it.
+                    let _ = engine.dead_letter_now(Arc::new(eref), consumer.into(), errors);
+                }
+            }
             match done {
                 Answer::Call(f) => f(r),
                 Answer::Log => {

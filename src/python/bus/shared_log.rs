@@ -555,37 +555,45 @@ impl SharedLogBus {
 
     /// Writes the dead letters of events a "dead_letter" schema refused (each with
     /// its violations, one per line, as its reason) into the log under the consumer
-    /// name `"<schema>"`, off the loop; the events are never appended. `done` gets how
-    /// many were stored (a failure is logged; `Err` only if none was). `Err` (and `done`
-    /// not called) if the bus is stopping. Counted in [`SharedLogBus::appending`], so
-    /// `join()` and `stop()` wait for it.
+    /// name `"<schema>"`, off the loop; the events are never appended. Each one stored
+    /// joins `engine`'s dead letters too (so `DeadLetterConsumer`s and the metrics see
+    /// it as on the memory bus). `done` gets how many were stored (a failure is
+    /// logged; `Err` only if none was). `Err` (and `done` not called) if the bus is
+    /// stopping. Counted in [`SharedLogBus::appending`], so `join()` and `stop()` wait
+    /// for it.
     pub fn put_invalid(
         &self,
         py: Python<'_>,
-        letters: &[(&AcceptedEvent, &[String])],
-        done: Box<dyn FnOnce(Result<usize, String>) + Send>,
+        engine: &Engine<AcceptedEvent>,
+        letters: Vec<(AcceptedEvent, Vec<String>)>,
+        done: Done,
     ) -> PyResult<Result<(), String>> {
         if self.closing.load(Ordering::Acquire) {
             return Ok(Err(String::new()));
         }
         let mut records = Vec::with_capacity(letters.len());
         for (e, errors) in letters {
-            let st: StoredEvent = stored_event(py, e, &self.names)?;
+            let st: StoredEvent = stored_event(py, &e, &self.names)?;
             let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-            records.push((
-                record_from_stored(&st, &self.publisher, seq),
-                errors.join("\n"),
-            ));
+            let record = record_from_stored(&st, &self.publisher, seq);
+            records.push((record, errors.join("\n"), e, errors));
         }
         self.appending.fetch_add(1, Ordering::AcqRel);
         let (log, appending, inbox) =
             (self.log.clone(), self.appending.clone(), self.inbox.clone());
+        let engine = engine.downgrade();
         runtime().spawn_blocking(move || {
+            let consumer = super::schemas::SCHEMA_CONSUMER;
             let mut stored = 0usize;
             let mut failed = None;
-            for (r, reason) in &records {
-                match log.add_dead_letter(super::schemas::SCHEMA_CONSUMER, r, reason, 0) {
-                    Ok(_) => stored += 1,
+            for (r, reason, eref, errors) in records {
+                match log.add_dead_letter(consumer, &r, &reason, 0) {
+                    Ok(_) => {
+                        stored += 1;
+                        if let Some(engine) = engine.upgrade() {
+                            let _ = engine.dead_letter_now(Arc::new(eref), consumer.into(), errors);
+                        }
+                    }
                     Err(e) => {
                         failed = Some(format!(
                             "the dead letter of invalid event {} was not stored: {e}",
@@ -879,6 +887,7 @@ impl SharedLogBus {
     ) -> PyResult<usize> {
         let log = self.log.clone();
         let schema_name = super::schemas::SCHEMA_CONSUMER;
+        let (publisher, next_seq) = (&self.publisher, &self.next_seq);
         let (n, still_invalid) = py
             .detach(move || -> Result<(usize, Vec<String>), LogError> {
                 let letters = log.dead_letters(consumer.as_deref(), usize::MAX >> 1)?;
@@ -918,7 +927,15 @@ impl SharedLogBus {
                     // NOTE: appended first, then the dead letters removed: a failure
                     // in between leaves a dead letter of an appended event (replayed
                     // twice if replayed again), never a lost event.
-                    let records: Vec<_> = republish.iter().map(|l| l.record.clone()).collect();
+                    // NOTE: published by this bus now: its publisher id and order.
+                    let records: Vec<_> = republish
+                        .iter()
+                        .map(|l| crate::backend::Record {
+                            publisher: publisher.clone(),
+                            publisher_seq: next_seq.fetch_add(1, Ordering::Relaxed),
+                            ..l.record.clone()
+                        })
+                        .collect();
                     log.append(&records)?;
                     let ids: Vec<i64> = republish.iter().map(|l| l.dl_id).collect();
                     log.remove_dead_letters(&ids)?;
@@ -1156,25 +1173,22 @@ fn accept_for_log(
 }
 
 /// Submits `eref` to the log, or, when a schema refused it (`invalid`), its dead
-/// letter (see [`SharedLogBus::put_invalid`]); the in-process dead letters get it
-/// too, so that `DeadLetterConsumer`s and the metrics see it as on the memory bus.
+/// letter (see [`SharedLogBus::put_invalid`]).
 fn submit_one(
     bus: &super::EventBus,
     py: Python<'_>,
     l: &SharedLogBus,
     eref: AcceptedEvent,
     invalid: Option<crate::schema::Invalid>,
-    done: Box<dyn FnOnce(Result<usize, String>) + Send>,
+    done: Done,
 ) -> PyResult<Result<(), String>> {
-    let Some(inv) = invalid else {
-        return l.submit(py, std::slice::from_ref(&eref), done);
-    };
-    let errors = super::schemas::letter_errors(&inv);
-    let r = l.put_invalid(py, &[(&eref, errors.as_slice())], done)?;
-    if r.is_ok() {
-        let _ = bus.dead_letter_invalid(py, eref, &inv);
+    match invalid {
+        None => l.submit(py, std::slice::from_ref(&eref), done),
+        Some(inv) => {
+            let letters = vec![(eref, super::schemas::letter_errors(&inv))];
+            l.put_invalid(py, &bus.shared.engine, letters, done)
+        }
     }
-    Ok(r)
 }
 
 fn accept_owned(
@@ -1288,22 +1302,12 @@ pub(super) fn publish_batch(
         }
     }
     if !invalid.is_empty() {
-        let errors: Vec<Vec<String>> = invalid
-            .iter()
-            .map(|(_, inv)| super::schemas::letter_errors(inv))
+        let letters = invalid
+            .into_iter()
+            .map(|(e, inv)| (e, super::schemas::letter_errors(&inv)))
             .collect();
-        let letters: Vec<(&AcceptedEvent, &[String])> = invalid
-            .iter()
-            .zip(&errors)
-            .map(|((e, _), errs)| (e, errs.as_slice()))
-            .collect();
-        match l.put_invalid(py, &letters, done.part())? {
-            Ok(()) => {
-                for (eref, inv) in invalid {
-                    let _ = bus.dead_letter_invalid(py, eref, &inv);
-                }
-            }
-            Err(msg) => refusals.push(msg),
+        if let Err(msg) = l.put_invalid(py, &bus.shared.engine, letters, done.part())? {
+            refusals.push(msg);
         }
     }
     done.seal();
