@@ -1295,13 +1295,15 @@ pub(super) fn publish_batch(
     }
     let fut = event_loop.bind(py).call_method0("create_future")?;
     let done = Counted::new(l.done_future(fut.clone().unbind(), true), &l.inbox);
-    let mut refusals = Vec::new();
+    let (mut parts, mut refusals) = (0, Vec::new());
     if !erefs.is_empty() {
+        parts += 1;
         if let Err(msg) = l.submit(py, &erefs, done.part())? {
             refusals.push(msg);
         }
     }
     if !invalid.is_empty() {
+        parts += 1;
         let letters = invalid
             .into_iter()
             .map(|(e, inv)| (e, super::schemas::letter_errors(&inv)))
@@ -1314,6 +1316,11 @@ pub(super) fn publish_batch(
     // NOTE: a stopping bus refuses both parts alike: warned once.
     if let Some(msg) = refusals.first() {
         refused(bus, py, msg);
+    }
+    if refusals.len() == parts {
+        // NOTE: nothing was submitted: answered now, as before there were two parts
+        // (the future's own answer, 0, comes through the loop and is not awaited).
+        return zero(py);
     }
     let it = fut.call_method0("__await__")?.unbind();
     Ok(Py::new(py, Pending { it })?.into_any())
