@@ -179,6 +179,25 @@ impl Schemas {
     /// Checks `payload` (of an event on `topic`) against `schemas`
     /// ([`Schemas::for_topic`]); an invalid one is counted for its topic.
     pub fn check(&self, topic: &str, schemas: &[Arc<Schema>], payload: &Value) -> Option<Invalid> {
+        let out = Self::evaluate(schemas, payload);
+        if out.is_some() {
+            *self.invalid.lock().entry(topic.into()).or_default() += 1;
+        }
+        out
+    }
+
+    /// Checks again the payload of an event already dead-lettered for its schema
+    /// (`replay_dead_letters()`), against the schemas of `topic` registered now;
+    /// not counted in [`Schemas::invalid_counts`] (the event was counted when it
+    /// was published).
+    pub fn recheck(&self, topic: &str, payload: &Value) -> Option<Invalid> {
+        if self.is_empty() {
+            return None;
+        }
+        Self::evaluate(&self.for_topic(topic), payload)
+    }
+
+    fn evaluate(schemas: &[Arc<Schema>], payload: &Value) -> Option<Invalid> {
         let mut out: Option<Invalid> = None;
         for s in schemas {
             if s.is_valid(payload) {
@@ -192,9 +211,6 @@ impl Schemas {
                 inv.on_invalid = OnInvalid::Raise;
             }
             inv.violations.extend(s.violations(payload));
-        }
-        if out.is_some() {
-            *self.invalid.lock().entry(topic.into()).or_default() += 1;
         }
         out
     }
@@ -269,6 +285,13 @@ mod tests {
         assert!(reg
             .check("hook.pre", &schemas, &json!({"tool": "a", "params": {}}))
             .is_none());
+        assert_eq!(reg.invalid_counts(), vec![("hook.pre".to_string(), 1)]);
+        // A re-check (dead-letter replay) sees the schemas of now, uncounted.
+        assert!(reg.recheck("hook.pre", &json!({})).is_some());
+        assert!(reg
+            .recheck("hook.pre", &json!({"tool": "a", "params": {}}))
+            .is_none());
+        assert!(reg.recheck("system.x", &json!({})).is_none());
         assert_eq!(reg.invalid_counts(), vec![("hook.pre".to_string(), 1)]);
         assert!(Schema::compile("hook.*", &json!({"type": 5}), OnInvalid::Raise).is_err());
         assert!(Schema::compile("hook..x", &json!({}), OnInvalid::Raise).is_err());

@@ -51,6 +51,7 @@ macro_rules! conformance_suite {
             delete_group_forgets_it,
             release_hands_claims_back_at_once,
             requeue_hands_handled_entries_to_one_group,
+            unlogged_dead_letters_reach_no_group,
         );
     };
     (@tests $factory:path, $guard:path; $($name:ident),* $(,)?) => {
@@ -352,6 +353,57 @@ pub(crate) fn dead_letters_are_visible_from_another_handle_and_replay(factory: f
     let dl = a.dead_letter("g", again[0].id, "boom", 1).unwrap();
     assert_eq!(b.remove_dead_letters(&[dl, dl + 1000]).unwrap(), 1);
     assert_eq!(a.stats().unwrap().dead_letters, 0);
+}
+
+pub(crate) fn unlogged_dead_letters_reach_no_group(factory: fn() -> TestLog) {
+    let t = factory();
+    let a = t.handle();
+    let b = t.handle();
+    a.ensure_group("g", StartAt::Earliest).unwrap();
+    let small = rec("p", 1);
+    // Big and repetitive: stored compressed where the backend compresses.
+    let big = Record {
+        payload: format!("{{\"s\":\"{}\"}}", "x".repeat(20_000)).into_bytes(),
+        ..rec("p", 2)
+    };
+    let d1 = a
+        .add_dead_letter("<schema>", &small, "$.n: bad\n$: worse", 0)
+        .unwrap();
+    let d2 = a.add_dead_letter("<schema>", &big, "why", 0).unwrap();
+    assert_ne!(d1, d2);
+    let seen = b.dead_letters(Some("<schema>"), 100).unwrap();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        (
+            seen[0].dl_id,
+            seen[0].id,
+            seen[0].reason.as_str(),
+            seen[0].attempts
+        ),
+        (d1, EntryId::new(0, 0), "$.n: bad\n$: worse", 0)
+    );
+    assert_eq!((&seen[0].record, &seen[1].record), (&small, &big));
+    assert_eq!(seen[0].group, "<schema>");
+    // Never in the log: no group gets it, none is created for the name.
+    assert!(a.read("g", "i", 10, None).unwrap().is_empty());
+    assert_eq!(b.groups().unwrap(), vec!["g".to_string()]);
+    assert_eq!(b.stats().unwrap().entries, 0);
+    assert_eq!(b.stats().unwrap().dead_letters, 2);
+    assert!(b.dead_letters(Some("g"), 100).unwrap().is_empty());
+    assert!(matches!(
+        a.add_dead_letter(
+            "<schema>",
+            &Record {
+                priority: 9,
+                ..rec("p", 3)
+            },
+            "x",
+            0
+        ),
+        Err(LogError::Invalid(_))
+    ));
+    assert_eq!(b.remove_dead_letters(&[d1]).unwrap(), 1);
+    assert_eq!(a.dead_letters(None, 100).unwrap().len(), 1);
 }
 
 pub(crate) fn per_publisher_order_per_group(factory: fn() -> TestLog) {

@@ -319,6 +319,20 @@ pub trait SharedLog: Send + Sync {
     /// pending for the group.
     fn dead_letter(&self, group: &str, id: EntryId, reason: &str, attempts: u32) -> Result<i64>;
 
+    /// Store a dead letter of `record`, which is not in the log and is never appended
+    /// to it: an event refused at publish (its payload failed a schema). No group is
+    /// handed it; its [`DeadLetter::id`] is `0-0`. `group` is only the name the dead
+    /// letter carries: it is not created (a group nobody reads would hold retention
+    /// back). Visible to every handle like any dead letter; `replay_dead_letters` does
+    /// not apply to it (the bus re-publishes it instead). Returns its id.
+    fn add_dead_letter(
+        &self,
+        group: &str,
+        record: &Record,
+        reason: &str,
+        attempts: u32,
+    ) -> Result<i64>;
+
     /// The dead letters kept in the log, oldest first; of one group or of all.
     fn dead_letters(&self, group: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>>;
 

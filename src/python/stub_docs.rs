@@ -494,8 +494,9 @@ Each is a dict: ``event`` (the :class:`Event`), ``consumer`` (its name),
 ``attempts`` (int) and ``failed_at`` (UTC datetime).
 
 On a shared-log bus: the dead letters kept in the log, of every consumer
-name and every process (``errors`` holds the last error only), with their
-``id`` and ``entry_id`` in the log."#
+name and every process (``errors`` holds the last error only, but every
+violation for consumer ``"<schema>"``), with their ``id`` and ``entry_id``
+in the log (``"0-0"`` for ``"<schema>"``: the event was never appended)."#
     };
     (EventBus, register_schema) => {
         r#"Checks the payload of every event published on topics matching
@@ -512,16 +513,22 @@ With ``on_invalid="raise"``, publishing an invalid event raises
 ``SchemaValidationError`` (naming the JSON path and the keyword that
 failed) and accepts nothing; ``publish_batch`` checks every event first
 and raises naming all the failing indexes (``failed``), accepting none.
-With ``"dead_letter"`` (memory bus only), the event is accepted straight
-into the dead letters (consumer ``"<schema>"``, the violations as its
-errors) and never delivered. ``get_metrics()["schema_invalid"]`` counts
-invalid events per topic.
+With ``"dead_letter"``, the event is accepted (``publish`` returns True)
+straight into the dead letters (consumer ``"<schema>"``, the violations as
+its errors) and never delivered; ``publish_batch`` publishes the valid
+events and dead-letters the others. On a durable bus the dead letter is
+also stored (``get_stored_dead_letters()``, kept across restarts; the
+event itself is not stored); on a shared log it is written to the log's
+dead letters (every process's ``get_dead_letters()``; the event is never
+appended). ``replay_dead_letters()`` publishes such an event again if it
+passes the schemas registered then, and leaves it (with a warning) if it
+still fails. ``get_metrics()["schema_invalid"]`` counts invalid events per
+topic.
 
 Raises:
     InvalidTopicError: The pattern is malformed.
     ConsumerConfigError: The schema is not a valid JSON Schema, or
-        ``on_invalid`` is unknown (or ``"dead_letter"`` on a durable or
-        shared-log bus).
+        ``on_invalid`` is unknown.
     TypeError: ``schema`` is neither a dict nor a model class."#
     };
     (EventBus, replay) => {
@@ -580,6 +587,12 @@ a fresh set of retries.
 On a shared-log bus the dead letters go back into the log for their consumer
 name: whichever instance of it runs, in any process, gets them (this bus
 need not run, nor be the one that dead-lettered them).
+
+A dead letter of consumer ``"<schema>"`` (its payload failed a
+``"dead_letter"`` schema) is checked again against the schemas registered
+now: if it passes, the event is published again (to every consumer; on a
+shared log appended) and counted; if it still fails, it stays in the dead
+letters, is not counted, and a warning names it.
 
 Returns:
     How many were re-queued.

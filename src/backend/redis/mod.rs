@@ -1416,6 +1416,44 @@ impl SharedLog for RedisLog {
         }
     }
 
+    fn add_dead_letter(
+        &self,
+        group: &str,
+        record: &Record,
+        reason: &str,
+        attempts: u32,
+    ) -> Result<i64> {
+        check_name("group", group)?;
+        check_record(record)?;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(LogError::Closed);
+        }
+        let (codec, stored) = encode(&record.payload, self.opts.compress_threshold);
+        let size = stored.len() + record.metadata.len();
+        // NOTE: not retried: a lost reply after the server applied it would store the
+        // dead letter twice (the script has no de-duplication key).
+        self.run(false, |c| {
+            scripts::add_dead_letter()
+                .key(&self.keys.dlq)
+                .key(&self.keys.meta)
+                .arg(group)
+                .arg(reason)
+                .arg(attempts)
+                .arg(now_us())
+                .arg(&record.event_id)
+                .arg(&record.topic)
+                .arg(record.priority)
+                .arg(record.timestamp_us)
+                .arg(&record.publisher)
+                .arg(record.publisher_seq)
+                .arg(codec)
+                .arg(stored.as_ref())
+                .arg(&record.metadata)
+                .arg(size)
+                .invoke::<i64>(c)
+        })
+    }
+
     fn dead_letters(&self, group: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>> {
         let mut out = Vec::new();
         for (dlid, f) in self.dl_ids(group)? {

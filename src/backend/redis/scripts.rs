@@ -157,6 +157,25 @@ return dl
     })
 }
 
+/// Store a dead letter of a record that is not in the stream (refused at publish).
+/// KEYS: dlq, meta. ARGV: group, reason, attempts, failed_us, then the record's 10
+/// fields as `append` takes them. Returns the dead letter's number.
+pub(super) fn add_dead_letter() -> &'static Script {
+    static S: OnceLock<Script> = OnceLock::new();
+    S.get_or_init(|| {
+        Script::new(
+            r#"
+local dl = redis.call('HINCRBY', KEYS[2], 'dl_seq', 1)
+redis.call('XADD', KEYS[1], dl .. '-1', 'g', ARGV[1], 'id', '0-0', 'why', ARGV[2],
+  'n', ARGV[3], 'at', ARGV[4],
+  'e', ARGV[5], 't', ARGV[6], 'p', ARGV[7], 'ts', ARGV[8], 'pb', ARGV[9], 'ps', ARGV[10],
+  'c', ARGV[11], 'd', ARGV[12], 'm', ARGV[13], 'z', ARGV[14])
+return dl
+"#,
+        )
+    })
+}
+
 /// Hand dead letters back to their group. KEYS: stream, dlq, meta. ARGV: group, ready
 /// consumer, dead-letter stream ids... An entry still in the stream becomes pending of
 /// the ready pseudo-consumer with delivery count 0 (XCLAIM FORCE); one retention

@@ -752,6 +752,47 @@ impl SharedLog for SqliteLog {
         })
     }
 
+    fn add_dead_letter(
+        &self,
+        group: &str,
+        record: &Record,
+        reason: &str,
+        attempts: u32,
+    ) -> Result<i64> {
+        check_name("group", group)?;
+        check_record(record)?;
+        let (codec, payload) = encode(&record.payload, self.opts.compress_threshold);
+        let size = (payload.len() + record.metadata.len()) as i64;
+        let now = now_us();
+        // NOTE: seq 0 is never an entry's (AUTOINCREMENT starts at 1): the id 0-0.
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO log_dead_letters (grp, seq, event_id, topic, priority,
+                     timestamp_us, appended_us, publisher, publisher_seq, codec, payload,
+                     metadata, size_bytes, reason, attempts, failed_us)
+                 VALUES (?1, 0, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?6)",
+                params![
+                    group,
+                    record.event_id,
+                    record.topic,
+                    record.priority as i64,
+                    record.timestamp_us,
+                    now,
+                    record.publisher,
+                    record.publisher_seq as i64,
+                    codec,
+                    payload,
+                    record.metadata,
+                    size,
+                    reason,
+                    attempts as i64
+                ],
+            )
+            .map_err(self.e())?;
+            Ok(tx.last_insert_rowid())
+        })
+    }
+
     fn dead_letters(&self, group: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>> {
         let limit = check_max(limit)?;
         self.with_conn(|c| {

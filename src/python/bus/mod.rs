@@ -218,27 +218,59 @@ impl EventBus {
         event: &Bound<'_, PyAny>,
         done: crate::durable::Answer,
     ) -> PyResult<Result<(), String>> {
-        self.accept_durable_checked(p, event, done, false)
+        self.accept_durable_checked(p, event, done, None)
     }
 
     /// [`EventBus::accept_durable`]; `checked`: the batch's first pass checked the
-    /// schemas already (register_schema refuses "dead_letter" schemas on a durable
-    /// bus, so an invalid payload raises).
+    /// schemas already, with this outcome (`Some(None)`: valid).
     fn accept_durable_checked(
         &self,
         p: &Arc<Persistence>,
         event: &Bound<'_, PyAny>,
         done: crate::durable::Answer,
-        checked: bool,
+        checked: Option<Option<crate::schema::Invalid>>,
     ) -> PyResult<Result<(), String>> {
         let py = event.py();
         let owned = as_event(event)?;
         let mut memo = PrepMemo {
-            checked: checked.then(Vec::new),
+            checked: checked.is_some().then(Vec::new),
             ..PrepMemo::default()
         };
         let (eref, route) = self.prepare_event(py, owned, Utc::now(), &mut memo)?;
+        let invalid = match checked {
+            Some(c) => c,
+            None => memo.invalid.take(),
+        };
+        if let Some(inv) = invalid {
+            return self.dead_letter_durable(py, p, eref, &inv, done);
+        }
         self.submit_durable(py, p, eref, route, done)
+    }
+
+    /// An event that failed a "dead_letter" schema on a durable bus: its dead letter
+    /// is stored (it survives restarts, `get_stored_dead_letters()`), then kept in
+    /// memory as on the memory bus; the event itself is not stored, so it is never
+    /// delivered nor redelivered. `done` is answered once the store has it.
+    fn dead_letter_durable(
+        &self,
+        py: Python<'_>,
+        p: &Arc<Persistence>,
+        eref: AcceptedEvent,
+        inv: &crate::schema::Invalid,
+        done: crate::durable::Answer,
+    ) -> PyResult<Result<(), String>> {
+        if !self.shared.engine.is_accepting() || p.is_closing() {
+            self.warn_not_running(py);
+            return Ok(Err(String::new()));
+        }
+        p.put_invalid(
+            py,
+            &self.shared.engine,
+            eref,
+            schemas::letter_errors(inv),
+            done,
+        )?;
+        Ok(Ok(()))
     }
 
     /// Hands an accepted event to the store (which dispatches it once stored), unless
@@ -269,15 +301,23 @@ impl EventBus {
         py: Python<'_>,
         events: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
-        // NOTE: as on the memory bus, every event is checked before any is stored.
-        let owned_events = self.validate_batch(py, events, &mut PrepMemo::default())?;
+        // NOTE: as on the memory bus, every event is checked before any is stored;
+        // those a "dead_letter" schema refuses are dead-lettered (and counted).
+        let mut memo = PrepMemo::default();
+        let owned_events = self.validate_batch(py, events, &mut memo)?;
+        let mut dead: std::collections::VecDeque<(usize, crate::schema::Invalid)> =
+            memo.checked.take().unwrap_or_default().into();
         let event_loop = self.shared.inbox.current_loop(py);
         let mut aws = Vec::with_capacity(owned_events.len());
-        for owned in owned_events {
+        for (i, owned) in owned_events.into_iter().enumerate() {
             let e = owned.into_bound(py).into_any();
             let lp = event_loop.as_ref().map(|l| l.clone_ref(py));
+            let invalid = match dead.front() {
+                Some((j, _)) if *j == i => dead.pop_front().map(|(_, inv)| inv),
+                _ => None,
+            };
             aws.push(persist::publish(p, py, lp, |done| {
-                self.accept_durable_checked(p, &e, done, true)
+                self.accept_durable_checked(p, &e, done, Some(invalid))
             })?);
         }
         py_api::count_true(py, (aws,)).map(Bound::unbind)
@@ -490,7 +530,12 @@ impl EventBus {
         }
         if let Some(inv) = schemas::check_accepted_with(py, &self.schemas, &eref, copy.is_whole())?
         {
-            return Ok(self.dead_letter_invalid(py, eref, &inv).is_ok());
+            return match &self.persist {
+                None => Ok(self.dead_letter_invalid(py, eref, &inv).is_ok()),
+                Some(p) => Ok(self
+                    .dead_letter_durable(py, p, eref, &inv, p.done_log())?
+                    .is_ok()),
+            };
         }
         if self.shared.monitor.watching() {
             self.shared.monitor.tap_event(py, &mut eref);
@@ -528,6 +573,65 @@ impl EventBus {
             self.warn_not_running(py);
         }
         result
+    }
+
+    /// `replay_dead_letters()` of the `"<schema>"` dead letters (memory and durable
+    /// bus): each whose payload passes the schemas registered now is published again
+    /// (same event; on a durable bus stored first), its dead letter removed; one that
+    /// still fails stays as it is, not counted, and a warning names it. Returns how
+    /// many were published.
+    fn replay_schema_letters(
+        &self,
+        py: Python<'_>,
+        event_ids: Option<&[String]>,
+    ) -> PyResult<usize> {
+        let mut still_invalid = Vec::new();
+        let taken = self.shared.engine.take_dead_letters(|l| {
+            if *l.consumer != *schemas::SCHEMA_CONSUMER
+                || !event_ids.is_none_or(|ids| ids.iter().any(|i| *i == l.event.id(py)))
+            {
+                return false;
+            }
+            let payload =
+                crate::python::model::payload_json(py, &l.event).unwrap_or(serde_json::Value::Null);
+            match self.schemas.recheck(&l.event.topic, &payload) {
+                None => true,
+                Some(inv) => {
+                    still_invalid.push(format!(
+                        "{} ({})",
+                        l.event.id(py),
+                        inv.violations
+                            .first()
+                            .map(|v| v.to_string())
+                            .unwrap_or_default()
+                    ));
+                    false
+                }
+            }
+        });
+        shared_log::warn_still_invalid(py, &still_invalid);
+        let mut n = 0;
+        for l in taken {
+            let event = l.event.event(py)?.clone_ref(py).into_bound(py).into_any();
+            let ok = match &self.persist {
+                None => self.accept(&event)?.is_ok(),
+                Some(p) => {
+                    persist::publish_blocking(p, py, |done| self.accept_durable(p, &event, done))?
+                }
+            };
+            if ok {
+                n += 1;
+            } else {
+                log_warning(
+                    py,
+                    &format!(
+                        "dead letter {} of the schema check could not be published again",
+                        l.event.id(py)
+                    ),
+                );
+            }
+        }
+        Ok(n)
     }
 
     /// Hands an accepted event to the engine.
@@ -1035,12 +1139,19 @@ impl EventBus {
         if let Some(l) = &self.shared_log {
             // NOTE: back in the log for their consumer names: any instance, in any
             // process, gets them (this bus need not run).
-            return l.replay_dead_letters(py, consumer, event_ids);
+            return l.replay_dead_letters(py, &self.schemas, consumer, event_ids);
         }
         if !self.shared.running.load(Ordering::Acquire) {
             return Err(PyRuntimeError::new_err(
                 "replay_dead_letters() needs a running bus",
             ));
+        }
+        let mut n = 0;
+        if consumer
+            .as_deref()
+            .is_none_or(|c| c == schemas::SCHEMA_CONSUMER)
+        {
+            n += self.replay_schema_letters(py, event_ids.as_deref())?;
         }
         let lanes: HashMap<Arc<str>, Arc<Lane<AcceptedEvent>>> = self
             .shared
@@ -1056,7 +1167,6 @@ impl EventBus {
                     .is_none_or(|ids| ids.iter().any(|i| *i == l.event.id(py)))
                 && lanes.contains_key(&l.consumer)
         });
-        let mut n = 0;
         for l in taken {
             if self
                 .shared
@@ -1411,12 +1521,6 @@ impl EventBus {
         schema: &Bound<'_, PyAny>,
         on_invalid: &str,
     ) -> PyResult<()> {
-        if on_invalid == "dead_letter" && (self.persist.is_some() || self.shared_log.is_some()) {
-            return Err(crate::python::runtime::errors::config_error(
-                "register_schema(): on_invalid=\"dead_letter\" is not supported on a durable or \
-                 shared-log bus yet (use \"raise\")",
-            ));
-        }
         schemas::register(&self.schemas, topic_pattern, schema, on_invalid)
     }
 

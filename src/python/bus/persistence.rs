@@ -83,6 +83,9 @@ pub struct Persistence {
     pub redelivering: AtomicUsize,
     redelivered: AtomicU64,
     replayed: AtomicU64,
+    /// Dead letters of events refused by a "dead_letter" schema being written
+    /// ([`Persistence::put_invalid`]); counted as writes in flight.
+    invalid_writes: AtomicUsize,
 }
 
 /// What the durable log asks of the bus, on the store's writer thread: failures of
@@ -145,6 +148,7 @@ impl Persistence {
             redelivering: AtomicUsize::new(0),
             redelivered: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
+            invalid_writes: AtomicUsize::new(0),
         });
         let _ = hooks.persist.set(Arc::downgrade(&p));
         Ok(p)
@@ -166,7 +170,7 @@ impl Persistence {
 
     /// Appends submitted and not yet answered by the writer.
     pub fn pending(&self) -> usize {
-        self.log.pending()
+        self.log.pending() + self.invalid_writes.load(Ordering::Acquire)
     }
 
     /// True when no write and no start-time redelivery is in progress.
@@ -296,6 +300,60 @@ impl Persistence {
                 eprintln!("mpm_events: cannot store a dead letter: {e}");
             }
         });
+    }
+
+    /// Records the dead letter of an event refused by a "dead_letter" schema (it is
+    /// never stored as an event, so never delivered nor redelivered); once the store
+    /// has it, the dead letter joins `engine`'s (as on the memory bus) and `done` is
+    /// answered: `Ok(true)`, or the store's error (then it is in neither).
+    pub fn put_invalid(
+        self: &Arc<Self>,
+        py: Python<'_>,
+        engine: &Engine<AcceptedEvent>,
+        eref: AcceptedEvent,
+        errors: Vec<String>,
+        done: Answer,
+    ) -> PyResult<()> {
+        let stored = stored_event(py, &eref, &self.names)?;
+        let store = self.log.store.clone();
+        let engine = engine.downgrade();
+        self.invalid_writes.fetch_add(1, Ordering::AcqRel);
+        let me = self.clone();
+        // NOTE: the store answers after the commit; never wait for that on the loop.
+        runtime().spawn_blocking(move || {
+            let consumer = super::schemas::SCHEMA_CONSUMER;
+            let r = store
+                .put_dead_letter(&stored, consumer, &errors, 0)
+                .map(|_| true)
+                .map_err(|e| format!("the dead letter of an invalid event was not stored: {e}"));
+            if r.is_ok() {
+                if let Some(engine) = engine.upgrade() {
+                    // NOTE: `eref.durable` is None, so the store's dead-letter listener
+                    // skips this one (stored just above); DeadLetterConsumers get it.
+                    let _ = engine.dead_letter_now(Arc::new(eref), consumer.into(), errors);
+                }
+            }
+            match done {
+                Answer::Call(f) => f(r),
+                Answer::Log => {
+                    if let Err(msg) = r {
+                        me.inbox.call_soon(Box::new(move |py| {
+                            log_error(py, &format!("publish failed: {msg}"))
+                        }));
+                    }
+                }
+            }
+            // NOTE: as the writer's `drained` hook: join() and stop() wait for it.
+            if me.invalid_writes.fetch_sub(1, Ordering::AcqRel) == 1 {
+                me.inbox.wake();
+                if !me.waiters.lock().is_empty() {
+                    let p = me.clone();
+                    me.inbox
+                        .call_soon(Box::new(move |py| p.resolve_waiters(py)));
+                }
+            }
+        });
+        Ok(())
     }
 
     /// The highest stored seq: what [`Persistence::unacked`] is limited to, so that live

@@ -553,6 +553,70 @@ impl SharedLogBus {
         Ok(Ok(()))
     }
 
+    /// Writes the dead letters of events a "dead_letter" schema refused (each with
+    /// its violations, one per line, as its reason) into the log under the consumer
+    /// name `"<schema>"`, off the loop; the events are never appended. Each one stored
+    /// joins `engine`'s dead letters too (so `DeadLetterConsumer`s and the metrics see
+    /// it as on the memory bus). `done` gets how many were stored (a failure is
+    /// logged; `Err` only if none was). `Err` (and `done` not called) if the bus is
+    /// stopping. Counted in [`SharedLogBus::appending`], so `join()` and `stop()` wait
+    /// for it.
+    pub fn put_invalid(
+        &self,
+        py: Python<'_>,
+        engine: &Engine<AcceptedEvent>,
+        letters: Vec<(AcceptedEvent, Vec<String>)>,
+        done: Done,
+    ) -> PyResult<Result<(), String>> {
+        if self.closing.load(Ordering::Acquire) {
+            return Ok(Err(String::new()));
+        }
+        let mut records = Vec::with_capacity(letters.len());
+        for (e, errors) in letters {
+            let st: StoredEvent = stored_event(py, &e, &self.names)?;
+            let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+            let record = record_from_stored(&st, &self.publisher, seq);
+            records.push((record, errors.join("\n"), e, errors));
+        }
+        self.appending.fetch_add(1, Ordering::AcqRel);
+        let (log, appending, inbox) =
+            (self.log.clone(), self.appending.clone(), self.inbox.clone());
+        let engine = engine.downgrade();
+        runtime().spawn_blocking(move || {
+            let consumer = super::schemas::SCHEMA_CONSUMER;
+            let mut stored = 0usize;
+            let mut failed = None;
+            for (r, reason, eref, errors) in records {
+                match log.add_dead_letter(consumer, &r, &reason, 0) {
+                    Ok(_) => {
+                        stored += 1;
+                        if let Some(engine) = engine.upgrade() {
+                            let _ = engine.dead_letter_now(Arc::new(eref), consumer.into(), errors);
+                        }
+                    }
+                    Err(e) => {
+                        failed = Some(format!(
+                            "the dead letter of invalid event {} was not stored: {e}",
+                            r.event_id
+                        ))
+                    }
+                }
+            }
+            match failed {
+                Some(msg) if stored == 0 => done(Err(msg)),
+                Some(msg) => {
+                    inbox.call_soon(Box::new(move |py| log_error(py, &msg)));
+                    done(Ok(stored));
+                }
+                None => done(Ok(stored)),
+            }
+            if appending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                inbox.wake();
+            }
+        });
+        Ok(Ok(()))
+    }
+
     /// `done` completing `fut` on the loop with `True`/`False` (or the count).
     pub fn done_future(
         &self,
@@ -736,7 +800,13 @@ impl SharedLogBus {
             let ev = stored_from_record(&r.record).map_err(|e| log_error_py(&e))?;
             d.set_item("event", py_event(py, &ev)?)?;
             d.set_item("consumer", &r.group)?;
-            d.set_item("errors", vec![r.reason.clone()])?;
+            // NOTE: a schema's dead letter keeps every violation, one per line.
+            let errors: Vec<&str> = if r.group == super::schemas::SCHEMA_CONSUMER {
+                r.reason.lines().collect()
+            } else {
+                vec![r.reason.as_str()]
+            };
+            d.set_item("errors", errors)?;
             d.set_item("attempts", r.attempts)?;
             d.set_item(
                 "failed_at",
@@ -803,32 +873,79 @@ impl SharedLogBus {
     }
 
     /// `replay_dead_letters(consumer, event_ids)`: hands dead letters back to their
-    /// consumer name in the log (any instance, in any process, gets them).
+    /// consumer name in the log (any instance, in any process, gets them). A
+    /// `"<schema>"` dead letter (its event was never appended) is checked against
+    /// `schemas` as registered now: if it passes it is appended to the log (every
+    /// consumer name gets it) and its dead letter removed; if it still fails it stays
+    /// as it is, not counted, with a warning naming it.
     pub fn replay_dead_letters(
         &self,
         py: Python<'_>,
+        schemas: &crate::schema::Schemas,
         consumer: Option<String>,
         event_ids: Option<Vec<String>>,
     ) -> PyResult<usize> {
         let log = self.log.clone();
-        py.detach(move || -> Result<usize, LogError> {
-            let letters = log.dead_letters(consumer.as_deref(), usize::MAX >> 1)?;
-            let mut by_group: HashMap<String, Vec<i64>> = HashMap::new();
-            for l in letters {
-                if event_ids
-                    .as_ref()
-                    .is_none_or(|ids| ids.contains(&l.record.event_id))
-                {
-                    by_group.entry(l.group).or_default().push(l.dl_id);
+        let schema_name = super::schemas::SCHEMA_CONSUMER;
+        let (publisher, next_seq) = (&self.publisher, &self.next_seq);
+        let (n, still_invalid) = py
+            .detach(move || -> Result<(usize, Vec<String>), LogError> {
+                let letters = log.dead_letters(consumer.as_deref(), usize::MAX >> 1)?;
+                let mut by_group: HashMap<String, Vec<i64>> = HashMap::new();
+                let mut republish = Vec::new();
+                let mut still_invalid = Vec::new();
+                for l in letters {
+                    if !event_ids
+                        .as_ref()
+                        .is_none_or(|ids| ids.contains(&l.record.event_id))
+                    {
+                        continue;
+                    }
+                    if l.group != schema_name {
+                        by_group.entry(l.group).or_default().push(l.dl_id);
+                        continue;
+                    }
+                    let payload = serde_json::from_slice(&l.record.payload)
+                        .unwrap_or(serde_json::Value::Null);
+                    match schemas.recheck(&l.record.topic, &payload) {
+                        None => republish.push(l),
+                        Some(inv) => still_invalid.push(format!(
+                            "{} ({})",
+                            l.record.event_id,
+                            inv.violations
+                                .first()
+                                .map(|v| v.to_string())
+                                .unwrap_or_default()
+                        )),
+                    }
                 }
-            }
-            let mut n = 0;
-            for (g, ids) in by_group {
-                n += log.replay_dead_letters(&g, Some(&ids))? as usize;
-            }
-            Ok(n)
-        })
-        .map_err(|e| log_error_py(&e))
+                let mut n = 0;
+                for (g, ids) in by_group {
+                    n += log.replay_dead_letters(&g, Some(&ids))? as usize;
+                }
+                if !republish.is_empty() {
+                    // NOTE: appended first, then the dead letters removed: a failure
+                    // in between leaves a dead letter of an appended event (replayed
+                    // twice if replayed again), never a lost event.
+                    // NOTE: published by this bus now: its publisher id and order.
+                    let records: Vec<_> = republish
+                        .iter()
+                        .map(|l| crate::backend::Record {
+                            publisher: publisher.clone(),
+                            publisher_seq: next_seq.fetch_add(1, Ordering::Relaxed),
+                            ..l.record.clone()
+                        })
+                        .collect();
+                    log.append(&records)?;
+                    let ids: Vec<i64> = republish.iter().map(|l| l.dl_id).collect();
+                    log.remove_dead_letters(&ids)?;
+                    n += records.len();
+                }
+                Ok((n, still_invalid))
+            })
+            .map_err(|e| log_error_py(&e))?;
+        warn_still_invalid(py, &still_invalid);
+        Ok(n)
     }
 
     /// Entries of the log in a time window and topics, all for consumer `to`
@@ -931,6 +1048,23 @@ impl SharedLogBus {
     }
 }
 
+/// `replay_dead_letters()` left these `"<schema>"` dead letters in place: their
+/// payload still fails a "dead_letter" or "raise" schema.
+pub(super) fn warn_still_invalid(py: Python<'_>, which: &[String]) {
+    if which.is_empty() {
+        return;
+    }
+    log_warning(
+        py,
+        &format!(
+            "replay_dead_letters(): {} dead letter(s) of the schema check still fail their \
+             schema and stay in the dead letters: {}",
+            which.len(),
+            which.join(", ")
+        ),
+    );
+}
+
 // ----- the EventBus side (called by `bus/mod.rs`) -----
 
 /// Opens the shared log of `EventBus(backend=...)`, with the bus's durability,
@@ -1024,18 +1158,37 @@ pub(super) fn start(bus: &super::EventBus, py: Python<'_>, l: &SharedLogBus) -> 
     Ok(())
 }
 
-/// An event accepted for the log: checked (topic, dict payload) and its payload packed.
+/// An event accepted for the log: checked (topic, dict payload) and its payload
+/// packed, with the violations if a "dead_letter" schema refuses it (a "raise" one
+/// raises here).
 fn accept_for_log(
     bus: &super::EventBus,
     py: Python<'_>,
     event: &Bound<'_, PyAny>,
-) -> PyResult<AcceptedEvent> {
+) -> PyResult<(AcceptedEvent, Option<crate::schema::Invalid>)> {
     let owned = super::as_event(event)?;
     let eref = accept_owned(bus, py, owned)?;
-    // NOTE: register_schema refuses "dead_letter" schemas on a shared-log bus,
-    // so an invalid payload raises here.
-    super::schemas::check_accepted(py, &bus.schemas, &eref)?;
-    Ok(eref)
+    let invalid = super::schemas::check_accepted(py, &bus.schemas, &eref)?;
+    Ok((eref, invalid))
+}
+
+/// Submits `eref` to the log, or, when a schema refused it (`invalid`), its dead
+/// letter (see [`SharedLogBus::put_invalid`]).
+fn submit_one(
+    bus: &super::EventBus,
+    py: Python<'_>,
+    l: &SharedLogBus,
+    eref: AcceptedEvent,
+    invalid: Option<crate::schema::Invalid>,
+    done: Done,
+) -> PyResult<Result<(), String>> {
+    match invalid {
+        None => l.submit(py, std::slice::from_ref(&eref), done),
+        Some(inv) => {
+            let letters = vec![(eref, super::schemas::letter_errors(&inv))];
+            l.put_invalid(py, &bus.shared.engine, letters, done)
+        }
+    }
 }
 
 fn accept_owned(
@@ -1072,7 +1225,7 @@ pub(super) fn publish(
     event: &Bound<'_, PyAny>,
 ) -> PyResult<Py<PyAny>> {
     use crate::python::runtime::awaitable::{Pending, Ready};
-    let eref = accept_for_log(bus, py, event)?;
+    let (eref, invalid) = accept_for_log(bus, py, event)?;
     let event_loop = match bus.shared.inbox.current_loop(py) {
         Some(lp) if bus.shared.engine.is_accepting() => lp,
         _ => {
@@ -1081,9 +1234,12 @@ pub(super) fn publish(
         }
     };
     let fut = event_loop.bind(py).call_method0("create_future")?;
-    match l.submit(
+    match submit_one(
+        bus,
         py,
-        std::slice::from_ref(&eref),
+        l,
+        eref,
+        invalid,
         l.done_future(fut.clone().unbind(), false),
     )? {
         Ok(()) => {
@@ -1106,7 +1262,10 @@ pub(super) fn publish_batch(
     events: &Bound<'_, PyAny>,
 ) -> PyResult<Py<PyAny>> {
     use crate::python::runtime::awaitable::{Pending, Ready};
-    let owned = bus.validate_batch(py, events, &mut super::PrepMemo::default())?;
+    let mut memo = super::PrepMemo::default();
+    let owned = bus.validate_batch(py, events, &mut memo)?;
+    let mut dead: std::collections::VecDeque<(usize, crate::schema::Invalid)> =
+        memo.checked.take().unwrap_or_default().into();
     let zero = |py: Python<'_>| -> PyResult<Py<PyAny>> {
         Ready::of(py, 0i64.into_pyobject(py)?.into_any().unbind()).map(Py::into_any)
     };
@@ -1120,19 +1279,145 @@ pub(super) fn publish_batch(
             return zero(py);
         }
     };
-    let erefs = owned
-        .into_iter()
-        .map(|e| accept_owned(bus, py, e))
-        .collect::<PyResult<Vec<_>>>()?;
-    let fut = event_loop.bind(py).call_method0("create_future")?;
-    match l.submit(py, &erefs, l.done_future(fut.clone().unbind(), true))? {
-        Ok(()) => {
-            let it = fut.call_method0("__await__")?.unbind();
-            Ok(Py::new(py, Pending { it })?.into_any())
+    // NOTE: as on the memory bus, the events a "dead_letter" schema refused go to
+    // the dead letters (written to the log apart) and count as accepted.
+    let mut erefs = Vec::with_capacity(owned.len());
+    let mut invalid = Vec::new();
+    for (i, e) in owned.into_iter().enumerate() {
+        let eref = accept_owned(bus, py, e)?;
+        match dead.front() {
+            Some((j, _)) if *j == i => {
+                let (_, inv) = dead.pop_front().expect("front");
+                invalid.push((eref, inv));
+            }
+            _ => erefs.push(eref),
         }
-        Err(msg) => {
-            refused(bus, py, &msg);
-            zero(py)
+    }
+    let fut = event_loop.bind(py).call_method0("create_future")?;
+    let done = Counted::new(l.done_future(fut.clone().unbind(), true), &l.inbox);
+    let (mut parts, mut refusals) = (0, Vec::new());
+    if !erefs.is_empty() {
+        parts += 1;
+        if let Err(msg) = l.submit(py, &erefs, done.part())? {
+            refusals.push(msg);
+        }
+    }
+    if !invalid.is_empty() {
+        parts += 1;
+        let letters = invalid
+            .into_iter()
+            .map(|(e, inv)| (e, super::schemas::letter_errors(&inv)))
+            .collect();
+        if let Err(msg) = l.put_invalid(py, &bus.shared.engine, letters, done.part())? {
+            refusals.push(msg);
+        }
+    }
+    done.seal();
+    // NOTE: a stopping bus refuses both parts alike: warned once.
+    if let Some(msg) = refusals.first() {
+        refused(bus, py, msg);
+    }
+    if refusals.len() == parts {
+        // NOTE: nothing was submitted: answered now, as before there were two parts
+        // (the future's own answer, 0, comes through the loop and is not awaited).
+        return zero(py);
+    }
+    let it = fut.call_method0("__await__")?.unbind();
+    Ok(Py::new(py, Pending { it })?.into_any())
+}
+
+/// One publisher's answer made of several submissions (a batch's appended events
+/// and its schema dead letters): `done` is called once, with the sum, when every
+/// part handed out has answered and [`Counted::seal`] was called. A part whose
+/// submission was refused (its callback dropped uncalled) counts as 0.
+struct Counted {
+    state: Arc<Mutex<CountedState>>,
+}
+
+/// How a shared-log submission answers its publisher: how many were committed.
+type Done = Box<dyn FnOnce(Result<usize, String>) + Send>;
+
+struct CountedState {
+    /// Parts not answered yet, plus one until sealed.
+    left: usize,
+    total: usize,
+    error: Option<String>,
+    done: Option<Done>,
+    inbox: Arc<Inbox>,
+}
+
+/// Answers its part with 0 if dropped before it was called.
+struct PartGuard(Option<Arc<Mutex<CountedState>>>);
+
+impl Drop for PartGuard {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            Counted::answer(&s, Ok(0));
+        }
+    }
+}
+
+impl Counted {
+    fn new(done: Done, inbox: &Arc<Inbox>) -> Counted {
+        Counted {
+            state: Arc::new(Mutex::new(CountedState {
+                left: 1,
+                total: 0,
+                error: None,
+                done: Some(done),
+                inbox: inbox.clone(),
+            })),
+        }
+    }
+
+    /// The `done` of one more part.
+    fn part(&self) -> Done {
+        self.state.lock().left += 1;
+        let mut guard = PartGuard(Some(self.state.clone()));
+        Box::new(move |r| {
+            if let Some(s) = guard.0.take() {
+                Counted::answer(&s, r);
+            }
+        })
+    }
+
+    /// Every part was handed out.
+    fn seal(self) {
+        Counted::answer(&self.state, Ok(0));
+    }
+
+    fn answer(state: &Mutex<CountedState>, r: Result<usize, String>) {
+        let mut s = state.lock();
+        match r {
+            Ok(n) => s.total += n,
+            Err(msg) => {
+                if let Some(prev) = s.error.replace(msg) {
+                    // NOTE: two failing parts: the first is logged here, the last
+                    // reaches the publisher's answer.
+                    s.inbox.call_soon(Box::new(move |py| {
+                        log_error(py, &format!("publish failed: {prev}"))
+                    }));
+                }
+            }
+        }
+        s.left -= 1;
+        if s.left > 0 {
+            return;
+        }
+        let done = s.done.take();
+        let out = match (s.total, s.error.take()) {
+            (0, Some(msg)) => Err(msg),
+            (n, Some(msg)) => {
+                s.inbox.call_soon(Box::new(move |py| {
+                    log_error(py, &format!("publish failed: {msg}"))
+                }));
+                Ok(n)
+            }
+            (n, None) => Ok(n),
+        };
+        drop(s);
+        if let Some(done) = done {
+            done(out);
         }
     }
 }
@@ -1144,15 +1429,18 @@ pub(super) fn publish_blocking(
     event: &Bound<'_, PyAny>,
 ) -> PyResult<bool> {
     let py = event.py();
-    let eref = accept_for_log(bus, py, event)?;
+    let (eref, invalid) = accept_for_log(bus, py, event)?;
     if !bus.shared.engine.is_accepting() {
         bus.warn_not_running(py);
         return Ok(false);
     }
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    let r = l.submit(
+    let r = submit_one(
+        bus,
         py,
-        std::slice::from_ref(&eref),
+        l,
+        eref,
+        invalid,
         Box::new(move |o| {
             let _ = tx.send(o);
         }),
