@@ -176,3 +176,45 @@ def test_matching_something_that_is_no_document_says_so() -> None:
         Rule({"a": [1]}).matches([1])  # type: ignore[arg-type]
     # A payload value that is not JSON is seen as its str(), as Rust consumers see it.
     assert Rule({"a": [{"prefix": "<object"}]}).matches({"a": object()})
+
+
+async def _matched(rule: dict[str, Any], payloads: list[Any], via_producer: bool) -> list[int]:
+    bus = EventBus()
+    rec = Recorder("r", topics=["hook.**"], rule=rule)
+    await bus.subscribe(rec)
+    await bus.start()
+    producer = HookEventProducer(bus)
+    try:
+        for i, data in enumerate(payloads):
+            data["i"] = i
+            if via_producer:
+                assert await producer.publish_response(data)
+            else:
+                assert await bus.publish(Event(topic="hook.r", type="T", source="s", data=data))
+        await bus.join(10)
+    finally:
+        await bus.stop(5)
+    return sorted(c.event.data["i"] for c in rec.calls)
+
+
+@pytest.mark.parametrize("via_producer", [False, True])
+async def test_rules_see_a_payload_that_is_not_plain_json_as_its_json(via_producer: bool) -> None:
+    """Rules read the publisher's dict before it is packed; one that is not plain JSON
+    (int keys, tuples, a dict subclass, nesting deeper than anything packs) is matched
+    as its JSON form, as a Rust sink would see it."""
+    from collections import OrderedDict
+
+    deep: Any = "end"
+    for _ in range(40):
+        deep = [deep]
+    rule = {"data": {"1": ["x"], "t": [2], "o": {"k": ["v"]}}}
+    payloads = [
+        {1: "x", "t": (1, 2), "o": {"k": "v"}},  # 0: int key as "1", tuple as array
+        OrderedDict([("1", "x"), ("t", [2]), ("o", OrderedDict(k="v"))]),  # 1
+        {"1": "x", "t": [2], "o": {"k": "v"}, "deep": deep},  # 2: not packed (too deep)
+        {"1": "y", "t": [2], "o": {"k": "v"}},  # 3: no
+        {"1": "x", "t": [3], "o": {"k": "v"}},  # 4: no
+        {"1": "x", "t": [2], "o": {"k": ["w", "v"]}},  # 5: an element matches
+        {"1": "x", "t": [2]},  # 6: no "o"
+    ]
+    assert await _matched(rule, payloads, via_producer) == [0, 1, 2, 5]

@@ -64,6 +64,11 @@ impl Projection {
         }
     }
 
+    /// The keys named at this level, sorted, each with what is named below it.
+    pub fn keys(&self) -> impl Iterator<Item = (&str, &Projection)> {
+        self.keys.iter().map(|(k, p)| (k.as_str(), p))
+    }
+
     /// `value` cut down to what the rules read.
     pub fn project(&self, value: &Value) -> Value {
         match value {

@@ -25,7 +25,9 @@ use crate::dispatch::{Engine, Executor, Lane, LaneConfig, Rejected, Route, ViewN
 use crate::python::consumers::SinkConsumer;
 use crate::python::exec::{Inbox, LoopExecutor, PyConsumer, ThreadExecutor};
 use crate::python::model::ConsumerSpec;
-use crate::python::model::{build_view, build_view_with, DataCopy, ViewMemo};
+use crate::python::model::{
+    build_view, build_view_projected, build_view_with, payload_object, DataCopy, ViewMemo,
+};
 use crate::python::model::{AcceptedEvent, Event, EventParts, PartsData};
 use crate::python::runtime::awaitable::Ready;
 use crate::python::runtime::errors::event_error;
@@ -431,14 +433,25 @@ impl EventBus {
             memo.route = Some(r.clone());
             Ok((r.topic.clone(), r))
         })?;
+        let copy = data_copy(&route);
+        // NOTE: rules read the keys they name straight from the publisher's dict,
+        // before it is packed (parsing the packed text back cost more than W1r's
+        // budget, issue 15).
+        let projected = match copy {
+            DataCopy::ForRules(p) => payload_object(py, &eref)?
+                .map(|o| crate::python::convert::project::project_py(p, o.bind(py), 0)),
+            _ => None,
+        };
         // NOTE: only events some Python consumer will receive are packed (see
         // `pack_payload`); Rust consumers get their own copy below.
         if route.any_plain {
             crate::python::model::pack_payload(py, eref.event(py)?);
         }
-        let copy = data_copy(&route);
         if route.needs_view != ViewNeeds::Nothing {
-            eref.view = Some(Arc::new(build_view_with(py, &eref, copy, &mut memo.view)?));
+            eref.view = Some(Arc::new(match projected {
+                Some(cut) => build_view_projected(py, &eref, cut, &mut memo.view)?,
+                None => build_view_with(py, &eref, copy, &mut memo.view)?,
+            }));
         }
         if memo.checked.is_none() {
             memo.invalid = schemas::check_accepted_with(py, &self.schemas, &eref, copy.is_whole())?;
@@ -508,6 +521,12 @@ impl EventBus {
                 crate::python::convert::text::type_name(&data)
             )));
         }
+        let copy = data_copy(&route);
+        // NOTE: see `prepare_event`: the rules' keys are read before packing.
+        let projected = match copy {
+            DataCopy::ForRules(p) => Some(crate::python::convert::project::project_py(p, &data, 0)),
+            _ => None,
+        };
         // NOTE: as `pack_payload` would: only for events a Python consumer receives,
         // or that are stored (the store keeps the JSON text as is).
         let data = match route.any_plain || self.persist.is_some() {
@@ -519,14 +538,12 @@ impl EventBus {
         };
         let mut eref =
             AcceptedEvent::from_parts(route.topic.clone(), priority, make(data), Utc::now());
-        let copy = data_copy(&route);
         if route.needs_view != ViewNeeds::Nothing {
-            eref.view = Some(Arc::new(build_view_with(
-                py,
-                &eref,
-                copy,
-                &mut ViewMemo::default(),
-            )?));
+            let memo = &mut ViewMemo::default();
+            eref.view = Some(Arc::new(match projected {
+                Some(cut) => build_view_projected(py, &eref, cut, memo)?,
+                None => build_view_with(py, &eref, copy, memo)?,
+            }));
         }
         if let Some(inv) = schemas::check_accepted_with(py, &self.schemas, &eref, copy.is_whole())?
         {

@@ -2,5 +2,6 @@
 
 pub mod json;
 pub mod priority;
+pub mod project;
 pub mod text;
 pub mod time;

@@ -134,6 +134,37 @@ pub fn build_view_with(
     })
 }
 
+/// [`build_view_with`] for a payload the rules already cut down from the
+/// publisher's object before it was packed (`projected`, see
+/// [`crate::python::convert::project::project_py`]): the packed text is not parsed.
+pub fn build_view_projected(
+    py: Python<'_>,
+    eref: &AcceptedEvent,
+    projected: Result<Value, String>,
+    memo: &mut ViewMemo,
+) -> PyResult<EventView> {
+    let mut view = build_view_with(py, eref, DataCopy::Nothing, memo)?;
+    match projected {
+        Ok(v) => view.data = Some(v),
+        Err(err) => view.data_error = Some(err),
+    }
+    Ok(view)
+}
+
+/// The payload while it is still the publisher's Python object (not yet packed).
+pub fn payload_object(py: Python<'_>, eref: &AcceptedEvent) -> PyResult<Option<Py<PyAny>>> {
+    Ok(match eref.origin(py) {
+        Origin::Object(e) => match &e.borrow(py).data {
+            Payload::Object(o) => Some(o.clone_ref(py)),
+            Payload::Packed(..) => None,
+        },
+        Origin::Parts(p) => match &p.data {
+            PartsData::Object(o) => Some(o.clone_ref(py)),
+            PartsData::Packed(_) => None,
+        },
+    })
+}
+
 /// An accepted event's payload as JSON (for schema validation), or why it is not JSON.
 pub fn payload_json(py: Python<'_>, eref: &AcceptedEvent) -> Result<Value, String> {
     match eref.origin(py) {
