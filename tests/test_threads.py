@@ -41,6 +41,9 @@ async def test_blocking_sync_consumer_does_not_stall_async_ones(bus):
         for _ in range(5):
             await bus.publish(make_event())
         await wait_until(lambda: len(fast.calls) == 5, what="async consumer not stalled")
+        # NOTE: the worker thread may not have begun its first call yet (a loaded
+        # machine); once it has, it stays blocked in it.
+        await wait_until(lambda: len(slow.calls) >= 1, what="the sync consumer's first call")
         assert len(slow.calls) == 1
     finally:
         release.set()
