@@ -609,7 +609,14 @@ pub trait Doc {
 
 impl Doc for Map<String, Value> {
     fn field(&self, key: &str) -> Option<&Value> {
-        self.get(key)
+        // NOTE: event objects are small; comparing a few keys is cheaper than
+        // hashing one (the map's hasher is SipHash). Keys are unique, so both
+        // find the same entry.
+        if self.len() <= 8 {
+            self.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v)
+        } else {
+            self.get(key)
+        }
     }
 }
 

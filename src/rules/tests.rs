@@ -353,6 +353,60 @@ mod random {
 }
 
 #[test]
+fn exact_anchors_leave_only_the_rest_to_check() {
+    let rules = [
+        json!({"data": {"tool": ["Bash"]}}),
+        json!({"topic": [{"prefix": "hook."}], "data": {"tool": ["Read", {"prefix": "Ba"}]}}),
+        json!({"topic": [{"prefix": "hook."}], "data": {"tool": ["Edit"]}}),
+        json!({"data": {"tool": ["Bash"], "size": [{"numeric": [">", 100]}]}}),
+        json!({"data": {"tool": [{"equals-ignore-case": "bash"}], "n": [1]}}),
+        // NOTE: not exact: a glob with a star, a numeric range, an `$or`.
+        json!({"data": {"tool": [{"wildcard": "B*h"}]}}),
+        json!({"data": {"size": [{"numeric": [">", 1]}]}}),
+        json!({"$or": [{"data": {"tool": ["Bash"]}}, {"topic": ["x"]}]}),
+        json!({"topic": [{"prefix": "hook."}], "data": {"tool": ["Write"]}}),
+    ];
+    let compiled: Vec<Rule> = rules.iter().map(|r| rule(r.clone())).collect();
+    let mut set = RuleSet::default();
+    for r in &compiled {
+        set.add(r.clone());
+    }
+    assert_eq!(set.exactly_anchored(), 6);
+    // NOTE: rules 2 and 8 differ only in their anchor: one shared residual;
+    // rule 0 is its anchor alone (an empty residual); rule 1 is anchored on
+    // its topic (one anchor, not two).
+    assert_eq!(set.distinct_residuals(), 5);
+    let docs = [
+        json!({"topic": "hook.x", "data": {"tool": "Bash", "size": 300, "n": 1}}),
+        json!({"topic": "hook.x", "data": {"tool": ["Read", "BASH"], "size": 3, "n": 1}}),
+        json!({"topic": "other", "data": {"tool": "Edit"}}),
+        // The same element must hold every field of a nested rule.
+        json!({"topic": "hook.x", "data": [{"tool": "Bash"}, {"size": 300}]}),
+        json!({"topic": "hook.x", "data": [{"tool": "Bash", "size": 300}]}),
+        // An array in an array is no value of the field.
+        json!({"topic": "hook.x", "data": {"tool": [["Bash"]], "size": 300}}),
+        json!({"topic": "hook.x", "data": {"tool": {"name": "Bash"}}}),
+        json!({"topic": "hook.x", "data": "Bash"}),
+    ];
+    let mut matched = 0;
+    for d in &docs {
+        let alone: Vec<usize> = compiled
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.matches(d))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(set.matching(d), alone, "document {d}");
+        matched += alone.len();
+    }
+    assert_eq!(set.matching(&docs[0]), vec![0, 1, 3, 4, 5, 6, 7]);
+    assert_eq!(set.matching(&docs[3]), vec![0, 1, 5, 6, 7]);
+    assert_eq!(set.matching(&docs[4]), vec![0, 1, 3, 5, 6, 7]);
+    assert_eq!(set.matching(&docs[5]), vec![6]);
+    assert!(matched > 10);
+}
+
+#[test]
 fn the_combined_matcher_matches_what_each_rule_alone_does() {
     let (mut hits, mut checks) = (0usize, 0usize);
     for seed in 0..200u64 {
