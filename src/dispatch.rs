@@ -312,7 +312,9 @@ impl<E: EventLike> Job<E> {
             return false;
         }
         p.outcomes.push(outcome);
-        p.last_progress = Instant::now();
+        if self.lane.config.engine_timeout {
+            p.last_progress = Instant::now();
+        }
         true
     }
 
@@ -328,7 +330,11 @@ impl<E: EventLike> Job<E> {
             }
             p.outcomes.push(o);
         }
-        p.last_progress = Instant::now();
+        // NOTE: only the engine's own timeout reads the time of the last progress;
+        // other lanes skip the clock read.
+        if self.lane.config.engine_timeout {
+            p.last_progress = Instant::now();
+        }
         true
     }
 
@@ -489,6 +495,23 @@ impl<E: EventLike> Lane<E> {
         None
     }
 
+    /// [`Lane::push`], then [`Lane::pump_in`] under the same lock.
+    fn push_and_pump(
+        self: &Arc<Self>,
+        shared: &Arc<Shared<E>>,
+        d: Delivery<E>,
+    ) -> Option<Delivery<E>> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return Some(d);
+        }
+        let level = (d.entry.event.priority().clamp(1, PRIORITY_LEVELS as u8) - 1) as usize;
+        st.pending[level].push_back(d);
+        st.len += 1;
+        self.pump_locked(shared, st);
+        None
+    }
+
     /// Counts `n` new deliveries for this lane (not retries).
     fn count_received(&self, n: usize) {
         self.stats.received.fetch_add(n as u64, Ordering::Relaxed);
@@ -531,8 +554,24 @@ impl<E: EventLike> Lane<E> {
         let Some(shared) = self.shared.upgrade() else {
             return;
         };
+        self.pump_in(&shared);
+    }
+
+    /// [`Lane::pump`] for a caller that already holds the engine (saves the
+    /// weak-reference upgrade, an atomic compare-and-swap and a decrement, per call).
+    fn pump_in(self: &Arc<Self>, shared: &Arc<Shared<E>>) {
+        self.pump_locked(shared, self.state.lock());
+    }
+
+    /// [`Lane::pump_in`] under the lane lock the caller already took (one lock
+    /// per event instead of two where the caller just changed the state); the
+    /// lock is released before the job goes to the executor.
+    fn pump_locked(
+        self: &Arc<Self>,
+        shared: &Arc<Shared<E>>,
+        mut st: parking_lot::MutexGuard<'_, LaneState<E>>,
+    ) {
         let job = {
-            let mut st = self.state.lock();
             if st.in_flight.is_some() || st.holding || st.len == 0 || st.closed {
                 return;
             }
@@ -599,6 +638,7 @@ impl<E: EventLike> Lane<E> {
                 started,
             });
             st.current = Some(job.clone());
+            drop(st);
             job
         };
         self.in_flight_items
@@ -651,7 +691,14 @@ impl<E: EventLike> Lane<E> {
         let closed = self.state.lock().closed;
         let now = Instant::now();
         let mut succeeded = 0u64;
-        let mut latencies = Vec::with_capacity(job.items.len());
+        // NOTE: a job of up to SMALL_JOB items (one event at a time while the lane
+        // keeps up) collects its latencies on the stack: no heap allocation per job.
+        let mut small = [Duration::ZERO; SMALL_JOB];
+        let mut large = Vec::new();
+        let on_stack = job.items.len() <= SMALL_JOB;
+        if !on_stack {
+            large.reserve_exact(job.items.len());
+        }
         // MONITOR HOOK (issue 14): one relaxed load per job while nobody observes.
         let observer = shared.as_ref().and_then(|s| s.delivery_observer());
         for (d, outcome) in job.items.iter().zip(outcomes) {
@@ -667,8 +714,13 @@ impl<E: EventLike> Lane<E> {
             }
             match outcome {
                 Outcome::Success => {
+                    let latency = now.saturating_duration_since(d.entry.accepted);
+                    if on_stack {
+                        small[succeeded as usize] = latency;
+                    } else {
+                        large.push(latency);
+                    }
                     succeeded += 1;
-                    latencies.push(now.saturating_duration_since(d.entry.accepted));
                     d.entry.event.on_success(&self.config.name);
                     d.entry.event.on_handled(&self.config.name);
                     if let Some(s) = &shared {
@@ -698,19 +750,24 @@ impl<E: EventLike> Lane<E> {
             }
         }
         self.stats.processed.fetch_add(succeeded, Ordering::Relaxed);
-        self.stats.record_latencies(&latencies);
+        self.stats.record_latencies(if on_stack {
+            &small[..succeeded as usize]
+        } else {
+            &large
+        });
         // NOTE: only an ordered lane collects retries to hold; the others skip the lock.
         if let (true, Some(s)) = (self.config.ordered, &shared) {
             self.hold_for_retries(s);
         }
-        {
-            let mut st = self.state.lock();
-            if st.in_flight == Some(job.token) {
-                st.in_flight = None;
-                st.current = None;
-            }
+        let mut st = self.state.lock();
+        if st.in_flight == Some(job.token) {
+            st.in_flight = None;
+            st.current = None;
         }
-        self.pump();
+        // NOTE: without the engine (dropped) `pump` would do nothing either.
+        if let Some(s) = &shared {
+            self.pump_locked(s, st);
+        }
     }
 
     /// Asks the executor of the job in flight, if any, to start no further item.
@@ -967,6 +1024,9 @@ impl<E: EventLike> Route<E> {
 }
 
 const ROUTE_CACHE_LIMIT: usize = 8192;
+
+/// Jobs of up to this many items collect their latencies without allocating.
+const SMALL_JOB: usize = 16;
 
 struct Shared<E: EventLike> {
     router: RwLock<Router>,
@@ -1467,15 +1527,13 @@ impl<E: EventLike> Engine<E> {
         for lane in lanes {
             let d = Delivery::new(entry.clone());
             lane.count_received(1);
-            if let Some(d) = lane.push(d) {
+            if let Some(d) = lane.push_and_pump(s, d) {
                 // NOTE: the lane closed between routing and pushing (a concurrent
                 // unsubscribe): the consumer is gone before it saw the event.
                 if d.entry.unstarted.fetch_sub(1, Ordering::AcqRel) == 1 {
                     s.queued.fetch_sub(1, Ordering::AcqRel);
                 }
                 s.give_up(lane, d, UNSUBSCRIBED);
-            } else {
-                lane.pump();
             }
         }
         Ok(())
@@ -1575,15 +1633,24 @@ impl<E: EventLike> Engine<E> {
                 }
                 s.give_up(&lane, d, UNSUBSCRIBED);
             }
-            lane.pump();
+            lane.pump_in(s);
         }
         (accepted, refused)
     }
 
     /// Routes and accepts one event.
     pub fn publish(&self, event: Arc<E>) -> Result<(), Rejected> {
-        let lanes = self.route(event.topic());
-        self.publish_to(event, &lanes)
+        // NOTE: through the route cache (one hash lookup under one lock), not the
+        // router and the lane list (two read locks, the router cache's lock and a
+        // new Vec of lanes per event). A topic the cache refuses (invalid) is
+        // routed as before.
+        match self.route_topic(event.topic()) {
+            Ok(route) => self.publish_to(event, &route.lanes),
+            Err(_) => {
+                let lanes = self.route(event.topic());
+                self.publish_to(event, &lanes)
+            }
+        }
     }
 
     /// Accepts an event straight into the dead letters, never delivering it (a
