@@ -1,6 +1,6 @@
 //! The Lua scripts of [`super::RedisLog`]: every multi-step change that must be atomic
-//! (publish with de-duplication, owner-checked renew/release, dead letter + ack, replay,
-//! trim with byte accounting) runs as one script, so no other client interleaves.
+//! (publish with de-duplication, a reader's ack + read, owner-checked renew/release,
+//! dead letter + ack, replay, trim with byte accounting) runs as one script, so no other client interleaves.
 //!
 //! NOTE: every key a script touches is passed in KEYS and shares the bus's hash tag, so
 //! the scripts run on a Redis Cluster too (all keys in one slot).
@@ -89,21 +89,41 @@ return ids
     })
 }
 
-/// Hand out entries waiting in the group's "ready" pseudo-consumer (replayed dead
-/// letters) to an instance. KEYS: stream. ARGV: group, instance, max, ready consumer.
-/// Returns XCLAIM's entries (delivery count up by one).
-pub(super) fn take_ready() -> &'static Script {
+/// One read of a group reader in one round trip: acknowledge the previous batch,
+/// hand out entries waiting in the group's "ready" pseudo-consumer (replayed dead
+/// letters; XCLAIM, delivery count up by one), then new entries (XREADGROUP `>`, not
+/// blocking) up to `max` in all. KEYS: stream. ARGV: group, instance, max, ready
+/// consumer, then the ids to acknowledge. Returns `{acked, ready entries, new
+/// entries}`.
+///
+/// NOTE: a script cannot block: when it finds nothing the caller blocks in a plain
+/// `XREADGROUP ... BLOCK` on a blocking connection (`RedisLog::try_read`).
+pub(super) fn read_group() -> &'static Script {
     static S: OnceLock<Script> = OnceLock::new();
     S.get_or_init(|| {
         Script::new(
             r#"
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', tonumber(ARGV[3]), ARGV[4])
-local out = {}
+local acked = 0
+local i = 5
+while i <= #ARGV do
+  local j = math.min(#ARGV, i + 999)
+  acked = acked + redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, i, j))
+  i = j + 1
+end
+local max = tonumber(ARGV[3])
+local ready = {}
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', max, ARGV[4])
 for _, e in ipairs(p) do
   local r = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, e[1])
-  if r[1] then table.insert(out, r[1]) end
+  if r[1] then table.insert(ready, r[1]) end
 end
-return out
+local new = {}
+if #ready < max then
+  local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', max - #ready,
+    'STREAMS', KEYS[1], '>')
+  if r and r[1] then new = r[1][2] end
+end
+return {acked, ready, new}
 "#,
         )
     })
