@@ -293,7 +293,7 @@ pub trait SharedLog: Send + Sync {
 
     /// Acknowledge `acks` (as [`SharedLog::ack`]), then claim as [`SharedLog::read`]:
     /// what a reader does at every step, which a backend may do in fewer round trips
-    /// (Redis: one script call while entries are waiting). Returns how many of `acks`
+    /// (Redis: one pipeline while entries are waiting). Returns how many of `acks`
     /// were pending, and the claimed entries.
     ///
     /// On an error the caller cannot tell whether the acks were written: it keeps

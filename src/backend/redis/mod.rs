@@ -343,6 +343,8 @@ struct InstanceState {
     recover_from: Option<String>,
     /// The last id handed out by `read` (where recovery starts).
     last: Option<String>,
+    /// Entries claimed for the instance beyond a read's `max`, for its next read.
+    surplus: Vec<Entry>,
 }
 
 /// The keys of one bus.
@@ -924,6 +926,7 @@ impl RedisLog {
             .or_insert_with(|| InstanceState {
                 recover_from: Some("0".into()),
                 last: None,
+                surplus: Vec::new(),
             });
         f(st);
     }
@@ -941,7 +944,13 @@ impl RedisLog {
         // 1. The instance's own pending entries a lost reply may have stranded (rare:
         // the first read of an instance on this handle, or after a failed read).
         let mut recover = None;
-        self.instance_mark(group, instance, |st| recover = st.recover_from.clone());
+        self.instance_mark(group, instance, |st| {
+            recover = st.recover_from.clone();
+            if recover.is_some() {
+                // Pending for the instance after `last`: the re-read gets them.
+                st.surplus.clear();
+            }
+        });
         if let Some(from) = recover {
             let acked = if acks.is_empty() {
                 0
@@ -968,8 +977,22 @@ impl RedisLog {
             let (_, got) = self.try_read(group, instance, &[], max, block)?;
             return Ok((acked, got));
         }
-        // 2. In one script call: the acks, replayed dead letters waiting for the group,
-        // and new entries (not blocking).
+        // 2. Entries claimed beyond `max` by the last read (ready + new) come first.
+        let mut surplus = Vec::new();
+        self.instance_mark(group, instance, |st| {
+            let n = st.surplus.len().min(max);
+            surplus = st.surplus.drain(..n).collect();
+        });
+        if !surplus.is_empty() {
+            let acked = if acks.is_empty() {
+                0
+            } else {
+                self.ack(group, acks)?
+            };
+            return Ok((acked, surplus));
+        }
+        // 3. In one pipeline: a script for the acks and the replayed dead letters
+        // waiting for the group, then new entries (not blocking).
         // NOTE: not retried on a lost connection: the server may have run it, leaving
         // what it handed out pending for this instance: the next read re-reads that.
         let mark_lost = |e: &LogError| {
@@ -979,34 +1002,51 @@ impl RedisLog {
                 });
             }
         };
-        let v = self
+        let (script, new) = self
             .run(false, |c| {
-                let mut inv = scripts::read_group().prepare_invoke();
-                inv.key(&self.keys.stream)
+                let mut p = redis::pipe();
+                let eval = p
+                    .cmd("EVAL")
+                    .arg(scripts::ACK_AND_READY)
+                    .arg(1)
+                    .arg(&self.keys.stream)
                     .arg(group)
                     .arg(instance)
                     .arg(max)
                     .arg(READY);
                 for id in acks {
-                    inv.arg(id.to_string());
+                    eval.arg(id.to_string());
                 }
-                inv.invoke::<Value>(c)
+                p.cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(group)
+                    .arg(instance)
+                    .arg("COUNT")
+                    .arg(max)
+                    .arg("STREAMS")
+                    .arg(&self.keys.stream)
+                    .arg(">");
+                p.query::<(Value, Value)>(c)
             })
             .map_err(|e| self.map_group_err(group, e))
             .inspect_err(mark_lost)?;
-        let parts = array(&v);
+        let parts = array(&script);
         let acked = parts.first().and_then(int).unwrap_or(0).max(0) as u64;
         let mut got = self.entries_of(
             group,
             raw_entries(parts.get(1).unwrap_or(&Value::Nil))?,
             |_| 1,
         )?;
-        got.extend(self.entries_of(
-            group,
-            raw_entries(parts.get(2).unwrap_or(&Value::Nil))?,
-            |_| 1,
-        )?);
-        // 3. Nothing waiting: block for new entries on a blocking connection.
+        let stream = array(&new).first().map(array).unwrap_or(&[]);
+        let raw = raw_entries(stream.get(1).unwrap_or(&Value::Nil))?;
+        got.extend(self.entries_of(group, raw, |_| 1)?);
+        if got.len() > max {
+            // NOTE: only after a replay (ready entries as well as `max` new ones):
+            // claimed for this instance, handed out by its next read.
+            let rest = got.split_off(max);
+            self.instance_mark(group, instance, |st| st.surplus.extend(rest));
+        }
+        // 4. Nothing waiting: block for new entries on a blocking connection.
         if got.is_empty() && block.is_some() {
             let v = self
                 .xreadgroup(group, instance, max, ">", block)

@@ -1212,13 +1212,13 @@ fn a_read_acks_the_last_batch_and_claims_the_next_in_one_round_trip() {
     let (acked, third) = log
         .ack_and_read("g", "i", &ids[10..20], 10, Some(Duration::from_secs(1)))
         .unwrap();
-    assert_eq!(round_trips() - before, 1, "ack + read in one script call");
+    assert_eq!(round_trips() - before, 1, "ack + read in one pipeline");
     assert_eq!(acked, 10);
     assert_eq!(third.iter().map(|e| e.id).collect::<Vec<_>>(), ids[20..]);
     assert!(third.iter().all(|e| e.deliveries == 1));
     let g = log.group_stats("g").unwrap();
     assert_eq!(g.pending, 10, "the first two batches are acknowledged");
-    // Nothing new: the script, then one blocking XREADGROUP.
+    // Nothing new: the pipeline, then one blocking XREADGROUP.
     let before = round_trips();
     let (acked, none) = log
         .ack_and_read("g", "i", &ids[20..], 10, Some(Duration::from_millis(50)))
@@ -1239,8 +1239,8 @@ fn a_read_acks_the_last_batch_and_claims_the_next_in_one_round_trip() {
 }
 
 #[test]
-fn replayed_dead_letters_come_first_in_the_same_script_call() {
-    if !redis_available("replayed_dead_letters_come_first_in_the_same_script_call") {
+fn replayed_dead_letters_come_first_in_the_same_round_trip() {
+    if !redis_available("replayed_dead_letters_come_first_in_the_same_round_trip") {
         return;
     }
     let server = RedisServer::start();
@@ -1255,10 +1255,16 @@ fn replayed_dead_letters_come_first_in_the_same_script_call() {
     assert_eq!(log.replay_dead_letters("g", Some(&[dl])).unwrap(), 1);
     let before = round_trips();
     let (_, got) = log.ack_and_read("g", "i", &[], 2, None).unwrap();
-    assert_eq!(round_trips() - before, 1, "one script call");
+    assert_eq!(round_trips() - before, 1, "one pipeline");
     assert_eq!(got.iter().map(|e| e.id).collect::<Vec<_>>(), ids[..2]);
     assert_eq!(got.iter().map(|e| e.deliveries).collect::<Vec<_>>(), [1, 1]);
     assert_eq!(log.group_stats("g").unwrap().ready, 0);
+    // The new entry that pipeline claimed beyond `max` is the next read's, at no cost.
+    let before = round_trips();
+    let (_, rest) = log.ack_and_read("g", "i", &[], 10, None).unwrap();
+    assert_eq!(round_trips() - before, 0);
+    assert_eq!(rest.iter().map(|e| e.id).collect::<Vec<_>>(), ids[2..]);
+    assert_eq!(log.group_stats("g").unwrap().pending, 3);
 }
 
 #[test]
@@ -1335,7 +1341,7 @@ fn a_group_reader_makes_about_one_round_trip_per_read() {
     }
     let (first, last) = (&seen[1], &seen[seen.len() - 1]);
     let reads = (seen.len() - 2) as u64;
-    // One script call per read; besides, a `has_expired` probe every poll.
+    // One pipeline per read; besides, a `has_expired` probe every poll.
     let probes = (last.1 - first.1).as_millis() as u64 / poll.as_millis() as u64 + 1;
     let trips = last.0 - first.0;
     assert!(
