@@ -291,6 +291,30 @@ pub trait SharedLog: Send + Sync {
     /// ignored. Returns how many were pending.
     fn ack(&self, group: &str, ids: &[EntryId]) -> Result<u64>;
 
+    /// Acknowledge `acks` (as [`SharedLog::ack`]), then claim as [`SharedLog::read`]:
+    /// what a reader does at every step, which a backend may do in fewer round trips
+    /// (Redis: one pipeline while entries are waiting). Returns how many of `acks`
+    /// were pending, and the claimed entries.
+    ///
+    /// On an error the caller cannot tell whether the acks were written: it keeps
+    /// them and acknowledges them again (acks are idempotent; a repeated one counts 0).
+    /// The default calls `ack` (when `acks` is not empty) and then `read`.
+    fn ack_and_read(
+        &self,
+        group: &str,
+        instance: &str,
+        acks: &[EntryId],
+        max: usize,
+        block: Option<Duration>,
+    ) -> Result<(u64, Vec<Entry>)> {
+        let acked = if acks.is_empty() {
+            0
+        } else {
+            self.ack(group, acks)?
+        };
+        Ok((acked, self.read(group, instance, max, block)?))
+    }
+
     /// Take over up to `max` pending entries of `group` whose claim has been idle for
     /// at least `min_idle` (their instance died or stopped renewing): they become
     /// claimed by `instance`, idle time restarting, delivery count up by one. Oldest

@@ -6,8 +6,8 @@
 //! acknowledged alive (`renew` every `claim_timeout / 3`: the heartbeat), takes over
 //! claims of dead instances (`claim_expired` every `claim_timeout / 2`, and as soon as
 //! a cheap read, `has_expired`, made every `poll`, sees released or expired claims),
-//! and writes
-//! acknowledgements in batches. At most `max_in_flight` entries are out at once; with
+//! and writes acknowledgements in batches, together with its next read
+//! (`ack_and_read`). At most `max_in_flight` entries are out at once; with
 //! less room than a batch (or half of `max_in_flight`) it waits for acks instead of
 //! claiming a small batch.
 //! [`GroupReader::stop`] writes the collected acks and releases what is still in
@@ -78,7 +78,28 @@ pub struct ReaderStats {
 struct State {
     in_flight: HashSet<EntryId>,
     to_ack: Vec<EntryId>,
+    /// Acks taken from `to_ack` whose write has not returned yet (with a read, that
+    /// may block up to `poll`).
+    writing: usize,
     last_error: Option<LogError>,
+}
+
+impl State {
+    /// Take the collected acks to write them (see `writing`).
+    fn take_acks(&mut self) -> Vec<EntryId> {
+        let acks = std::mem::take(&mut self.to_ack);
+        self.writing += acks.len();
+        acks
+    }
+
+    /// The write of `acks` returned: on an error they are kept for the next try.
+    fn acks_written(&mut self, acks: Vec<EntryId>, ok: bool) {
+        self.writing -= acks.len();
+        if !ok {
+            // An ack must not be lost to a busy file or a lost connection.
+            self.to_ack.extend(acks);
+        }
+    }
 }
 
 struct Shared {
@@ -217,7 +238,7 @@ impl GroupReader {
     pub fn caught_up(&self, upto: Option<EntryId>) -> Result<bool> {
         {
             let st = self.shared.state.lock();
-            if !st.in_flight.is_empty() || !st.to_ack.is_empty() {
+            if !st.in_flight.is_empty() || !st.to_ack.is_empty() || st.writing > 0 {
                 return Ok(false);
             }
         }
@@ -281,21 +302,16 @@ fn low_water(o: &ReaderOptions) -> usize {
 }
 
 fn flush_acks(s: &Shared) -> Result<()> {
-    let batch = std::mem::take(&mut s.state.lock().to_ack);
+    let batch = s.state.lock().take_acks();
     if batch.is_empty() {
         return Ok(());
     }
-    match s.log.ack(&s.opts.group, &batch) {
-        Ok(n) => {
-            s.acked.fetch_add(n, Ordering::Relaxed);
-            Ok(())
-        }
-        Err(e) => {
-            // Keep them for the next try: an ack must not be lost to a busy file.
-            s.state.lock().to_ack.extend(batch);
-            Err(e)
-        }
+    let r = s.log.ack(&s.opts.group, &batch);
+    if let Ok(n) = r {
+        s.acked.fetch_add(n, Ordering::Relaxed);
     }
+    s.state.lock().acks_written(batch, r.is_ok());
+    r.map(|_| ())
 }
 
 fn run(s: &Shared, mut deliver: Deliver) {
@@ -337,7 +353,8 @@ fn step(
     takeover_every: Duration,
 ) -> Result<()> {
     let o = &s.opts;
-    flush_acks(s)?;
+    // NOTE: the acks collected since the last step go with this step's read (one
+    // round trip on Redis); the paths that do not read write them on their own.
     let now = Instant::now();
     if now >= *next_heartbeat {
         let held: Vec<EntryId> = s.state.lock().in_flight.iter().copied().collect();
@@ -362,6 +379,7 @@ fn step(
             .saturating_sub(s.state.lock().in_flight.len())
     };
     if s.paused.load(Ordering::Acquire) {
+        flush_acks(s)?;
         let mut st = s.state.lock();
         if !s.stop.load(Ordering::Acquire) {
             s.cv.wait_for(&mut st, o.poll);
@@ -394,6 +412,7 @@ fn step(
     if free < low {
         // Back-pressure: wait for acks (or the next heartbeat); the acks collected
         // meanwhile are written together at the next step.
+        flush_acks(s)?;
         let mut st = s.state.lock();
         if o.max_in_flight.saturating_sub(st.in_flight.len()) < low
             && !s.stop.load(Ordering::Acquire)
@@ -402,10 +421,17 @@ fn step(
         }
         return Ok(());
     }
-    let got = s
+    let acks = s.state.lock().take_acks();
+    let r = s
         .log
-        .read(&o.group, &o.instance, free.min(o.batch), Some(block))?;
-    hand_over(s, deliver, got);
+        .ack_and_read(&o.group, &o.instance, &acks, free.min(o.batch), Some(block));
+    if let Ok((acked, _)) = &r {
+        s.acked.fetch_add(*acked, Ordering::Relaxed);
+    }
+    // NOTE: on an error, whether the acks were written is unknown: they are written
+    // again (see `SharedLog::ack_and_read`).
+    s.state.lock().acks_written(acks, r.is_ok());
+    hand_over(s, deliver, r?.1);
     Ok(())
 }
 

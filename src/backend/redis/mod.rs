@@ -276,8 +276,22 @@ impl Conn {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Requests (a command or a pipeline: one round trip each) sent by this thread.
+    pub(super) static ROUND_TRIPS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+impl Conn {
+    fn count_round_trip() {
+        #[cfg(test)]
+        ROUND_TRIPS.with(|n| n.set(n.get() + 1));
+    }
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command(&mut self, cmd: &[u8]) -> RedisResult<Value> {
+        Conn::count_round_trip();
         self.inner().req_packed_command(cmd)
     }
     fn req_packed_commands(
@@ -286,9 +300,11 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> RedisResult<Vec<Value>> {
+        Conn::count_round_trip();
         self.inner().req_packed_commands(cmd, offset, count)
     }
     fn req_command(&mut self, cmd: &redis::Cmd) -> RedisResult<Value> {
+        Conn::count_round_trip();
         self.inner().req_command(cmd)
     }
     fn get_db(&self) -> i64 {
@@ -327,6 +343,8 @@ struct InstanceState {
     recover_from: Option<String>,
     /// The last id handed out by `read` (where recovery starts).
     last: Option<String>,
+    /// Entries claimed for the instance beyond a read's `max`, for its next read.
+    surplus: Vec<Entry>,
 }
 
 /// The keys of one bus.
@@ -908,21 +926,37 @@ impl RedisLog {
             .or_insert_with(|| InstanceState {
                 recover_from: Some("0".into()),
                 last: None,
+                surplus: Vec::new(),
             });
         f(st);
     }
 
+    /// One read (a slice of a blocking one): acknowledge `acks`, then claim. Returns
+    /// how many of `acks` were pending, and the entries.
     fn try_read(
         &self,
         group: &str,
         instance: &str,
+        acks: &[EntryId],
         max: usize,
         block: Option<Duration>,
-    ) -> Result<Vec<Entry>> {
-        // 1. The instance's own pending entries a lost reply may have stranded.
+    ) -> Result<(u64, Vec<Entry>)> {
+        // 1. The instance's own pending entries a lost reply may have stranded (rare:
+        // the first read of an instance on this handle, or after a failed read).
         let mut recover = None;
-        self.instance_mark(group, instance, |st| recover = st.recover_from.clone());
+        self.instance_mark(group, instance, |st| {
+            recover = st.recover_from.clone();
+            if recover.is_some() {
+                // Pending for the instance after `last`: the re-read gets them.
+                st.surplus.clear();
+            }
+        });
         if let Some(from) = recover {
+            let acked = if acks.is_empty() {
+                0
+            } else {
+                self.ack(group, acks)?
+            };
             let v = self.xreadgroup(group, instance, max, &from, None)?;
             let stream = array(&v).first().map(array).unwrap_or(&[]);
             let raw = raw_entries(stream.get(1).unwrap_or(&Value::Nil))?;
@@ -937,40 +971,86 @@ impl RedisLog {
                     st.last = last;
                 }
             });
-            if !got.is_empty() {
-                return Ok(got);
+            if !got.is_empty() || n > 0 {
+                return Ok((acked, got));
             }
-            if n > 0 {
-                return Ok(Vec::new());
-            }
+            let (_, got) = self.try_read(group, instance, &[], max, block)?;
+            return Ok((acked, got));
         }
-        // 2. Replayed dead letters waiting for the group.
-        let v = self
-            .run(true, |c| {
-                scripts::take_ready()
-                    .key(&self.keys.stream)
+        // 2. Entries claimed beyond `max` by the last read (ready + new) come first.
+        let mut surplus = Vec::new();
+        self.instance_mark(group, instance, |st| {
+            let n = st.surplus.len().min(max);
+            surplus = st.surplus.drain(..n).collect();
+        });
+        if !surplus.is_empty() {
+            let acked = if acks.is_empty() {
+                0
+            } else {
+                self.ack(group, acks)?
+            };
+            return Ok((acked, surplus));
+        }
+        // 3. In one pipeline: a script for the acks and the replayed dead letters
+        // waiting for the group, then new entries (not blocking).
+        // NOTE: not retried on a lost connection: the server may have run it, leaving
+        // what it handed out pending for this instance: the next read re-reads that.
+        let mark_lost = |e: &LogError| {
+            if matches!(e, LogError::Io { .. }) {
+                self.instance_mark(group, instance, |st| {
+                    st.recover_from = Some(st.last.clone().unwrap_or_else(|| "0".into()))
+                });
+            }
+        };
+        let (script, new) = self
+            .run(false, |c| {
+                let mut p = redis::pipe();
+                let eval = p
+                    .cmd("EVAL")
+                    .arg(scripts::ACK_AND_READY)
+                    .arg(1)
+                    .arg(&self.keys.stream)
                     .arg(group)
                     .arg(instance)
                     .arg(max)
-                    .arg(READY)
-                    .invoke::<Value>(c)
-            })
-            .map_err(|e| self.map_group_err(group, e))?;
-        let mut got = self.entries_of(group, raw_entries(&v)?, |_| 1)?;
-        // 3. New entries.
-        if got.len() < max {
-            let wait = if got.is_empty() { block } else { None };
-            let v = match self.xreadgroup(group, instance, max - got.len(), ">", wait) {
-                Ok(v) => v,
-                Err(e) => {
-                    if matches!(e, LogError::Io { .. }) {
-                        self.instance_mark(group, instance, |st| {
-                            st.recover_from = Some(st.last.clone().unwrap_or_else(|| "0".into()))
-                        });
-                    }
-                    return Err(e);
+                    .arg(READY);
+                for id in acks {
+                    eval.arg(id.to_string());
                 }
-            };
+                p.cmd("XREADGROUP")
+                    .arg("GROUP")
+                    .arg(group)
+                    .arg(instance)
+                    .arg("COUNT")
+                    .arg(max)
+                    .arg("STREAMS")
+                    .arg(&self.keys.stream)
+                    .arg(">");
+                p.query::<(Value, Value)>(c)
+            })
+            .map_err(|e| self.map_group_err(group, e))
+            .inspect_err(mark_lost)?;
+        let parts = array(&script);
+        let acked = parts.first().and_then(int).unwrap_or(0).max(0) as u64;
+        let mut got = self.entries_of(
+            group,
+            raw_entries(parts.get(1).unwrap_or(&Value::Nil))?,
+            |_| 1,
+        )?;
+        let stream = array(&new).first().map(array).unwrap_or(&[]);
+        let raw = raw_entries(stream.get(1).unwrap_or(&Value::Nil))?;
+        got.extend(self.entries_of(group, raw, |_| 1)?);
+        if got.len() > max {
+            // NOTE: only after a replay (ready entries as well as `max` new ones):
+            // claimed for this instance, handed out by its next read.
+            let rest = got.split_off(max);
+            self.instance_mark(group, instance, |st| st.surplus.extend(rest));
+        }
+        // 4. Nothing waiting: block for new entries on a blocking connection.
+        if got.is_empty() && block.is_some() {
+            let v = self
+                .xreadgroup(group, instance, max, ">", block)
+                .inspect_err(mark_lost)?;
             let stream = array(&v).first().map(array).unwrap_or(&[]);
             let raw = raw_entries(stream.get(1).unwrap_or(&Value::Nil))?;
             got.extend(self.entries_of(group, raw, |_| 1)?);
@@ -978,7 +1058,7 @@ impl RedisLog {
         if let Some(last) = got.iter().map(|e| e.id).max() {
             self.instance_mark(group, instance, |st| st.last = Some(last.to_string()));
         }
-        Ok(got)
+        Ok((acked, got))
     }
 
     /// Every stream entry, paged, from after `after` while `keep_going` says so.
@@ -1255,20 +1335,35 @@ impl SharedLog for RedisLog {
         max: usize,
         block: Option<Duration>,
     ) -> Result<Vec<Entry>> {
+        Ok(self.ack_and_read(group, instance, &[], max, block)?.1)
+    }
+
+    fn ack_and_read(
+        &self,
+        group: &str,
+        instance: &str,
+        acks: &[EntryId],
+        max: usize,
+        block: Option<Duration>,
+    ) -> Result<(u64, Vec<Entry>)> {
         check_name("instance", instance)?;
         let max = check_max(max)?;
         let deadline = block.map(|b| Instant::now() + b);
+        let mut acks = acks;
+        let mut acked = 0;
         loop {
             let slice =
                 deadline.map(|d| d.saturating_duration_since(Instant::now()).min(BLOCK_SLICE));
             let slice = slice.filter(|s| !s.is_zero());
-            let got = self.try_read(group, instance, max, slice)?;
+            let (n, got) = self.try_read(group, instance, acks, max, slice)?;
+            // The acks went with the first slice.
+            (acked, acks) = (acked + n, &[]);
             let done = match deadline {
                 None => true,
                 Some(d) => Instant::now() >= d,
             };
             if !got.is_empty() || done {
-                return Ok(got);
+                return Ok((acked, got));
             }
             if self.closed.load(Ordering::Acquire) {
                 return Err(LogError::Closed);
@@ -1386,6 +1481,26 @@ impl SharedLog for RedisLog {
             cursor = next;
         }
         Ok(out)
+    }
+
+    fn has_expired(&self, group: &str, min_idle: Duration) -> Result<bool> {
+        // NOTE: one XPENDING with IDLE (it walks the group's pending list, at most what
+        // is in flight): a reader probes every poll and runs XAUTOCLAIM (and the
+        // XPENDING of the delivery counts) only when something is to be taken.
+        let v = self
+            .run(true, |c| {
+                redis::cmd("XPENDING")
+                    .arg(&self.keys.stream)
+                    .arg(group)
+                    .arg("IDLE")
+                    .arg(min_idle.as_millis() as u64)
+                    .arg("-")
+                    .arg("+")
+                    .arg(1)
+                    .query::<Value>(c)
+            })
+            .map_err(|e| self.map_group_err(group, e))?;
+        Ok(!array(&v).is_empty())
     }
 
     fn dead_letter(&self, group: &str, id: EntryId, reason: &str, attempts: u32) -> Result<i64> {

@@ -1182,3 +1182,181 @@ fn cluster_urls_name_their_nodes() {
         .spool
         .is_none());
 }
+
+// ---------------------------------------------------------------- round trips per read
+
+/// Round trips this thread has made to Redis so far.
+fn round_trips() -> u64 {
+    super::ROUND_TRIPS.with(|n| n.get())
+}
+
+#[test]
+fn a_read_acks_the_last_batch_and_claims_the_next_in_one_round_trip() {
+    if !redis_available("a_read_acks_the_last_batch_and_claims_the_next_in_one_round_trip") {
+        return;
+    }
+    let server = RedisServer::start();
+    let log = RedisLog::open(options(&server)).unwrap();
+    let ids = log
+        .append(&(0..30).map(|i| rec("p", i)).collect::<Vec<_>>())
+        .unwrap();
+    log.ensure_group("g", StartAt::Earliest).unwrap();
+    // The first read of the instance on this handle also re-reads its own pending.
+    let first = log.read("g", "i", 10, None).unwrap();
+    assert_eq!(first.iter().map(|e| e.id).collect::<Vec<_>>(), ids[..10]);
+    let (acked, second) = log
+        .ack_and_read("g", "i", &ids[..10], 10, Some(Duration::from_secs(1)))
+        .unwrap();
+    assert_eq!((acked, second.len()), (10, 10));
+    let before = round_trips();
+    let (acked, third) = log
+        .ack_and_read("g", "i", &ids[10..20], 10, Some(Duration::from_secs(1)))
+        .unwrap();
+    assert_eq!(round_trips() - before, 1, "ack + read in one pipeline");
+    assert_eq!(acked, 10);
+    assert_eq!(third.iter().map(|e| e.id).collect::<Vec<_>>(), ids[20..]);
+    assert!(third.iter().all(|e| e.deliveries == 1));
+    let g = log.group_stats("g").unwrap();
+    assert_eq!(g.pending, 10, "the first two batches are acknowledged");
+    // Nothing new: the pipeline, then one blocking XREADGROUP.
+    let before = round_trips();
+    let (acked, none) = log
+        .ack_and_read("g", "i", &ids[20..], 10, Some(Duration::from_millis(50)))
+        .unwrap();
+    assert_eq!((acked, none.len()), (10, 0));
+    assert_eq!(round_trips() - before, 2);
+    assert_eq!(log.group_stats("g").unwrap().pending, 0);
+    // An ack repeated counts nothing; an unknown group is named.
+    assert_eq!(
+        log.ack_and_read("g", "i", &ids[..3], 10, None).unwrap().0,
+        0
+    );
+    assert_eq!(
+        log.ack_and_read("nope", "i", &ids[..3], 10, None)
+            .unwrap_err(),
+        LogError::UnknownGroup("nope".into())
+    );
+}
+
+#[test]
+fn replayed_dead_letters_come_first_in_the_same_round_trip() {
+    if !redis_available("replayed_dead_letters_come_first_in_the_same_round_trip") {
+        return;
+    }
+    let server = RedisServer::start();
+    let log = RedisLog::open(options(&server)).unwrap();
+    let ids = log
+        .append(&(0..3).map(|i| rec("p", i)).collect::<Vec<_>>())
+        .unwrap();
+    log.ensure_group("g", StartAt::Earliest).unwrap();
+    let got = log.read("g", "i", 1, None).unwrap();
+    assert_eq!(got[0].id, ids[0]);
+    let dl = log.dead_letter("g", ids[0], "boom", 1).unwrap();
+    assert_eq!(log.replay_dead_letters("g", Some(&[dl])).unwrap(), 1);
+    let before = round_trips();
+    let (_, got) = log.ack_and_read("g", "i", &[], 2, None).unwrap();
+    assert_eq!(round_trips() - before, 1, "one pipeline");
+    assert_eq!(got.iter().map(|e| e.id).collect::<Vec<_>>(), ids[..2]);
+    assert_eq!(got.iter().map(|e| e.deliveries).collect::<Vec<_>>(), [1, 1]);
+    assert_eq!(log.group_stats("g").unwrap().ready, 0);
+    // The new entry that pipeline claimed beyond `max` is the next read's, at no cost.
+    let before = round_trips();
+    let (_, rest) = log.ack_and_read("g", "i", &[], 10, None).unwrap();
+    assert_eq!(round_trips() - before, 0);
+    assert_eq!(rest.iter().map(|e| e.id).collect::<Vec<_>>(), ids[2..]);
+    assert_eq!(log.group_stats("g").unwrap().pending, 3);
+}
+
+#[test]
+fn has_expired_sees_released_and_idle_claims_only() {
+    if !redis_available("has_expired_sees_released_and_idle_claims_only") {
+        return;
+    }
+    let server = RedisServer::start();
+    let log = RedisLog::open(options(&server)).unwrap();
+    let ids = log
+        .append(&(0..4).map(|i| rec("p", i)).collect::<Vec<_>>())
+        .unwrap();
+    log.ensure_group("g", StartAt::Earliest).unwrap();
+    let lease = Duration::from_secs(60);
+    assert!(!log.has_expired("g", lease).unwrap(), "nothing pending");
+    assert_eq!(log.read("g", "a", 4, None).unwrap().len(), 4);
+    assert!(
+        !log.has_expired("g", lease).unwrap(),
+        "all four freshly claimed"
+    );
+    assert_eq!(log.release("g", "a", &ids[..1]).unwrap(), 1);
+    assert!(log.has_expired("g", lease).unwrap(), "a released claim");
+    assert_eq!(log.claim_expired("g", "b", lease, 10).unwrap().len(), 1);
+    assert!(!log.has_expired("g", lease).unwrap(), "taken over");
+    let short = Duration::from_millis(30);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !log.has_expired("g", short).unwrap() {
+        assert!(Instant::now() < deadline, "claims idle 30 ms never seen");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        log.has_expired("nope", lease).unwrap_err(),
+        LogError::UnknownGroup("nope".into())
+    );
+}
+
+#[test]
+fn a_group_reader_makes_about_one_round_trip_per_read() {
+    use crate::backend::reader::GroupReader;
+    if !redis_available("a_group_reader_makes_about_one_round_trip_per_read") {
+        return;
+    }
+    let server = RedisServer::start();
+    let log: Arc<dyn SharedLog> = Arc::new(RedisLog::open(options(&server)).unwrap());
+    log.append(&(0..400).map(|i| rec("p", i)).collect::<Vec<_>>())
+        .unwrap();
+    let poll = Duration::from_millis(100);
+    let opts = crate::backend::reader::ReaderOptions {
+        batch: 10,
+        max_in_flight: 1024,
+        poll,
+        ..crate::backend::reader::ReaderOptions::new("g")
+    };
+    // NOTE: `deliver` runs on the reader thread: it reads that thread's counter.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = GroupReader::start(log.clone(), opts, move |b| {
+        tx.send((round_trips(), Instant::now(), b)).unwrap()
+    })
+    .unwrap();
+    let mut seen = Vec::new();
+    while seen
+        .iter()
+        .map(|(_, _, b): &(u64, Instant, Vec<_>)| b.len())
+        .sum::<usize>()
+        < 400
+    {
+        let (n, at, b) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        reader.ack(
+            &b.iter()
+                .map(|e: &crate::backend::Entry| e.id)
+                .collect::<Vec<_>>(),
+        );
+        seen.push((n, at, b));
+    }
+    let (first, last) = (&seen[1], &seen[seen.len() - 1]);
+    let reads = (seen.len() - 2) as u64;
+    // One pipeline per read; besides, a `has_expired` probe every poll.
+    let probes = (last.1 - first.1).as_millis() as u64 / poll.as_millis() as u64 + 1;
+    let trips = last.0 - first.0;
+    assert!(
+        trips <= reads + probes,
+        "{trips} round trips for {reads} reads and at most {probes} probes"
+    );
+    wait_until_caught_up(&reader);
+    reader.stop().unwrap();
+    assert_eq!(log.group_stats("g").unwrap().pending, 0);
+}
+
+fn wait_until_caught_up(reader: &crate::backend::reader::GroupReader) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !reader.caught_up(None).unwrap() {
+        assert!(Instant::now() < deadline, "acks never written");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
