@@ -485,14 +485,7 @@ impl<E: EventLike> Lane<E> {
     }
 
     fn push(self: &Arc<Self>, d: Delivery<E>) -> Option<Delivery<E>> {
-        let mut st = self.state.lock();
-        if st.closed {
-            return Some(d);
-        }
-        let level = (d.entry.event.priority().clamp(1, PRIORITY_LEVELS as u8) - 1) as usize;
-        st.pending[level].push_back(d);
-        st.len += 1;
-        None
+        Self::enqueue(&mut self.state.lock(), d)
     }
 
     /// [`Lane::push`], then [`Lane::pump_in`] under the same lock.
@@ -502,13 +495,21 @@ impl<E: EventLike> Lane<E> {
         d: Delivery<E>,
     ) -> Option<Delivery<E>> {
         let mut st = self.state.lock();
+        let refused = Self::enqueue(&mut st, d);
+        if refused.is_none() {
+            self.pump_locked(shared, st);
+        }
+        refused
+    }
+
+    /// Queues `d` by its priority; gives it back if the lane is closed.
+    fn enqueue(st: &mut LaneState<E>, d: Delivery<E>) -> Option<Delivery<E>> {
         if st.closed {
             return Some(d);
         }
         let level = (d.entry.event.priority().clamp(1, PRIORITY_LEVELS as u8) - 1) as usize;
         st.pending[level].push_back(d);
         st.len += 1;
-        self.pump_locked(shared, st);
         None
     }
 
