@@ -117,6 +117,13 @@ impl MonitorServer {
         }
         // NOTE: a WebSocket or keep-alive connection may outlive the graceful
         // shutdown; the task is aborted after a short grace.
+        // NOTE: the listener closes when the serve task ends; with no connection
+        // open that is at once, so wait for it (bounded) and a connect made right
+        // after stop() is refused, not accepted and left unanswered.
+        let deadline = std::time::Instant::now() + Duration::from_millis(500);
+        while !self.task.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
         let task = self.task.abort_handle();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_secs(2));
