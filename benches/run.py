@@ -282,10 +282,19 @@ def percent_of(
 
 
 def rule_ratio(impl: Any, n_events: int) -> dict[str, Any]:
-    """W1r: W1 with one rule on its consumer as a percentage of W1, run back to back."""
+    """W1r: W1 with one rule on its consumer as a percentage of W1, run back to back.
+
+    Also, not the target: the same with 64 tool names in turn, so that no answer is
+    remembered (``mixed_percent``, see ``workloads.W1R_MIXED_TOOLS``).
+    """
     plain = measure(wl.hook_stream, impl, n_events, ["hook.**"])
     ruled = measure(wl.hook_stream_with_rule, impl, n_events)
-    return percent_of(plain, ruled, "without_events_per_s", "with_rule_events_per_s")
+    mixed = measure(wl.hook_stream_with_rule_mixed, impl, n_events)
+    result = percent_of(plain, ruled, "without_events_per_s", "with_rule_events_per_s")
+    if "error" not in result and "error" not in mixed:
+        result["mixed_tools_events_per_s"] = mixed["value"]
+        result["mixed_percent"] = 100.0 * mixed["value"] / plain["value"]
+    return result
 
 
 def durable_ratio(impl: Any, n_events: int) -> dict[str, Any]:

@@ -134,12 +134,14 @@ async def hook_stream(
     idle: int = 0,
     read_data: bool = False,
     rule: dict[str, Any] | None = None,
+    tools: list[str] | None = None,
 ) -> dict[str, Any]:
     """W1/W1d/W2/W3 and the charts: ``publish_tool_use`` ``n_events`` times into consumers.
 
     One counting consumer per entry of ``patterns`` (a pattern that ``hook.tool`` does not
     match must see nothing), plus ``idle`` consumers on wildcard patterns nothing matches.
-    With ``read_data`` (W1d) every consumer reads ``event.data["tool"]``.
+    With ``read_data`` (W1d) every consumer reads ``event.data["tool"]``. The tool is
+    ``"Bash"``, or ``tools[i % len(tools)]`` for event ``i``.
     """
     bus = impl.EventBus(max_queue_size=queue_size_for(n_events))
     await bus.start()
@@ -165,8 +167,9 @@ async def hook_stream(
 
     refused = 0
     t0 = time.perf_counter()
+    names = tools or ["Bash"]
     for i in range(n_events):
-        if not await publish("Bash", {"command": "ls -la", "n": i}):
+        if not await publish(names[i % len(names)], {"command": "ls -la", "n": i}):
             refused += 1
     if refused:
         await bus.stop()
@@ -191,10 +194,23 @@ async def hook_stream(
 #: W1r's rule: it matches every W1 event, so delivery counts stay those of W1.
 W1R_RULE = {"data": {"tool": ["Bash"]}}
 
+# NOTE: W1r's payloads repeat the tool name, which the bus answers from memory (the
+# rules' recent answers, src/python/bus/admit_memo.rs); with 64 names in turn, more
+# than it remembers, every event is matched afresh: the cost of a rule itself.
+W1R_MIXED_TOOLS = [f"T{i}" for i in range(64)]
+W1R_MIXED_RULE = {"data": {"tool": W1R_MIXED_TOOLS}}
+
 
 async def hook_stream_with_rule(impl: types.SimpleNamespace, n_events: int) -> dict[str, Any]:
     """W1r: W1 with one content rule (on the payload) on its consumer (issue 15)."""
     return await hook_stream(impl, n_events, ["hook.**"], rule=W1R_RULE)
+
+
+async def hook_stream_with_rule_mixed(impl: types.SimpleNamespace, n_events: int) -> dict[str, Any]:
+    """W1r's companion: 64 tool names in turn, all matched by the rule, none remembered."""
+    return await hook_stream(
+        impl, n_events, ["hook.**"], rule=W1R_MIXED_RULE, tools=W1R_MIXED_TOOLS
+    )
 
 
 def _tool_event(impl: types.SimpleNamespace, i: int) -> Any:

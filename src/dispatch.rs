@@ -1005,6 +1005,9 @@ pub struct Route<E: EventLike> {
     pub lanes: Vec<Arc<Lane<E>>>,
     /// The most any lane needs copied out of the event.
     pub needs_view: ViewNeeds,
+    /// The most any lane's executor needs copied (`needs_view` without what the
+    /// rules read): when Nothing, a view would be made for the rules only.
+    pub sinks_need: ViewNeeds,
     /// Whether some lane needs nothing copied (its executor reads the event
     /// object itself).
     pub any_plain: bool,
@@ -1435,6 +1438,11 @@ impl<E: EventLike> Engine<E> {
             .map(|l| l.config.copy_needs())
             .max()
             .unwrap_or_default();
+        let sinks_need = lanes
+            .iter()
+            .map(|l| l.config.needs_view)
+            .max()
+            .unwrap_or_default();
         let any_plain = lanes
             .iter()
             .any(|l| l.config.needs_view == ViewNeeds::Nothing);
@@ -1443,6 +1451,7 @@ impl<E: EventLike> Engine<E> {
             topic: topic.into(),
             lanes,
             needs_view,
+            sinks_need,
             any_plain,
             rules,
         });
@@ -1471,6 +1480,19 @@ impl<E: EventLike> Engine<E> {
         self.publish_admitted(event, &route.lanes, admitted.as_deref())
     }
 
+    /// [`Engine::publish_route`] with the route's rules already matched by the
+    /// caller: `admitted` has one flag per lane of `route` (see
+    /// [`crate::rules::LaneRules::admitted_doc`]), so the event needs no view.
+    pub fn publish_route_admitted(
+        &self,
+        event: Arc<E>,
+        route: &Route<E>,
+        admitted: &[bool],
+    ) -> Result<(), Rejected> {
+        assert_eq!(admitted.len(), route.lanes.len(), "one flag per lane");
+        self.publish_admitted(event, &route.lanes, Some(admitted))
+    }
+
     /// Accepts an event for the `lanes` that `admitted` flags (all when None);
     /// the others count it filtered once it is accepted.
     fn publish_admitted(
@@ -1479,25 +1501,19 @@ impl<E: EventLike> Engine<E> {
         all_lanes: &[Arc<Lane<E>>],
         admitted: Option<&[bool]>,
     ) -> Result<(), Rejected> {
-        let kept: Vec<Arc<Lane<E>>>;
-        let lanes = match admitted {
-            None => all_lanes,
-            Some(flags) => {
-                kept = all_lanes
-                    .iter()
-                    .zip(flags)
-                    .filter(|(_, ok)| **ok)
-                    .map(|(l, _)| l.clone())
-                    .collect();
-                &kept
-            }
+        // NOTE: the admitted lanes are walked in place, not collected (W1r: one
+        // allocation and a reference count per lane less).
+        let takes = |i: usize| admitted.is_none_or(|f| f[i]);
+        let n = match admitted {
+            None => all_lanes.len(),
+            Some(flags) => flags.iter().filter(|ok| **ok).count(),
         };
         let s = &self.shared;
         if !s.accepting.load(Ordering::Acquire) {
             return Err(Rejected::NotRunning);
         }
         let max = s.max_queue.load(Ordering::Relaxed);
-        if !lanes.is_empty()
+        if n > 0
             && s.queued
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
                     (q < max).then_some(q + 1)
@@ -1508,24 +1524,28 @@ impl<E: EventLike> Engine<E> {
             return Err(Rejected::QueueFull);
         }
         s.published.fetch_add(1, Ordering::Relaxed);
-        if let Some(flags) = admitted {
-            for (lane, _) in all_lanes.iter().zip(flags).filter(|(_, ok)| !**ok) {
-                lane.skip(&event);
+        if admitted.is_some() {
+            for (i, lane) in all_lanes.iter().enumerate() {
+                if !takes(i) {
+                    lane.skip(&event);
+                }
             }
         }
-        if lanes.is_empty() {
+        if n == 0 {
             s.processed.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        let n = lanes.len() as u32;
         let entry = Arc::new(Entry {
             event,
-            unstarted: AtomicU32::new(n),
-            unfinished: AtomicU32::new(n),
+            unstarted: AtomicU32::new(n as u32),
+            unfinished: AtomicU32::new(n as u32),
             accepted: Instant::now(),
         });
         s.outstanding.fetch_add(1, Ordering::AcqRel);
-        for lane in lanes {
+        for (i, lane) in all_lanes.iter().enumerate() {
+            if !takes(i) {
+                continue;
+            }
             let d = Delivery::new(entry.clone());
             lane.count_received(1);
             if let Some(d) = lane.push_and_pump(s, d) {

@@ -220,3 +220,87 @@ async def test_rules_on_a_shared_log_filter_and_acknowledge(log_url: str) -> Non
     await again.join(WAIT)
     assert tools(ruled2) == ["Later"]
     await again.stop(5)
+
+
+class StrKey(str):
+    """A ``str`` subclass: a payload holding one is never answered from memory."""
+
+
+async def test_answers_remembered_for_repeated_values_stay_exact() -> None:
+    """The bus remembers its rules' recent answers by the payload values they read
+    (issue 15, W1r). Equal values in other objects (1 and 1.0 and True are not
+    equal to a rule), other key orders, mutated nested dicts, lists, subclasses and
+    a new subscription must all get exactly the answer the rule gives."""
+    rng = random.Random(1515)
+    rules = [
+        {"data": {"tool": ["Bash"]}},
+        {"data": {"n": [1]}},
+        {"data": {"n": [{"numeric": [">=", 1]}], "tool": [{"prefix": "B"}]}},
+        {"data": {"tool": [{"anything-but": ["Bash"]}]}, "priority": ["HIGH"]},
+        {"data": {"inner": {"k": ["v"]}}},
+        {"topic": [{"suffix": ".a"}], "data": {"n": [{"exists": False}]}},
+    ]
+    bus = EventBus()
+    recs = [Recorder(f"m{i}", rule=r, topics=["mem.**"]) for i, r in enumerate(rules)]
+    for r in recs:
+        await bus.subscribe(r)
+    await bus.start()
+    inner = {"k": "v"}
+    tools_pool: list[Any] = ["Bash", "".join(["Ba", "sh"]), "Read", StrKey("Bash"), None, 7]
+    numbers: list[Any] = [1, 1.0, True, "1", 2, 0, -0.0, 2**70, float("nan")]
+    events = []
+    for i in range(400):
+        data: dict[Any, Any] = {}
+        keys = ["tool", "n", "inner"]
+        rng.shuffle(keys)
+        for k in keys:
+            choice = rng.randrange(6)
+            if k == "tool" and choice:
+                data["tool"] = rng.choice(tools_pool)
+            elif k == "n" and choice:
+                data["n"] = rng.choice(numbers) if choice > 1 else [rng.choice(numbers)]
+            elif k == "inner" and choice:
+                data["inner"] = inner
+        if rng.randrange(10) == 0:
+            data[StrKey("n")] = 1
+        if i % 50 == 25:
+            # NOTE: the same dict object, changed: its answer must change with it.
+            inner["k"] = "w" if inner["k"] == "v" else "v"
+        topic = rng.choice(["mem.a", "mem.b"])
+        prio = rng.choice([EventPriority.HIGH, EventPriority.NORMAL])
+        e = make_event(topic, data, priority=prio)
+        # NOTE: the reference answer is taken now, before `inner` changes again.
+        events.append((e, [Rule(r).matches(e) for r in rules]))
+        assert await bus.publish(e)
+        if i == 200:
+            late = Recorder("late", rule=rules[0], topics=["mem.**"])
+            await bus.subscribe(late)
+    await bus.join(WAIT)
+    for j, rec in enumerate(recs):
+        # NOTE: sets: a HIGH event may overtake a NORMAL one queued before it.
+        want = {e.id for e, answers in events if answers[j]}
+        got = [c.event.id for c in rec.calls]
+        assert len(got) == len(set(got)) and set(got) == want, rules[j]
+    assert 0 < len(want) < len(events)
+    late_want = {e.id for e, answers in events[201:] if answers[0]}
+    assert {c.event.id for c in late.calls} == late_want
+    await bus.stop(5)
+
+
+async def test_the_compiled_producer_is_answered_from_memory_exactly() -> None:
+    """W1r's path: ``HookEventProducer`` into a consumer with a rule on the tool."""
+    from mpm_events import HookEventProducer
+
+    bus = EventBus()
+    ruled = Recorder("ruled", topics=["hook.**"], rule=BASH)
+    await bus.subscribe(ruled)
+    await bus.start()
+    producer = HookEventProducer(bus)
+    names = ["Bash", "Bash", "Read", "Bash", "".join(["Ba", "sh"]), "bash", "Bash"]
+    for i, name in enumerate(names):
+        assert await producer.publish_tool_use(name, {"n": i})
+    await bus.join(WAIT)
+    assert [c.event.data["params"]["n"] for c in ruled.calls] == [0, 1, 3, 4, 6]
+    s = stats(bus, "ruled")
+    assert (s["received"], s["filtered"]) == (7, 2)
+    await bus.stop(5)

@@ -32,12 +32,28 @@ impl<'a> EventDoc<'a> {
     /// The document of `view`, with the fields `wants` names (the payload only
     /// if the view holds it as JSON).
     pub fn of(view: &'a EventView, wants: impl Fn(&str) -> bool) -> Self {
+        let mask = EVENT_FIELDS
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| wants(k))
+            .fold(0u8, |m, (i, _)| m | 1 << i);
+        Self::with_fields(view, mask)
+    }
+
+    /// [`EventDoc::of`] with the wanted fields given as one bit per entry of
+    /// [`EVENT_FIELDS`].
+    pub fn with_fields(view: &'a EventView, mask: u8) -> Self {
         let mut fields = Vec::new();
-        for key in EVENT_FIELDS {
-            if key == "data" || !wants(key) {
+        let mut data = None;
+        for (i, key) in EVENT_FIELDS.into_iter().enumerate() {
+            if mask & (1 << i) == 0 {
                 continue;
             }
             let v = match key {
+                "data" => {
+                    data = view.data.as_ref();
+                    continue;
+                }
                 "id" => Value::String(view.id.to_string()),
                 "topic" => Value::String(view.topic.to_string()),
                 "type" => Value::String(view.event_type.to_string()),
@@ -51,14 +67,13 @@ impl<'a> EventDoc<'a> {
             };
             fields.push((key, v));
         }
-        EventDoc {
-            fields,
-            data: if wants("data") {
-                view.data.as_ref()
-            } else {
-                None
-            },
-        }
+        EventDoc { fields, data }
+    }
+
+    /// A document of the given top-level `fields` and payload `data` (for a
+    /// caller that makes the fields the rules name without a view).
+    pub fn new(fields: Vec<(&'static str, Value)>, data: Option<&'a Value>) -> Self {
+        EventDoc { fields, data }
     }
 }
 

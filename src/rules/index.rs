@@ -417,6 +417,11 @@ impl ValueIndex {
 /// hit (if any) first.
 struct Hits(Vec<u32>);
 
+thread_local! {
+    /// [`RuleSet::matching_doc`]'s candidates buffer, reused by the thread's events.
+    static CANDIDATES: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 impl Hits {
     fn add(&mut self, rules: &[u32], exact: bool) {
         let inexact = u32::from(!exact);
@@ -533,28 +538,32 @@ impl RuleSet {
     /// into `out` (cleared first).
     pub fn matching_doc<D: Doc + ?Sized>(&self, doc: &D, out: &mut Vec<usize>) {
         out.clear();
-        let mut cand = Hits(Vec::with_capacity(8 + self.always.len()));
+        // NOTE: the candidates' buffer is the thread's, kept between events (one
+        // allocation less per event, W1r); taken out while in use, so a matcher
+        // called from inside (none today) would just start a buffer of its own.
+        let mut cand = Hits(CANDIDATES.with(|c| c.take()));
+        cand.0.clear();
         self.root.collect_fields(doc, Reach::Objects, &mut cand);
         cand.add(&self.always, false);
         let mut cand = cand.0;
-        if cand.is_empty() {
-            return;
+        if !cand.is_empty() {
+            cand.sort_unstable();
+            // NOTE: keeps a rule's first entry, the exact one if it has one.
+            cand.dedup_by_key(|c| *c >> 1);
+            out.extend(
+                cand.iter()
+                    .filter(|&&c| {
+                        let i = (c >> 1) as usize;
+                        match (self.residual[i], c & 1 == 0) {
+                            // NOTE: its anchor leaf holds; the rest decides.
+                            (Some(left), true) => self.residuals[left as usize].matches(doc),
+                            _ => self.rules[i].matches_doc(doc),
+                        }
+                    })
+                    .map(|&c| (c >> 1) as usize),
+            );
         }
-        cand.sort_unstable();
-        // NOTE: keeps a rule's first entry, the exact one if it has one.
-        cand.dedup_by_key(|c| *c >> 1);
-        out.extend(
-            cand.into_iter()
-                .filter(|&c| {
-                    let i = (c >> 1) as usize;
-                    match (self.residual[i], c & 1 == 0) {
-                        // NOTE: its anchor leaf holds; the rest decides.
-                        (Some(left), true) => self.residuals[left as usize].matches(doc),
-                        _ => self.rules[i].matches_doc(doc),
-                    }
-                })
-                .map(|c| (c >> 1) as usize),
-        );
+        CANDIDATES.with(|c| c.set(cand));
     }
 
     /// Whether some rule names the top-level field `key`.

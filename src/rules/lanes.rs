@@ -3,8 +3,13 @@
 
 use serde_json::Map;
 
-use super::{EventDoc, Projection, Rule, RuleSet, EVENT_FIELDS};
+use super::{Doc, EventDoc, Projection, Rule, RuleSet, EVENT_FIELDS};
 use crate::event::EventView;
+
+thread_local! {
+    /// [`LaneRules::admitted_doc`]'s buffer of matching rules, reused by the thread.
+    static HITS: std::cell::Cell<Vec<usize>> = const { std::cell::Cell::new(Vec::new()) };
+}
 
 /// The rules of a route's lanes, matched together.
 #[derive(Debug, Clone)]
@@ -14,8 +19,9 @@ pub struct LaneRules {
     lane_of: Vec<usize>,
     /// Lanes with no rule: they take every event.
     open: Vec<usize>,
-    /// The event fields some rule names (the only ones copied into the document).
-    fields: Vec<&'static str>,
+    /// The event fields some rule names (the only ones copied into the
+    /// document), one bit per entry of [`EVENT_FIELDS`].
+    fields: u8,
     /// What the rules read of the payload (None when no rule names `data`).
     data: Option<Projection>,
 }
@@ -43,8 +49,9 @@ impl LaneRules {
         }
         let fields = EVENT_FIELDS
             .into_iter()
-            .filter(|k| set.names_field(k))
-            .collect();
+            .enumerate()
+            .filter(|(_, k)| set.names_field(k))
+            .fold(0u8, |m, (i, _)| m | 1 << i);
         Some(LaneRules {
             set,
             lane_of,
@@ -61,25 +68,47 @@ impl LaneRules {
         self.data.as_ref()
     }
 
+    /// Whether the rules name no event field outside `keys` (a caller that can
+    /// make those fields cheaply matches with [`LaneRules::admitted_doc`]).
+    pub fn names_only(&self, keys: &[&str]) -> bool {
+        EVENT_FIELDS
+            .iter()
+            .enumerate()
+            .all(|(i, k)| self.fields & (1 << i) == 0 || keys.contains(k))
+    }
+
+    /// Whether some rule names the event field `key`.
+    pub fn names(&self, key: &str) -> bool {
+        EVENT_FIELDS
+            .iter()
+            .position(|k| *k == key)
+            .is_some_and(|i| self.fields & (1 << i) != 0)
+    }
+
     /// One flag per lane of the route (`lanes` of them): whether it takes the
     /// event whose fields `view` holds (an event without a view is matched as
     /// an empty document).
     pub fn admitted(&self, view: Option<&EventView>, lanes: usize) -> Vec<bool> {
+        match view {
+            Some(v) => self.admitted_doc(&EventDoc::with_fields(v, self.fields), lanes),
+            None => self.admitted_doc(&Map::new(), lanes),
+        }
+    }
+
+    /// [`LaneRules::admitted`] for an event given as its document (at least the
+    /// fields the rules name, see [`LaneRules::names`]).
+    pub fn admitted_doc<D: Doc + ?Sized>(&self, doc: &D, lanes: usize) -> Vec<bool> {
         let mut flags = vec![false; lanes];
         for &i in &self.open {
             flags[i] = true;
         }
-        let mut hits = Vec::new();
-        match view {
-            Some(v) => {
-                let doc = EventDoc::of(v, |k| self.fields.contains(&k));
-                self.set.matching_doc(&doc, &mut hits);
-            }
-            None => self.set.matching_doc(&Map::new(), &mut hits),
-        }
-        for r in hits {
+        // NOTE: the thread's buffer, as in `RuleSet::matching_doc`.
+        let mut hits = HITS.with(|h| h.take());
+        self.set.matching_doc(doc, &mut hits);
+        for &r in &hits {
             flags[self.lane_of[r]] = true;
         }
+        HITS.with(|h| h.set(hits));
         flags
     }
 }

@@ -64,6 +64,21 @@ impl Projection {
         }
     }
 
+    /// What is named below `key`, if this level names it.
+    pub fn get(&self, key: &str) -> Option<&Projection> {
+        self.find(key).map(|i| &self.keys[i].1)
+    }
+
+    /// How many keys this level names.
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True when nothing is named below this level (a leaf of the rules).
+    pub fn is_leaf(&self) -> bool {
+        self.keys.is_empty()
+    }
+
     /// The keys named at this level, sorted, each with what is named below it.
     pub fn keys(&self) -> impl Iterator<Item = (&str, &Projection)> {
         self.keys.iter().map(|(k, p)| (k.as_str(), p))

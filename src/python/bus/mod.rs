@@ -2,6 +2,7 @@
 //! ([`persistence`]) and its log of failed deliveries ([`delivery_log`]); and
 //! [`log_direct`], a shared log's sync functions for processes without a bus.
 
+pub mod admit_memo;
 pub mod delivery_log;
 pub mod log_direct;
 pub mod monitor;
@@ -34,6 +35,7 @@ use crate::python::runtime::errors::event_error;
 use crate::python::runtime::{log_info, log_warning, py_api, runtime};
 use crate::sinks::executor::SinkExecutor;
 use crate::sinks::fanout::DeadLetterSinks;
+use admit_memo::{AdmitMemo, Lookup};
 use delivery_log::DeliveryLog;
 use persistence::{self as persist, Persistence};
 use shared_log::SharedLogBus;
@@ -93,6 +95,11 @@ struct PrepMemo {
     checked: Option<Vec<(usize, crate::schema::Invalid)>>,
     /// The event just prepared failed a "dead_letter" schema.
     invalid: Option<crate::schema::Invalid>,
+    /// Set by the caller: the event is dispatched at once on the route it is
+    /// prepared with, so its rules may be matched now ([`admitted_now`]).
+    match_now: bool,
+    /// The event just prepared was matched now: one flag per lane of its route.
+    admitted: Option<Arc<[bool]>>,
 }
 
 struct Subscribed {
@@ -146,6 +153,8 @@ pub struct EventBus {
     shared_log: Option<Arc<SharedLogBus>>,
     /// `register_schema`: payload schemas checked at publish.
     schemas: crate::schema::Schemas,
+    /// Recent answers of the routes' rules (see [`AdmitMemo`]).
+    admit_memo: AdmitMemo,
 }
 
 impl EventBus {
@@ -415,6 +424,46 @@ impl EventBus {
         Ok(())
     }
 
+    /// The rules' part of preparing an event (issue 15): for one dispatched at
+    /// once (`match_now`) on a [`matchable_now`] route, the lanes that take it,
+    /// remembered from a recent event that read the same ([`AdmitMemo`]) or
+    /// matched now, and no view is needed; otherwise the payload (`payload`, the
+    /// publisher's object) cut down to what the rules read, for the view.
+    fn rules_now(
+        &self,
+        py: Python<'_>,
+        route: &Arc<Route<AcceptedEvent>>,
+        priority: u8,
+        payload: Option<&Bound<'_, PyAny>>,
+        match_now: bool,
+    ) -> (Option<Arc<[bool]>>, Option<Projected>) {
+        let project = || match data_copy(route) {
+            DataCopy::ForRules(p) => {
+                payload.map(|o| crate::python::convert::project::project_py(p, o, 0))
+            }
+            _ => None,
+        };
+        if !match_now || !matchable_now(route) {
+            return (None, project());
+        }
+        let key = match self.admit_memo.lookup(py, route, priority, payload) {
+            Lookup::Hit(flags) => return (Some(flags), None),
+            Lookup::Miss(key) => Some(key),
+            Lookup::Unkeyable => None,
+        };
+        let projected = project();
+        match admitted_now(route, priority, projected.as_ref()) {
+            Some(flags) => {
+                let flags: Arc<[bool]> = flags.into();
+                if let Some(key) = key {
+                    self.admit_memo.remember(py, key, flags.clone());
+                }
+                (Some(flags), None)
+            }
+            None => (None, projected),
+        }
+    }
+
     fn prepare_event(
         &self,
         py: Python<'_>,
@@ -437,17 +486,24 @@ impl EventBus {
         // NOTE: rules read the keys they name straight from the publisher's dict,
         // before it is packed (parsing the packed text back cost more than W1r's
         // budget, issue 15).
-        let projected = match copy {
-            DataCopy::ForRules(p) => payload_object(py, &eref)?
-                .map(|o| crate::python::convert::project::project_py(p, o.bind(py), 0)),
-            _ => None,
+        let payload = match route.rules.is_some() {
+            true => payload_object(py, &eref)?,
+            false => None,
         };
+        let (admitted, projected) = self.rules_now(
+            py,
+            &route,
+            eref.priority,
+            payload.as_ref().map(|o| o.bind(py)),
+            memo.match_now,
+        );
+        memo.admitted = admitted;
         // NOTE: only events some Python consumer will receive are packed (see
         // `pack_payload`); Rust consumers get their own copy below.
         if route.any_plain {
             crate::python::model::pack_payload(py, eref.event(py)?);
         }
-        if route.needs_view != ViewNeeds::Nothing {
+        if route.needs_view != ViewNeeds::Nothing && memo.admitted.is_none() {
             eref.view = Some(Arc::new(match projected {
                 Some(cut) => build_view_projected(py, &eref, cut, &mut memo.view)?,
                 None => build_view_with(py, &eref, copy, &mut memo.view)?,
@@ -489,12 +545,15 @@ impl EventBus {
     pub(crate) fn accept(&self, event: &Bound<'_, PyAny>) -> PyResult<Result<(), Rejected>> {
         let py = event.py();
         let owned = as_event(event)?;
-        let mut memo = PrepMemo::default();
+        let mut memo = PrepMemo {
+            match_now: true,
+            ..PrepMemo::default()
+        };
         let eref = self.prepare_event(py, owned, Utc::now(), &mut memo)?;
         if let Some(inv) = memo.invalid {
             return Ok(self.dead_letter_invalid(py, eref.0, &inv));
         }
-        Ok(self.dispatch(py, eref.0, &eref.1))
+        Ok(self.dispatch(py, eref.0, &eref.1, memo.admitted.as_deref()))
     }
 
     /// [`EventBus::accept`] for an event given as fields by the compiled producer:
@@ -522,11 +581,11 @@ impl EventBus {
             )));
         }
         let copy = data_copy(&route);
-        // NOTE: see `prepare_event`: the rules' keys are read before packing.
-        let projected = match copy {
-            DataCopy::ForRules(p) => Some(crate::python::convert::project::project_py(p, &data, 0)),
-            _ => None,
-        };
+        // NOTE: see `prepare_event`: the rules' keys are read before packing. A
+        // durable bus dispatches after its writer stores the event, maybe on a
+        // newer route: it matches the view then.
+        let (admitted, projected) =
+            self.rules_now(py, &route, priority, Some(&data), self.persist.is_none());
         // NOTE: as `pack_payload` would: only for events a Python consumer receives,
         // or that are stored (the store keeps the JSON text as is).
         let data = match route.any_plain || self.persist.is_some() {
@@ -538,7 +597,7 @@ impl EventBus {
         };
         let mut eref =
             AcceptedEvent::from_parts(route.topic.clone(), priority, make(data), Utc::now());
-        if route.needs_view != ViewNeeds::Nothing {
+        if route.needs_view != ViewNeeds::Nothing && admitted.is_none() {
             let memo = &mut ViewMemo::default();
             eref.view = Some(Arc::new(match projected {
                 Some(cut) => build_view_projected(py, &eref, cut, memo)?,
@@ -558,7 +617,7 @@ impl EventBus {
             self.shared.monitor.tap_event(py, &mut eref);
         }
         match &self.persist {
-            None => Ok(self.dispatch(py, eref, &route).is_ok()),
+            None => Ok(self.dispatch(py, eref, &route, admitted.as_deref()).is_ok()),
             // NOTE: only buses that answer at once get here (the producer's fast path):
             // "async" durability, whose failures are logged by the writer's callback.
             Some(p) => match self.submit_durable(py, p, eref, route, p.done_log())? {
@@ -657,9 +716,12 @@ impl EventBus {
         py: Python<'_>,
         eref: AcceptedEvent,
         route: &Route<AcceptedEvent>,
+        admitted: Option<&[bool]>,
     ) -> Result<(), Rejected> {
-        let result = self.shared.inbox.deferring(py, || {
-            self.shared.engine.publish_route(Arc::new(eref), route)
+        let engine = &self.shared.engine;
+        let result = self.shared.inbox.deferring(py, || match admitted {
+            Some(flags) => engine.publish_route_admitted(Arc::new(eref), route, flags),
+            None => engine.publish_route(Arc::new(eref), route),
         });
         match result {
             Ok(()) => {
@@ -829,6 +891,7 @@ impl EventBus {
             persist,
             shared_log,
             schemas: Default::default(),
+            admit_memo: AdmitMemo::default(),
         })
     }
 
@@ -1900,6 +1963,48 @@ pub fn init_pymodule(m: &Bound<'_, pyo3::types::PyModule>) -> PyResult<()> {
 
 /// How much of the payload routing copies for `route`: all of it when a Rust
 /// sink on it reads the payload, else what its consumers' rules read of it.
+/// A payload cut down to what the rules read (or why it could not be).
+type Projected = Result<serde_json::Value, String>;
+
+/// Whether the rules of `route` can be matched at publish without a view: only
+/// the rules need a copy of the event, and they read nothing but the payload,
+/// the topic and the priority (issue 15, W1r).
+fn matchable_now(route: &Route<AcceptedEvent>) -> bool {
+    route.sinks_need == ViewNeeds::Nothing
+        && route
+            .rules
+            .as_ref()
+            .is_some_and(|r| r.names_only(&["data", "topic", "priority"]))
+}
+
+/// The lanes of a [`matchable_now`] route that take an event with `priority`
+/// whose payload the rules cut down to `projected`; None when the payload was
+/// not cut (no longer the publisher's object) though the rules read it.
+fn admitted_now(
+    route: &Route<AcceptedEvent>,
+    priority: u8,
+    projected: Option<&Projected>,
+) -> Option<Vec<bool>> {
+    let rules = route.rules.as_ref()?;
+    // NOTE: as in the view: a payload that does not convert reads as absent.
+    let data = match projected {
+        Some(Ok(v)) => Some(v),
+        Some(Err(_)) => None,
+        None if rules.names("data") => return None,
+        None => None,
+    };
+    let mut fields = Vec::new();
+    if rules.names("topic") {
+        fields.push(("topic", serde_json::Value::String(route.topic.to_string())));
+    }
+    if rules.names("priority") {
+        let name = crate::event::priority_name(priority);
+        fields.push(("priority", serde_json::Value::String(name.to_string())));
+    }
+    let doc = crate::rules::EventDoc::new(fields, data);
+    Some(rules.admitted_doc(&doc, route.lanes.len()))
+}
+
 fn data_copy(route: &Route<AcceptedEvent>) -> DataCopy<'_> {
     if route.needs_view != ViewNeeds::FieldsAndData {
         return DataCopy::Nothing;

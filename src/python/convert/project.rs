@@ -16,17 +16,31 @@ use serde_json::{Map, Value};
 /// `to_json` converts it and then cut down, so the result is always the same.
 pub fn project_py(p: &Projection, obj: &Bound<'_, PyAny>, depth: usize) -> Result<Value, String> {
     if let Ok(d) = obj.cast_exact::<PyDict>() {
-        if d.iter().all(|(k, _)| k.is_exact_instance_of::<PyString>()) {
-            if depth > crate::python::convert::json::MAX_DEPTH {
-                return to_json(obj, depth);
-            }
-            let mut out = Map::new();
-            for (key, below) in p.keys() {
-                if let Some(v) = d.get_item(key).map_err(|e| e.to_string())? {
-                    out.insert(key.to_string(), project_py(below, &v, depth + 1)?);
+        if depth <= crate::python::convert::json::MAX_DEPTH {
+            // NOTE: one pass over the dict, comparing its keys' text with the named
+            // keys: no key object is made or hashed (W1r). A key that is not an
+            // exact `str` sends the whole dict through `to_json`, as before.
+            let mut out = Map::with_capacity(p.key_count());
+            let mut plain = true;
+            for (k, v) in d.iter() {
+                let Ok(k) = k.cast_exact::<PyString>() else {
+                    plain = false;
+                    break;
+                };
+                if out.len() == p.key_count() {
+                    continue;
+                }
+                let Ok(text) = k.to_str() else {
+                    plain = false;
+                    break;
+                };
+                if let Some(below) = p.get(text) {
+                    out.insert(text.to_string(), project_py(below, &v, depth + 1)?);
                 }
             }
-            return Ok(Value::Object(out));
+            if plain {
+                return Ok(Value::Object(out));
+            }
         }
     } else if let Ok(l) = obj.cast_exact::<PyList>() {
         if depth <= crate::python::convert::json::MAX_DEPTH {
@@ -36,6 +50,12 @@ pub fn project_py(p: &Projection, obj: &Bound<'_, PyAny>, depth: usize) -> Resul
                 .collect::<Result<_, _>>()
                 .map(Value::Array);
         }
+    } else if p.is_leaf() {
+        // NOTE: a scalar (or anything `to_json` turns into one) is its own cut.
+        return to_json(obj, depth).map(|v| match v {
+            v @ (Value::Object(_) | Value::Array(_)) => p.project(&v),
+            v => v,
+        });
     }
     to_json(obj, depth).map(|v| p.project(&v))
 }
