@@ -6,6 +6,15 @@ use serde_json::Map;
 use super::{Doc, EventDoc, Projection, Rule, RuleSet, EVENT_FIELDS};
 use crate::event::EventView;
 
+/// One bit per entry of [`EVENT_FIELDS`] that `keys` names.
+pub fn field_bits(keys: &[&str]) -> u8 {
+    EVENT_FIELDS
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| keys.contains(k))
+        .fold(0u8, |m, (i, _)| m | 1 << i)
+}
+
 thread_local! {
     /// [`LaneRules::admitted_doc`]'s buffer of matching rules, reused by the thread.
     static HITS: std::cell::Cell<Vec<usize>> = const { std::cell::Cell::new(Vec::new()) };
@@ -68,13 +77,11 @@ impl LaneRules {
         self.data.as_ref()
     }
 
-    /// Whether the rules name no event field outside `keys` (a caller that can
-    /// make those fields cheaply matches with [`LaneRules::admitted_doc`]).
-    pub fn names_only(&self, keys: &[&str]) -> bool {
-        EVENT_FIELDS
-            .iter()
-            .enumerate()
-            .all(|(i, k)| self.fields & (1 << i) == 0 || keys.contains(k))
+    /// Whether the rules name no event field outside `bits` ([`field_bits`]; a
+    /// caller that can make those fields cheaply matches with
+    /// [`LaneRules::admitted_doc`]).
+    pub fn names_within(&self, bits: u8) -> bool {
+        self.fields & !bits == 0
     }
 
     /// Whether some rule names the event field `key`.

@@ -39,7 +39,7 @@ mod tests;
 
 pub use doc::{stored_doc, EventDoc, EVENT_FIELDS};
 pub use index::RuleSet;
-pub use lanes::LaneRules;
+pub use lanes::{field_bits, LaneRules};
 pub use project::Projection;
 
 /// Why a rule does not compile: where (a JSON path, `$` for the root) and what.

@@ -13,6 +13,7 @@
 //! and matched as before.
 
 use parking_lot::Mutex;
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
 use std::sync::Arc;
@@ -81,20 +82,21 @@ impl AdmitMemo {
         let Some(rules) = route.rules.as_ref() else {
             return Lookup::Unkeyable;
         };
-        let mut steps = Vec::with_capacity(8);
+        let mut steps = Steps::new();
         match (rules.data_projection(), data) {
             (None, _) => {}
-            (Some(p), Some(d)) if d.is_exact_instance_of::<PyDict>() => {
+            (Some(p), Some(d)) => {
                 if !cut_steps(p, d, 0, &mut steps) {
                     return Lookup::Unkeyable;
                 }
             }
-            (Some(_), _) => return Lookup::Unkeyable,
+            (Some(_), None) => return Lookup::Unkeyable,
         }
+        let steps = steps.as_slice();
         // NOTE: one hash per event, compared with each entry's: a stream whose
         // values do not repeat pays a few compares for the memo, not a walk of each
         // entry (W1r's companion with 64 tools).
-        let sig = signature(priority, &steps);
+        let sig = signature(priority, steps);
         let guard = self.entries.lock();
         for e in guard.0.iter() {
             if e.key.sig == sig
@@ -104,7 +106,7 @@ impl AdmitMemo {
                 && e.key
                     .steps
                     .iter()
-                    .zip(&steps)
+                    .zip(steps)
                     .all(|(a, b)| same_step(py, a, b))
             {
                 return Lookup::Hit(e.flags.clone());
@@ -114,7 +116,7 @@ impl AdmitMemo {
         Lookup::Miss(Key {
             route: route.clone(),
             priority,
-            steps,
+            steps: steps.to_vec(),
             sig,
         })
     }
@@ -150,44 +152,97 @@ impl AdmitMemo {
     }
 }
 
-/// Appends the steps of the cut of the exact dict `d` by `p`; false when the
-/// cut cannot be keyed.
-fn cut_steps(p: &Projection, d: &Bound<'_, PyAny>, depth: usize, out: &mut Vec<Step>) -> bool {
-    if depth > crate::python::convert::json::MAX_DEPTH {
+/// Most steps a key holds; a cut of more is not remembered.
+const MAX_STEPS: usize = 16;
+
+/// The steps of one event's cut, on the stack (see [`MAX_STEPS`]).
+struct Steps {
+    buf: [Step; MAX_STEPS],
+    len: usize,
+}
+
+impl Steps {
+    fn new() -> Self {
+        Steps {
+            buf: [Step::End; MAX_STEPS],
+            len: 0,
+        }
+    }
+
+    /// Appends `s`; false when full.
+    fn push(&mut self, s: Step) -> bool {
+        if self.len == MAX_STEPS {
+            return false;
+        }
+        self.buf[self.len] = s;
+        self.len += 1;
+        true
+    }
+
+    fn as_slice(&self) -> &[Step] {
+        &self.buf[..self.len]
+    }
+}
+
+/// Appends the steps of the cut of `d` (an exact dict) by `p`; false when the cut
+/// cannot be keyed.
+fn cut_steps(p: &Projection, d: &Bound<'_, PyAny>, depth: usize, out: &mut Steps) -> bool {
+    if depth > crate::python::convert::json::MAX_DEPTH || !d.is_exact_instance_of::<PyDict>() {
         return false;
     }
-    let Ok(d) = d.cast_exact::<PyDict>() else {
-        return false;
-    };
+    let py = d.py();
     let mut found = 0;
-    for (k, v) in d.iter() {
-        let Ok(k) = k.cast_exact::<PyString>() else {
+    let mut pos: ffi::Py_ssize_t = 0;
+    let mut key: *mut ffi::PyObject = std::ptr::null_mut();
+    let mut value: *mut ffi::PyObject = std::ptr::null_mut();
+    // NOTE: the dict's own entries, borrowed (no reference counts, no size check
+    // per step as pyo3's iterator makes): nothing here runs Python code, so the
+    // dict cannot change while it is walked (W1r's path, issue 15).
+    // SAFETY: `d` is a live dict and the GIL is held; `key` and `value` are borrowed
+    // references the dict keeps alive while it is not changed.
+    while unsafe { ffi::PyDict_Next(d.as_ptr(), &mut pos, &mut key, &mut value) } != 0 {
+        if unsafe { ffi::PyUnicode_CheckExact(key) } == 0 {
             return false;
-        };
+        }
         if found == p.key_count() {
             continue;
         }
-        let Ok(text) = k.to_str() else {
+        let mut size: ffi::Py_ssize_t = 0;
+        let text = unsafe { ffi::PyUnicode_AsUTF8AndSize(key, &mut size) };
+        if text.is_null() {
+            // NOTE: a key that is not valid UTF-8 (a lone surrogate): not keyed.
+            unsafe { ffi::PyErr_Clear() };
             return false;
-        };
-        let Some((i, (_, below))) = p.keys().enumerate().find(|(_, (key, _))| *key == text) else {
+        }
+        // SAFETY: CPython keeps the UTF-8 text with the str, `size` bytes long.
+        let text = unsafe { std::slice::from_raw_parts(text.cast::<u8>(), size as usize) };
+        let Some((i, (_, below))) = p
+            .keys()
+            .enumerate()
+            .find(|(_, (k, _))| k.as_bytes() == text)
+        else {
             continue;
         };
         found += 1;
-        out.push(Step::Key(i as u32));
+        if !out.push(Step::Key(i as u32)) {
+            return false;
+        }
+        // SAFETY: see above; borrowed for the rest of this call only.
+        let v = unsafe { Bound::from_borrowed_ptr(py, value) };
         if is_scalar(&v) {
             // NOTE: a scalar's hash cannot fail; a str caches its own.
             let Ok(h) = v.hash() else {
                 return false;
             };
-            out.push(Step::Leaf(v.as_ptr() as usize, h));
+            if !out.push(Step::Leaf(v.as_ptr() as usize, h)) {
+                return false;
+            }
         } else if below.is_leaf() || !cut_steps(below, &v, depth + 1, out) {
             // NOTE: a container where a leaf is named, or a list: not keyed.
             return false;
         }
     }
-    out.push(Step::End);
-    true
+    out.push(Step::End)
 }
 
 /// An immutable scalar of an exact type, which the cut copies as it is.

@@ -1970,11 +1970,10 @@ type Projected = Result<serde_json::Value, String>;
 /// the rules need a copy of the event, and they read nothing but the payload,
 /// the topic and the priority (issue 15, W1r).
 fn matchable_now(route: &Route<AcceptedEvent>) -> bool {
+    static FIELDS: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+    let bits = *FIELDS.get_or_init(|| crate::rules::field_bits(&["data", "topic", "priority"]));
     route.sinks_need == ViewNeeds::Nothing
-        && route
-            .rules
-            .as_ref()
-            .is_some_and(|r| r.names_only(&["data", "topic", "priority"]))
+        && route.rules.as_ref().is_some_and(|r| r.names_within(bits))
 }
 
 /// The lanes of a [`matchable_now`] route that take an event with `priority`
