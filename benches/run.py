@@ -281,22 +281,29 @@ def percent_of(
     }
 
 
+#: W1r's A-B-B-A blocks per round (see ``rule_ratio``).
+W1R_BLOCKS = 3
+
+
 def rule_ratio(impl: Any, n_events: int) -> dict[str, Any]:
     """W1r: W1 with one rule on its consumer as a percentage of W1.
 
-    NOTE: measured A-B-B-A (W1, W1r, W1r, W1) and taken as the ratio of the sums, so
-    that a drift of the machine's speed within the round cancels out; a single
-    back-to-back pair swung 76-116% per round on a shared 2-core machine.
+    NOTE: measured in ``W1R_BLOCKS`` blocks of A-B-B-A (W1, W1r, W1r, W1), taken as the
+    ratio of the means, so that a drift of the machine's speed within a block cancels
+    out and one slow run weighs less; a single back-to-back pair swung 76-116% per
+    round on this shared 2-core machine, where the instruction counts differ by 5%.
 
     Also, not the target: the same with 64 tool names in turn, so that no answer is
-    remembered (``mixed_percent``, see ``workloads.W1R_MIXED_TOOLS``), measured once in
-    the middle of the four.
+    remembered (``mixed_percent``, see ``workloads.W1R_MIXED_TOOLS``), once per round.
     """
-    plain = [measure(wl.hook_stream, impl, n_events, ["hook.**"])]
-    ruled = [measure(wl.hook_stream_with_rule, impl, n_events)]
+    plain: list[dict[str, Any]] = []
+    ruled: list[dict[str, Any]] = []
+    for _ in range(W1R_BLOCKS):
+        plain.append(measure(wl.hook_stream, impl, n_events, ["hook.**"]))
+        ruled.append(measure(wl.hook_stream_with_rule, impl, n_events))
+        ruled.append(measure(wl.hook_stream_with_rule, impl, n_events))
+        plain.append(measure(wl.hook_stream, impl, n_events, ["hook.**"]))
     mixed = measure(wl.hook_stream_with_rule_mixed, impl, n_events)
-    ruled.append(measure(wl.hook_stream_with_rule, impl, n_events))
-    plain.append(measure(wl.hook_stream, impl, n_events, ["hook.**"]))
     for r in plain + ruled:
         if "error" in r:
             return r
