@@ -39,6 +39,9 @@ enum Step {
 
 /// What an event's rules read, ready to be looked up or remembered.
 pub struct Key {
+    // NOTE: held, so the route compared by address is never another one made at
+    // the same address; a route (and the lanes of consumers unsubscribed since)
+    // lives on until its entries are replaced, at most `ENTRIES` of them.
     route: Arc<Route<AcceptedEvent>>,
     priority: u8,
     steps: Vec<Step>,

@@ -1961,8 +1961,6 @@ pub fn init_pymodule(m: &Bound<'_, pyo3::types::PyModule>) -> PyResult<()> {
     Ok(())
 }
 
-/// How much of the payload routing copies for `route`: all of it when a Rust
-/// sink on it reads the payload, else what its consumers' rules read of it.
 /// A payload cut down to what the rules read (or why it could not be).
 type Projected = Result<serde_json::Value, String>;
 
@@ -2004,6 +2002,8 @@ fn admitted_now(
     Some(rules.admitted_doc(&doc, route.lanes.len()))
 }
 
+/// How much of the payload routing copies for `route`: all of it when a Rust
+/// sink on it reads the payload, else what its consumers' rules read of it.
 fn data_copy(route: &Route<AcceptedEvent>) -> DataCopy<'_> {
     if route.needs_view != ViewNeeds::FieldsAndData {
         return DataCopy::Nothing;
