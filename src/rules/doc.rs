@@ -20,6 +20,15 @@ pub const EVENT_FIELDS: [&str; 8] = [
     "data",
 ];
 
+/// One bit per entry of [`EVENT_FIELDS`] that `wants`.
+pub fn field_mask(wants: impl Fn(&str) -> bool) -> u8 {
+    EVENT_FIELDS
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| wants(k))
+        .fold(0u8, |m, (i, _)| m | 1 << i)
+}
+
 /// An event as a rule document: the named fields copied as JSON, the payload
 /// borrowed from the view.
 #[derive(Debug)]
@@ -32,12 +41,7 @@ impl<'a> EventDoc<'a> {
     /// The document of `view`, with the fields `wants` names (the payload only
     /// if the view holds it as JSON).
     pub fn of(view: &'a EventView, wants: impl Fn(&str) -> bool) -> Self {
-        let mask = EVENT_FIELDS
-            .iter()
-            .enumerate()
-            .filter(|(_, k)| wants(k))
-            .fold(0u8, |m, (i, _)| m | 1 << i);
-        Self::with_fields(view, mask)
+        Self::with_fields(view, field_mask(wants))
     }
 
     /// [`EventDoc::of`] with the wanted fields given as one bit per entry of

@@ -3,16 +3,13 @@
 
 use serde_json::Map;
 
+use super::doc::field_mask;
 use super::{Doc, EventDoc, Projection, Rule, RuleSet, EVENT_FIELDS};
 use crate::event::EventView;
 
 /// One bit per entry of [`EVENT_FIELDS`] that `keys` names.
 pub fn field_bits(keys: &[&str]) -> u8 {
-    EVENT_FIELDS
-        .iter()
-        .enumerate()
-        .filter(|(_, k)| keys.contains(k))
-        .fold(0u8, |m, (i, _)| m | 1 << i)
+    field_mask(|k| keys.contains(&k))
 }
 
 thread_local! {
@@ -56,11 +53,7 @@ impl LaneRules {
         if set.is_empty() {
             return None;
         }
-        let fields = EVENT_FIELDS
-            .into_iter()
-            .enumerate()
-            .filter(|(_, k)| set.names_field(k))
-            .fold(0u8, |m, (i, _)| m | 1 << i);
+        let fields = field_mask(|k| set.names_field(k));
         Some(LaneRules {
             set,
             lane_of,
