@@ -437,6 +437,10 @@ impl EventBus {
         payload: Option<&Bound<'_, PyAny>>,
         match_now: bool,
     ) -> (Option<Arc<[bool]>>, Option<Projected>) {
+        // NOTE: no rule on the route (W1): nothing to cut or match, and no cost.
+        if route.rules.is_none() {
+            return (None, None);
+        }
         let project = || match data_copy(route) {
             DataCopy::ForRules(p) => {
                 payload.map(|o| crate::python::convert::project::project_py(p, o, 0))
@@ -1969,9 +1973,12 @@ type Projected = Result<serde_json::Value, String>;
 /// the topic and the priority (issue 15, W1r).
 fn matchable_now(route: &Route<AcceptedEvent>) -> bool {
     static FIELDS: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
-    let bits = *FIELDS.get_or_init(|| crate::rules::field_bits(&["data", "topic", "priority"]));
     route.sinks_need == ViewNeeds::Nothing
-        && route.rules.as_ref().is_some_and(|r| r.names_within(bits))
+        && route.rules.as_ref().is_some_and(|r| {
+            r.names_within(
+                *FIELDS.get_or_init(|| crate::rules::field_bits(&["data", "topic", "priority"])),
+            )
+        })
 }
 
 /// The lanes of a [`matchable_now`] route that take an event with `priority`
