@@ -6,16 +6,18 @@ the script's own CPU, not fsync), then for each layout sends ``ROUNDS`` batches 
 round, and reads ``INFO commandstats`` before and after each: the ``evalsha`` usec it
 added divided by the batch is the server's cost per event (median over the rounds).
 
-- ``old``: the ten-field entries and one ``GET`` + ``SET EX`` de-dup key per event,
-  the script as of ``git show <rev>:src/backend/redis/scripts.rs`` (default ``main``);
-- ``new``: the packed field ``r`` and the two time-bucketed de-dup hashes, the
-  script in this tree, records packed as ``src/backend/redis/packed.rs`` does;
+- ``old``: the packed field ``r`` and two time-bucketed de-dup hashes of event id ->
+  entry id (per event an ``HSET`` field), the script as of ``git show
+  <rev>:src/backend/redis/scripts.rs`` (default ``d6b364a``, the last with it);
+- ``new``: the script in this tree (since 2026-12-03: the packed field ``r`` and one
+  de-dup range per run of a publisher's records), records packed as
+  ``src/backend/redis/packed.rs`` does;
 - ``new-real`` (with the extension built): the same through ``_core._log_append``,
   the real client path, to check the replica above matches it.
 
 Also ``MEMORY USAGE`` of the stream per entry and the growth of ``used_memory``
 (stream plus de-dup keys) per event. Prints one line per layout with the
-load average. Usage: ``python benches/redis_append_cost.py [--rev main]``.
+load average. Usage: ``python benches/redis_append_cost.py [--rev d6b364a]``.
 """
 
 from __future__ import annotations
@@ -136,22 +138,20 @@ def packed(r: dict[str, object]) -> bytes:
 
 
 def run_old(c: Conn, sha: str, prefix: str, batch: list[dict[str, object]]) -> None:
-    keys = [f"{{{prefix}}}:stream", f"{{{prefix}}}:meta"] + [
-        f"{{{prefix}}}:eid:{r['e']}" for r in batch
-    ]
-    args: list[object] = [600, len(batch)]
-    for r in batch:
-        d, m = r["d"], r["m"]
-        assert isinstance(d, bytes) and isinstance(m, bytes)
-        args += [r["e"], r["t"], r["p"], r["ts"], r["pb"], r["ps"], 0, d, m, len(d) + len(m)]
-    c.call("EVALSHA", sha, len(keys), *keys, *args)  # type: ignore[arg-type]
-
-
-def run_new(c: Conn, sha: str, prefix: str, batch: list[dict[str, object]]) -> None:
+    # NOTE: the layout before 2026-12-03: packed records and two time-bucketed hashes
+    # of event id -> entry id.
     keys = [f"{{{prefix}}}:{k}" for k in ("stream", "meta", "eids:600:0", "eids:600:1")]
     args: list[object] = [600, len(batch)]
     for r in batch:
         args += [r["e"], packed(r)]
+    c.call("EVALSHA", sha, len(keys), *keys, *args)  # type: ignore[arg-type]
+
+
+def run_new(c: Conn, sha: str, prefix: str, batch: list[dict[str, object]]) -> None:
+    # NOTE: one publisher with consecutive sequence numbers: one run, as a bus's batch.
+    keys = [f"{{{prefix}}}:{k}" for k in ("stream", "meta", f"pub:{batch[0]['pb']}")]
+    args: list[object] = [600_000, 10_000, 1, 3, batch[0]["ps"], len(batch)]
+    args += [packed(r) for r in batch]
     c.call("EVALSHA", sha, len(keys), *keys, *args)  # type: ignore[arg-type]
 
 
@@ -172,7 +172,7 @@ def used_memory(c: Conn) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rev", default="main")
+    ap.add_argument("--rev", default="d6b364a")
     ap.add_argument("--rounds", type=int, default=ROUNDS)
     a = ap.parse_args()
     old_src = subprocess.run(
@@ -251,7 +251,8 @@ def main() -> None:
                 prefix = f"b{layout.replace('-', '')}"
                 mem = c.call("MEMORY", "USAGE", f"{{{prefix}}}:stream", "SAMPLES", "0")
                 assert isinstance(mem, int)
-                dedup_keys = c.call("EVAL", f"return #redis.call('KEYS', '{{{prefix}}}:eid*')", 0)
+                count = "return #redis.call('KEYS', ARGV[1]) + #redis.call('KEYS', ARGV[2])"
+                dedup_keys = c.call("EVAL", count, 0, f"{{{prefix}}}:eid*", f"{{{prefix}}}:pub:*")
                 xs = sorted(per_event[layout])
                 results.append(
                     f"{layout:9s} median {statistics.median(xs):6.2f} us/event on the server "

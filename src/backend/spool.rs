@@ -8,7 +8,8 @@
 //!   forwarder that dies between the remote append and the ack leaves the batch
 //!   pending; the next one takes it first (`claim_expired` with no idle time, under
 //!   the lock below) and appends it again: the remote append de-duplicates on the
-//!   event id (Redis: the `eid` keys of the append script, within `dedup_ttl`).
+//!   records' publisher and publisher sequence number, which the spool keeps (Redis:
+//!   the `pub:<publisher>` ranges of the append script, within `dedup_ttl`).
 //! * One forwarder at a time per spool (an advisory lock on `<spool>.lock`, not
 //!   waited for): forwarding is in spool order. While a forward is running elsewhere,
 //!   or the spool holds something this process could not forward, a new append goes

@@ -4,8 +4,9 @@
 //! * redis-rs **sync** connections: the [`SharedLog`] trait blocks, so a private pool
 //!   of blocking connections serves it and no Tokio runtime thread is ever blocked.
 //! * Keys under one hash tag, `{<prefix>}:stream`, `{<prefix>}:dlq`, `{<prefix>}:meta`,
-//!   `{<prefix>}:eids:<ttl>:0|1`: a Redis Cluster keeps one bus in one slot, so the Lua
-//!   scripts (`scripts.rs`) work there too.
+//!   `{<prefix>}:pub:<publisher>` (each publisher's appended ranges, for the publish
+//!   de-duplication): a Redis Cluster keeps one bus in one slot, so the Lua scripts
+//!   (`scripts.rs`) work there too.
 //! * Each stream entry is one binary field `r`, the packed record (`packed.rs`);
 //!   entries in the older ten-field layout are still read.
 //! * Blocking reads (`XREADGROUP ... BLOCK`) run on dedicated connections whose
@@ -57,7 +58,9 @@ pub struct RedisOptions {
     /// Payloads above this many bytes are stored LZ4-compressed when that saves space.
     /// Default 4096.
     pub compress_threshold: usize,
-    /// How long an event id de-duplicates a retried publish. Default 10 minutes.
+    /// How long a publisher's appends are remembered after its last one, so that a
+    /// retried append or a forward of the same records (same publisher and publisher
+    /// sequence numbers) is not stored twice. Default 10 minutes.
     pub dedup_ttl: Duration,
     /// Connect timeout and response timeout of ordinary commands. Default 5 s.
     pub timeout: Duration,
@@ -352,8 +355,8 @@ struct Keys {
     stream: String,
     dlq: String,
     meta: String,
-    /// The two de-dup buckets, `{prefix}:eids:<ttl>:0` and `:1` (see `scripts::append`).
-    eids: [String; 2],
+    /// The start of a publisher's de-dup key, `{prefix}:pub:` (see `scripts::append`).
+    publisher: String,
 }
 
 /// One handle on a shared log in Redis. See the module docs and [`SharedLog`].
@@ -592,10 +595,7 @@ impl RedisLog {
             stream: format!("{{{p}}}:stream"),
             dlq: format!("{{{p}}}:dlq"),
             meta: format!("{{{p}}}:meta"),
-            eids: {
-                let ttl = opts.dedup_ttl.as_secs().max(1);
-                [0, 1].map(|b| format!("{{{p}}}:eids:{ttl}:{b}"))
-            },
+            publisher: format!("{{{p}}}:pub:"),
         };
         Ok(RedisLog {
             location,
@@ -1136,29 +1136,35 @@ impl RedisLog {
     ///
     /// NOTE: built in one buffer, sized up front: each record is packed straight
     /// into it (its length known before its bytes, `packed::packed_len`), so a batch
-    /// costs one allocation (plus one per compressed payload), not a few per event.
+    /// costs one allocation (plus one per compressed payload, plus the runs), not a few
+    /// per event.
     fn append_command(&self, records: &[Record]) -> Vec<u8> {
         use std::io::Write;
+        let (publishers, runs) = runs_of(records);
         let mut out = Vec::with_capacity(append_command_capacity(records));
-        let _ = write!(out, "*{}\r\n", 9 + 2 * records.len());
+        let bulks = 3 + 2 + publishers.len() + 3 + 3 * runs.len() + records.len();
+        let _ = write!(out, "*{bulks}\r\n");
         put_bulk(&mut out, b"EVALSHA");
         put_bulk(&mut out, scripts::append().get_hash().as_bytes());
-        put_bulk(&mut out, b"4");
-        for k in [
-            &self.keys.stream,
-            &self.keys.meta,
-            &self.keys.eids[0],
-            &self.keys.eids[1],
-        ] {
-            put_bulk(&mut out, k.as_bytes());
+        put_bulk(&mut out, (2 + publishers.len()).to_string().as_bytes());
+        put_bulk(&mut out, self.keys.stream.as_bytes());
+        put_bulk(&mut out, self.keys.meta.as_bytes());
+        for p in &publishers {
+            let _ = write!(out, "${}\r\n", self.keys.publisher.len() + p.len());
+            out.extend_from_slice(self.keys.publisher.as_bytes());
+            out.extend_from_slice(p.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
-        put_bulk(
-            &mut out,
-            self.opts.dedup_ttl.as_secs().max(1).to_string().as_bytes(),
-        );
-        put_bulk(&mut out, records.len().to_string().as_bytes());
+        let ttl_ms = self.opts.dedup_ttl.as_millis().max(1) as u64;
+        put_bulk(&mut out, ttl_ms.to_string().as_bytes());
+        put_bulk(&mut out, RANGES_KEPT.to_string().as_bytes());
+        put_bulk(&mut out, runs.len().to_string().as_bytes());
+        for run in &runs {
+            for v in [run.key as u64, run.first_seq, run.len as u64] {
+                put_bulk(&mut out, v.to_string().as_bytes());
+            }
+        }
         for r in records {
-            put_bulk(&mut out, r.event_id.as_bytes());
             let (codec, stored) = encode(&r.payload, self.opts.compress_threshold);
             let _ = write!(out, "${}\r\n", packed::packed_len(r, stored.len()));
             packed::write(&mut out, r, codec, &stored);
@@ -1212,8 +1218,9 @@ impl SharedLog for RedisLog {
             return Ok(Vec::new());
         }
         let cmd = self.append_command(records);
-        // NOTE: retried once on a lost connection: the event ids de-duplicate a first
-        // attempt the server applied but whose reply was lost.
+        // NOTE: retried once on a lost connection: the records' publisher sequence
+        // numbers de-duplicate a first attempt the server applied but whose reply was
+        // lost (`scripts::append`).
         let v = self.run(true, |c| {
             let send = |c: &mut Conn| c.req_packed_command(&cmd).and_then(|v| v.extract_error());
             match send(c) {
@@ -1924,19 +1931,83 @@ fn encode(data: &[u8], threshold: usize) -> (u8, std::borrow::Cow<'_, [u8]>) {
     (packed::RAW, std::borrow::Cow::Borrowed(data))
 }
 
+/// How many appended ranges a publisher's de-dup key keeps (its highest sequence
+/// numbers); older ones are forgotten even within `dedup_ttl`.
+const RANGES_KEPT: usize = 10_000;
+
+/// Publisher sequence numbers at or above this are not de-duplicated: the script's
+/// numbers are doubles, exact below 2^53.
+const SEQ_EXACT: u64 = 1 << 53;
+
+/// One run of an append: `len` records in a row of one publisher with consecutive
+/// sequence numbers from `first_seq`; `key` is its publisher's index among the
+/// script's KEYS (from 3), 0 for no de-duplication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    key: usize,
+    first_seq: u64,
+    len: usize,
+}
+
+/// The distinct publishers of `records` (in order of first appearance) and the runs
+/// that cut `records` into stretches of one publisher's consecutive sequence numbers.
+fn runs_of(records: &[Record]) -> (Vec<&str>, Vec<Run>) {
+    let mut publishers: Vec<&str> = Vec::new();
+    let mut runs: Vec<Run> = Vec::new();
+    let mut prev: Option<&Record> = None;
+    for r in records {
+        let exact = r.publisher_seq < SEQ_EXACT;
+        if let (Some(p), Some(run)) = (prev, runs.last_mut()) {
+            if exact
+                && run.key != 0
+                && r.publisher_seq == p.publisher_seq + 1
+                && r.publisher == p.publisher
+            {
+                run.len += 1;
+                prev = Some(r);
+                continue;
+            }
+        }
+        let key = if exact {
+            // NOTE: a linear search: a batch has one publisher or a few (a spool
+            // forward may have more; it is rare and bounded by its batch).
+            match publishers.iter().position(|p| *p == r.publisher) {
+                Some(i) => 3 + i,
+                None => {
+                    publishers.push(&r.publisher);
+                    2 + publishers.len()
+                }
+            }
+        } else {
+            0
+        };
+        runs.push(Run {
+            key,
+            first_seq: r.publisher_seq,
+            len: 1,
+        });
+        prev = Some(r);
+    }
+    (publishers, runs)
+}
+
 /// An upper bound of the bytes of `RedisLog::append_command` for `records` (so its
-/// buffer never grows): per record, two bulk headers and trailers (at most 2 x 25
-/// bytes), the packed header and four varints (at most 23 + 4 x 10), the strings, and
-/// the payload uncompressed (a compressed one is only kept when smaller).
+/// buffer never grows): per record, its bulk header and trailer (at most 25 bytes),
+/// the packed header and four varints (at most 23 + 4 x 10), the strings, and the
+/// payload uncompressed (a compressed one is only kept when smaller); at worst a run
+/// per record (three bulks of at most 20 digits: 3 x 45) and a key per record (at most
+/// 107 bytes of `{prefix}:pub:`, the publisher, 25 of framing).
 fn append_command_capacity(records: &[Record]) -> usize {
-    // NOTE: the command head: 9 bulks of at most 25 bytes of framing, a 40-byte sha,
-    // keys of at most 2 x 100 + 20 bytes each (prefix of at most 100).
+    // NOTE: the command head: 8 bulks of at most 25 bytes of framing, a 40-byte sha,
+    // two keys of at most 100 + 10 bytes each (prefix of at most 100), three numbers.
     512 + records
         .iter()
         .map(|r| {
-            113 + 2 * r.event_id.len()
+            88 + 135
+                + 140
+                + r.event_id.len()
                 + r.topic.len()
-                + r.publisher.len()
+                + 2 * r.publisher.len()
                 + r.metadata.len()
                 + r.payload.len()
         })

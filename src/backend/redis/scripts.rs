@@ -9,18 +9,27 @@ use std::sync::OnceLock;
 
 use redis::Script;
 
-/// Append records with idempotency. KEYS: stream, meta, then the two de-dup buckets
-/// `{prefix}:eids:<ttl>:0` and `:1`. ARGV: ttl seconds, n, then per record its event
-/// id and its packed record (`packed.rs`). Returns the ids; a record whose event id is
-/// in a live bucket (a retried publish the server already applied, or the same id
-/// earlier in this batch) gets the id stored there and is not added again.
+/// Append records with idempotency. KEYS: stream, meta, then one key per publisher in
+/// the batch, `{prefix}:pub:<publisher>`: a sorted set of the publisher's appended
+/// ranges. ARGV: the ranges' lifetime in ms, how many ranges a publisher keeps, the
+/// number of runs, then per run its publisher's KEYS index (0: no de-duplication), its
+/// first publisher sequence number and its length, then the packed records
+/// (`packed.rs`) in order: the runs cut the batch into stretches of one publisher's
+/// consecutive sequence numbers. Returns the entry ids; a record whose (publisher,
+/// sequence number) an earlier append already stored (a retried publish the server
+/// applied, a forward retried after a crash, the same record earlier in this batch)
+/// gets the id stored then and is not added again.
 ///
-/// NOTE: the buckets: Redis TIME / ttl is the epoch; bucket `epoch % 2` takes this
-/// epoch's ids, the other one holds the previous epoch's. Each bucket records its
-/// epoch in the field with the empty name (no event id is empty); a bucket found holding an older epoch is stale (two or more
-/// epochs old) and started over (DEL), and expires by itself two epochs on. An id is
-/// thus remembered for at least `ttl` and at most `2 * ttl` seconds, with two HMGETs
-/// and one HSET per batch (O(batch), two keys) instead of a GET and a SET EX per event.
+/// NOTE: the de-duplication is per run, not per record: a run's records are appended
+/// one after the other (a script is atomic), so one member `s:n:first:last` (scored by
+/// `s`) says where all of them went. A run that overlaps no stored range (one
+/// `ZREVRANGEBYSCORE`: ranges never overlap, so the one starting last at or before the
+/// run's end is the only candidate) costs one `ZADD` for all its records; an `HSET`
+/// field per record cost the server 1.7 µs per event more (3.35 against 1.61,
+/// `benches/redis_append_cost.py`; issue 13, W12). Only a run
+/// that overlaps (a retry) takes the slow path, record by record, reading the stored
+/// ranges back (`XRANGE`) for the ids. Each touched set expires `ARGV[1]` ms after its
+/// publisher's last append and keeps its `ARGV[2]` highest ranges.
 pub(super) fn append() -> &'static Script {
     static S: OnceLock<Script> = OnceLock::new();
     S.get_or_init(|| {
@@ -31,57 +40,80 @@ local function size(r)
   local a, b, c, d = string.byte(r, 20, 23)
   return a + 256 * b + 65536 * c + 16777216 * d
 end
-local ttl = tonumber(ARGV[1])
-local n = tonumber(ARGV[2])
-local epoch = math.floor(tonumber(redis.call('TIME')[1]) / ttl)
-local cur = epoch % 2
-local ck, ok = KEYS[3 + cur], KEYS[4 - cur]
-local function lookup(k)
-  local out = {}
-  local i = 1
-  while i <= n do
-    local j = math.min(n, i + 999)
-    local args = {}
-    for x = i, j do args[#args + 1] = ARGV[1 + 2 * x] end
-    local r = redis.call('HMGET', k, unpack(args))
-    for x = 1, #r do out[i + x - 1] = r[x] end
-    i = j + 1
-  end
-  return out
-end
-local fresh = redis.call('HGET', ck, '') == tostring(epoch)
-local c = {}
-if fresh then
-  c = lookup(ck)
-else
-  redis.call('DEL', ck)
-  redis.call('HSET', ck, '', tostring(epoch))
-  redis.call('EXPIREAT', ck, (epoch + 2) * ttl + 1)
-end
-local o = {}
-if redis.call('HGET', ok, '') == tostring(epoch - 1) then o = lookup(ok) end
-local ids, new, seen = {}, {}, {}
+local ttl, cap, nruns = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local rec0 = 3 + 3 * nruns
+local ids, touched = {}, {}
 local added = 0
-for i = 1, n do
-  local eid = ARGV[1 + 2 * i]
-  local prev = seen[eid] or c[i] or o[i]
-  if prev then
-    ids[i] = prev
-  else
-    local rec = ARGV[2 + 2 * i]
+local function parse(m)
+  local ps, pn, first, last = string.match(m, '^(%d+):(%d+):([^:]+):(.+)$')
+  return tonumber(ps), tonumber(pn), first, last
+end
+local function last_at_or_before(k, q)
+  local m = redis.call('ZREVRANGEBYSCORE', k, string.format('%d', q), '-inf', 'LIMIT', 0, 1)[1]
+  if m then return parse(m) end
+  return nil
+end
+local function add(k, s, from, to)
+  local first, last
+  for i = from, to do
+    local rec = ARGV[rec0 + i]
     local id = redis.call('XADD', KEYS[1], '*', 'r', rec)
-    seen[eid] = id
-    new[#new + 1] = eid
-    new[#new + 1] = id
-    if #new >= 2000 then
-      redis.call('HSET', ck, unpack(new))
-      new = {}
-    end
-    added = added + size(rec)
     ids[i] = id
+    first = first or id
+    last = id
+    added = added + size(rec)
+  end
+  if k then
+    redis.call('ZADD', k, string.format('%d', s),
+      string.format('%d:%d:%s:%s', s, to - from + 1, first, last))
+    touched[k] = true
   end
 end
-if #new > 0 then redis.call('HSET', ck, unpack(new)) end
+local done = 0
+for r = 1, nruns do
+  local kx = tonumber(ARGV[1 + 3 * r])
+  local s, n = tonumber(ARGV[2 + 3 * r]), tonumber(ARGV[3 + 3 * r])
+  local k = nil
+  if kx > 0 then k = KEYS[kx] end
+  local ps, pn = nil, nil
+  if k then ps, pn = last_at_or_before(k, s + n - 1) end
+  if not ps or ps + pn <= s then
+    add(k, s, done + 1, done + n)
+  else
+    local read = {}
+    local j = 0
+    while j < n do
+      local q = s + j
+      local hs, hn, first, last = last_at_or_before(k, q)
+      if hs and hs + hn > q then
+        local got = read[first]
+        if not got then
+          got = redis.call('XRANGE', KEYS[1], first, last)
+          read[first] = got
+        end
+        local e = nil
+        if #got == hn then e = got[q - hs + 1] end
+        if e then ids[done + j + 1] = e[1] else ids[done + j + 1] = first end
+        j = j + 1
+      else
+        local stop = n - 1
+        local nxt = redis.call('ZRANGEBYSCORE', k, string.format('(%d', q), '+inf', 'LIMIT', 0, 1)[1]
+        if nxt then
+          local ns = parse(nxt)
+          if ns - s - 1 < stop then stop = ns - s - 1 end
+        end
+        add(k, q, done + j + 1, done + stop + 1)
+        j = stop + 1
+      end
+    end
+  end
+  done = done + n
+end
+for k, _ in pairs(touched) do
+  redis.call('PEXPIRE', k, ttl)
+  local c = redis.call('ZCARD', k)
+  if c > cap then redis.call('ZREMRANGEBYRANK', k, 0, c - cap - 1) end
+end
 if added > 0 then redis.call('HINCRBY', KEYS[2], 'bytes', added) end
 return ids
 "#,

@@ -247,15 +247,10 @@ fn keys_share_one_hash_tag() {
     let mut c = server.raw();
     let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c).unwrap();
     keys.sort();
-    // One de-dup bucket so far (the current one of the two, by time parity).
-    assert_eq!(keys.len(), 4, "{keys:?}");
-    assert!(
-        keys[1] == "{bus}:eids:600:0" || keys[1] == "{bus}:eids:600:1",
-        "{keys:?}"
-    );
+    // The publisher's de-dup key beside the stream, its dead letters and meta.
     assert_eq!(
-        [&keys[0], &keys[2], &keys[3]],
-        ["{bus}:dlq", "{bus}:meta", "{bus}:stream"]
+        keys,
+        ["{bus}:dlq", "{bus}:meta", "{bus}:pub:p", "{bus}:stream"]
     );
 }
 
@@ -377,20 +372,92 @@ fn duplicates_in_one_batch_and_across_regrouped_batches_keep_one_copy() {
     let all = log.range(None, None, None, None, 100).unwrap();
     let ids: Vec<&str> = all.iter().map(|(_, x)| x.event_id.as_str()).collect();
     assert_eq!(ids, ["p-0", "p-1", "p-2", "p-3", "p-4"]);
-    // One de-dup write per new id, each in the current bucket only.
+    // One stored range per stretch appended: here every record came alone.
     let prefix = &log.options().prefix;
-    let lens: Vec<i64> = (0..2)
-        .map(|b| {
-            redis::cmd("HLEN")
-                .arg(format!("{{{prefix}}}:eids:600:{b}"))
-                .query(&mut raw)
-                .unwrap()
+    let ranges: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("{{{prefix}}}:pub:p"))
+        .arg(0)
+        .arg(-1)
+        .query(&mut raw)
+        .unwrap();
+    let starts: Vec<&str> = ranges
+        .iter()
+        .map(|m| m.split(':').next().unwrap())
+        .collect();
+    assert_eq!(starts, ["0", "1", "2", "3", "4"], "{ranges:?}");
+}
+
+#[test]
+fn a_batch_is_one_range_and_its_retries_and_regroupings_keep_one_copy() {
+    if !redis_available("a_batch_is_one_range_and_its_retries_and_regroupings_keep_one_copy") {
+        return;
+    }
+    let server = RedisServer::start();
+    let log = RedisLog::open(options(&server)).unwrap();
+    let mut raw = server.raw();
+    let prefix = log.options().prefix.clone();
+    let ranges = |raw: &mut redis::Connection, p: &str| -> Vec<String> {
+        redis::cmd("ZRANGE")
+            .arg(format!("{{{prefix}}}:pub:{p}"))
+            .arg(0)
+            .arg(-1)
+            .query(raw)
+            .unwrap()
+    };
+    let a: Vec<Record> = (100..200).map(|i| rec("a", i)).collect();
+    let first = log.append(&a).unwrap();
+    assert_eq!(ranges(&mut raw, "a").len(), 1, "one range for 100 records");
+    // The same batch again (a retry after a lost reply): the same ids, nothing added.
+    assert_eq!(log.append(&a).unwrap(), first);
+    // Regrouped with new records on both sides, and another publisher interleaved
+    // (a spool forward): old ones keep their ids, new ones are appended once, in order.
+    let mut mixed: Vec<Record> = (50..250).map(|i| rec("a", i)).collect();
+    mixed.insert(10, rec("b", 0));
+    mixed.insert(150, rec("b", 1));
+    let got = log.append(&mixed).unwrap();
+    for (r, id) in mixed.iter().zip(&got) {
+        if r.publisher == "a" && (100..200).contains(&r.publisher_seq) {
+            assert_eq!(
+                *id,
+                first[(r.publisher_seq - 100) as usize],
+                "{}",
+                r.event_id
+            );
+        }
+    }
+    let all = log.range(None, None, None, None, 1000).unwrap();
+    let mut seen: Vec<&str> = all.iter().map(|(_, x)| x.event_id.as_str()).collect();
+    assert_eq!(seen.len(), 100 + 100 + 2, "one copy each");
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 202, "no duplicate");
+    // Per publisher in order, and the stored ranges disjoint.
+    let a_seqs: Vec<u64> = all
+        .iter()
+        .filter(|(_, x)| x.publisher == "a")
+        .map(|(_, x)| x.publisher_seq)
+        .collect();
+    let mut sorted = a_seqs.clone();
+    sorted.sort();
+    assert_eq!(a_seqs.len(), 200);
+    let mut covered: Vec<(u64, u64)> = ranges(&mut raw, "a")
+        .iter()
+        .map(|m| {
+            let mut it = m.split(':');
+            let s: u64 = it.next().unwrap().parse().unwrap();
+            let n: u64 = it.next().unwrap().parse().unwrap();
+            (s, s + n)
         })
         .collect();
-    assert!(
-        lens == [6, 0] || lens == [0, 6],
-        "5 ids + the epoch: {lens:?}"
-    );
+    covered.sort();
+    assert!(covered.windows(2).all(|w| w[0].1 <= w[1].0), "{covered:?}");
+    assert_eq!(covered.iter().map(|(s, e)| e - s).sum::<u64>(), 200);
+    // A record beyond the script's exact numbers is appended, never de-duplicated.
+    let huge = rec("c", u64::MAX);
+    let x = log.append(std::slice::from_ref(&huge)).unwrap();
+    let y = log.append(std::slice::from_ref(&huge)).unwrap();
+    assert_ne!(x, y);
+    assert!(ranges(&mut raw, "c").is_empty());
 }
 
 #[test]
@@ -413,12 +480,13 @@ fn the_append_command_is_built_in_one_buffer_that_never_grows() {
         let cap = super::append_command_capacity(&records[..n]);
         assert!(cmd.len() <= cap, "{n}: {} > {cap}", cmd.len());
         assert_eq!(cmd.capacity(), cap, "{n}: the buffer grew");
-        // A well-formed RESP array of 9 + 2n bulks, as redis-rs parses it.
+        // A well-formed RESP array of 12 + n bulks (one publisher, one run), as
+        // redis-rs parses it.
         let v = redis::parse_redis_value(&cmd).unwrap();
         let redis::Value::Array(parts) = v else {
             panic!("not an array")
         };
-        assert_eq!(parts.len(), 9 + 2 * n);
+        assert_eq!(parts.len(), 12 + n);
         assert_eq!(parts[0], redis::Value::BulkString(b"EVALSHA".to_vec()));
         let redis::Value::BulkString(last) = &parts[parts.len() - 1] else {
             panic!("not a bulk")
@@ -426,54 +494,83 @@ fn the_append_command_is_built_in_one_buffer_that_never_grows() {
         let back = super::packed::read(last).unwrap().record().unwrap();
         assert_eq!(back, records[n - 1]);
     }
-}
-
-/// Redis's clock, seconds.
-fn server_secs(c: &mut redis::Connection) -> u64 {
-    let (s, _us): (u64, u64) = redis::cmd("TIME").query(c).unwrap();
-    s
+    // The worst case: every record its own run and its own 100-byte publisher.
+    let worst: Vec<Record> = (0..50u64)
+        .map(|i| Record {
+            publisher: format!("{i:0>100}"),
+            ..rec("p", (1 << 52) - 2 * i)
+        })
+        .collect();
+    let cmd = log.append_command_for_test(&worst);
+    let cap = super::append_command_capacity(&worst);
+    assert!(
+        cmd.len() <= cap && cmd.capacity() == cap,
+        "{} {cap}",
+        cmd.len()
+    );
+    let redis::Value::Array(parts) = redis::parse_redis_value(&cmd).unwrap() else {
+        panic!("not an array")
+    };
+    assert_eq!(parts.len(), 3 + 2 + 50 + 3 + 3 * 50 + 50);
 }
 
 #[test]
-fn the_dedup_buckets_remember_an_id_for_one_to_two_ttls_then_forget_it() {
-    if !redis_available("the_dedup_buckets_remember_an_id_for_one_to_two_ttls_then_forget_it") {
+fn runs_cut_a_batch_by_publisher_and_consecutive_numbers() {
+    let r = |p: &str, n| rec(p, n);
+    let records = [
+        r("a", 5),
+        r("a", 6),
+        r("b", 0),
+        r("a", 7),
+        r("a", 7),
+        r("a", 9),
+        r("c", u64::MAX),
+    ];
+    let (publishers, runs) = super::runs_of(&records);
+    assert_eq!(publishers, ["a", "b"]);
+    let got: Vec<(usize, u64, usize)> = runs.iter().map(|x| (x.key, x.first_seq, x.len)).collect();
+    assert_eq!(
+        got,
+        [
+            (3, 5, 2),
+            (4, 0, 1),
+            (3, 7, 1),
+            (3, 7, 1),
+            (3, 9, 1),
+            (0, u64::MAX, 1)
+        ]
+    );
+}
+
+#[test]
+fn a_publishers_ranges_are_forgotten_dedup_ttl_after_its_last_append() {
+    if !redis_available("a_publishers_ranges_are_forgotten_dedup_ttl_after_its_last_append") {
         return;
     }
     let server = RedisServer::start();
     let mut o = options(&server);
-    o.dedup_ttl = Duration::from_secs(1);
+    o.dedup_ttl = Duration::from_millis(1500);
     let log = RedisLog::open(o).unwrap();
     let mut raw = server.raw();
-    let next_second = |c: &mut redis::Connection| {
-        let t = server_secs(c);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while server_secs(c) == t {
-            assert!(Instant::now() < deadline, "the server clock stands still");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    };
-    next_second(&mut raw);
+    let key = format!("{{{}}}:pub:p", log.options().prefix);
     let first = log.append(&[rec("p", 1)]).unwrap();
-    // Next epoch: the id is in the other (previous) bucket, still a duplicate.
-    next_second(&mut raw);
     assert_eq!(log.append(&[rec("p", 1)]).unwrap(), first);
-    // Two epochs on: the bucket that held it was started over, the id forgotten.
-    next_second(&mut raw);
+    let pttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut raw).unwrap();
+    assert!((1..=1500).contains(&pttl), "PTTL {pttl}");
+    // Once the key expired (waited for, not slept on), the record is new again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis::cmd("EXISTS")
+        .arg(&key)
+        .query::<i64>(&mut raw)
+        .unwrap()
+        == 1
+    {
+        assert!(Instant::now() < deadline, "the de-dup key never expired");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let again = log.append(&[rec("p", 1), rec("p", 2)]).unwrap();
     assert_ne!(again[0], first[0]);
     assert_eq!(log.stats().unwrap().entries, 3);
-    // Stale buckets expire on their own too.
-    let prefix = &log.options().prefix;
-    for b in 0..2 {
-        let ttl: i64 = redis::cmd("TTL")
-            .arg(format!("{{{prefix}}}:eids:1:{b}"))
-            .query(&mut raw)
-            .unwrap();
-        assert!(
-            (-2..=3).contains(&ttl) && ttl != -1,
-            "bucket {b}: TTL {ttl}"
-        );
-    }
 }
 
 /// XADD one entry in the ten-field layout older versions wrote (and HINCRBY its
@@ -1359,4 +1456,45 @@ fn wait_until_caught_up(reader: &crate::backend::reader::GroupReader) {
         assert!(Instant::now() < deadline, "acks never written");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+#[test]
+fn a_forward_retried_after_a_dead_forwarder_keeps_one_copy() {
+    if !redis_available("a_forward_retried_after_a_dead_forwarder_keeps_one_copy") {
+        return;
+    }
+    use crate::backend::spool::{Spool, FORWARD_GROUP};
+    use crate::backend::sqlite::{SqliteLog, SqliteOptions};
+    let server = RedisServer::start();
+    let log = RedisLog::open(options(&server)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool.db");
+    let spool = Spool::new(&path);
+    // Two publishers' records interleaved in the spool, as two hooks spooled them.
+    let spooled: Vec<Record> = (0..6)
+        .map(|i| rec(["a", "b"][i % 2], i as u64 / 2))
+        .collect();
+    for r in &spooled {
+        spool.put(std::slice::from_ref(r)).unwrap();
+    }
+    // A forwarder that died after its Redis append and before its ack in the spool:
+    // its batch (the first four) stays claimed there.
+    let raw = SqliteLog::open(SqliteOptions::new(&path)).unwrap();
+    let dead = raw.read(FORWARD_GROUP, "dead", 4, None).unwrap();
+    let records: Vec<Record> = dead.iter().map(|e| e.record.clone()).collect();
+    let first = log.append(&records).unwrap();
+    // The next forward takes the dead one's batch first, again, then the rest.
+    let done = spool.forward(&log).unwrap();
+    assert_eq!(done.records, 6);
+    let all = log.range(None, None, None, None, 100).unwrap();
+    let ids: Vec<&str> = all.iter().map(|(_, x)| x.event_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["a-0", "b-0", "a-1", "b-1", "a-2", "b-2"],
+        "one copy each, in order"
+    );
+    assert_eq!(
+        all[..4].iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        first
+    );
 }

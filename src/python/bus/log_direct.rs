@@ -211,23 +211,25 @@ fn stored_event(py: Python<'_>, item: &Bound<'_, PyAny>) -> PyResult<StoredEvent
 }
 
 /// `stored` as records of this process's publisher, appended by `append`; the
-/// publisher's counter moves on only when `append` succeeded.
+/// publisher's counter moves on whether `append` succeeded or not.
 fn append_as_publisher(
     stored: &[StoredEvent],
     append: impl FnOnce(&[Record]) -> Result<Vec<EntryId>, LogError>,
 ) -> Result<Vec<EntryId>, LogError> {
     let (who, counter) = publisher();
     // NOTE: the counter is held across the append so that this process's
-    // publisher_seq grows in log order, as per-publisher order promises.
+    // publisher_seq grows in log order, as per-publisher order promises. It moves on
+    // after a failed append too: a failure may come after the server applied the
+    // append (a lost reply), and Redis de-duplicates on (publisher, publisher_seq), so
+    // numbers used once are never given to other events.
     let mut seq = counter.lock();
     let records: Vec<Record> = stored
         .iter()
         .enumerate()
         .map(|(i, ev)| record_from_stored(ev, who, *seq + 1 + i as u64))
         .collect();
-    let ids = append(&records)?;
     *seq += records.len() as u64;
-    Ok(ids)
+    append(&records)
 }
 
 /// Appends `events` to the shared log at `url` in one transaction and returns
@@ -307,7 +309,7 @@ fn redis_handle(url: &str, default_spool: bool) -> Result<Arc<dyn SharedLog>, Lo
     Ok(redis_handles().lock().entry(key).or_insert(log).clone())
 }
 
-/// `_log_append` on Redis: one append script (idempotent on the event ids), or the
+/// `_log_append` on Redis: one append script (idempotent on the records' publisher sequence numbers), or the
 /// spool when Redis cannot be reached. Spooled ids are returned as `spool:<id>`.
 fn append_redis(
     py: Python<'_>,
