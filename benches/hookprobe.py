@@ -51,8 +51,9 @@ def _env(home: Path) -> dict[str, str]:
     return env
 
 
-def ours_once(root: Path) -> float:
-    """Seconds for one ``mpm-events hook`` process; raises if it did not store the event."""
+def ours_once(root: Path, backend: str | None = None) -> float:
+    """Seconds for one ``mpm-events hook`` process (on ``backend``, default a SQLite
+    log under ``root``); raises if it did not store the event."""
     env = _env(root / "home")
     (root / "home").mkdir(parents=True, exist_ok=True)
     cmd = [
@@ -61,7 +62,7 @@ def ours_once(root: Path) -> float:
         "mpm_events",
         "hook",
         "--backend",
-        f"sqlite://{root / 'events.db'}",
+        backend or f"sqlite://{root / 'events.db'}",
     ]
     began = time.perf_counter()
     proc = subprocess.run(

@@ -8,9 +8,10 @@ W12 (``measure_redis``) starts a private ``redis-server`` on a free port (AOF, f
 every second; never the shared 6379) and measures, in this process: ``publish_batch``
 of 1,000 with 8 batches in flight, awaited single ``publish`` latency, one consumer name
 draining 200,000 events already in the stream with a Rust sink (``MetricsConsumer``) and
-with a Python consumer (batches of 1,000, reading ``event.data``), then
-``redis-benchmark``'s XADD rate on the same server (50 clients, one request at a time
-and pipelined 16 deep): the ceiling.
+with a Python consumer (batches of 1,000, reading ``event.data``), 20 cold
+``mpm-events hook --backend redis://...`` processes (``hookprobe.ours_once``, median
+wall time, spawn to exit), then ``redis-benchmark``'s XADD rate on the same server (50
+clients, one request at a time and pipelined 16 deep): the ceiling.
 
 Every run uses a fresh SQLite log in a temp dir. Two consumer processes, one per
 consumer name (``relay``, ``audit``: each name gets every event), claim entries with
@@ -556,6 +557,25 @@ async def _w12_fill(url: str, n: int) -> None:
         await bus.stop(30)
 
 
+def _w12_cold_hooks(url: str, tmp: str, runs: int) -> dict[str, Any]:
+    """Cold ``mpm-events hook --backend redis://...`` processes (``hookprobe.ours_once``,
+    spawn to exit, after one untimed warm-up): the median wall time, and a check that
+    every event reached the stream."""
+    import hookprobe
+    from mpm_events._core import _log_range
+
+    root = Path(tmp) / "hooks"
+    try:
+        hookprobe.ours_once(root, url)
+        took = [hookprobe.ours_once(root, url) * 1e3 for _ in range(runs)]
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        return {"cold_hook_error": str(exc)[-300:]}
+    stored = len(_log_range(url))
+    if stored != runs + 1:
+        return {"cold_hook_error": f"{stored} events in the stream after {runs + 1} hooks"}
+    return {"cold_hook_p50_ms": statistics.median(took), "cold_hook_runs": runs}
+
+
 def measure_redis(quick: bool) -> dict[str, Any]:
     """W12 on a private redis-server: publish_batch (pipelined), awaited single
     publish latency, one consumer name draining the stream with a Rust sink and with
@@ -577,6 +597,7 @@ def measure_redis(quick: bool) -> dict[str, Any]:
                 out[f"{label}_events_per_s"] = got.get("events_per_s")
                 if "error" in got:
                     out[f"{label}_error"] = got["error"]
+            out.update(_w12_cold_hooks(server.url("w12hook"), tmp, 5 if quick else 20))
             out["redis_benchmark"] = redis_benchmark_xadd(server.port, n_batch)
             return out
         finally:
