@@ -1936,8 +1936,8 @@ fn encode(data: &[u8], threshold: usize) -> (u8, std::borrow::Cow<'_, [u8]>) {
 ///
 /// NOTE: a range is one append of a run (a batch, or a single publish): a bus
 /// appending one event at a time 1,000 times a second keeps 100 s of them, 15 MB
-/// in Redis at the cap (`MEMORY USAGE` of 100,000 such members: 14.6 MB). Forgetting can only let a very late retry duplicate,
-/// never drop an event.
+/// in Redis at the cap (`MEMORY USAGE` of 100,000 such members: 14.6 MB).
+/// Forgetting can only let a very late retry duplicate, never drop an event.
 const RANGES_KEPT: usize = 100_000;
 
 /// Publisher sequence numbers at or above this are not de-duplicated: the script's

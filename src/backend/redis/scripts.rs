@@ -26,9 +26,9 @@ use redis::Script;
 /// `ZREVRANGEBYSCORE`: ranges never overlap, so the one starting last at or before the
 /// run's end is the only candidate) costs one `ZADD` for all its records; an `HSET`
 /// field per record cost the server 1.7 µs per event more (3.35 against 1.61,
-/// `benches/redis_append_cost.py`; issue 13, W12). Only a run
-/// that overlaps (a retry) takes the slow path, record by record, reading the stored
-/// ranges back (`XRANGE`) for the ids. Each touched set expires `ARGV[1]` ms after its
+/// `benches/redis_append_cost.py`; issue 13, W12). Only a run that overlaps (a
+/// retry) takes the slow path, record by record, reading the stored ranges back
+/// (`XRANGE`) for the ids. Each touched set expires `ARGV[1]` ms after its
 /// publisher's last append and keeps its `ARGV[2]` highest ranges.
 pub(super) fn append() -> &'static Script {
     static S: OnceLock<Script> = OnceLock::new();

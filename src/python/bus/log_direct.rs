@@ -309,8 +309,9 @@ fn redis_handle(url: &str, default_spool: bool) -> Result<Arc<dyn SharedLog>, Lo
     Ok(redis_handles().lock().entry(key).or_insert(log).clone())
 }
 
-/// `_log_append` on Redis: one append script (idempotent on the records' publisher sequence numbers), or the
-/// spool when Redis cannot be reached. Spooled ids are returned as `spool:<id>`.
+/// `_log_append` on Redis: one append script (idempotent on the records' publisher
+/// sequence numbers), or the spool when Redis cannot be reached. Spooled ids are
+/// returned as `spool:<id>`.
 fn append_redis(
     py: Python<'_>,
     url: &str,
