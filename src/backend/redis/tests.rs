@@ -335,7 +335,7 @@ fn a_retried_publish_keeps_one_copy() {
     let log = RedisLog::open(options(&server)).unwrap();
     let r = rec("p", 7);
     let a = log.append(std::slice::from_ref(&r)).unwrap();
-    // The same event again (a retry after a timed-out reply), from another handle too.
+    // The same record again (a retry after a timed-out reply), from another handle too.
     let b = log.append(std::slice::from_ref(&r)).unwrap();
     let other = RedisLog::open(log.options().clone()).unwrap();
     let c = other.append(&[r.clone(), rec("p", 8)]).unwrap();
