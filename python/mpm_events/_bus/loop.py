@@ -10,6 +10,7 @@ another thread. The bottom layer of ``mpm_events._bus``: it imports no sibling.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import types
 import weakref
@@ -22,6 +23,16 @@ if TYPE_CHECKING:
     from mpm_events._core import EventBus, _Job
 
 logger = _log.logger()
+
+# NOTE: private asyncio functions (CPython 3.7 to 3.14, C-accelerated): what a Task
+# does around each step to be the current task. Without them the pump runs in a
+# Task of its own (see _Pump).
+try:
+    from asyncio.tasks import _enter_task, _leave_task
+
+    _HAVE_ENTER_TASK = True
+except ImportError:  # pragma: no cover - a Python that dropped them
+    _HAVE_ENTER_TASK = False
 
 # NOTE: the event loop keeps only weak references to tasks; these are ours.
 _tasks: set[asyncio.Task[Any]] = set()
@@ -140,28 +151,57 @@ _running_buses: set[EventBus] = set()
 
 
 class _Pump:
-    """The one Task per bus that runs the jobs each wake-up finds (consumer code so
-    sees a current task, as it would under the original bus), waiting on a Future
-    between runs.
+    """Runs the jobs each wake-up finds, one run per wake-up, with a Task of the bus
+    as the current task (consumer code so sees one, as it would under the original
+    bus).
 
     Woken two ways: the bus's wake-up socket turning readable (a thread without the
     GIL queued work), or ``wake()`` called by the compiled bus at the end of a
     publish made on this loop's thread, which costs no system call and no selector
-    round (W13, issue 16). The Task ends when cancelled (a loop shutting down cancels
-    every task; a consumer may cancel the task it runs in); the next wake-up starts
-    another.
+    round (W13, issue 16).
+
+    On asyncio's own loops a run is one reusable ``Handle`` put on the loop's ready
+    queue, and the bus's Task (``holder``, which only waits) is entered as the current
+    task around it (``asyncio.tasks._enter_task``). Elsewhere (uvloop and other loops
+    without a ``_ready`` deque) a Task runs the jobs and waits on a Future between
+    runs. Either way, a consumer that cancels the current task ends that Task, and the
+    next run takes another.
     """
 
-    __slots__ = ("bus", "fut", "loop", "task")
+    __slots__ = ("bus", "fut", "handle", "holder", "loop", "ready", "scheduled", "task")
 
     def __init__(self, bus: EventBus, loop: asyncio.AbstractEventLoop) -> None:
         self.bus: EventBus | None = bus
         self.loop = loop
         self.fut: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
+        self.holder: asyncio.Task[None] | None = None
+        # NOTE: a paced publish's wake-up through a Future cost a Python-level
+        # call_soon (a new Handle), the Task's wake-up and step and a new Future:
+        # about 10k of the ~41k instructions an event cost at 100/s (callgrind,
+        # W13). The ready queue is a private detail of asyncio's BaseEventLoop, so it
+        # is used only where it is the deque call_soon itself appends to.
+        ready = getattr(loop, "_ready", None)
+        self.ready: collections.deque[Any] | None = (
+            ready
+            if _HAVE_ENTER_TASK
+            and isinstance(loop, asyncio.BaseEventLoop)
+            and isinstance(ready, collections.deque)
+            else None
+        )
+        self.handle = asyncio.Handle(self._run_once, (), loop)
+        self.scheduled = False
 
     def wake(self) -> bool:
-        """Have the Task run the bus's jobs soon; False if it cannot (loop closed)."""
+        """Have the bus's jobs run soon; False if it cannot (loop closed)."""
+        if self.ready is not None:
+            if self.scheduled:
+                return True
+            if self.bus is None or self.loop.is_closed():
+                return False
+            self.scheduled = True
+            self.ready.append(self.handle)
+            return True
         fut = self.fut
         if fut is not None:
             try:
@@ -196,9 +236,29 @@ class _Pump:
     def close(self) -> None:
         """End the Task (the bus stopped or moved to another loop)."""
         self.bus = None
-        task, self.task = self.task, None
-        if task is not None and not task.done() and not self.loop.is_closed():
-            task.cancel()
+        for task in (self.task, self.holder):
+            if task is not None and not task.done() and not self.loop.is_closed():
+                task.cancel()
+        self.task = self.holder = None
+
+    def _run_once(self) -> None:
+        """One run on the ready queue, the holder Task entered as the current task."""
+        self.scheduled = False
+        bus = self.bus
+        if bus is None:
+            return
+        holder = self.holder
+        if holder is None or holder.done() or holder.cancelling():
+            holder = self.holder = self.loop.create_task(_hold(), name="mpm_events pump")
+            holder._log_destroy_pending = False  # type: ignore[attr-defined]
+            _keep(holder)
+        _enter_task(self.loop, holder)
+        try:
+            bus._run_pending()
+        except Exception:
+            logger.exception("mpm_events: internal error while delivering events")
+        finally:
+            _leave_task(self.loop, holder)
 
     async def _run(self) -> None:
         loop = self.loop
@@ -213,6 +273,11 @@ class _Pump:
                 await fut
         finally:
             self.fut = None
+
+
+async def _hold() -> None:
+    """The body of a pump's holder Task: it only waits (until cancelled)."""
+    await asyncio.get_running_loop().create_future()
 
 
 # NOTE: by wake-up descriptor, so that ``detach(fd, loop)`` finds the pump.
