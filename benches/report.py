@@ -527,7 +527,10 @@ object (the original's or ours) and uses only the shared API, so both run the sa
   events/s for 5 s into one Python consumer, then with `MetricsConsumer` beside it; the
   process CPU time (`time.process_time`, all threads) and context switches (all threads,
   `/proc/self/task/*/status`) per event minus those of the same paced loop without a
-  bus (run just before); two rounds. The bare loop itself sleeps once per event.
+  bus (the mean of one run just before and one just after); one warm-up event
+  delivered before the clock starts, the garbage collector's older objects frozen
+  (`gc.freeze`) during each stream; two rounds. The bare loop itself sleeps once per
+  event.
 - **Bounds** (issue 16): `make bench` runs the criterion benches first; the engine's
   `dispatch/publish_and_deliver/1` is compared with a tokio unbounded channel (boxed
   item, send + receive on one thread, and to a task on a worker thread); W6 with

@@ -433,6 +433,10 @@ async def paced_stream(
             await asyncio.sleep(0.001)
     await asyncio.sleep(period)
     gc.collect()
+    # NOTE: frozen, so a collection during the stream does not walk what the
+    # benchmark process accumulated before it (in a full `make bench` a single
+    # such collection swung a 5 s stream's CPU by more than 100 ms, bare or not).
+    gc.freeze()
     cpu0, cs0 = time.process_time(), context_switches()
     t0 = loop.time()
     for i in range(n_events):
@@ -441,6 +445,7 @@ async def paced_stream(
         await asyncio.sleep(delay if delay > 0 else 0)
     await _wait(tracker, "paced_stream")
     cpu1, cs1 = time.process_time(), context_switches()
+    gc.unfreeze()
     wall = loop.time() - t0
     if bus is not None:
         await bus.stop()
