@@ -5,7 +5,8 @@
 //! Two ways to wake the loop: a byte on the wake-up socket (any thread), or, for
 //! a publish made on the loop's own thread inside [`Inbox::deferring`], a call
 //! to the loop's pump (`_bus.loop._Pump.wake`) when the publish returns, which
-//! resolves the Future its Task waits on. The second costs no system call and no
+//! queues one run on the loop (a reusable Handle on asyncio's ready queue, or the
+//! Future a pump Task waits on elsewhere). The second costs no system call and no
 //! selector round: at paced rates (W13, issue 16) the socket's write, its
 //! readiness and its read were most of what an event cost the loop.
 
