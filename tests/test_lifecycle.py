@@ -157,8 +157,9 @@ async def test_restart_after_stop(stop_after):
 
 
 async def test_a_consumer_cancelling_the_task_it_runs_in_stalls_nothing(bus):
-    """consume() runs inside the bus's pump Task; a consumer that cancels
-    ``asyncio.current_task()`` ends that Task, and the next wake-up starts another."""
+    """consume() runs with a Task of the bus's pump as the current task; a consumer
+    that cancels ``asyncio.current_task()`` ends that Task, and the next wake-up
+    takes another."""
     cancelled: list[asyncio.Task] = []
 
     async def cancel_mine(event):

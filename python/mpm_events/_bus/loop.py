@@ -1,10 +1,9 @@
 """Loop glue for the compiled bus (private).
 
 Watching the bus's wake-up socket on its event loop and rebinding when that loop
-goes away, the one pump Task per bus that runs what each wake-up finds, the Tasks
-that finish
-consumer coroutines that suspended, and running an awaitable on the loop from
-another thread. The bottom layer of ``mpm_events._bus``: it imports no sibling.
+goes away, the one pump per bus that runs what each wake-up finds, the Tasks
+that finish consumer coroutines that suspended, and running an awaitable on the
+loop from another thread. The bottom layer of ``mpm_events._bus``: it imports no sibling.
 """
 
 from __future__ import annotations
@@ -54,7 +53,7 @@ def attach(bus: EventBus, fd: int, loop: asyncio.AbstractEventLoop) -> None:
 
 
 def detach(fd: int, loop: asyncio.AbstractEventLoop) -> None:
-    """Stop watching the wake-up socket, and end the bus's pump Task."""
+    """Stop watching the wake-up socket, and end the bus's pump (its Tasks)."""
     pump = _pumps.pop(fd, None)
     if pump is not None:
         pump.close()
