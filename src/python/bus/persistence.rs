@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList};
@@ -162,8 +163,11 @@ impl Persistence {
         let waiters: Vec<_> = self.waiters.lock().drain(..).collect();
         for w in waiters {
             let w = w.bind(py);
-            if let Ok(false) = w.call_method0("done").and_then(|d| d.is_truthy()) {
-                let _ = w.call_method1("set_result", (true,));
+            if let Ok(false) = w
+                .call_method0(intern!(py, "done"))
+                .and_then(|d| d.is_truthy())
+            {
+                let _ = w.call_method1(intern!(py, "set_result"), (true,));
             }
         }
     }
@@ -252,10 +256,10 @@ impl Persistence {
                         false
                     }
                 };
-                let f = fut.bind(py);
-                if let Ok(false) = f.call_method0("done").and_then(|d| d.is_truthy()) {
-                    let _ = f.call_method1("set_result", (ok,));
-                }
+                // NOTE: no `done()` check first (one call per event less): a future
+                // already done (its publisher was cancelled) refuses with
+                // InvalidStateError, which is dropped here, as the check would.
+                let _ = fut.bind(py).call_method1(intern!(py, "set_result"), (ok,));
             }));
         }))
     }
@@ -721,10 +725,12 @@ pub fn publish(
             Err(msg) => refused(py, msg),
         });
     };
-    let fut = event_loop.bind(py).call_method0("create_future")?;
+    let fut = event_loop
+        .bind(py)
+        .call_method0(intern!(py, "create_future"))?;
     match submit(p.done_future(fut.clone().unbind()))? {
         Ok(()) => {
-            let it = fut.call_method0("__await__")?.unbind();
+            let it = fut.call_method0(intern!(py, "__await__"))?.unbind();
             Ok(Py::new(py, Pending { it })?.into_any())
         }
         Err(msg) => Ok(refused(py, msg)),

@@ -24,6 +24,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use parking_lot::{Mutex, RwLock};
 use pyo3::exceptions::PyValueError;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PyString};
@@ -634,14 +635,17 @@ impl SharedLogBus {
                     }
                 };
                 let f = fut.bind(py);
-                if let Ok(false) = f.call_method0("done").and_then(|d| d.is_truthy()) {
+                if let Ok(false) = f
+                    .call_method0(intern!(py, "done"))
+                    .and_then(|d| d.is_truthy())
+                {
                     let v = if count {
                         n.into_pyobject(py).map(|v| v.into_any()).ok()
                     } else {
                         Some(PyBool::new(py, n > 0).to_owned().into_any())
                     };
                     if let Some(v) = v {
-                        let _ = f.call_method1("set_result", (v,));
+                        let _ = f.call_method1(intern!(py, "set_result"), (v,));
                     }
                 }
             }));
@@ -1233,7 +1237,9 @@ pub(super) fn publish(
             return Ok(Ready::of_bool(py, false).into_any());
         }
     };
-    let fut = event_loop.bind(py).call_method0("create_future")?;
+    let fut = event_loop
+        .bind(py)
+        .call_method0(intern!(py, "create_future"))?;
     match submit_one(
         bus,
         py,
@@ -1243,7 +1249,7 @@ pub(super) fn publish(
         l.done_future(fut.clone().unbind(), false),
     )? {
         Ok(()) => {
-            let it = fut.call_method0("__await__")?.unbind();
+            let it = fut.call_method0(intern!(py, "__await__"))?.unbind();
             Ok(Py::new(py, Pending { it })?.into_any())
         }
         Err(msg) => {
@@ -1293,7 +1299,9 @@ pub(super) fn publish_batch(
             _ => erefs.push(eref),
         }
     }
-    let fut = event_loop.bind(py).call_method0("create_future")?;
+    let fut = event_loop
+        .bind(py)
+        .call_method0(intern!(py, "create_future"))?;
     let done = Counted::new(l.done_future(fut.clone().unbind(), true), &l.inbox);
     let (mut parts, mut refusals) = (0, Vec::new());
     if !erefs.is_empty() {
@@ -1322,7 +1330,7 @@ pub(super) fn publish_batch(
         // (the future's own answer, 0, comes through the loop and is not awaited).
         return zero(py);
     }
-    let it = fut.call_method0("__await__")?.unbind();
+    let it = fut.call_method0(intern!(py, "__await__"))?.unbind();
     Ok(Py::new(py, Pending { it })?.into_any())
 }
 

@@ -2,6 +2,7 @@
 //! [`Pending`] (a sync-durability publish waiting for the store's writer).
 
 use pyo3::exceptions::PyStopIteration;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
@@ -88,7 +89,7 @@ impl Pending {
         slf
     }
     fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.it.bind(py).call_method0("__next__")
+        self.it.bind(py).call_method0(intern!(py, "__next__"))
     }
     #[pyo3(signature = (value=None))]
     fn send<'py>(
@@ -97,7 +98,7 @@ impl Pending {
         value: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let v = value.unwrap_or_else(|| py.None().into_bound(py));
-        self.it.bind(py).call_method1("send", (v,))
+        self.it.bind(py).call_method1(intern!(py, "send"), (v,))
     }
     #[pyo3(signature = (typ, val=None, tb=None))]
     fn throw<'py>(
@@ -112,10 +113,12 @@ impl Pending {
             _ => typ,
         };
         let _ = tb;
-        let _ = py;
-        self.it.bind(exc.py()).call_method1("throw", (exc,))
+        self.it.bind(py).call_method1(intern!(py, "throw"), (exc,))
     }
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        self.it.bind(py).call_method0("close").map(|_| ())
+        self.it
+            .bind(py)
+            .call_method0(intern!(py, "close"))
+            .map(|_| ())
     }
 }
