@@ -781,6 +781,58 @@ fn has_expired_sees_released_and_expired_claims_by_a_read() {
     assert!(!log.has_expired("g", long).unwrap(), "taken over");
 }
 
+#[test]
+fn claims_with_gaps_and_a_vanished_entry_load_and_ack_exactly() {
+    // Reads and acks go by runs of consecutive seqs: runs split by gaps, repeated ids
+    // and an entry gone from the middle of a run must give exactly what a statement
+    // per entry gave.
+    let dir = tempfile::tempdir().unwrap();
+    let log = SqliteLog::open_path(dir.path().join("log.db")).unwrap();
+    log.ensure_group("g", StartAt::Earliest).unwrap();
+    let ids = log
+        .append(&(0..10).map(|i| rec("p", i)).collect::<Vec<_>>())
+        .unwrap();
+    let got = log.read("g", "a", 10, None).unwrap();
+    let seqs: Vec<u64> = got.iter().map(|e| e.record.publisher_seq).collect();
+    assert_eq!(seqs, (0..10).collect::<Vec<_>>(), "one run, in order");
+    assert_eq!(got.iter().map(|e| e.id).collect::<Vec<_>>(), ids);
+    // Runs [0..=2], [4], [6..=7] (ids of seqs 1-3, 5, 7-8), one of them twice.
+    let acked = [ids[0], ids[1], ids[2], ids[4], ids[4], ids[6], ids[7]];
+    assert_eq!(
+        log.ack("g", &acked).unwrap(),
+        6,
+        "each pending entry counted once"
+    );
+    assert_eq!(log.group_stats("g").unwrap().pending, 4);
+    assert_eq!(log.ack("g", &acked).unwrap(), 0, "already acknowledged");
+    let rest = [ids[3], ids[5], ids[8], ids[9]];
+    assert_eq!(log.release("g", "a", &rest).unwrap(), 4);
+    // The hard retention cap dropping an entry inside the run [8..=9].
+    log.with_conn(|c| {
+        c.execute(
+            "DELETE FROM log_entries WHERE seq = ?1",
+            [ids[8].major as i64],
+        )
+        .unwrap();
+        Ok(())
+    })
+    .unwrap();
+    let again = log
+        .claim_expired("g", "b", Duration::from_secs(60), 10)
+        .unwrap();
+    let seen: Vec<(EntryId, u64, u32)> = again
+        .iter()
+        .map(|e| (e.id, e.record.publisher_seq, e.deliveries))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![(ids[3], 3, 2), (ids[5], 5, 2), (ids[9], 9, 2)],
+        "the vanished entry skipped, the rest in order with their delivery counts"
+    );
+    assert_eq!(log.ack("g", &[ids[3], ids[5], ids[8], ids[9]]).unwrap(), 4);
+    assert_eq!(log.group_stats("g").unwrap().pending, 0);
+}
+
 // ------------------------------------------------------------- commit durability
 
 /// `PRAGMA synchronous` of the log's connection now (2 FULL, 1 NORMAL).
