@@ -119,7 +119,7 @@ impl MetaState {
             self.processed.push(consumer.clone());
         }
         if self.consumed_at.is_none() {
-            self.consumed_at = Some(Utc::now());
+            self.consumed_at = Some(crate::clock::now());
         }
     }
 

@@ -11,6 +11,7 @@ pub mod sinks;
 pub mod python;
 
 pub mod backend;
+pub mod clock;
 pub mod dead_letter;
 pub mod dispatch;
 pub mod durable;

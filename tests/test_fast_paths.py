@@ -124,6 +124,34 @@ async def test_compiled_producer_publishes_into_our_bus(bus: EventBus) -> None:
     assert producer.get_metrics()["events_published"] == 2
 
 
+async def test_a_finished_publish_answers_every_await_without_growing(bus: EventBus) -> None:
+    # An in-memory publish answers with an already finished awaitable, which raises
+    # one StopIteration instance again at every await (issue 16). Stepped by hand
+    # from Python, the exception passes through this frame each time: its traceback
+    # must be this one pass, not a chain of every earlier one.
+    producer = HookEventProducer(bus)
+    first = producer.publish_tool_use("Bash", {"n": 0})
+    for n in range(200):
+        it = producer.publish_tool_use("Bash", {"n": n}).__await__()
+        try:
+            next(it)
+        except StopIteration as stop:
+            assert stop.value is True
+            tb, depth = stop.__traceback__, 0
+            while tb is not None:
+                depth, tb = depth + 1, tb.tb_next
+            assert depth == 1, depth
+        else:
+            raise AssertionError("a finished publish did not stop")
+    assert await first is True
+    assert (
+        await asyncio.gather(*(producer.publish_tool_use("Read", {}) for _ in range(3)))
+        == [True] * 3
+    )
+    await bus.join(timeout=5)
+    assert producer.get_metrics()["events_published"] == 204
+
+
 async def test_compiled_producer_events_are_made_once_and_shared(bus: EventBus) -> None:
     # The bus keeps a producer-made event as fields and makes its Event for the
     # first Python consumer: every consumer, the dead letters and the metadata

@@ -96,9 +96,16 @@ impl HookEventProducer {
                     correlation_id,
                     priority,
                 } = draft;
-                let result = bus.get().accept_parts(py, &topic, priority, data, |data| {
-                    EventParts::new(type_.unbind(), correlation_id.map(Bound::unbind), data)
-                });
+                let result = bus
+                    .get()
+                    .accept_parts(py, &topic, priority, data, |data, now| {
+                        EventParts::new(
+                            type_.unbind(),
+                            correlation_id.map(Bound::unbind),
+                            data,
+                            now,
+                        )
+                    });
                 let ok = this.settle(py, result);
                 return Ok(Ready::of_bool(py, ok).into_bound(py).into_any());
             }

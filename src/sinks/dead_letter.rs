@@ -87,7 +87,7 @@ pub fn serialize(v: &EventView, consumer: Option<&str>, errors: &[String], attem
             "consumer": consumer,
             "errors": errors,
             "attempts": attempts,
-            "stored_at": iso(&Utc::now()),
+            "stored_at": iso(&crate::clock::now()),
         },
     })
 }
@@ -184,7 +184,7 @@ impl DeadLetterSink {
     }
 
     fn new_file_name(&self) -> PathBuf {
-        let base = Utc::now().format("%Y%m%d-%H%M%S").to_string();
+        let base = crate::clock::now().format("%Y%m%d-%H%M%S").to_string();
         let dir = &self.config.output_dir;
         let mut p = dir.join(format!("dead-letter-{base}.jsonl"));
         let mut n = 1;

@@ -12,7 +12,6 @@ use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
@@ -206,7 +205,7 @@ impl MetricsSink {
     /// [`MetricsSink::record`] with the batch arriving at `now` (the rate's
     /// clock; latency still uses the wall clock against the event timestamps).
     pub fn record_at(&self, items: &[SinkItem], now: Instant) {
-        let wall = Utc::now();
+        let wall = crate::clock::now();
         let mut st = self.state.lock();
         // NOTE: two batches can take `now` in one order and the lock in the other;
         // the later-stamped one is counted at the newest instant so the buckets
@@ -387,7 +386,7 @@ mod tests {
                 topic: topic.into(),
                 event_type: ty.into(),
                 source: "s".into(),
-                timestamp: Utc::now() - chrono::Duration::milliseconds(5),
+                timestamp: chrono::Utc::now() - chrono::Duration::milliseconds(5),
                 data: None,
                 data_error: None,
                 correlation_id: None,

@@ -200,7 +200,7 @@ fn stored_event(py: Python<'_>, item: &Bound<'_, PyAny>) -> PyResult<StoredEvent
         event_type: e.type_.bind(py).to_cow()?.as_ref().into(),
         source: e.source.bind(py).to_cow()?.as_ref().into(),
         timestamp_us: e.timestamp.to_utc().timestamp_micros(),
-        published_us: chrono::Utc::now().timestamp_micros(),
+        published_us: crate::clock::now_unix_micros(),
         priority: e.priority,
         correlation_id: match &e.correlation_id {
             Some(c) => Some(c.bind(py).to_cow()?.into_owned()),

@@ -247,7 +247,7 @@ impl EventBus {
             checked: checked.is_some().then(Vec::new),
             ..PrepMemo::default()
         };
-        let (eref, route) = self.prepare_event(py, owned, Utc::now(), &mut memo)?;
+        let (eref, route) = self.prepare_event(py, owned, crate::clock::now(), &mut memo)?;
         let invalid = match checked {
             Some(c) => c,
             None => memo.invalid.take(),
@@ -300,7 +300,7 @@ impl EventBus {
         }
         self.shared
             .last_event_us
-            .store(Utc::now().timestamp_micros(), Ordering::Relaxed);
+            .store(crate::clock::now_unix_micros(), Ordering::Relaxed);
         p.submit(py, &self.shared.engine, eref, route, done)
     }
 
@@ -553,7 +553,7 @@ impl EventBus {
             match_now: true,
             ..PrepMemo::default()
         };
-        let eref = self.prepare_event(py, owned, Utc::now(), &mut memo)?;
+        let eref = self.prepare_event(py, owned, crate::clock::now(), &mut memo)?;
         if let Some(inv) = memo.invalid {
             return Ok(self.dead_letter_invalid(py, eref.0, &inv));
         }
@@ -568,7 +568,7 @@ impl EventBus {
         topic: &str,
         priority: u8,
         data: Bound<'_, PyAny>,
-        make: impl FnOnce(PartsData) -> EventParts,
+        make: impl FnOnce(PartsData, i64) -> EventParts,
     ) -> PyResult<bool> {
         self.ensure_loop(py)?;
         // NOTE: the same checks, in the same order and with the same errors, as
@@ -599,8 +599,14 @@ impl EventBus {
             },
             false => PartsData::Object(data.unbind()),
         };
-        let mut eref =
-            AcceptedEvent::from_parts(route.topic.clone(), priority, make(data), Utc::now());
+        // NOTE: one clock read for the event's timestamp and its `published_at`.
+        let now_ns = crate::clock::now_unix_nanos();
+        let mut eref = AcceptedEvent::from_parts(
+            route.topic.clone(),
+            priority,
+            make(data, now_ns),
+            crate::clock::from_unix_nanos(now_ns),
+        );
         if route.needs_view != ViewNeeds::Nothing && admitted.is_none() {
             let memo = &mut ViewMemo::default();
             eref.view = Some(Arc::new(match projected {
@@ -731,7 +737,7 @@ impl EventBus {
             Ok(()) => {
                 self.shared
                     .last_event_us
-                    .store(Utc::now().timestamp_micros(), Ordering::Relaxed);
+                    .store(crate::clock::now_unix_micros(), Ordering::Relaxed);
             }
             Err(Rejected::NotRunning) => self.warn_not_running(py),
             Err(Rejected::QueueFull) => {}
@@ -1025,7 +1031,7 @@ impl EventBus {
         if let Some(p) = &self.persist {
             return self.publish_batch_durable(p, py, events);
         }
-        let now = Utc::now();
+        let now = crate::clock::now();
         let mut memo = PrepMemo::default();
         // NOTE: every event is checked before any is accepted, so a bad event in
         // the middle raises without a partial publish.
@@ -1065,7 +1071,7 @@ impl EventBus {
         if accepted > 0 {
             self.shared
                 .last_event_us
-                .store(Utc::now().timestamp_micros(), Ordering::Relaxed);
+                .store(crate::clock::now_unix_micros(), Ordering::Relaxed);
         }
         Ready::of(py, accepted.into_pyobject(py)?.into_any().unbind()).map(Py::into_any)
     }

@@ -548,7 +548,7 @@ pub fn push_rows(
             continue;
         }
         let obj = py_event(py, &ev)?;
-        let (mut eref, ()) = AcceptedEvent::accept(py, obj, Utc::now(), |topic| {
+        let (mut eref, ()) = AcceptedEvent::accept(py, obj, crate::clock::now(), |topic| {
             crate::topic::validate_topic(topic).map(|()| (Arc::from(topic), ()))
         })?;
         eref.durable = durable.map(|f| f(ev.seq));
@@ -613,7 +613,7 @@ pub fn stored_event(
                 event_type,
                 source,
                 timestamp_us: p.timestamp().timestamp_micros(),
-                published_us: Utc::now().timestamp_micros(),
+                published_us: crate::clock::now_unix_micros(),
                 priority: eref.priority,
                 correlation_id: match &p.correlation_id {
                     Some(c) => Some(c.bind(py).to_cow()?.into_owned()),
@@ -664,7 +664,7 @@ pub fn stored_event(
         event_type,
         source,
         timestamp_us: e.timestamp.to_utc().timestamp_micros(),
-        published_us: Utc::now().timestamp_micros(),
+        published_us: crate::clock::now_unix_micros(),
         priority: e.priority,
         correlation_id: match &e.correlation_id {
             Some(c) => Some(c.bind(py).to_cow()?.into_owned()),

@@ -262,7 +262,8 @@ impl LaneReader {
         let make = |py: Python<'_>| -> PyResult<AcceptedEvent> {
             let obj = inc.into_event(py, &route.topic, names)?;
             let topic = route.topic.clone();
-            let (mut eref, ()) = AcceptedEvent::accept(py, obj, Utc::now(), |_| Ok((topic, ())))?;
+            let (mut eref, ()) =
+                AcceptedEvent::accept(py, obj, crate::clock::now(), |_| Ok((topic, ())))?;
             eref.durable = Some(StoredRef::log_entry(self.clone() as Arc<dyn LogAcker>, id));
             // NOTE: the lane's rule, if any, reads the view (`Engine::publish_to`).
             let need = lane.config.copy_needs();
@@ -1200,14 +1201,14 @@ fn accept_owned(
     py: Python<'_>,
     owned: Py<crate::python::model::Event>,
 ) -> PyResult<AcceptedEvent> {
-    let (eref, ()) = AcceptedEvent::accept(py, owned, Utc::now(), |topic| {
+    let (eref, ()) = AcceptedEvent::accept(py, owned, crate::clock::now(), |topic| {
         crate::topic::validate_topic(topic).map(|()| (Arc::from(topic), ()))
     })?;
     // NOTE: stored as JSON text; packing first lets the copy take the text as is.
     crate::python::model::pack_payload(py, eref.event(py)?);
     bus.shared
         .last_event_us
-        .store(Utc::now().timestamp_micros(), Ordering::Relaxed);
+        .store(crate::clock::now_unix_micros(), Ordering::Relaxed);
     Ok(eref)
 }
 

@@ -32,7 +32,7 @@ impl SinkConsumer {
                 Ok(ev) => ev.clone().unbind(),
                 Err(_) => Py::new(py, Event::from_foreign(&e)?)?,
             };
-            let (eref, ()) = AcceptedEvent::accept(py, owned, chrono::Utc::now(), |topic| {
+            let (eref, ()) = AcceptedEvent::accept(py, owned, crate::clock::now(), |topic| {
                 crate::topic::validate_topic(topic).map(|()| (Arc::from(topic), ()))
             })?;
             let view = build_view(py, &eref, self.sink.needs_data())?;

@@ -1,6 +1,7 @@
 //! Python objects as JSON: `to_json` (a serde `Value` for Rust consumers) and the
 //! compact text payloads are packed into at publish (`pack_json`/`unpack_json`).
 
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::{Map, Number, Value};
@@ -117,9 +118,48 @@ pub fn pack_json(obj: &Bound<'_, PyAny>) -> Option<Box<str>> {
 }
 
 pub(crate) fn pack_into(obj: &Bound<'_, PyAny>, depth: usize, out: &mut String) -> bool {
-    use std::fmt::Write;
     if depth > PACK_MAX_DEPTH || out.len() > PACK_MAX_BYTES {
         return false;
+    }
+    // NOTE: the most common types first: payloads are mostly str values in dicts.
+    if let Ok(s) = obj.cast_exact::<PyString>() {
+        let Ok(text) = s.to_cow() else { return false };
+        push_json_str(&text, out);
+        return true;
+    }
+    if let Ok(d) = obj.cast_exact::<PyDict>() {
+        out.push('{');
+        let (mut pos, mut k, mut v) = (0, std::ptr::null_mut(), std::ptr::null_mut());
+        let mut first = true;
+        // NOTE: PyDict_Next with borrowed references, not pyo3's iterator (which
+        // takes a reference to every key and value and checks the size at each
+        // step: ~600 instructions of a W1 event, issue 16). Nothing here runs
+        // Python code or lets the GIL go, so the dict cannot change meanwhile.
+        // SAFETY: `d` is a live dict; the pointers PyDict_Next fills are borrowed
+        // references to its keys and values, valid while it is unchanged.
+        while unsafe { ffi::PyDict_Next(d.as_ptr(), &mut pos, &mut k, &mut v) } != 0 {
+            let (key, value) = unsafe {
+                (
+                    Borrowed::from_ptr(obj.py(), k),
+                    Borrowed::from_ptr(obj.py(), v),
+                )
+            };
+            let Ok(key) = key.cast_exact::<PyString>() else {
+                return false;
+            };
+            let Ok(key) = key.to_cow() else { return false };
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            push_json_str(&key, out);
+            out.push(':');
+            if !pack_into(&value, depth + 1, out) {
+                return false;
+            }
+        }
+        out.push('}');
+        return true;
     }
     if obj.is_none() {
         out.push_str("null");
@@ -129,16 +169,11 @@ pub(crate) fn pack_into(obj: &Bound<'_, PyAny>, depth: usize, out: &mut String) 
         out.push_str(if b.is_true() { "true" } else { "false" });
         return true;
     }
-    if let Ok(s) = obj.cast_exact::<PyString>() {
-        let Ok(text) = s.to_cow() else { return false };
-        push_json_str(&text, out);
-        return true;
-    }
     if obj.cast_exact::<PyInt>().is_ok() {
         let Ok(i) = obj.extract::<i64>() else {
             return false;
         };
-        let _ = write!(out, "{i}");
+        out.push_str(itoa::Buffer::new().format(i));
         return true;
     }
     if let Ok(f) = obj.cast_exact::<PyFloat>() {
@@ -150,32 +185,25 @@ pub(crate) fn pack_into(obj: &Bound<'_, PyAny>, depth: usize, out: &mut String) 
         // f64, always with a '.' or exponent, so it unpacks as a float again.
         return serde_json::to_string(&v).map(|j| out.push_str(&j)).is_ok();
     }
-    if let Ok(d) = obj.cast_exact::<PyDict>() {
-        out.push('{');
-        for (i, (k, v)) in d.iter().enumerate() {
-            let Ok(k) = k.cast_exact::<PyString>() else {
-                return false;
-            };
-            let Ok(key) = k.to_cow() else { return false };
-            if i > 0 {
-                out.push(',');
-            }
-            push_json_str(&key, out);
-            out.push(':');
-            if !pack_into(&v, depth + 1, out) {
-                return false;
-            }
-        }
-        out.push('}');
-        return true;
-    }
     if let Ok(l) = obj.cast_exact::<PyList>() {
         out.push('[');
-        for (i, v) in l.iter().enumerate() {
+        // NOTE: by index with borrowed references, as the dicts above; the list
+        // cannot change meanwhile either.
+        for i in 0..l.len() {
+            // SAFETY: `i` is below the length of the live list `l`, which nothing
+            // changes meanwhile; PyList_GetItem returns a borrowed reference.
+            let item = unsafe { ffi::PyList_GetItem(l.as_ptr(), i as ffi::Py_ssize_t) };
+            if item.is_null() {
+                // SAFETY: the error PyList_GetItem set is ours to clear.
+                unsafe { ffi::PyErr_Clear() };
+                return false;
+            }
             if i > 0 {
                 out.push(',');
             }
-            if !pack_into(&v, depth + 1, out) {
+            // SAFETY: a borrowed reference to a live item (see above).
+            let item = unsafe { Borrowed::from_ptr(obj.py(), item) };
+            if !pack_into(&item, depth + 1, out) {
                 return false;
             }
         }
@@ -187,8 +215,17 @@ pub(crate) fn pack_into(obj: &Bound<'_, PyAny>, depth: usize, out: &mut String) 
 
 /// Appends `s` to `out` as a JSON string literal (escaping as serde_json does).
 fn push_json_str(s: &str, out: &mut String) {
-    out.push('"');
     let bytes = s.as_bytes();
+    // NOTE: most keys and values need no escape: one scan, then one copy (the
+    // byte-by-byte path below was ~1k instructions of a W1 event's ~15k, issue 16).
+    if !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.reserve(bytes.len() + 2);
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
+    out.push('"');
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let esc: &str = match b {

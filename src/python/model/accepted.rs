@@ -64,10 +64,14 @@ pub enum PartsData {
 }
 
 impl EventParts {
-    /// Fields of a new event made now, with a fresh id.
-    pub fn new(type_: Py<PyString>, correlation_id: Option<Py<PyString>>, data: PartsData) -> Self {
-        // NOTE: the clock reads nanoseconds as i64 until the year 2262.
-        let timestamp_ns = Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    /// Fields of a new event made at `timestamp_ns` ([`crate::clock::now_unix_nanos`]),
+    /// with a fresh id.
+    pub fn new(
+        type_: Py<PyString>,
+        correlation_id: Option<Py<PyString>>,
+        data: PartsData,
+        timestamp_ns: i64,
+    ) -> Self {
         EventParts {
             id: uuid::Uuid::new_v4(),
             timestamp_ns,
@@ -79,7 +83,7 @@ impl EventParts {
 
     /// Creation time.
     pub fn timestamp(&self) -> DateTime<Utc> {
-        DateTime::from_timestamp_nanos(self.timestamp_ns)
+        crate::clock::from_unix_nanos(self.timestamp_ns)
     }
 }
 

@@ -43,8 +43,8 @@ pub(crate) fn check_timestamp<'py>(
     obj: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     match obj {
-        None => Ok(Utc::now().into_pyobject(py)?.into_any()),
-        Some(o) if o.is_none() => Ok(Utc::now().into_pyobject(py)?.into_any()),
+        None => Ok(crate::clock::now().into_pyobject(py)?.into_any()),
+        Some(o) if o.is_none() => Ok(crate::clock::now().into_pyobject(py)?.into_any()),
         Some(o) => {
             if let Ok(s) = o.cast::<PyString>() {
                 return parse_timestamp(py, &s.to_cow()?);
@@ -120,7 +120,7 @@ pub enum Timestamp {
 
 impl Timestamp {
     fn now() -> Self {
-        Timestamp::Now(Utc::now(), PyOnceLock::new())
+        Timestamp::Now(crate::clock::now(), PyOnceLock::new())
     }
 
     /// A caller's `datetime` (naive datetimes are taken as UTC).

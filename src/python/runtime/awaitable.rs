@@ -16,6 +16,8 @@ static READY_FALSE: PyOnceLock<Py<Ready>> = PyOnceLock::new();
 #[pyclass(module = "mpm_events._core", name = "_Ready", frozen)]
 pub struct Ready {
     value: Py<PyAny>,
+    /// The `StopIteration(value)` every `__next__` raises, made on first use.
+    stop: PyOnceLock<Py<PyAny>>,
 }
 
 impl Ready {
@@ -30,6 +32,7 @@ impl Ready {
                         .to_owned()
                         .into_any()
                         .unbind(),
+                    stop: PyOnceLock::new(),
                 },
             )
             .expect("alloc")
@@ -39,7 +42,13 @@ impl Ready {
 
     /// A new instance for any value.
     pub fn of(py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<Ready>> {
-        Py::new(py, Ready { value })
+        Py::new(
+            py,
+            Ready {
+                value,
+                stop: PyOnceLock::new(),
+            },
+        )
     }
 }
 
@@ -52,7 +61,21 @@ impl Ready {
         slf
     }
     fn __next__(&self, py: Python<'_>) -> PyResult<()> {
-        Err(PyStopIteration::new_err((self.value.clone_ref(py),)))
+        // NOTE: one StopIteration instance per awaitable, raised again at every
+        // await: the shared True/False awaitables answer every in-memory publish,
+        // and making the exception anew (a lazy error normalized into a new
+        // instance) was ~800 instructions of W1's ~15k per event (callgrind,
+        // issue 16). The traceback a pass through Python frames left on it is
+        // cleared first, so it never grows; no `__context__` is set, since the
+        // error is restored as is (PyErr_Restore), not raised with PyErr_SetObject.
+        let stop = self.stop.get_or_init(py, || {
+            PyStopIteration::new_err((self.value.clone_ref(py),))
+                .into_value(py)
+                .into_any()
+        });
+        // SAFETY: `stop` is a live exception instance; None is a valid traceback.
+        unsafe { pyo3::ffi::PyException_SetTraceback(stop.as_ptr(), pyo3::ffi::Py_None()) };
+        Err(PyErr::from_value(stop.bind(py).clone()))
     }
     #[pyo3(signature = (_value=None))]
     fn send(&self, py: Python<'_>, _value: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
