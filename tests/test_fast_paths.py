@@ -8,6 +8,7 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from conftest import Recorder, SyncRecorder, make_event
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -150,6 +151,43 @@ async def test_a_finished_publish_answers_every_await_without_growing(bus: Event
     )
     await bus.join(timeout=5)
     assert producer.get_metrics()["events_published"] == 204
+
+
+async def test_a_finished_publish_is_a_whole_coroutine(bus: EventBus) -> None:
+    # The finished awaitable is a C-API type (its `am_send` slot answers `await`);
+    # everything asyncio and hand-written code do with a coroutine must still work.
+    import collections.abc
+
+    from mpm_events._core import _Ready
+
+    producer = HookEventProducer(bus)
+    done = producer.publish_tool_use("Bash", {})
+    assert type(done) is _Ready and asyncio.iscoroutine(done)
+    assert isinstance(done, collections.abc.Coroutine)
+    assert await done is True and await done is True  # awaited again: same answer
+    assert await asyncio.create_task(producer.publish_tool_use("Bash", {})) is True
+    assert await asyncio.ensure_future(bus.publish_batch([])) == 0
+    assert await asyncio.wait_for(producer.publish_tool_use("Bash", {}), 1) is True
+    for step in (lambda: done.send(None), lambda: done.__await__().__next__()):
+        try:
+            step()
+        except StopIteration as stop:
+            assert stop.value is True
+        else:
+            raise AssertionError("a finished awaitable did not stop")
+    with pytest.raises(ValueError, match="boom"):
+        done.throw(ValueError("boom"))
+    with pytest.raises(KeyError):
+        done.throw(KeyError)
+    with pytest.raises(KeyError):
+        done.throw(KeyError, KeyError("k"), None)
+    with pytest.raises(TypeError, match="exception"):
+        done.throw(3)
+    assert done.close() is None
+    with pytest.raises(TypeError):
+        _Ready()
+    await bus.join(timeout=5)
+    assert producer.get_metrics()["events_published"] == 3
 
 
 async def test_compiled_producer_events_are_made_once_and_shared(bus: EventBus) -> None:

@@ -936,7 +936,7 @@ impl EventBus {
     }
 
     #[doc = stub_doc!(EventBus, start)]
-    fn start(slf: &Bound<'_, Self>) -> PyResult<Py<Ready>> {
+    fn start(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let this = slf.get();
         let asyncio = py.import("asyncio")?;
@@ -1281,7 +1281,7 @@ impl EventBus {
 
     #[doc = stub_doc!(EventBus, serve_monitor)]
     #[pyo3(signature = (host="127.0.0.1", port=0))]
-    fn serve_monitor(slf: &Bound<'_, Self>, host: &str, port: u16) -> PyResult<Py<Ready>> {
+    fn serve_monitor(slf: &Bound<'_, Self>, host: &str, port: u16) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let this = slf.get();
         if !this.shared.running.load(Ordering::Acquire) {

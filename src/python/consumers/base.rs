@@ -58,7 +58,7 @@ impl SinkConsumer {
     // NOTE: prepares the sink (e.g. creates the dead-letter directory); False,
     // logged, on failure.
     #[doc = stub_doc!(_NativeConsumer, initialize)]
-    fn initialize(&self, py: Python<'_>) -> Py<crate::python::runtime::awaitable::Ready> {
+    fn initialize(&self, py: Python<'_>) -> Py<PyAny> {
         let ok = match self.sink.initialize() {
             Ok(()) => true,
             Err(e) => {
@@ -70,11 +70,7 @@ impl SinkConsumer {
     }
 
     #[doc = stub_doc!(_NativeConsumer, consume)]
-    fn consume(
-        &self,
-        py: Python<'_>,
-        event: &Bound<'_, PyAny>,
-    ) -> PyResult<Py<crate::python::runtime::awaitable::Ready>> {
+    fn consume(&self, py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         let list = PyList::new(py, [event])?;
         Ok(crate::python::runtime::awaitable::Ready::of_bool(
             py,
@@ -83,11 +79,7 @@ impl SinkConsumer {
     }
 
     #[doc = stub_doc!(_NativeConsumer, consume_batch)]
-    fn consume_batch(
-        &self,
-        py: Python<'_>,
-        events: &Bound<'_, PyAny>,
-    ) -> PyResult<Py<crate::python::runtime::awaitable::Ready>> {
+    fn consume_batch(&self, py: Python<'_>, events: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         let n = self.run_direct(py, events)?;
         crate::python::runtime::awaitable::Ready::of(py, n.into_pyobject(py)?.into_any().unbind())
     }

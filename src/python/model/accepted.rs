@@ -96,6 +96,24 @@ pub fn hook_source(py: Python<'_>) -> &Bound<'_, PyString> {
         .bind(py)
 }
 
+/// The Python str of an event's topic: the previous event's when the topic is the
+/// same (events on one topic share their route's `Arc`), else a new one.
+// NOTE: a new str per event was ~200 instructions of a W1 event (issue 16). The
+// cache holds one entry and lives as long as the module; replacing its entry drops
+// the old str with the GIL held.
+fn topic_str(py: Python<'_>, topic: &Arc<str>) -> Py<PyString> {
+    static LAST: Mutex<Option<(Arc<str>, Py<PyString>)>> = Mutex::new(None);
+    let mut last = LAST.lock();
+    if let Some((t, s)) = &*last {
+        if Arc::ptr_eq(t, topic) || **t == **topic {
+            return s.clone_ref(py);
+        }
+    }
+    let s = PyString::new(py, topic).unbind();
+    *last = Some((topic.clone(), s.clone_ref(py)));
+    s
+}
+
 // NOTE: an event waiting in lanes costs far less as Rust fields than as a Python
 // `Event` object (plus its topic string): about 100 bytes against 260 on the
 // Python heap. Every consumer gets the same object, made once on first use.
@@ -208,7 +226,7 @@ impl AcceptedEvent {
                     py,
                     Event {
                         id: EventId::Fresh(p.id, PyOnceLock::new()),
-                        topic: PyString::new(py, &self.topic).unbind(),
+                        topic: topic_str(py, &self.topic),
                         type_: p.type_.clone_ref(py),
                         timestamp: Timestamp::Now(p.timestamp(), PyOnceLock::new()),
                         source: hook_source(py).clone().unbind(),

@@ -64,7 +64,7 @@ pub fn log_error(py: Python<'_>, msg: &str) {
 
 /// Registers this room's classes.
 pub fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<awaitable::Ready>()?;
+    m.add("_Ready", awaitable::Ready::type_object(m.py())?)?;
     m.add_class::<awaitable::Pending>()?;
     Ok(())
 }
