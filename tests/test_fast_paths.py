@@ -190,6 +190,23 @@ async def test_a_finished_publish_is_a_whole_coroutine(bus: EventBus) -> None:
     assert producer.get_metrics()["events_published"] == 3
 
 
+async def test_unpacked_keys_are_shared_and_any_number_of_keys_unpacks(bus: EventBus) -> None:
+    # Keys read back from packed payloads come from a bounded cache (issue 16): the
+    # same key is one str object in every event; past the cache's 1,024 keys, and
+    # for long keys, payloads still come back equal.
+    rec = Recorder("rec", ["test.**"])
+    assert await bus.subscribe(rec)
+    many = {f"key-{i}-" + "x" * (i % 70): i for i in range(3000)}
+    payloads = [{"tool": "Bash", "n": 1}, many, {"tool": "Read", "n": 2}, dict(many)]
+    for p in payloads:
+        assert await bus.publish(make_event(data=p))
+    assert await bus.join(timeout=5)
+    got = [c.event.data for c in rec.calls]
+    assert got == payloads
+    first, second = (next(k for k in d if k == "tool") for d in (got[0], got[2]))
+    assert first is second
+
+
 async def test_compiled_producer_events_are_made_once_and_shared(bus: EventBus) -> None:
     # The bus keeps a producer-made event as fields and makes its Event for the
     # first Python consumer: every consumer, the dead letters and the metadata

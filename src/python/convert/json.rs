@@ -261,6 +261,7 @@ pub fn unpack_json(py: Python<'_>, json: &str) -> PyResult<Py<PyAny>> {
     // take (an integer beyond 64 bits, a lone surrogate, bad text) goes the serde
     // way, which gives the same values (or the error).
     let mut p = Unpacker {
+        text: json,
         s: json.as_bytes(),
         i: 0,
     };
@@ -284,8 +285,43 @@ fn unpack_json_serde(py: Python<'_>, json: &str) -> PyResult<Py<PyAny>> {
 
 /// A JSON reader that makes Python objects; `None` means "not taken here".
 struct Unpacker<'a> {
+    /// The text, and the same as bytes.
+    text: &'a str,
     s: &'a [u8],
     i: usize,
+}
+
+/// Longest dict key [`key_str`] remembers, in bytes, and how many it remembers.
+const KEY_CACHE_MAX_LEN: usize = 48;
+const KEY_CACHE_MAX_KEYS: usize = 1024;
+
+/// The Python str for a dict key read from packed text: the same object for the
+/// same key, with its hash already computed (payload keys repeat from event to
+/// event: `tool`, `params`, `session_id`, ...).
+// NOTE: a new str per key (made, hashed on insertion, freed with the dict) was ~300
+// instructions a key when a consumer reads `event.data` (W1d, issue 16). The cache
+// is read and written with the GIL held (its lock is never contended), keeps at most
+// `KEY_CACHE_MAX_KEYS` short keys and is never cleared: payloads with ever new keys
+// fall back to new strs once it is full.
+fn key_str<'py>(py: Python<'py>, key: &str) -> Bound<'py, PyString> {
+    use parking_lot::Mutex;
+    use rustc_hash::FxHashMap;
+    static KEYS: Mutex<Option<FxHashMap<Box<str>, Py<PyString>>>> = Mutex::new(None);
+    if key.len() > KEY_CACHE_MAX_LEN {
+        return PyString::new(py, key);
+    }
+    let mut keys = KEYS.lock();
+    let keys = keys.get_or_insert_with(FxHashMap::default);
+    if let Some(k) = keys.get(key) {
+        return k.bind(py).clone();
+    }
+    let k = PyString::new(py, key);
+    if keys.len() < KEY_CACHE_MAX_KEYS {
+        // NOTE: hashed once here; every dict it goes into reuses the cached hash.
+        let _ = k.hash();
+        keys.insert(key.into(), k.clone().unbind());
+    }
+    k
 }
 
 impl Unpacker<'_> {
@@ -323,7 +359,7 @@ impl Unpacker<'_> {
                     if self.s.get(self.i) != Some(&b'"') {
                         return None;
                     }
-                    let k = self.string(py)?;
+                    let k = self.string_with(py, key_str)?;
                     if !self.eat(b':') {
                         return None;
                     }
@@ -383,7 +419,7 @@ impl Unpacker<'_> {
             }
             self.i += 1;
         }
-        let text = std::str::from_utf8(&self.s[start..self.i]).ok()?;
+        let text = self.text.get(start..self.i)?;
         // NOTE: "-0" is left to serde_json, whatever it makes of it (we never write it).
         if !valid_json_number(text.as_bytes()) || text == "-0" {
             return None;
@@ -401,15 +437,25 @@ impl Unpacker<'_> {
 
     /// A string starting at the opening quote.
     fn string<'py>(&mut self, py: Python<'py>) -> Option<Bound<'py, PyString>> {
+        self.string_with(py, PyString::new)
+    }
+
+    /// [`Unpacker::string`], an escape-free one made by `make`.
+    fn string_with<'py>(
+        &mut self,
+        py: Python<'py>,
+        make: fn(Python<'py>, &str) -> Bound<'py, PyString>,
+    ) -> Option<Bound<'py, PyString>> {
         self.i += 1;
         let start = self.i;
         while let Some(&b) = self.s.get(self.i) {
             match b {
                 b'"' => {
-                    // The input is a &str and the run stops at ASCII bytes: valid UTF-8.
-                    let text = std::str::from_utf8(&self.s[start..self.i]).ok()?;
+                    // NOTE: the run starts and stops at ASCII bytes of a &str, so it
+                    // is a char boundary at both ends: no UTF-8 check needed.
+                    let text = self.text.get(start..self.i)?;
                     self.i += 1;
-                    return Some(PyString::new(py, text));
+                    return Some(make(py, text));
                 }
                 b'\\' => return self.escaped(py, start),
                 0..=0x1f => return None,
