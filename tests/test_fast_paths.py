@@ -207,6 +207,30 @@ async def test_unpacked_keys_are_shared_and_any_number_of_keys_unpacks(bus: Even
     assert first is second
 
 
+async def test_tool_use_payload_packed_without_a_dict_is_the_same(bus: EventBus) -> None:
+    # publish_tool_use packs its three fields without making the dict (issue 16):
+    # the payload must read back as the dict would, a snapshot of plain params,
+    # and the caller's own object when the params are not plain JSON.
+    rec = Recorder("rec", ["hook.**"])
+    assert await bus.subscribe(rec)
+    producer = HookEventProducer(bus)
+    params = {"command": "ls -la", "n": 1, "nested": [1, 2.5, None, True, "é\n"]}
+    odd = {"when": datetime(2026, 1, 1, tzinfo=UTC)}
+    assert await producer.publish_tool_use("Bash", params)
+    params["n"] = 2  # after publish: not seen
+    assert await producer.publish_tool_use("Read", odd, {"ok": True}, "c-1")
+    await bus.join(timeout=5)
+    first, second = (c.event.data for c in rec.calls)
+    assert list(first) == ["tool", "params", "result"]
+    assert first == {
+        "tool": "Bash",
+        "params": {"command": "ls -la", "n": 1, "nested": [1, 2.5, None, True, "é\n"]},
+        "result": None,
+    }
+    assert second == {"tool": "Read", "params": odd, "result": {"ok": True}}
+    assert second["params"] is odd
+
+
 async def test_compiled_producer_events_are_made_once_and_shared(bus: EventBus) -> None:
     # The bus keeps a producer-made event as fields and makes its Event for the
     # first Python consumer: every consumer, the dead letters and the metadata

@@ -15,7 +15,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyType};
 
 use crate::python::bus::EventBus;
-use crate::python::model::{Event, EventParts};
+use crate::python::model::{DraftData, Event, EventParts};
 use crate::python::runtime::awaitable::Ready;
 
 static OWN_PUBLISH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -119,7 +119,7 @@ impl HookEventProducer {
         &self,
         topic: impl Into<Cow<'static, str>>,
         type_: Bound<'py, PyString>,
-        data: Bound<'py, PyAny>,
+        data: DraftData<'py>,
         correlation_id: Option<Bound<'py, PyAny>>,
         priority: u8,
     ) -> PyResult<Draft<'py>> {
@@ -150,7 +150,7 @@ impl HookEventProducer {
 struct Draft<'py> {
     topic: Cow<'static, str>,
     type_: Bound<'py, PyString>,
-    data: Bound<'py, PyAny>,
+    data: DraftData<'py>,
     correlation_id: Option<Bound<'py, PyString>>,
     priority: u8,
 }
@@ -163,7 +163,7 @@ impl<'py> Draft<'py> {
             PyString::new(py, &self.topic),
             self.type_,
             source.clone(),
-            self.data,
+            self.data.into_dict(py)?,
             self.correlation_id,
             self.priority,
         )
@@ -257,7 +257,7 @@ impl HookEventProducer {
         let e = slf.get().make(
             "hook.response",
             PyString::new(py, "AssistantResponse"),
-            response_data,
+            DraftData::Dict(response_data),
             correlation_id,
             2,
         )?;
@@ -274,14 +274,12 @@ impl HookEventProducer {
         correlation_id: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        let data = PyDict::new(py);
-        data.set_item(pyo3::intern!(py, "tool"), tool_name)?;
-        data.set_item(pyo3::intern!(py, "params"), tool_params)?;
-        data.set_item(pyo3::intern!(py, "result"), tool_result)?;
+        let result = tool_result.unwrap_or_else(|| py.None().into_bound(py));
+        // NOTE: the dict is made only if something needs it (see `DraftData`).
         let e = slf.get().make(
             "hook.tool",
             pyo3::intern!(py, "ToolUse").clone(),
-            data.into_any(),
+            DraftData::ToolUse([tool_name, tool_params, result]),
             correlation_id,
             3,
         )?;
@@ -309,7 +307,7 @@ impl HookEventProducer {
         let e = slf.get().make(
             "hook.error",
             PyString::new(py, "Error"),
-            data.into_any(),
+            DraftData::Dict(data.into_any()),
             correlation_id,
             1,
         )?;
@@ -336,9 +334,13 @@ impl HookEventProducer {
         data.update(mapping)?;
         let topic = format!("hook.subagent.{}", event_type.to_lowercase());
         let type_ = PyString::new(py, &format!("Subagent{event_type}"));
-        let e = slf
-            .get()
-            .make(topic, type_, data.into_any(), correlation_id, 3)?;
+        let e = slf.get().make(
+            topic,
+            type_,
+            DraftData::Dict(data.into_any()),
+            correlation_id,
+            3,
+        )?;
         Self::send(slf, e)
     }
 
@@ -369,9 +371,13 @@ impl HookEventProducer {
         } else {
             3
         };
-        let e = slf
-            .get()
-            .make(topic, hook_type, hook_data, correlation_id, priority)?;
+        let e = slf.get().make(
+            topic,
+            hook_type,
+            DraftData::Dict(hook_data),
+            correlation_id,
+            priority,
+        )?;
         Self::send(slf, e)
     }
 

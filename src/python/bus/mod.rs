@@ -29,7 +29,7 @@ use crate::python::model::ConsumerSpec;
 use crate::python::model::{
     build_view, build_view_projected, build_view_with, payload_object, DataCopy, ViewMemo,
 };
-use crate::python::model::{AcceptedEvent, Event, EventParts, PartsData};
+use crate::python::model::{AcceptedEvent, DraftData, Event, EventParts, PartsData};
 use crate::python::runtime::awaitable::Ready;
 use crate::python::runtime::errors::event_error;
 use crate::python::runtime::{log_info, log_warning, py_api, runtime};
@@ -567,7 +567,7 @@ impl EventBus {
         py: Python<'_>,
         topic: &str,
         priority: u8,
-        data: Bound<'_, PyAny>,
+        data: DraftData<'_>,
         make: impl FnOnce(PartsData, i64) -> EventParts,
     ) -> PyResult<bool> {
         self.ensure_loop(py)?;
@@ -578,26 +578,43 @@ impl EventBus {
             .engine
             .route_topic(topic)
             .map_err(crate::python::runtime::errors::topic_error)?;
-        if !data.is_instance_of::<PyDict>() {
-            return Err(event_error(format!(
-                "Event.data must be a dict, got {}",
-                crate::python::convert::text::type_name(&data)
-            )));
+        // NOTE: fields become a dict only when something reads the dict: a rule, or
+        // a payload kept as an object (no Python consumer and not stored). Packing
+        // them straight saved making, filling and freeing one dict per event (W1,
+        // issue 16).
+        let pack = route.any_plain || self.persist.is_some();
+        let data = match data {
+            DraftData::ToolUse(_) if route.rules.is_some() || !pack => {
+                DraftData::Dict(data.into_dict(py)?)
+            }
+            other => other,
+        };
+        if let DraftData::Dict(d) = &data {
+            if !d.is_instance_of::<PyDict>() {
+                return Err(event_error(format!(
+                    "Event.data must be a dict, got {}",
+                    crate::python::convert::text::type_name(d)
+                )));
+            }
         }
+        let dict = match &data {
+            DraftData::Dict(d) => Some(d),
+            DraftData::ToolUse(_) => None,
+        };
         let copy = data_copy(&route);
         // NOTE: see `prepare_event`: the rules' keys are read before packing. A
         // durable bus dispatches after its writer stores the event, maybe on a
         // newer route: it matches the view then.
         let (admitted, projected) =
-            self.rules_now(py, &route, priority, Some(&data), self.persist.is_none());
+            self.rules_now(py, &route, priority, dict, self.persist.is_none());
         // NOTE: as `pack_payload` would: only for events a Python consumer receives,
         // or that are stored (the store keeps the JSON text as is).
-        let data = match route.any_plain || self.persist.is_some() {
-            true => match crate::python::convert::json::pack_json(&data) {
+        let data = match pack {
+            true => match data.pack() {
                 Some(json) => PartsData::Packed(json),
-                None => PartsData::Object(data.unbind()),
+                None => PartsData::Object(data.into_dict(py)?.unbind()),
             },
-            false => PartsData::Object(data.unbind()),
+            false => PartsData::Object(data.into_dict(py)?.unbind()),
         };
         // NOTE: one clock read for the event's timestamp and its `published_at`.
         let now_ns = crate::clock::now_unix_nanos();

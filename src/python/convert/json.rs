@@ -92,6 +92,31 @@ const PACK_MAX_BYTES: usize = 64 * 1024;
 /// back equal values of the same types; None otherwise (the payload then stays
 /// the caller's object).
 pub fn pack_json(obj: &Bound<'_, PyAny>) -> Option<Box<str>> {
+    pack_with(|out| pack_into(obj, 0, out))
+}
+
+/// [`pack_json`] of the dict `{key: value, ...}` of `fields`, in their order,
+/// without making the dict.
+pub fn pack_json_fields(fields: &[(&str, &Bound<'_, PyAny>)]) -> Option<Box<str>> {
+    pack_with(|out| {
+        out.push('{');
+        for (i, (key, value)) in fields.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            push_json_str(key, out);
+            out.push(':');
+            if !pack_into(value, 1, out) {
+                return false;
+            }
+        }
+        out.push('}');
+        true
+    })
+}
+
+/// Runs `write` on a cleared reusable buffer; its text if `write` returned true.
+fn pack_with(write: impl FnOnce(&mut String) -> bool) -> Option<Box<str>> {
     thread_local! {
         static BUF: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(256));
     }
@@ -103,7 +128,7 @@ pub fn pack_json(obj: &Bound<'_, PyAny>) -> Option<Box<str>> {
     BUF.with(|buf| match buf.try_borrow_mut() {
         Ok(mut out) => {
             out.clear();
-            let ok = pack_into(obj, 0, &mut out);
+            let ok = write(&mut out);
             let packed = ok.then(|| Box::from(out.as_str()));
             if out.capacity() > 4 * 1024 {
                 *out = String::with_capacity(256);
@@ -112,7 +137,7 @@ pub fn pack_json(obj: &Bound<'_, PyAny>) -> Option<Box<str>> {
         }
         Err(_) => {
             let mut out = String::new();
-            pack_into(obj, 0, &mut out).then(|| out.into_boxed_str())
+            write(&mut out).then(|| out.into_boxed_str())
         }
     })
 }

@@ -55,6 +55,56 @@ pub struct EventParts {
     pub data: PartsData,
 }
 
+/// The payload of a producer-made event as the producer gives it to the bus: a
+/// dict, or the fields of one that is made only if something needs the dict.
+pub enum DraftData<'py> {
+    /// A dict (the bus checks that it is one).
+    Dict(Bound<'py, PyAny>),
+    /// `publish_tool_use`'s `{"tool": .., "params": .., "result": ..}`
+    /// ([`TOOL_USE_KEYS`]).
+    ToolUse([Bound<'py, PyAny>; 3]),
+}
+
+/// The keys of [`DraftData::ToolUse`], in order.
+pub const TOOL_USE_KEYS: [&str; 3] = ["tool", "params", "result"];
+
+static TOOL_USE_STRS: PyOnceLock<[Py<PyString>; 3]> = PyOnceLock::new();
+
+impl<'py> DraftData<'py> {
+    /// The payload as a dict (made now from fields).
+    pub fn into_dict(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match self {
+            DraftData::Dict(d) => Ok(d),
+            DraftData::ToolUse(values) => {
+                let keys = TOOL_USE_STRS.get_or_init(py, || {
+                    TOOL_USE_KEYS.map(|k| PyString::intern(py, k).unbind())
+                });
+                let d = pyo3::types::PyDict::new(py);
+                for (k, v) in keys.iter().zip(values) {
+                    d.set_item(k.bind(py), v)?;
+                }
+                Ok(d.into_any())
+            }
+        }
+    }
+
+    /// The payload packed as [`crate::python::convert::json::pack_json`] packs the
+    /// dict (None: not plain JSON).
+    pub fn pack(&self) -> Option<Box<str>> {
+        match self {
+            DraftData::Dict(d) => crate::python::convert::json::pack_json(d),
+            DraftData::ToolUse([tool, params, result]) => {
+                let [k0, k1, k2] = TOOL_USE_KEYS;
+                crate::python::convert::json::pack_json_fields(&[
+                    (k0, tool),
+                    (k1, params),
+                    (k2, result),
+                ])
+            }
+        }
+    }
+}
+
 /// The payload of [`EventParts`].
 pub enum PartsData {
     /// JSON text (see [`pack_payload`]).
