@@ -114,9 +114,8 @@ unsafe extern "C" fn ready_send(
     _args: *mut ffi::PyObject,
     _kwargs: *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
-    // SAFETY: as `ready_next`.
-    unsafe { raise_stop(ready_value(slf)) };
-    std::ptr::null_mut()
+    // SAFETY: as `ready_next`, whose work this is.
+    unsafe { ready_next(slf) }
 }
 
 /// `throw(typ, val=None, tb=None)`: raises `val` if given, else `typ`.
@@ -219,42 +218,17 @@ impl Ready {
             ffi::PyMethodDef::zeroed(),
         ]));
         let send: SendFn = ready_am_send;
+        let slot = |slot, pfunc: *mut std::ffi::c_void| ffi::PyType_Slot { slot, pfunc };
+        let doc = c"An awaitable that is already complete and holds its result.";
         let mut slots = [
-            ffi::PyType_Slot {
-                slot: ffi::Py_tp_dealloc,
-                pfunc: ready_dealloc as *mut std::ffi::c_void,
-            },
-            ffi::PyType_Slot {
-                slot: ffi::Py_am_await,
-                pfunc: ready_self as *mut std::ffi::c_void,
-            },
-            ffi::PyType_Slot {
-                slot: ffi::Py_am_send,
-                pfunc: send as *mut std::ffi::c_void,
-            },
-            ffi::PyType_Slot {
-                slot: ffi::Py_tp_iter,
-                pfunc: ready_self as *mut std::ffi::c_void,
-            },
-            ffi::PyType_Slot {
-                slot: ffi::Py_tp_iternext,
-                pfunc: ready_next as *mut std::ffi::c_void,
-            },
-            ffi::PyType_Slot {
-                slot: ffi::Py_tp_methods,
-                pfunc: methods.as_mut_ptr().cast(),
-            },
-            ffi::PyType_Slot {
-                slot: ffi::Py_tp_doc,
-                pfunc: c"An awaitable that is already complete and holds its result."
-                    .as_ptr()
-                    .cast_mut()
-                    .cast(),
-            },
-            ffi::PyType_Slot {
-                slot: 0,
-                pfunc: std::ptr::null_mut(),
-            },
+            slot(ffi::Py_tp_dealloc, ready_dealloc as *mut _),
+            slot(ffi::Py_am_await, ready_self as *mut _),
+            slot(ffi::Py_am_send, send as *mut _),
+            slot(ffi::Py_tp_iter, ready_self as *mut _),
+            slot(ffi::Py_tp_iternext, ready_next as *mut _),
+            slot(ffi::Py_tp_methods, methods.as_mut_ptr().cast()),
+            slot(ffi::Py_tp_doc, doc.as_ptr().cast_mut().cast()),
+            slot(0, std::ptr::null_mut()),
         ];
         let mut spec = ffi::PyType_Spec {
             name: c"mpm_events._core._Ready".as_ptr(),
