@@ -16,6 +16,7 @@
 mod compress;
 mod error;
 mod schema;
+pub use schema::sqlite_process_setup;
 mod writer;
 
 #[cfg(test)]

@@ -152,6 +152,7 @@ pub fn open(
         })?;
     }
     check_file_header(path, location)?;
+    crate::storage::sqlite_process_setup();
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
