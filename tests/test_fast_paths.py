@@ -126,10 +126,11 @@ async def test_compiled_producer_publishes_into_our_bus(bus: EventBus) -> None:
 
 
 async def test_a_finished_publish_answers_every_await_without_growing(bus: EventBus) -> None:
-    # An in-memory publish answers with an already finished awaitable, which raises
-    # one StopIteration instance again at every await (issue 16). Stepped by hand
-    # from Python, the exception passes through this frame each time: its traceback
-    # must be this one pass, not a chain of every earlier one.
+    # An in-memory publish answers with an already finished awaitable shared by
+    # every publish (issue 16). Stepped by hand from Python, it raises
+    # StopIteration(True) through this frame each time: the traceback must be this
+    # one pass, never a chain of earlier ones (as a reused exception instance would
+    # carry).
     producer = HookEventProducer(bus)
     first = producer.publish_tool_use("Bash", {"n": 0})
     for n in range(200):
